@@ -1,0 +1,5 @@
+"""``python -m ctrltrace`` is the ``ctrltrace`` command."""
+
+from ctrltrace.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Shared fixtures: every test must leave no threads or child processes behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ctrltrace.envtest.pytest_plugin import CONTROL_PLANE_PIDS
+
+
+def child_pids() -> set[int]:
+    """Live (non-zombie) children of this process."""
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        text = (task / "children").read_text().split()
+        pids.update(int(pid) for pid in text)
+    return {pid for pid in pids if not _zombie(pid)}
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(") ", 1)[1].startswith("Z")
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    threads_before = set(threading.enumerate())
+    children_before = child_pids()
+    yield
+    allowed = request.session.stash.get(CONTROL_PLANE_PIDS, frozenset())
+    # Stopping is asynchronous for a moment (a thread joining, a process being reaped).
+    deadline = time.monotonic() + 5
+    while True:
+        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        children = child_pids() - children_before - allowed
+        if not (threads or children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not threads, f"test left threads running: {threads}"
+    assert not children, f"test left child processes running: {sorted(children)}"

@@ -1,0 +1,4 @@
+"""The live terminal view (installed as ``ctrltrace.tui``).
+
+It reads records only: it never talks to Kubernetes.
+"""
