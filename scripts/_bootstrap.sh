@@ -17,8 +17,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+install() {
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
+    > .venv/pip.log 2>&1 || { cat .venv/pip.log >&2; echo "pip install failed" >&2; exit 4; }
+}
+install --upgrade pip
+install -e ".[${extras}]"
 export PATH="$root/.venv/bin:$PATH"
 
 # Builds kube-apiserver and etcd on the first run only (minutes); later runs find the cache.
