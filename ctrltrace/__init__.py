@@ -1,8 +1,47 @@
 """ctrltrace: a Kubernetes controller runtime in which every stage says what it did and why.
 
 The public API is what ``__all__`` lists; every other module is private.
+
+>>> import ctrltrace as ct
+>>> mgr = ct.Manager(name="widgets", leader_election_id="widgets.example.com")
 """
 
+from ctrltrace import handlers, predicates
 from ctrltrace._version import __version__
+from ctrltrace.builder import Builder, BuildError
+from ctrltrace.client import Client
+from ctrltrace.clock import Clock, FakeClock, SystemClock
+from ctrltrace.context import Context
+from ctrltrace.leaderelection import LeaderLost, LeaseTiming
+from ctrltrace.manager import Manager
+from ctrltrace.reconcile import Result, TerminalError
+from ctrltrace.records import Collect, ObjectRef, Record, Recorder, Stage
+from ctrltrace.request import Request
+from ctrltrace.transport import ApiError, ConfigError, NotFound
 
-__all__ = ["__version__"]
+__all__ = [
+    "ApiError",
+    "BuildError",
+    "Builder",
+    "Client",
+    "Clock",
+    "Collect",
+    "ConfigError",
+    "Context",
+    "FakeClock",
+    "LeaderLost",
+    "LeaseTiming",
+    "Manager",
+    "NotFound",
+    "ObjectRef",
+    "Record",
+    "Recorder",
+    "Request",
+    "Result",
+    "Stage",
+    "SystemClock",
+    "TerminalError",
+    "__version__",
+    "handlers",
+    "predicates",
+]

@@ -308,7 +308,13 @@ class ControlPlane:
         context.load_cert_chain(self._path("admin.crt"), self._path("admin.key"))
         return context
 
-    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         """An admin request to the apiserver; the decoded JSON (or text) of a 2xx answer."""
         host, port = self.server.removeprefix("https://").rsplit(":", 1)
         connection = http.client.HTTPSConnection(
@@ -316,7 +322,7 @@ class ControlPlane:
         )
         try:
             payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            headers = {"Content-Type": content_type, "Accept": "application/json"}
             connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
             data = response.read().decode()
@@ -328,6 +334,10 @@ class ControlPlane:
             return json.loads(data)
         except json.JSONDecodeError:
             return data
+
+    def patch(self, path: str, patch: Mapping[str, Any]) -> Any:
+        """A JSON merge patch, as the admin."""
+        return self.request("PATCH", path, patch, "application/merge-patch+json")
 
     def _write_kubeconfig(self) -> None:
         admin = KeyPair(self._path("admin.crt").read_bytes(), self._path("admin.key").read_bytes())

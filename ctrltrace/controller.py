@@ -1,0 +1,354 @@
+"""A controller: its watches' dispatch (predicates → handler → queue) and its reconcile workers.
+
+Owns what happens to an event once an informer hands it over, per watch, and the worker loop:
+take a request, run Reconcile with a fresh reconcile ID, settle the outcome on the queue.
+Every step emits one record saying what happened and why. Kubernetes I/O happens only
+inside the reconciler, through the client it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+
+from ctrltrace.client import Client
+from ctrltrace.clock import Clock
+from ctrltrace.context import Context
+from ctrltrace.events import Event, EventType
+from ctrltrace.handlers import EventHandler
+from ctrltrace.predicates import Predicate, Verdict, all_of
+from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
+from ctrltrace.reconcile import Action, Reconciler, Result, settle
+from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
+from ctrltrace.request import Request
+from ctrltrace.source import Informer
+
+ReconcileCall = Callable[[Context, Request], Awaitable[Result | None]]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One registered watch: a kind's informer, the handler mapping its events, predicates."""
+
+    informer: Informer
+    handler: EventHandler
+    predicates: Sequence[Predicate] = ()
+    role: str = "watches"  # for_ / owns / watches, for explain and doctor
+
+
+@dataclass
+class ControllerOptions:
+    max_concurrent_reconciles: int = 1
+    # controller-runtime's default CacheSyncTimeout: after it, the wait is recorded as a failure.
+    cache_sync_timeout: float = 120.0
+    recover_panic: bool = True
+
+
+@dataclass
+class _Stats:
+    active_workers: int = 0
+    in_flight: dict[Request, float] = field(default_factory=dict)  # start (monotonic)
+
+
+class Controller:
+    def __init__(
+        self,
+        name: str,
+        reconciler: Reconciler,
+        *,
+        recorder: Recorder,
+        clock: Clock,
+        options: ControllerOptions | None = None,
+    ) -> None:
+        self.name = name
+        self.options = options or ControllerOptions()
+        self.watches: list[Watch] = []
+        self.queue: WorkQueue[Request] = WorkQueue(clock=clock)
+        self.stats = _Stats()
+        self.started = False  # caches synced, workers running
+        self._recorder = recorder
+        self._clock = clock
+        self._reconcile = _as_async(reconciler)
+        self._reconciler = reconciler
+        # Why each waiting request is waiting: the dispatches (or the reconcile that asked for a
+        # requeue) that queued it. The first becomes the reconcile's parent, the rest links.
+        self._causes: defaultdict[Request, list[int]] = defaultdict(list)
+        self._log = structlog.get_logger("ctrltrace").bind(controller=name)
+
+    # -- dispatch: event → predicates → handler → queue --------------------------------------
+
+    def watch(self, watch: Watch) -> None:
+        self.watches.append(watch)
+        kind = watch.informer.kind
+
+        def on_event(watch_type: str, obj: Obj, old: Obj | None, event_id: int, /) -> None:
+            event = Event(EventType.from_watch(watch_type), obj, old, kind.api_version, kind.kind)
+            self._dispatch(watch, event, event_id)
+
+        watch.informer.add_listener(on_event)
+
+    def _dispatch(self, watch: Watch, event: Event, event_id: int) -> None:
+        ref = ObjectRef.of(event.object, event.api_version, event.kind)
+        try:
+            verdict = all_of(watch.predicates, event)
+        except Exception as error:  # a user predicate failing drops, not crashes
+            verdict = Verdict(False, "error", f"a predicate raised {type(error).__name__}: {error}")
+        if not verdict.allowed:
+            self._emit_dispatch(
+                "dropped_by_predicate",
+                verdict.reason,
+                ref,
+                event_id,
+                {"predicate": verdict.predicate, "event_type": str(event.type)},
+            )
+            return
+        mapped = watch.handler.map(event)
+        if not mapped.requests:
+            self._emit_dispatch(
+                "not_mapped",
+                mapped.reason,
+                ref,
+                event_id,
+                {"handler": watch.handler.describe(), "event_type": str(event.type)},
+            )
+            return
+        for request in mapped.requests:
+            outcome = self.queue.add(request)
+            dispatch_id = next_id()
+            if outcome is not AddOutcome.SHUT_DOWN:
+                self._causes[request].append(dispatch_id)
+            self._emit_dispatch(
+                str(outcome),
+                mapped.reason,
+                ref,
+                event_id,
+                {"handler": watch.handler.describe(), "event_type": str(event.type)},
+                request=request,
+                record_id=dispatch_id,
+            )
+
+    def _emit_dispatch(
+        self,
+        outcome: str,
+        reason: str,
+        ref: ObjectRef,
+        event_id: int,
+        attrs: dict[str, str | int | float | bool],
+        *,
+        request: Request | None = None,
+        record_id: int | None = None,
+    ) -> None:
+        self._recorder.emit(
+            Record(
+                time=self._clock.wall(),
+                stage=Stage.DISPATCH,
+                outcome=outcome,
+                reason=reason,
+                controller=self.name,
+                object=ref,
+                request=request.key if request is not None else ref.key,
+                cause_ids=(event_id,),
+                attrs=attrs,
+                id=record_id if record_id is not None else next_id(),
+            )
+        )
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def run(self, client: Client) -> None:
+        """Wait for this controller's caches, then reconcile until cancelled or shut down."""
+        await self._wait_for_caches()
+        self.started = True
+        self._emit(
+            Stage.CONTROLLER,
+            "started",
+            f"{self.options.max_concurrent_reconciles} worker(s)",
+            attrs={"max_concurrent_reconciles": self.options.max_concurrent_reconciles},
+        )
+        try:
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(self.options.max_concurrent_reconciles):
+                    workers.create_task(self._worker(client))
+        finally:
+            self.queue.shutdown()
+
+    async def _wait_for_caches(self) -> None:
+        pending = {watch.informer for watch in self.watches}
+        waits = [asyncio.ensure_future(informer.synced.wait()) for informer in pending]
+        try:
+            _, not_done = await asyncio.wait(waits, timeout=self.options.cache_sync_timeout)
+            if not_done:
+                unsynced = sorted(
+                    f"{informer.kind} ({informer.last_error or 'no answer yet'})"
+                    for informer in pending
+                    if not informer.synced.is_set()
+                )
+                self._emit(
+                    Stage.CONTROLLER,
+                    "cache_not_synced",
+                    f"caches not synced after {self.options.cache_sync_timeout:.0f}s: "
+                    + ", ".join(unsynced),
+                )
+                await asyncio.wait(not_done)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _worker(self, client: Client) -> None:
+        while True:
+            try:
+                request, waited = await self.queue.get()
+            except QueueShutDown:
+                return
+            try:
+                await self._reconcile_one(client, request, waited)
+            finally:
+                self.queue.done(request)
+
+    async def _reconcile_one(self, client: Client, request: Request, waited: float) -> None:
+        causes = tuple(self._causes.pop(request, ()))
+        reconcile_id = str(uuid.uuid4())
+        started = self._clock.monotonic()
+        self.stats.active_workers += 1
+        self.stats.in_flight[request] = started
+        start = self._emit(
+            Stage.RECONCILE_START,
+            "started",
+            f"waited {waited * 1000:.1f} ms in the queue",
+            request=request,
+            reconcile_id=reconcile_id,
+            cause_ids=causes,
+            attrs={"queue_wait_s": waited, "retries": self.queue.retries(request)},
+        )
+        log = self._log.bind(
+            namespace=request.namespace, name=request.name, reconcile_id=reconcile_id
+        )
+        ctx = Context(
+            client.scoped(self.name, reconcile_id),
+            log,
+            self.name,
+            reconcile_id,
+            request,
+            asyncio.get_running_loop(),
+        )
+        result: Result | None = None
+        error: BaseException | None = None
+        try:
+            result = await self._reconcile(ctx, request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as raised:  # user code failing is an outcome, not a crash
+            error = raised
+        finally:
+            self.stats.active_workers -= 1
+            self.stats.in_flight.pop(request, None)
+        self._settle(
+            request,
+            reconcile_id=reconcile_id,
+            start_id=start,
+            result=result,
+            error=error,
+            duration=self._clock.monotonic() - started,
+        )
+
+    def _settle(
+        self,
+        request: Request,
+        *,
+        reconcile_id: str,
+        start_id: int,
+        result: Result | None,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        settlement = settle(result, error)
+        attrs: dict[str, str | int | float | bool] = {
+            "duration_s": duration,
+            "metric_result": settlement.metric_label,
+        }
+        reason = ""
+        if error is not None:
+            attrs["error_type"] = type(error).__name__
+            reason = f"{type(error).__name__}: {error}"
+            if result is not None:
+                reason += " (the Result returned with it is ignored)"
+        done = self._emit(
+            Stage.RECONCILE,
+            settlement.outcome,
+            reason or settlement.outcome,
+            request=request,
+            reconcile_id=reconcile_id,
+            cause_ids=(start_id,),
+            attrs=attrs,
+        )
+        if settlement.action is Action.FORGET:
+            self.queue.forget(request)
+            return
+        if settlement.action is Action.NONE:
+            return
+        extra: dict[str, str | int | float | bool] = {}
+        if settlement.action is Action.AFTER:
+            self.queue.forget(request)
+            delay = settlement.delay
+            self.queue.add_after(request, delay)
+        else:
+            extra["attempt"] = self.queue.retries(request) + 1
+            delay = self.queue.add_rate_limited(request)
+        requeue = self._emit(
+            Stage.REQUEUE,
+            settlement.action.value,
+            f"next run in {delay:.3f}s",
+            request=request,
+            reconcile_id=reconcile_id,
+            cause_ids=(done,),
+            attrs={"delay_s": delay, "due": self._clock.wall() + delay, **extra},
+        )
+        self._causes[request].append(requeue)
+
+    def _emit(
+        self,
+        stage: Stage,
+        outcome: str,
+        reason: str,
+        *,
+        request: Request | None = None,
+        reconcile_id: str = "",
+        cause_ids: tuple[int, ...] = (),
+        attrs: dict[str, str | int | float | bool] | None = None,
+    ) -> int:
+        record = Record(
+            time=self._clock.wall(),
+            stage=stage,
+            outcome=outcome,
+            reason=reason,
+            controller=self.name,
+            request=request.key if request is not None else "",
+            reconcile_id=reconcile_id,
+            cause_ids=cause_ids,
+            attrs=attrs or {},
+        )
+        self._recorder.emit(record)
+        return record.id
+
+
+def _as_async(reconciler: Reconciler) -> ReconcileCall:
+    """One calling convention for async functions, plain functions and reconciler objects."""
+    target: Any = getattr(reconciler, "reconcile", reconciler)
+    if inspect.iscoroutinefunction(target):
+        return cast(ReconcileCall, target)
+
+    async def in_thread(ctx: Context, request: Request) -> Result | None:
+        # A plain function may block: keep it off the event loop.
+        outcome = await asyncio.to_thread(target, ctx, request)
+        if inspect.isawaitable(outcome):
+            return cast(Result | None, await outcome)
+        return cast(Result | None, outcome)
+
+    return in_thread

@@ -1,0 +1,87 @@
+"""Kinds and the resources that serve them: apiVersion + kind → URL paths, via discovery.
+
+Owns the REST mapping (plural, scope) and its cache; a kind the server does not serve raises
+``KindNotFound``, which the caller records and retries (a CRD may be installed later).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ctrltrace.transport import ApiError, Json, Transport
+
+
+class KindNotFound(Exception):
+    def __init__(self, api_version: str, kind: str, detail: str) -> None:
+        super().__init__(f"kind {kind} in {api_version} is not served: {detail}")
+        self.api_version = api_version
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    api_version: str
+    kind: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: Kind
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str = "", name: str = "", subresource: str = "") -> str:
+        base = "/api/v1" if self.kind.api_version == "v1" else f"/apis/{self.kind.api_version}"
+        parts = [base]
+        if self.namespaced and namespace:
+            parts.append(f"namespaces/{namespace}")
+        parts.append(self.plural)
+        if name:
+            parts.append(name)
+        if subresource:
+            parts.append(subresource)
+        return "/".join(parts)
+
+    @property
+    def group_resource(self) -> str:
+        return f"{self.plural}.{self.kind.group}" if self.kind.group else self.plural
+
+
+class RestMapper:
+    """Resolves kinds through discovery; a miss is asked again, so a new CRD is found."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._resolved: dict[Kind, Resource] = {}
+
+    async def resolve(self, kind: Kind) -> Resource:
+        if (found := self._resolved.get(kind)) is not None:
+            return found
+        path = "/api/v1" if kind.api_version == "v1" else f"/apis/{kind.api_version}"
+        try:
+            listing: Json = await self._transport.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                raise KindNotFound(
+                    kind.api_version, kind.kind, f"the server does not serve {kind.api_version}"
+                ) from error
+            raise
+        for entry in listing.get("resources", []):
+            if entry.get("kind") == kind.kind and "/" not in entry.get("name", ""):
+                resource = Resource(kind, entry["name"], bool(entry.get("namespaced")))
+                self._resolved[kind] = resource
+                return resource
+        raise KindNotFound(
+            kind.api_version, kind.kind, f"{kind.api_version} has no kind {kind.kind}"
+        )

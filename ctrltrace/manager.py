@@ -1,0 +1,303 @@
+"""The manager: one shared set of informers, the controllers, leader election, health probes.
+
+Owns start-up order (validate → connect → informers → leadership → controllers), what a
+non-leader runs (informers and probes, no reconciles), and shutdown (stop taking work, let
+in-flight reconciles finish within the graceful timeout, release the lease if asked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ctrltrace.builder import Builder, BuildError, _Registry
+from ctrltrace.client import Client
+from ctrltrace.clock import Clock, SystemClock
+from ctrltrace.controller import Controller, Watch
+from ctrltrace.kinds import Kind, RestMapper
+from ctrltrace.leaderelection import (
+    LeaderElector,
+    LeaderLost,
+    LeaseTiming,
+    default_identity,
+    validate_lease_name,
+)
+from ctrltrace.records import Record, Recorder, Sink, Stage
+from ctrltrace.source import Informer, WriteLog
+from ctrltrace.transport import Transport, load_configuration
+
+
+@dataclass
+class ManagerOptions:
+    namespaces: Sequence[str] = ()  # namespaces to cache; empty = all
+    label_selectors: Mapping[str, str] = field(default_factory=dict)  # "Kind[.group]" → selector
+    leader_election: bool = False
+    leader_election_id: str = ""
+    leader_election_namespace: str = ""
+    lease_timing: LeaseTiming = field(default_factory=LeaseTiming)
+    leader_election_release_on_cancel: bool = False
+    metrics_bind_address: str = "127.0.0.1:8080"  # "0" disables
+    health_probe_bind_address: str = "127.0.0.1:8081"  # "0" disables
+    graceful_shutdown_timeout: float = 30.0
+    kubeconfig: str | None = None
+    context: str | None = None
+
+
+class Manager:
+    """Runs controllers the way controller-runtime's manager does.
+
+    >>> mgr = Manager(name="widgets", leader_election_id="widgets.example.com")
+    """
+
+    def __init__(
+        self,
+        name: str = "ctrltrace",
+        *,
+        namespaces: Sequence[str] = (),
+        label_selectors: Mapping[str, str] | None = None,
+        leader_election: bool = False,
+        leader_election_id: str = "",
+        leader_election_namespace: str = "",
+        lease_timing: LeaseTiming | None = None,
+        leader_election_release_on_cancel: bool = False,
+        metrics_bind_address: str = "127.0.0.1:8080",
+        health_probe_bind_address: str = "127.0.0.1:8081",
+        graceful_shutdown_timeout: float = 30.0,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        recorder: Recorder | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = name
+        self.options = ManagerOptions(
+            namespaces=tuple(namespaces),
+            label_selectors=dict(label_selectors or {}),
+            leader_election=leader_election,
+            leader_election_id=leader_election_id,
+            leader_election_namespace=leader_election_namespace,
+            lease_timing=lease_timing or LeaseTiming(),
+            leader_election_release_on_cancel=leader_election_release_on_cancel,
+            metrics_bind_address=metrics_bind_address,
+            health_probe_bind_address=health_probe_bind_address,
+            graceful_shutdown_timeout=graceful_shutdown_timeout,
+            kubeconfig=kubeconfig,
+            context=context,
+        )
+        self.recorder = recorder or Recorder()
+        self.clock: Clock = clock or SystemClock()
+        self._registry = _Registry()
+        self.informers: dict[Kind, Informer] = {}
+        self.controllers: list[Controller] = []
+        self.elector: LeaderElector | None = None
+        self.health_port: int | None = None
+        self._stop = asyncio.Event()
+
+    # -- building ----------------------------------------------------------------------------
+
+    def controller(self) -> Builder:
+        return Builder(self._registry)
+
+    def add_sink(self, sink: Sink) -> None:
+        self.recorder.add(sink)
+
+    def problems(self) -> list[str]:
+        """Everything that would stop start-up, in the words start-up uses."""
+        found = self._registry.problems()
+        options = self.options
+        if options.leader_election:
+            if problem := validate_lease_name(options.leader_election_id):
+                found.append(problem)
+            found.extend(options.lease_timing.problems())
+        return found
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGINT or SIGTERM (blocking)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+            await self.start()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def start(self, transport: Transport | None = None) -> None:
+        """Run until ``stop()``; raises BuildError, LeaderLost, or a connection error."""
+        if problems := self.problems():
+            raise BuildError("; ".join(problems))
+        self._stop = asyncio.Event()
+        own_transport = transport is None
+        if transport is None:
+            configuration = await load_configuration(self.options.kubeconfig, self.options.context)
+            transport = Transport(configuration)
+        try:
+            await self._run(transport)
+        finally:
+            if own_transport:
+                await transport.close()
+
+    async def _run(self, transport: Transport) -> None:
+        mapper = RestMapper(transport)
+        writes = WriteLog()
+        self._build(transport, mapper, writes)
+        client = Client(
+            transport,
+            mapper,
+            self.informers.get,
+            recorder=self.recorder,
+            clock=self.clock,
+            writes=writes,
+        )
+        self._emit(
+            "started", f"{len(self.controllers)} controller(s), {len(self.informers)} kind(s)"
+        )
+        background: list[asyncio.Task[None]] = [
+            asyncio.create_task(informer.run(), name=f"informer {informer.kind}")
+            for informer in self.informers.values()
+        ]
+        health = await self._serve_health()
+        workers: list[asyncio.Task[None]] = []
+        lost: BaseException | None = None
+        try:
+            leadership = asyncio.create_task(self._lead(transport, client, workers))
+            stop = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({leadership, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if leadership in done:
+                lost = leadership.exception()
+            else:
+                leadership.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaderLost):
+                    await leadership
+            stop.cancel()
+            await self._drain(workers)
+        finally:
+            for task in background + workers:
+                task.cancel()
+            await asyncio.gather(*background, *workers, return_exceptions=True)
+            if health is not None:
+                await health.cleanup()
+            self._emit("stopped", str(lost) if lost else "stopped")
+        if lost is not None:
+            raise lost
+
+    def _build(self, transport: Transport, mapper: RestMapper, writes: WriteLog) -> None:
+        self.informers.clear()
+        self.controllers.clear()
+
+        def informer(kind: Kind) -> Informer:
+            if kind not in self.informers:
+                self.informers[kind] = Informer(
+                    transport,
+                    mapper,
+                    kind,
+                    recorder=self.recorder,
+                    clock=self.clock,
+                    writes=writes,
+                    namespaces=self.options.namespaces,
+                    label_selector=self._selector(kind),
+                )
+            return self.informers[kind]
+
+        for spec in self._registry.specs:
+            assert spec.reconciler is not None  # validated in problems()
+            controller = Controller(
+                spec.name,
+                spec.reconciler,
+                recorder=self.recorder,
+                clock=self.clock,
+                options=spec.options,
+            )
+            for watch in spec.watches:
+                controller.watch(
+                    Watch(
+                        informer(watch.kind),
+                        watch.handler(spec.for_kind),
+                        watch.predicates + spec.global_predicates,
+                        watch.role,
+                    )
+                )
+            self.controllers.append(controller)
+
+    def _selector(self, kind: Kind) -> str:
+        selectors = self.options.label_selectors
+        return selectors.get(str(kind), selectors.get(kind.kind, ""))
+
+    async def _lead(
+        self, transport: Transport, client: Client, workers: list[asyncio.Task[None]]
+    ) -> None:
+        if self.options.leader_election:
+            namespace = self.options.leader_election_namespace or "default"
+            self.elector = LeaderElector(
+                transport,
+                name=self.options.leader_election_id,
+                namespace=namespace,
+                identity=default_identity(),
+                recorder=self.recorder,
+                clock=self.clock,
+                timing=self.options.lease_timing,
+                release_on_cancel=self.options.leader_election_release_on_cancel,
+            )
+            await self.elector.acquire()
+        workers.extend(
+            asyncio.create_task(controller.run(client), name=f"controller {controller.name}")
+            for controller in self.controllers
+        )
+        if self.elector is not None:
+            await self.elector.hold()
+        else:
+            await asyncio.Event().wait()
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Stop taking work and give in-flight reconciles the graceful timeout to finish."""
+        draining = []
+        for controller, task in zip(self.controllers, workers, strict=False):
+            controller.queue.shutdown()
+            if controller.started:
+                draining.append(task)
+            else:  # still waiting for its caches: nothing in flight to wait for
+                task.cancel()
+        if draining:
+            await asyncio.wait(draining, timeout=self.options.graceful_shutdown_timeout)
+
+    async def _serve_health(self) -> web.AppRunner | None:
+        address = self.options.health_probe_bind_address
+        if address in ("0", ""):
+            return None
+        host, _, port = address.rpartition(":")
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host or "0.0.0.0", int(port))  # noqa: S104
+        await site.start()
+        self.health_port = int(runner.addresses[0][1])
+        return runner
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        waiting = [
+            f"{informer.kind}: {informer.last_error or 'not synced'}"
+            for informer in self.informers.values()
+            if not informer.synced.is_set()
+        ]
+        if waiting:
+            return web.Response(status=503, text="caches not synced:\n" + "\n".join(waiting))
+        return web.Response(text="ok")
+
+    def _emit(self, outcome: str, reason: str) -> None:
+        self.recorder.emit(
+            Record(time=self.clock.wall(), stage=Stage.MANAGER, outcome=outcome, reason=reason)
+        )

@@ -1,0 +1,130 @@
+"""Helpers for runtime tests against the real control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ctrltrace import Collect, Manager
+from ctrltrace.envtest import ApiError, ControlPlane
+
+WIDGET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.com"},
+    "spec": {
+        "group": "example.com",
+        "scope": "Namespaced",
+        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def install_crd(plane: ControlPlane, crd: dict[str, Any]) -> None:
+    try:
+        plane.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    except ApiError as error:
+        if error.status != 409:
+            raise
+    name = crd["metadata"]["name"]
+    group, version = crd["spec"]["group"], crd["spec"]["versions"][0]["name"]
+    plural = crd["spec"]["names"]["plural"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = plane.request(
+            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        ).get("status", {})
+        established = any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in status.get("conditions", [])
+        )
+        if established:
+            with contextlib.suppress(ApiError):
+                plane.request("GET", f"/apis/{group}/{version}/{plural}")
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"CRD {name} never became established")
+
+
+@pytest.fixture(scope="session")
+def widget_crd(control_plane: ControlPlane) -> str:
+    install_crd(control_plane, WIDGET_CRD)
+    return "example.com/v1"
+
+
+def widget(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+class Running:
+    """A manager running on an event loop in the test: wait for records, then stop it."""
+
+    def __init__(self, manager: Manager, records: Collect) -> None:
+        self.manager = manager
+        self.records = records
+        self.task: asyncio.Task[None] | None = None
+
+    async def until(self, condition: Callable[[], bool], within: float = 20.0) -> None:
+        deadline = time.monotonic() + within
+        while not condition():
+            if self.task is not None and self.task.done():
+                self.task.result()  # surface why the manager stopped
+                raise AssertionError("manager stopped before the condition held")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    "condition not met; records:\n"
+                    + "\n".join(
+                        f"{r.stage} {r.outcome} {r.controller} {r.request} "
+                        f"{r.object.key if r.object else ''} {r.reason}"
+                        for r in self.records.records[-40:]
+                    )
+                )
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def manager_factory(control_plane: ControlPlane) -> Callable[..., Manager]:
+    def make(**options: Any) -> Manager:
+        options.setdefault("kubeconfig", str(control_plane.kubeconfig))
+        options.setdefault("health_probe_bind_address", "127.0.0.1:0")
+        return Manager(**options)
+
+    return make
+
+
+async def start(manager: Manager) -> Running:
+    records = Collect()
+    manager.add_sink(records)
+    running = Running(manager, records)
+    running.task = asyncio.create_task(manager.start())
+    return running
+
+
+async def stop(running: Running) -> None:
+    running.manager.stop()
+    assert running.task is not None
+    await asyncio.wait_for(running.task, 30)

@@ -1,0 +1,329 @@
+"""The runtime against the real apiserver: behaviour and the records each stage emits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ctrltrace import Context, Manager, Request, Result, Stage, predicates
+from ctrltrace.envtest import ControlPlane
+from ctrltrace.envtest.pytest_plugin import MintIdentity
+
+from .conftest import install_crd, start, stop, widget
+
+ManagerFactory = Callable[..., Manager]
+
+
+def _configmap(namespace: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        **extra,
+    }
+
+
+async def _noop(ctx: Context, request: Request) -> None:
+    return None
+
+
+def test_event_reaches_reconcile_and_every_stage_records_it(
+    control_plane: ControlPlane, kube_namespace: str, manager_factory: ManagerFactory
+) -> None:
+    seen: list[Request] = []
+
+    async def reconcile(ctx: Context, request: Request) -> None:
+        seen.append(request)
+
+    async def scenario() -> None:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: bool(records.where(Stage.WATCH, "synced")))
+        control_plane.request(
+            "POST",
+            f"/api/v1/namespaces/{kube_namespace}/configmaps",
+            _configmap(kube_namespace, "one"),
+        )
+        await running.until(lambda: bool(records.where(Stage.RECONCILE, "success")))
+        await stop(running)
+
+        event = next(
+            r for r in records.where(Stage.EVENT, "ADDED") if r.object and r.object.name == "one"
+        )
+        dispatch = records.where(Stage.DISPATCH, "queued")[0]
+        begin = records.where(Stage.RECONCILE_START)[0]
+        done = records.where(Stage.RECONCILE, "success")[0]
+        assert event.object is not None and event.object.resource_version
+        assert dispatch.cause_ids == (event.id,)
+        assert dispatch.controller == "configmap" and dispatch.request == f"{kube_namespace}/one"
+        assert begin.cause_ids == (dispatch.id,)
+        assert begin.reconcile_id and done.reconcile_id == begin.reconcile_id
+        assert done.cause_ids == (begin.id,)
+        assert done.attrs["metric_result"] == "success"
+
+    asyncio.run(scenario())
+    assert seen == [Request(kube_namespace, "one")]
+
+
+def test_generation_changed_drops_a_label_only_update_and_says_why(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    widget_crd: str,
+    manager_factory: ManagerFactory,
+) -> None:
+    path = f"/apis/example.com/v1/namespaces/{kube_namespace}/widgets"
+    control_plane.request("POST", path, widget(kube_namespace, "w", replicas=1))
+
+    async def scenario() -> None:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("example.com/v1", "Widget").with_event_filter(
+            predicates.GenerationChanged()
+        ).complete(_noop)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: len(records.where(Stage.RECONCILE)) == 1)
+        control_plane.patch(f"{path}/w", {"metadata": {"labels": {"a": "b"}}})
+        await running.until(lambda: bool(records.where(Stage.DISPATCH, "dropped_by_predicate")))
+        control_plane.patch(f"{path}/w", {"spec": {"replicas": 2}})
+        await running.until(lambda: len(records.where(Stage.RECONCILE)) == 2)
+        await stop(running)
+
+        dropped = records.where(Stage.DISPATCH, "dropped_by_predicate")
+        assert len(dropped) == 1
+        assert dropped[0].attrs["predicate"] == "GenerationChanged"
+        assert "1 → 1" in dropped[0].reason or "1 -> 1" in dropped[0].reason
+        assert dropped[0].object is not None and dropped[0].object.generation == 1
+        assert len(records.where(Stage.DISPATCH, "queued")) == 2
+
+    asyncio.run(scenario())
+
+
+def test_owns_maps_a_controlled_child_and_records_not_mapped_without_controller_true(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    widget_crd: str,
+    manager_factory: ManagerFactory,
+) -> None:
+    widgets = f"/apis/example.com/v1/namespaces/{kube_namespace}/widgets"
+    owner = control_plane.request("POST", widgets, widget(kube_namespace, "parent"))
+    ref = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "name": "parent",
+        "uid": owner["metadata"]["uid"],
+    }
+    configmaps = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+
+    async def scenario() -> None:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("example.com/v1", "Widget").owns("v1", "ConfigMap").complete(_noop)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: len(records.where(Stage.RECONCILE)) == 1)
+        child = _configmap(kube_namespace, "controlled")
+        child["metadata"]["ownerReferences"] = [{**ref, "controller": True}]
+        control_plane.request("POST", configmaps, child)
+        orphan = _configmap(kube_namespace, "referenced")
+        orphan["metadata"]["ownerReferences"] = [ref]
+        control_plane.request("POST", configmaps, orphan)
+        await running.until(
+            lambda: (
+                len(records.where(Stage.RECONCILE)) == 2
+                and bool(records.where(Stage.DISPATCH, "not_mapped"))
+            )
+        )
+        await stop(running)
+
+        mapped = [
+            r
+            for r in records.where(Stage.DISPATCH, "queued")
+            if r.object is not None and r.object.kind == "ConfigMap"
+        ]
+        assert [(m.object.name if m.object else "", m.request) for m in mapped] == [
+            ("controlled", f"{kube_namespace}/parent")
+        ]
+        not_mapped = records.where(Stage.DISPATCH, "not_mapped")
+        assert len(not_mapped) == 1
+        assert not_mapped[0].object is not None and not_mapped[0].object.name == "referenced"
+        assert "controller: true" in not_mapped[0].reason
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_during_a_running_reconcile_yields_exactly_one_more(
+    control_plane: ControlPlane, kube_namespace: str, manager_factory: ManagerFactory
+) -> None:
+    release = asyncio.Event()
+    runs: list[str] = []
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+
+    async def reconcile(ctx: Context, request: Request) -> None:
+        runs.append(ctx.reconcile_id)
+        if len(runs) == 1:
+            await release.wait()
+
+    async def scenario() -> None:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("v1", "ConfigMap").with_options(max_concurrent_reconciles=4).complete(
+            reconcile
+        )
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: bool(records.where(Stage.WATCH, "synced")))
+        control_plane.request("POST", path, _configmap(kube_namespace, "busy"))
+        await running.until(lambda: len(runs) == 1)
+        for value in range(5):
+            control_plane.patch(f"{path}/busy", {"data": {"n": str(value)}})
+        await running.until(lambda: len(records.where(Stage.DISPATCH)) == 6)
+        release.set()
+        await running.until(lambda: len(records.where(Stage.RECONCILE)) == 2)
+        await asyncio.sleep(0.5)  # room for a wrong third reconcile to show up
+        await stop(running)
+
+        outcomes = [r.outcome for r in records.where(Stage.DISPATCH)]
+        assert outcomes == ["queued", "requeued_after_processing"] + ["deduplicated"] * 4
+        starts = records.where(Stage.RECONCILE_START)
+        assert len(starts) == 2 and len(runs) == 2
+        # The second reconcile's parent is the first dispatch that queued it; the rest are links.
+        later = [r.id for r in records.where(Stage.DISPATCH)[1:]]
+        assert list(starts[1].cause_ids) == later
+
+    asyncio.run(scenario())
+
+
+def test_an_error_is_retried_with_back_off_and_a_terminal_error_is_not(
+    control_plane: ControlPlane, kube_namespace: str, manager_factory: ManagerFactory
+) -> None:
+    from ctrltrace import TerminalError
+
+    calls: dict[str, int] = {}
+
+    def reconcile(ctx: Context, request: Request) -> Result | None:  # a plain def: runs in a thread
+        calls[request.name] = calls.get(request.name, 0) + 1
+        if request.name == "flaky" and calls[request.name] == 1:
+            raise RuntimeError("first attempt fails")
+        if request.name == "doomed":
+            raise TerminalError("cannot ever work")
+        return Result(requeue_after=3600) if request.name == "later" else None
+
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+
+    async def scenario() -> None:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: bool(records.where(Stage.WATCH, "synced")))
+        for name in ("flaky", "doomed", "later"):
+            control_plane.request("POST", path, _configmap(kube_namespace, name))
+        await running.until(
+            lambda: (
+                calls.get("flaky") == 2
+                and bool(records.where(Stage.RECONCILE, "terminal_error"))
+                and bool(records.where(Stage.REQUEUE, "after"))
+            )
+        )
+        await asyncio.sleep(0.3)
+        await stop(running)
+
+        error = records.where(Stage.RECONCILE, "error")[0]
+        assert error.request.endswith("/flaky") and "first attempt fails" in error.reason
+        retry = records.where(Stage.REQUEUE, "rate_limited")[0]
+        assert retry.cause_ids == (error.id,) and retry.attrs["attempt"] == 1
+        assert retry.attrs["delay_s"] == 0.005
+        second = [s for s in records.where(Stage.RECONCILE_START) if s.request.endswith("/flaky")][
+            1
+        ]
+        assert second.cause_ids == (retry.id,)  # linked to the reconcile that asked for it
+        assert calls["doomed"] == 1
+        later = records.where(Stage.REQUEUE, "after")[0]
+        assert later.attrs["delay_s"] == 3600 and later.request.endswith("/later")
+
+    asyncio.run(scenario())
+
+
+def test_a_kind_installed_after_start_is_picked_up(
+    control_plane: ControlPlane, kube_namespace: str, manager_factory: ManagerFactory
+) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gadgets{kube_namespace.replace('-', '')}.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {
+                "plural": f"gadgets{kube_namespace.replace('-', '')}",
+                "kind": f"Gadget{kube_namespace.replace('-', '')}",
+            },
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    kind = crd["spec"]["names"]["kind"]  # type: ignore[index]
+
+    async def scenario() -> None:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("example.com/v1", kind).complete(_noop)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: bool(records.where(Stage.WATCH, "kind_not_found")))
+        await asyncio.to_thread(install_crd, control_plane, crd)
+        plural = crd["spec"]["names"]["plural"]  # type: ignore[index]
+        control_plane.request(
+            "POST",
+            f"/apis/example.com/v1/namespaces/{kube_namespace}/{plural}",
+            {"apiVersion": "example.com/v1", "kind": kind, "metadata": {"name": "late"}},
+        )
+        await running.until(lambda: bool(records.where(Stage.RECONCILE, "success")), within=40)
+        await stop(running)
+        missing = records.where(Stage.WATCH, "kind_not_found")[0]
+        assert kind in missing.reason and missing.attrs["kind"] == kind
+
+    asyncio.run(scenario())
+
+
+def test_a_forbidden_watch_is_recorded_and_keeps_the_manager_unready(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    manager_factory: ManagerFactory,
+    mint_identity: MintIdentity,
+) -> None:
+    identity = mint_identity(
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+        namespace=kube_namespace,
+    )
+
+    async def scenario() -> None:
+        import aiohttp
+
+        mgr = manager_factory(namespaces=[kube_namespace], kubeconfig=str(identity.kubeconfig))
+        mgr.controller().for_("v1", "ConfigMap").complete(_noop)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: bool(records.where(Stage.WATCH, "forbidden")))
+        url = f"http://127.0.0.1:{mgr.health_port}/readyz"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            ready_status, ready_text = response.status, await response.text()
+        await stop(running)
+        forbidden = records.where(Stage.WATCH, "forbidden")[0]
+        assert forbidden.attrs["status"] == 403
+        assert identity.name in forbidden.reason and "list" in forbidden.reason
+        assert forbidden.attrs["namespace"] == kube_namespace
+        assert ready_status == 503 and "ConfigMap" in ready_text and "forbidden" in ready_text
+
+    asyncio.run(scenario())
