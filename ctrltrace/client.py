@@ -13,7 +13,7 @@ from typing import Any
 
 from ctrltrace.clock import Clock
 from ctrltrace.kinds import Kind, RestMapper
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage
+from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
 from ctrltrace.source import Informer, WriteLog
 from ctrltrace.transport import Json, NotFound, Transport
 
@@ -149,16 +149,24 @@ class Client:
         # DELETE answers with the object (with deletionTimestamp set) or a Status.
         returned = answer if answer.get("kind") == obj["kind"] else obj
         ref = ObjectRef.of(returned, obj["apiVersion"], obj["kind"])
-        record = Record(
-            time=self._clock.wall(),
-            stage=Stage.WRITE,
-            outcome=verb,
-            controller=self._scope.controller,
-            reconcile_id=self._scope.reconcile_id,
-            object=ref,
-            reason=f"{verb} returned resourceVersion {ref.resource_version}",
+        write_id = next_id()
+        # The watch event of this write may have been dispatched already: link it from here.
+        event_id = (
+            self._writes.write_returned(ref.resource_version, write_id)
+            if ref.resource_version
+            else None
         )
-        if ref.resource_version:
-            self._writes.remember(ref.resource_version, record.id)
-        self._recorder.emit(record)
+        self._recorder.emit(
+            Record(
+                time=self._clock.wall(),
+                stage=Stage.WRITE,
+                outcome=verb,
+                controller=self._scope.controller,
+                reconcile_id=self._scope.reconcile_id,
+                object=ref,
+                reason=f"{verb} returned resourceVersion {ref.resource_version}",
+                attrs={"event_id": event_id} if event_id is not None else {},
+                id=write_id,
+            )
+        )
         return answer

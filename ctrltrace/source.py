@@ -19,7 +19,7 @@ import aiohttp
 
 from ctrltrace.clock import Clock
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage
+from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
 from ctrltrace.transport import ApiError, Json, Transport, WatchExpired
 
 _LIST_PAGE = 500
@@ -31,19 +31,38 @@ class Listener(Protocol):
 
 
 class WriteLog:
-    """resourceVersions returned by our own writes, so their watch events can be recognised."""
+    """Pairs our own writes with the watch events they cause, whichever arrives first.
+
+    The write's answer and its watch event race: the event can be dispatched before the
+    client has read the answer. Both sides report the resourceVersion here; whoever comes
+    second learns the other's record id.
+    """
 
     def __init__(self, capacity: int = 50_000) -> None:
         self._writes: OrderedDict[str, int] = OrderedDict()
+        self._events: OrderedDict[str, int] = OrderedDict()
         self._capacity = capacity
 
-    def remember(self, resource_version: str, record_id: int) -> None:
-        self._writes[resource_version] = record_id
-        if len(self._writes) > self._capacity:
-            self._writes.popitem(last=False)
+    def write_returned(self, resource_version: str, write_id: int) -> int | None:
+        """Remember a write; the id of its event if that came back already."""
+        if (event_id := self._events.pop(resource_version, None)) is not None:
+            return event_id
+        self._remember(self._writes, resource_version, write_id)
+        return None
 
-    def lookup(self, resource_version: str) -> int | None:
-        return self._writes.get(resource_version)
+    def event_seen(self, resource_version: str, event_id: int) -> int | None:
+        """The id of the write that produced this version, if one is known yet."""
+        if (write_id := self._writes.pop(resource_version, None)) is not None:
+            return write_id
+        self._remember(self._events, resource_version, event_id)
+        return None
+
+    def _remember(
+        self, table: OrderedDict[str, int], resource_version: str, record_id: int
+    ) -> None:
+        table[resource_version] = record_id
+        if len(table) > self._capacity:
+            table.popitem(last=False)
 
 
 def cache_key(obj: Obj) -> str:
@@ -215,18 +234,21 @@ class Informer:
 
     def _record_event(self, watch_type: str, obj: Obj) -> int:
         ref = ObjectRef.of(obj, self.kind.api_version, self.kind.kind)
-        write_id = self._writes.lookup(ref.resource_version)
-        record = Record(
-            time=self._clock.wall(),
-            stage=Stage.EVENT,
-            outcome=watch_type,
-            object=ref,
-            reason="the controller's own write coming back" if write_id else "",
-            cause_ids=(write_id,) if write_id else (),
-            attrs={"writer": last_writer(obj), "self_caused": write_id is not None},
+        event_id = next_id()
+        write_id = self._writes.event_seen(ref.resource_version, event_id)
+        self._recorder.emit(
+            Record(
+                time=self._clock.wall(),
+                stage=Stage.EVENT,
+                outcome=watch_type,
+                object=ref,
+                reason="the controller's own write coming back" if write_id else "",
+                cause_ids=(write_id,) if write_id else (),
+                attrs={"writer": last_writer(obj), "self_caused": write_id is not None},
+                id=event_id,
+            )
         )
-        self._recorder.emit(record)
-        return record.id
+        return event_id
 
     def _record_watch(self, outcome: str, reason: str, namespace: str, status: int = 0) -> None:
         attrs: dict[str, str | int] = {"kind": self.kind.kind, "api_version": self.kind.api_version}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from ctrltrace import Context, Manager, Request, Result, Stage, predicates
@@ -327,3 +327,58 @@ def test_a_forbidden_watch_is_recorded_and_keeps_the_manager_unready(
         assert ready_status == 503 and "ConfigMap" in ready_text and "forbidden" in ready_text
 
     asyncio.run(scenario())
+
+
+def test_own_writes_are_recorded_and_recognised_when_they_come_back(
+    control_plane: ControlPlane, kube_namespace: str, manager_factory: ManagerFactory
+) -> None:
+    import structlog
+
+    async def reconcile(ctx: Context, request: Request) -> None:
+        current = await ctx.client.get("v1", "ConfigMap", request.name, request.namespace)
+        count = int((current.get("data") or {}).get("count", "0"))
+        ctx.log.info("reconciling", count=count)
+        if count < 2:
+            await ctx.client.patch(
+                "v1",
+                "ConfigMap",
+                request.name,
+                {"data": {"count": str(count + 1)}},
+                namespace=request.namespace,
+            )
+
+    async def scenario() -> list[MutableMapping[str, Any]]:
+        mgr = manager_factory(namespaces=[kube_namespace])
+        mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+        running = await start(mgr)
+        records = running.records
+        await running.until(lambda: bool(records.where(Stage.WATCH, "synced")))
+        with structlog.testing.capture_logs() as logs:
+            control_plane.request(
+                "POST",
+                f"/api/v1/namespaces/{kube_namespace}/configmaps",
+                _configmap(kube_namespace, "loop"),
+            )
+            await running.until(lambda: len(records.where(Stage.RECONCILE)) == 3)
+        await stop(running)
+
+        writes = records.where(Stage.WRITE, "patch")
+        assert len(writes) == 2
+        assert all(w.reconcile_id and w.controller == "configmap" for w in writes)
+        events = {e.id: e for e in records.where(Stage.EVENT, "MODIFIED")}
+        for write in writes:
+            # Whichever of the write's answer and its watch event came second links the two.
+            if "event_id" in write.attrs:
+                comeback = events[int(write.attrs["event_id"])]
+            else:
+                [comeback] = [e for e in events.values() if e.cause_ids == (write.id,)]
+                assert comeback.attrs["self_caused"] is True
+            assert comeback.object is not None and write.object is not None
+            assert comeback.object.resource_version == write.object.resource_version
+        return logs
+
+    logs = asyncio.run(scenario())
+    reconciling = [entry for entry in logs if entry["event"] == "reconciling"]
+    assert [entry["count"] for entry in reconciling] == [0, 1, 2]
+    assert {entry["controller"] for entry in reconciling} == {"configmap"}
+    assert all(entry["name"] == "loop" and entry["reconcile_id"] for entry in reconciling)
