@@ -6,6 +6,7 @@ that do the work. No traceback reaches the user unless ``-v`` asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import signal
 import sys
@@ -14,10 +15,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from ctrltrace._version import __version__
+
+if TYPE_CHECKING:
+    from ctrltrace.envtest import ControlPlane
 
 
 class ExitCode(enum.IntEnum):
@@ -27,8 +32,12 @@ class ExitCode(enum.IntEnum):
     WARNINGS = 1
     USAGE = 2
     FAILED = 3
-    ENVIRONMENT = 4  # no binaries, control plane or cluster unavailable
+    ENVIRONMENT = 4  # no binaries, or the local control plane failed to start
     JOURNAL = 5
+    APP = 6  # MODULE:ATTR cannot be imported, is not a Manager, or the manager is mis-built
+    KUBECONFIG = 7
+    UNREACHABLE = 8  # the API server does not answer
+    LEADERSHIP_LOST = 9
 
 
 class CommandError(click.ClickException):
@@ -119,3 +128,99 @@ def envtest(kubeconfig: Path | None, only_binaries: bool) -> None:
         finally:
             plane.stop()
     click.echo("stopped", err=True)
+
+
+@main.command(epilog=_EPILOG)
+@click.argument("app")
+@click.option(
+    "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)."
+)
+@click.option("--context", "kube_context", help="Kubeconfig context to use.")
+@click.option(
+    "--namespace", "namespaces", multiple=True, help="Namespace to cache (repeatable; default all)."
+)
+@click.option("--metrics-bind-address", help="host:port for /metrics; 0 disables.")
+@click.option("--health-probe-bind-address", help="host:port for /healthz and /readyz; 0 disables.")
+@click.option("--leader-elect/--no-leader-elect", default=None, help="Hold a Lease to reconcile.")
+@click.option("--leader-election-id", help="Lease name (a DNS subdomain).")
+@click.option("--leader-election-namespace", help="Namespace of the Lease.")
+@click.option(
+    "--envtest", is_flag=True, help="Start a local control plane for this run and use it."
+)
+@click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
+@click.option("-v", "--verbose", count=True, help="Debug logs; tracebacks on errors.")
+def run(  # click passes every parameter by keyword
+    *,
+    app: str,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    namespaces: tuple[str, ...],
+    metrics_bind_address: str | None,
+    health_probe_bind_address: str | None,
+    leader_elect: bool | None,
+    leader_election_id: str | None,
+    leader_election_namespace: str | None,
+    envtest: bool,
+    log_format: str,
+    verbose: int,
+) -> None:
+    """Run the Manager APP (MODULE:ATTR, like uvicorn: app:mgr or ./app.py:mgr)."""
+    from ctrltrace.builder import BuildError
+    from ctrltrace.leaderelection import LeaderLost
+    from ctrltrace.loader import AppError, AppSpecError, load_manager
+    from ctrltrace.logs import configure
+    from ctrltrace.manager import Unreachable
+    from ctrltrace.transport import ConfigError
+
+    configure(log_format, verbose)
+    try:
+        manager = load_manager(app)
+    except AppSpecError as error:
+        raise CommandError(str(error), ExitCode.USAGE) from error
+    except AppError as error:
+        raise CommandError(str(error), ExitCode.APP) from error
+    options = manager.options
+    overrides = {
+        "namespaces": namespaces or None,
+        "metrics_bind_address": metrics_bind_address,
+        "health_probe_bind_address": health_probe_bind_address,
+        "leader_election": leader_elect,
+        "leader_election_id": leader_election_id,
+        "leader_election_namespace": leader_election_namespace,
+        "kubeconfig": kubeconfig,
+        "context": kube_context,
+    }
+    for field_name, value in overrides.items():
+        if value is not None:
+            setattr(options, field_name, value)
+    with contextlib.ExitStack() as stack:
+        if envtest:
+            options.kubeconfig = str(stack.enter_context(_local_control_plane()).kubeconfig)
+        try:
+            manager.run()
+        except BuildError as error:
+            raise CommandError(f"cannot start: {error}", ExitCode.APP) from error
+        except ConfigError as error:
+            raise CommandError(str(error), ExitCode.KUBECONFIG) from error
+        except Unreachable as error:
+            raise CommandError(str(error), ExitCode.UNREACHABLE) from error
+        except LeaderLost as error:
+            raise CommandError(str(error), ExitCode.LEADERSHIP_LOST) from error
+
+
+@contextlib.contextmanager
+def _local_control_plane() -> Iterator[ControlPlane]:
+    from ctrltrace.envtest import BinariesNotFoundError, ControlPlane, ControlPlaneError
+
+    try:
+        plane = ControlPlane()
+        plane.start()
+    except (BinariesNotFoundError, ControlPlaneError) as error:
+        raise CommandError(f"--envtest: {error}", ExitCode.ENVIRONMENT) from error
+    click.echo(
+        f"local control plane ready in {plane.startup_seconds:.1f}s at {plane.server}", err=True
+    )
+    try:
+        yield plane
+    finally:
+        plane.stop()

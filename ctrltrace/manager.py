@@ -13,6 +13,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from ctrltrace.builder import Builder, BuildError, _Registry
@@ -30,6 +31,10 @@ from ctrltrace.leaderelection import (
 from ctrltrace.records import Record, Recorder, Sink, Stage
 from ctrltrace.source import Informer, WriteLog
 from ctrltrace.transport import Transport, load_configuration
+
+
+class Unreachable(ConnectionError):
+    """The API server did not answer at start-up."""
 
 
 @dataclass
@@ -141,10 +146,21 @@ class Manager:
             configuration = await load_configuration(self.options.kubeconfig, self.options.context)
             transport = Transport(configuration)
         try:
+            await self._preflight(transport)
             await self._run(transport)
         finally:
             if own_transport:
                 await transport.close()
+
+    async def _preflight(self, transport: Transport) -> None:
+        """Fail fast when the API server cannot be reached at all (later losses are retried)."""
+        try:
+            await transport.request("GET", "/version")
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            detail = str(error) or type(error).__name__
+            raise Unreachable(
+                f"cannot reach the API server at {transport.host}: {detail}"
+            ) from error
 
     async def _run(self, transport: Transport) -> None:
         mapper = RestMapper(transport)

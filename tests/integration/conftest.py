@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,30 +15,10 @@ import pytest
 from ctrltrace import Collect, Manager
 from ctrltrace.envtest import ApiError, ControlPlane
 
-WIDGET_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.example.com"},
-    "spec": {
-        "group": "example.com",
-        "scope": "Namespaced",
-        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
+# The example controller's CRD, shared with the demo.
+WIDGET_CRD: dict[str, Any] = json.loads(
+    (Path(__file__).parents[2] / "examples" / "widget-crd.json").read_text()
+)
 
 
 def install_crd(plane: ControlPlane, crd: dict[str, Any]) -> None:

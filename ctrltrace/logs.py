@@ -1,0 +1,33 @@
+"""Log set-up for ``ctrltrace run``: structlog, as JSON or for a console, at a chosen level.
+
+Owns the processor chain. Reconcile loggers are bound to controller, namespace, name and
+reconcile_id by the controller; this module only decides how lines look.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(log_format: str = "console", verbose: int = 0) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
