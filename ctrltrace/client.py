@@ -8,7 +8,7 @@ controller's own writes when they come back as watch events.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ctrltrace.clock import Clock
@@ -53,7 +53,7 @@ class Client:
         """The same client, with writes attributed to one reconcile."""
         scoped = object.__new__(Client)
         scoped.__dict__.update(self.__dict__)
-        scoped._scope = replace(self._scope, controller=controller, reconcile_id=reconcile_id)
+        scoped._scope = _Scope(controller, reconcile_id)
         return scoped
 
     # -- reads -------------------------------------------------------------------------------
@@ -143,19 +143,20 @@ class Client:
         meta: Mapping[str, Any] = obj.get("metadata") or {}
         resource = await self._mapper.resolve(Kind(obj["apiVersion"], obj["kind"]))
         path = resource.path(meta.get("namespace", ""), meta["name"] if name else "", subresource)
-        answer = await self._transport.request(
-            method, path, body=obj if body is ... else body, content_type=content_type
-        )
+        self._writes.write_started()
+        try:
+            answer = await self._transport.request(
+                method, path, body=obj if body is ... else body, content_type=content_type
+            )
+        except BaseException:
+            self._writes.write_failed()
+            raise
         # DELETE answers with the object (with deletionTimestamp set) or a Status.
         returned = answer if answer.get("kind") == obj["kind"] else obj
         ref = ObjectRef.of(returned, obj["apiVersion"], obj["kind"])
         write_id = next_id()
         # The watch event of this write may have been dispatched already: link it from here.
-        event_id = (
-            self._writes.write_returned(ref.resource_version, write_id)
-            if ref.resource_version
-            else None
-        )
+        event_id = self._writes.write_returned(ref.resource_version, write_id)
         self._recorder.emit(
             Record(
                 time=self._clock.wall(),

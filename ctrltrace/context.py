@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -18,14 +17,57 @@ from ctrltrace.request import Request
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
 class Context:
-    client: Client
-    log: structlog.typing.FilteringBoundLogger
-    controller: str
-    reconcile_id: str
-    request: Request
-    loop: asyncio.AbstractEventLoop
+    """Given to every reconcile. ``client`` and ``log`` are made on first use: a reconcile
+    that never logs or writes pays nothing for them."""
+
+    __slots__ = (
+        "_client",
+        "_log",
+        "_logger",
+        "_shared_client",
+        "controller",
+        "loop",
+        "reconcile_id",
+        "request",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        logger: structlog.typing.FilteringBoundLogger,
+        *,
+        controller: str,
+        reconcile_id: str,
+        request: Request,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._shared_client = client
+        self._logger = logger
+        self._client: Client | None = None
+        self._log: structlog.typing.FilteringBoundLogger | None = None
+        self.controller = controller
+        self.reconcile_id = reconcile_id
+        self.request = request
+        self.loop = loop
+
+    @property
+    def client(self) -> Client:
+        """Reads from the cache, writes through the API, writes attributed to this reconcile."""
+        if self._client is None:
+            self._client = self._shared_client.scoped(self.controller, self.reconcile_id)
+        return self._client
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A logger bound to controller, namespace, name and reconcile_id."""
+        if self._log is None:
+            self._log = self._logger.bind(
+                namespace=self.request.namespace,
+                name=self.request.name,
+                reconcile_id=self.reconcile_id,
+            )
+        return self._log
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a client call from a plain-``def`` reconciler (which runs in a worker thread)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ from ctrltrace.clock import Clock
 from ctrltrace.context import Context
 from ctrltrace.events import Event, EventType
 from ctrltrace.handlers import EventHandler
-from ctrltrace.predicates import Predicate, Verdict, all_of
+from ctrltrace.predicates import Predicate, Verdict, first_refusal
 from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
 from ctrltrace.reconcile import Action, Reconciler, Result, settle
 from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
@@ -31,6 +32,15 @@ from ctrltrace.request import Request
 from ctrltrace.source import Informer
 
 ReconcileCall = Callable[[Context, Request], Awaitable[Result | None]]
+
+# Unique across replicas (a random prefix) yet cheap (a counter): a UUID per reconcile costs
+# as much as the rest of the reconcile bookkeeping.
+_RECONCILE_PREFIX = uuid.uuid4().hex[:12]
+_reconcile_counter = itertools.count(1)
+
+
+def next_reconcile_id() -> str:
+    return f"{_RECONCILE_PREFIX}-{next(_reconcile_counter):x}"
 
 
 @dataclass(frozen=True)
@@ -88,19 +98,20 @@ class Controller:
         self.watches.append(watch)
         kind = watch.informer.kind
 
-        def on_event(watch_type: str, obj: Obj, old: Obj | None, event_id: int, /) -> None:
+        def on_event(
+            watch_type: str, obj: Obj, old: Obj | None, ref: ObjectRef, event_id: int, /
+        ) -> None:
             event = Event(EventType.from_watch(watch_type), obj, old, kind.api_version, kind.kind)
-            self._dispatch(watch, event, event_id)
+            self._dispatch(watch, event, ref, event_id)
 
         watch.informer.add_listener(on_event)
 
-    def _dispatch(self, watch: Watch, event: Event, event_id: int) -> None:
-        ref = ObjectRef.of(event.object, event.api_version, event.kind)
+    def _dispatch(self, watch: Watch, event: Event, ref: ObjectRef, event_id: int) -> None:
         try:
-            verdict = all_of(watch.predicates, event)
+            verdict = first_refusal(watch.predicates, event)
         except Exception as error:  # a user predicate failing drops, not crashes
             verdict = Verdict(False, "error", f"a predicate raised {type(error).__name__}: {error}")
-        if not verdict.allowed:
+        if verdict is not None:
             self._emit_dispatch(
                 "dropped_by_predicate",
                 verdict.reason,
@@ -214,29 +225,26 @@ class Controller:
 
     async def _reconcile_one(self, client: Client, request: Request, waited: float) -> None:
         causes = tuple(self._causes.pop(request, ()))
-        reconcile_id = str(uuid.uuid4())
+        reconcile_id = next_reconcile_id()
         started = self._clock.monotonic()
         self.stats.active_workers += 1
         self.stats.in_flight[request] = started
         start = self._emit(
             Stage.RECONCILE_START,
             "started",
-            f"waited {waited * 1000:.1f} ms in the queue",
+            "",
             request=request,
             reconcile_id=reconcile_id,
             cause_ids=causes,
             attrs={"queue_wait_s": waited, "retries": self.queue.retries(request)},
         )
-        log = self._log.bind(
-            namespace=request.namespace, name=request.name, reconcile_id=reconcile_id
-        )
         ctx = Context(
-            client.scoped(self.name, reconcile_id),
-            log,
-            self.name,
-            reconcile_id,
-            request,
-            asyncio.get_running_loop(),
+            client,
+            self._log,
+            controller=self.name,
+            reconcile_id=reconcile_id,
+            request=request,
+            loop=asyncio.get_running_loop(),
         )
         result: Result | None = None
         error: BaseException | None = None

@@ -100,7 +100,8 @@ class Manager:
         self.controllers: list[Controller] = []
         self.elector: LeaderElector | None = None
         self.health_port: int | None = None
-        self._stop = asyncio.Event()
+        self._stop_requested = False
+        self._stop: asyncio.Event | None = None  # made in start(): events bind to a loop
 
     # -- building ----------------------------------------------------------------------------
 
@@ -134,13 +135,18 @@ class Manager:
         asyncio.run(main())
 
     def stop(self) -> None:
-        self._stop.set()
+        """Ask a running (or starting) manager to shut down gracefully."""
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
 
     async def start(self, transport: Transport | None = None) -> None:
         """Run until ``stop()``; raises BuildError, LeaderLost, or a connection error."""
         if problems := self.problems():
             raise BuildError("; ".join(problems))
         self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
         own_transport = transport is None
         if transport is None:
             configuration = await load_configuration(self.options.kubeconfig, self.options.context)
@@ -186,6 +192,7 @@ class Manager:
         lost: BaseException | None = None
         try:
             leadership = asyncio.create_task(self._lead(transport, client, workers))
+            assert self._stop is not None
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({leadership, stop}, return_when=asyncio.FIRST_COMPLETED)
             if leadership in done:

@@ -70,7 +70,9 @@ def next_id() -> int:
     return next(_ids)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays an object.__setattr__ per field in __init__, and a
+# record is built for every stage of every event. Treat records as immutable all the same.
+@dataclass(slots=True)
 class Record:
     time: float  # wall-clock seconds since the epoch
     stage: Stage

@@ -5,13 +5,14 @@ No I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ctrltrace.records import Obj
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Request:
+class Request(NamedTuple):
+    """A tuple, so hashing and comparing happen in C: the queue hashes each request often."""
+
     namespace: str
     name: str
 

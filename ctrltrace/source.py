@@ -27,7 +27,9 @@ _BACKOFF_START, _BACKOFF_CAP = 0.8, 30.0  # client-go's reflector back-off
 
 
 class Listener(Protocol):
-    def __call__(self, watch_type: str, obj: Obj, old: Obj | None, event_id: int, /) -> None: ...
+    def __call__(
+        self, watch_type: str, obj: Obj, old: Obj | None, ref: ObjectRef, event_id: int, /
+    ) -> None: ...
 
 
 class WriteLog:
@@ -42,9 +44,17 @@ class WriteLog:
         self._writes: OrderedDict[str, int] = OrderedDict()
         self._events: OrderedDict[str, int] = OrderedDict()
         self._capacity = capacity
+        self._in_flight = 0
+
+    def write_started(self) -> None:
+        self._in_flight += 1
+
+    def write_failed(self) -> None:
+        self._in_flight -= 1
 
     def write_returned(self, resource_version: str, write_id: int) -> int | None:
         """Remember a write; the id of its event if that came back already."""
+        self._in_flight -= 1
         if (event_id := self._events.pop(resource_version, None)) is not None:
             return event_id
         self._remember(self._writes, resource_version, write_id)
@@ -54,7 +64,8 @@ class WriteLog:
         """The id of the write that produced this version, if one is known yet."""
         if (write_id := self._writes.pop(resource_version, None)) is not None:
             return write_id
-        self._remember(self._events, resource_version, event_id)
+        if self._in_flight:  # only then can this event's write answer still be on its way
+            self._remember(self._events, resource_version, event_id)
         return None
 
     def _remember(
@@ -226,14 +237,14 @@ class Informer:
             self.store[key] = obj
             # As in client-go, the cache decides: an ADDED for a cached object is an update.
             watch_type = "MODIFIED" if old is not None else "ADDED"
-        event_id = self._record_event(watch_type, obj)
+        ref = ObjectRef.of(obj, self.kind.api_version, self.kind.kind)
+        event_id = self._record_event(watch_type, obj, ref)
         for listener in self._listeners:
-            listener(watch_type, obj, old if watch_type == "MODIFIED" else None, event_id)
+            listener(watch_type, obj, old if watch_type == "MODIFIED" else None, ref, event_id)
 
     # -- records -----------------------------------------------------------------------------
 
-    def _record_event(self, watch_type: str, obj: Obj) -> int:
-        ref = ObjectRef.of(obj, self.kind.api_version, self.kind.kind)
+    def _record_event(self, watch_type: str, obj: Obj, ref: ObjectRef) -> int:
         event_id = next_id()
         write_id = self._writes.event_seen(ref.resource_version, event_id)
         self._recorder.emit(
