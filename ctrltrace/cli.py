@@ -166,6 +166,7 @@ def run(  # click passes every parameter by keyword
 ) -> None:
     """Run the Manager APP (MODULE:ATTR, like uvicorn: app:mgr or ./app.py:mgr)."""
     from ctrltrace.builder import BuildError
+    from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink
     from ctrltrace.leaderelection import LeaderLost
     from ctrltrace.loader import AppError, AppSpecError, load_manager
     from ctrltrace.logs import configure
@@ -193,6 +194,9 @@ def run(  # click passes every parameter by keyword
     for field_name, value in overrides.items():
         if value is not None:
             setattr(options, field_name, value)
+    metrics = PrometheusSink(manager)
+    manager.add_sink(metrics)
+    manager.add(MetricsEndpoint(metrics, options.metrics_bind_address))
     with contextlib.ExitStack() as stack:
         if envtest:
             options.kubeconfig = str(stack.enter_context(_local_control_plane()).kubeconfig)

@@ -12,6 +12,7 @@ import contextlib
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -35,6 +36,13 @@ from ctrltrace.transport import Transport, load_configuration
 
 class Unreachable(ConnectionError):
     """The API server did not answer at start-up."""
+
+
+class Runnable(Protocol):
+    """Something the manager runs beside its informers from start to shutdown (cancelled
+    then), whether or not this replica leads: a metrics endpoint, an exporter."""
+
+    async def __call__(self) -> None: ...
 
 
 @dataclass
@@ -96,6 +104,7 @@ class Manager:
         self.recorder = recorder or Recorder()
         self.clock: Clock = clock or SystemClock()
         self._registry = _Registry()
+        self._runnables: list[Runnable] = []
         self.informers: dict[Kind, Informer] = {}
         self.controllers: list[Controller] = []
         self.elector: LeaderElector | None = None
@@ -110,6 +119,10 @@ class Manager:
 
     def add_sink(self, sink: Sink) -> None:
         self.recorder.add(sink)
+
+    def add(self, runnable: Runnable) -> None:
+        """Run ``runnable`` from start-up to shutdown (controller-runtime's ``mgr.Add``)."""
+        self._runnables.append(runnable)
 
     def problems(self) -> list[str]:
         """Everything that would stop start-up, in the words start-up uses."""
@@ -186,7 +199,7 @@ class Manager:
         background: list[asyncio.Task[None]] = [
             asyncio.create_task(informer.run(), name=f"informer {informer.kind}")
             for informer in self.informers.values()
-        ]
+        ] + [asyncio.create_task(runnable()) for runnable in self._runnables]
         health = await self._serve_health()
         workers: list[asyncio.Task[None]] = []
         lost: BaseException | None = None

@@ -16,6 +16,7 @@ process do not collide.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -386,3 +387,22 @@ async def serve(sink: PrometheusSink, address: str) -> web.AppRunner | None:
         await runner.cleanup()  # a port in use must not leave a half-started runner behind
         raise
     return runner
+
+
+class MetricsEndpoint:
+    """A manager runnable serving ``sink`` on ``address`` from start-up to shutdown."""
+
+    def __init__(self, sink: PrometheusSink, address: str) -> None:
+        self.sink = sink
+        self.address = address
+        self.port: int | None = None
+
+    async def __call__(self) -> None:
+        runner = await serve(self.sink, self.address)
+        if runner is None:
+            return
+        self.port = int(runner.addresses[0][1])
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()

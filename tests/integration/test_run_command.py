@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -54,3 +55,63 @@ def test_sigterm_lets_the_in_flight_reconcile_finish(
             process.kill()
             process.wait()
     assert (tmp_path / "finished").exists()
+
+
+NOOP_APP = """
+import ctrltrace as ct
+
+mgr = ct.Manager()
+
+async def reconcile(ctx, request):
+    return None
+
+mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+"""
+
+
+def test_run_serves_controller_runtime_metrics_and_probes(
+    control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from ctrltrace.envtest.controlplane import free_port
+
+    (tmp_path / "noopapp.py").write_text(NOOP_APP)
+    metrics_port, health_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "ctrltrace", "run", "noopapp:mgr",
+        "--kubeconfig", str(control_plane.kubeconfig), "--namespace", kube_namespace,
+        "--metrics-bind-address", f"127.0.0.1:{metrics_port}",
+        "--health-probe-bind-address", f"127.0.0.1:{health_port}",
+    ]  # fmt: skip
+    for name in ("a", "b", "c"):
+        control_plane.request(
+            "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {"metadata": {"name": name}}
+        )
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+
+    def get(port: int, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            text: str = answer.read().decode()
+            return text
+
+    expected = 'controller_runtime_reconcile_total{controller="configmap",result="success"} 3.0'
+    try:
+        deadline = time.monotonic() + 20
+        text = ""
+        while expected not in text:
+            assert time.monotonic() < deadline, f"metric never reached 3:\n{text}"
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                text = get(metrics_port, "/metrics")
+            time.sleep(0.1)
+        assert get(health_port, "/readyz") == "ok"
+        assert get(health_port, "/healthz") == "ok"
+        assert 'workqueue_depth{controller="configmap",name="configmap"} 0.0' in text
+        assert 'controller_runtime_max_concurrent_reconciles{controller="configmap"} 1.0' in text
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
