@@ -1,0 +1,771 @@
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from ctrltrace.explain import Code, Explanation, exit_code, explain
+from ctrltrace.journal import Journal, JournalWriter
+from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+
+T0 = 1_700_000_000.0
+FORBIDDEN = (
+    'configmaps is forbidden: User "system:serviceaccount:ops:widget-controller" cannot list '
+    'resource "configmaps" in API group "" in the namespace "shop"'
+)
+_HEALTH_STAGES = {Stage.WATCH, Stage.LEASE, Stage.CONTROLLER, Stage.MANAGER}
+
+
+class Story:
+    """Builds the records a real run emits, in order, on a clock that moves 10 ms a step."""
+
+    def __init__(self, *, synced: bool = True) -> None:
+        self.time = T0
+        self.records: list[Record] = []
+        self.rv = 100
+        if synced:
+            self.watch("listed")
+            self.watch("synced")
+            self.controller("started")
+
+    def _add(self, record: Record) -> Record:
+        self.records.append(record)
+        self.time += 0.01
+        return record
+
+    def _make(self, stage: Stage, outcome: str, **fields: Any) -> Record:
+        return self._add(Record(time=self.time, stage=stage, outcome=outcome, **fields))
+
+    # -- the health around the object ---------------------------------------------------------
+
+    def watch(
+        self, outcome: str, reason: str = "", kind: str = "ConfigMap", **attrs: AttrValue
+    ) -> Record:
+        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
+        attrs = {"kind": kind, "api_version": api_version, **attrs}
+        return self._make(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
+
+    def lease(self, outcome: str, holder: str) -> Record:
+        attrs = {"lease": "ops/widgets", "identity": "pod-a", "holder": holder}
+        return self._make(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
+
+    def controller(self, outcome: str, reason: str = "") -> Record:
+        return self._make(
+            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap"
+        )
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def event(
+        self,
+        name: str = "web",
+        outcome: str = "MODIFIED",
+        *,
+        kind: str = "ConfigMap",
+        generation: int = 1,
+        writer: str = "kubectl-edit",
+        owned_write: Record | None = None,
+    ) -> Record:
+        self.rv += 1
+        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
+        ref = ObjectRef(api_version, kind, "shop", name, f"uid-{name}", str(self.rv), generation)
+        return self._make(
+            Stage.EVENT,
+            outcome,
+            object=ref,
+            reason="the controller's own write coming back" if owned_write else "",
+            cause_ids=(owned_write.id,) if owned_write else (),
+            attrs={"writer": writer, "self_caused": owned_write is not None},
+        )
+
+    def dispatch(
+        self,
+        event: Record,
+        outcome: str = "queued",
+        *,
+        controller: str = "configmap",
+        request: str | None = None,
+        reason: str = "the object itself",
+        **attrs: AttrValue,
+    ) -> Record:
+        assert event.object is not None
+        if "predicate" not in attrs:  # a dropped dispatch never reached the handler
+            attrs.setdefault("handler", "for the object itself")
+        return self._make(
+            Stage.DISPATCH,
+            outcome,
+            reason=reason,
+            controller=controller,
+            object=event.object,
+            request=request or event.object.key,
+            cause_ids=(event.id,),
+            attrs={**attrs, "event_type": "update"},
+        )
+
+    def start(self, *causes: Record, retries: int = 0) -> Record:
+        first = causes[0]
+        return self._make(
+            Stage.RECONCILE_START,
+            "started",
+            reason="waited 2.0 ms in the queue",
+            controller=first.controller,
+            request=first.request,
+            reconcile_id=f"rid-{len(self.records)}",
+            cause_ids=tuple(cause.id for cause in causes),
+            attrs={"queue_wait_s": 0.002, "retries": retries},
+        )
+
+    def end(self, start: Record, outcome: str = "success", reason: str = "") -> Record:
+        attrs: dict[str, AttrValue] = {"duration_s": 0.042, "metric_result": outcome}
+        if reason:
+            attrs["error_type"] = reason.split(":", maxsplit=1)[0]
+        return self._make(
+            Stage.RECONCILE,
+            outcome,
+            reason=reason or outcome,
+            controller=start.controller,
+            request=start.request,
+            reconcile_id=start.reconcile_id,
+            cause_ids=(start.id,),
+            attrs=attrs,
+        )
+
+    def requeue(self, end: Record, outcome: str = "rate_limited", delay: float = 0.005) -> Record:
+        attrs: dict[str, AttrValue] = {"delay_s": delay, "due": self.time + delay}
+        if outcome == "rate_limited":
+            attrs["attempt"] = 1 + sum(r.stage is Stage.REQUEUE for r in self.records)
+        return self._make(
+            Stage.REQUEUE,
+            outcome,
+            reason=f"next run in {delay:.3f}s",
+            controller=end.controller,
+            request=end.request,
+            reconcile_id=end.reconcile_id,
+            cause_ids=(end.id,),
+            attrs=attrs,
+        )
+
+    def write(self, start: Record) -> Record:
+        """The reconcile's update_status of shop/web, with the resourceVersion it returned."""
+        self.rv += 1
+        ref = ObjectRef("v1", "ConfigMap", "shop", "web", "uid-web", str(self.rv), 1)
+        return self._make(
+            Stage.WRITE,
+            "update_status",
+            reason=f"update_status returned resourceVersion {self.rv}",
+            controller=start.controller,
+            reconcile_id=start.reconcile_id,
+            object=ref,
+        )
+
+    def reconciled(self, event: Record, outcome: str = "success", reason: str = "") -> Record:
+        return self.end(self.start(self.dispatch(event)), outcome, reason)
+
+    # -- explaining --------------------------------------------------------------------------
+
+    def explain(self, name: str = "web", *, later: float = 1.0, **options: Any) -> Explanation:
+        def stage(*stages: Stage) -> list[Record]:
+            return [r for r in self.records if r.stage in stages]
+
+        return explain(
+            [r for r in self.records if r.stage not in _HEALTH_STAGES],
+            namespace="shop",
+            name=name,
+            watch_records=stage(Stage.WATCH),
+            lease_records=stage(Stage.LEASE),
+            controller_records=stage(Stage.CONTROLLER, Stage.MANAGER),
+            now=self.time + later,
+            **options,
+        )
+
+
+# -- one or more stories per verdict ---------------------------------------------------------
+
+
+def test_an_event_that_reached_a_successful_reconcile_is_reconciled() -> None:
+    story = Story()
+    story.reconciled(story.event())
+    verdict = story.explain().verdict
+    assert verdict.code == "reconciled"
+    assert "Reconcile of shop/web in configmap succeeded" in verdict.message
+    assert "reconcile_id=rid-" in verdict.fix
+    assert exit_code(verdict.code) == 0
+
+
+def test_an_error_followed_by_a_successful_retry_is_reconciled_after_two_runs() -> None:
+    story = Story()
+    failed = story.reconciled(story.event(), "error", "RuntimeError: flaky")
+    retry = story.requeue(failed)
+    story.end(story.start(retry, retries=1))
+    verdict = story.explain().verdict
+    assert verdict.code == "reconciled"
+    assert "after 2 runs" in verdict.message
+    assert verdict.details["reconciles"] == 2
+
+
+def test_a_failed_reconcile_names_the_error_and_the_next_attempt() -> None:
+    story = Story()
+    failed = story.reconciled(story.event(), "error", "RuntimeError: database is down")
+    story.requeue(failed)
+    verdict = story.explain(later=0.001).verdict
+    assert verdict.code == "reconcile_failed"
+    assert "RuntimeError: database is down" in verdict.message
+    assert "retry attempt 1 due at" in verdict.message
+    assert verdict.details["attempt"] == 1
+    assert exit_code(verdict.code) == 3
+
+
+def test_a_retry_long_overdue_is_reported_as_such() -> None:
+    story = Story()
+    story.requeue(story.reconciled(story.event(), "error", "ValueError: bad spec"))
+    verdict = story.explain(later=600.0).verdict
+    assert verdict.code == "reconcile_failed"
+    assert "has not started" in verdict.message
+
+
+def test_a_terminal_error_is_not_retried() -> None:
+    story = Story()
+    story.reconciled(story.event(), "terminal_error", "TerminalError: spec.size is negative")
+    verdict = story.explain().verdict
+    assert verdict.code == "terminal_error"
+    assert "spec.size is negative" in verdict.message and "no retry" in verdict.message
+    assert "change the object" in verdict.fix
+
+
+def test_a_requested_requeue_is_scheduled_with_its_due_time() -> None:
+    story = Story()
+    done = story.reconciled(story.event(), "requeue_after")
+    requeue = story.requeue(done, "after", delay=3600.0)
+    explanation = story.explain()
+    verdict = explanation.verdict
+    assert verdict.code == "requeue_scheduled"
+    assert "next run due at" in verdict.message and "(in 59m" in verdict.message
+    assert verdict.details["due"] == requeue.attrs["due"]
+    assert exit_code(verdict.code) == 0
+
+
+def test_a_periodic_requeue_is_followed_to_the_latest_run() -> None:
+    story = Story()
+    done = story.reconciled(story.event(), "requeue_after")
+    again = story.start(story.requeue(done, "after", delay=0.001))
+    story.end(again, "error", "KeyError: 'x'")
+    verdict = story.explain().verdict
+    assert verdict.code == "reconcile_failed"  # no REQUEUE recorded yet for the retry
+    assert verdict.message.endswith("no retry recorded")
+
+
+def test_an_enqueued_request_without_a_worker_yet_is_queued() -> None:
+    story = Story()
+    story.dispatch(story.event())
+    verdict = story.explain(later=3.0).verdict
+    assert verdict.code == "queued"
+    assert (
+        "configmap queued shop/web" in verdict.message and "waiting for a worker" in verdict.message
+    )
+    assert "max_concurrent_reconciles" in verdict.fix
+
+
+def test_queued_when_the_manager_stopped_before_a_worker_took_it() -> None:
+    story = Story()
+    story.dispatch(story.event())
+    story._make(Stage.MANAGER, "stopped", reason="stopped")
+    verdict = story.explain().verdict
+    assert verdict.code == "queued"
+    assert "the manager stopped" in verdict.message
+
+
+def test_an_event_coalesced_into_the_next_reconcile_follows_that_reconcile() -> None:
+    story = Story()
+    first = story.start(story.dispatch(story.event()))
+    behind = story.dispatch(story.event(), "requeued_after_processing")
+    story.end(first)
+    second = story.start(behind)
+    explanation = story.explain()
+    assert explanation.verdict.code == "in_progress"
+    assert second.reconcile_id in explanation.verdict.message
+    assert "running for" in explanation.verdict.message
+
+
+def test_a_missing_cause_link_falls_back_to_the_next_reconcile_of_the_request() -> None:
+    story = Story()
+    story.dispatch(story.event(), "deduplicated")
+    story._make(
+        Stage.RECONCILE_START,
+        "started",
+        controller="configmap",
+        request="shop/web",
+        reconcile_id="rid-x",
+    )
+    assert story.explain().verdict.details["reconcile_id"] == "rid-x"
+
+
+def test_a_running_reconcile_is_in_progress() -> None:
+    story = Story()
+    start = story.start(story.dispatch(story.event()))
+    verdict = story.explain(later=5.0).verdict
+    assert verdict.code == "in_progress"
+    assert "running for 5.0s" in verdict.message
+    assert verdict.details["reconcile_id"] == start.reconcile_id
+
+
+def test_an_event_a_predicate_dropped_names_the_predicate_and_its_reason() -> None:
+    story = Story()
+    story.reconciled(story.event())
+    story.dispatch(
+        story.event(),
+        "dropped_by_predicate",
+        reason="generation unchanged (1 → 1): a status or metadata update",
+        predicate="GenerationChanged",
+    )
+    verdict = story.explain().verdict
+    assert verdict.code == "dropped_by_predicate"
+    assert "predicate GenerationChanged dropped the update event" in verdict.message
+    assert "generation unchanged (1 → 1)" in verdict.message
+    assert "metadata.generation" in verdict.fix
+    assert verdict.details["predicate"] == "GenerationChanged"
+
+
+def test_a_user_predicate_gets_a_generic_fix() -> None:
+    story = Story()
+    story.dispatch(
+        story.event(),
+        "dropped_by_predicate",
+        reason="update function only_prod returned False",
+        predicate="only_prod",
+    )
+    verdict = story.explain().verdict
+    assert verdict.code == "dropped_by_predicate"
+    assert "relax only_prod" in verdict.fix
+
+
+def test_a_child_without_controller_true_is_not_mapped() -> None:
+    story = Story()
+    reason = (
+        "the ownerReference to example.com/Widget shop lacks controller: true; set "
+        "controller: true on it or use match_every_owner=True"
+    )
+    story.dispatch(
+        story.event("orphan", "ADDED"),
+        "not_mapped",
+        controller="widget",
+        reason=reason,
+        handler="for owner example.com/Widget (controller only)",
+    )
+    verdict = story.explain("orphan").verdict
+    assert verdict.code == "not_mapped"
+    assert "lacks controller: true" in verdict.message
+    assert "for owner example.com/Widget" in verdict.message
+    assert "controller: true" in verdict.fix
+
+
+def test_a_child_event_mapped_to_its_owner_is_followed_to_the_owners_reconcile() -> None:
+    story = Story()
+    child_event = story.event("web-config", "ADDED")
+    mapped = story.dispatch(
+        child_event, controller="widget", request="shop/web", reason="controller owner Widget web"
+    )
+    story.end(story.start(mapped), "error", "RuntimeError: quota")
+    as_owner = story.explain("web")
+    as_child = story.explain("web-config")
+    assert as_owner.verdict.code == as_child.verdict.code == "reconcile_failed"
+    assert "Reconcile of shop/web in widget" in as_child.verdict.message
+    whats = [entry.what for entry in as_owner.timeline]
+    assert any("ADDED ConfigMap shop/web-config" in what for what in whats)
+
+
+def test_no_watch_for_the_kind_is_not_watched() -> None:
+    story = Story(synced=False)
+    verdict = story.explain(kind="Widget").verdict
+    assert verdict.code == "not_watched"
+    assert "no informer watches Widget" in verdict.message
+    assert ".for_()" in verdict.fix
+
+
+def test_watched_only_in_other_namespaces_is_not_watched() -> None:
+    story = Story(synced=False)
+    story.watch("synced", namespace="staging")
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "not_watched"
+    assert "only in namespaces staging, not in shop" in verdict.message
+
+
+def test_an_event_no_controller_dispatched_is_not_watched_by_that_controller() -> None:
+    story = Story()
+    story.reconciled(story.event())
+    verdict = story.explain(controller="widget").verdict
+    assert verdict.code == "not_watched"
+    assert "no controller widget dispatched it" in verdict.message
+
+
+def test_a_forbidden_watch_names_the_user_verb_and_resource() -> None:
+    story = Story(synced=False)
+    story.watch("forbidden", FORBIDDEN, namespace="shop", status=403, resource="configmaps")
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "watch_forbidden"
+    assert (
+        "system:serviceaccount:ops:widget-controller cannot list configmaps in namespace shop"
+        in verdict.message
+    )
+    assert "kubectl create role ctrltrace-configmaps -n shop" in verdict.fix
+    assert "--serviceaccount=ops:widget-controller" in verdict.fix
+    assert verdict.details["verb"] == "list"
+
+
+def test_a_watch_forbidden_after_it_synced_is_still_forbidden() -> None:
+    story = Story()
+    story.watch("forbidden", 'secrets is forbidden: User "bob" cannot watch resource "secrets"')
+    verdict = story.explain().verdict
+    assert verdict.code == "watch_forbidden"
+    assert "bob cannot watch secrets" in verdict.message
+    assert "clusterrole" in verdict.fix and "--user=bob" in verdict.fix
+
+
+def test_a_forbidden_message_in_other_words_is_quoted() -> None:
+    story = Story(synced=False)
+    story.watch("forbidden", "denied by a webhook", resource="configmaps")
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "watch_forbidden"
+    assert verdict.message.endswith("(403): denied by a webhook")
+    assert "on configmaps" in verdict.fix
+
+
+def test_a_kind_that_is_not_served_is_kind_not_found() -> None:
+    story = Story(synced=False)
+    story.watch("kind_not_found", "no resource for example.com/v1 Widget", kind="Widget")
+    verdict = story.explain(kind="Widget").verdict
+    assert verdict.code == "kind_not_found"
+    assert "Widget (example.com/v1) is not served" in verdict.message
+    assert "CRD" in verdict.fix
+
+
+def test_a_standby_replica_is_not_leader_and_names_the_holder() -> None:
+    story = Story()
+    story.lease("standby", holder="widgets-7d9f-x2")
+    story.dispatch(story.event())
+    explanation = story.explain()
+    verdict = explanation.verdict
+    assert verdict.code == "not_leader"
+    assert "held by widgets-7d9f-x2" in verdict.message
+    assert verdict.details["holder"] == "widgets-7d9f-x2"
+    assert any(entry.stage is Stage.LEASE for entry in explanation.timeline)
+
+
+def test_a_leader_with_a_queued_request_is_just_queued() -> None:
+    story = Story()
+    story.lease("standby", holder="other")
+    story.lease("acquired", holder="pod-a")
+    story.dispatch(story.event())
+    assert story.explain().verdict.code == "queued"
+
+
+def test_a_controller_waiting_for_caches_is_cache_not_synced() -> None:
+    story = Story(synced=False)
+    story.controller("cache_not_synced", "caches not synced after 120s: v1/Secret (forbidden)")
+    story.dispatch(story.event())
+    verdict = story.explain().verdict
+    assert verdict.code == "cache_not_synced"
+    assert "v1/Secret (forbidden)" in verdict.message
+
+
+def test_an_informer_that_never_listed_is_cache_not_synced() -> None:
+    story = Story(synced=False)
+    story.watch("disconnected", "connection failed: connection refused")
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "cache_not_synced"
+    assert "connection refused" in verdict.message
+
+
+def test_reconciles_triggered_by_their_own_writes_are_a_loop() -> None:
+    story = Story()
+    event = story.event()
+    for _ in range(4):
+        start = story.start(story.dispatch(event))
+        write = story.write(start)
+        story.end(start)
+        event = story.event(writer="widget-controller", owned_write=write)
+    story.reconciled(event)
+    verdict = story.explain().verdict
+    assert verdict.code == "self_triggered"
+    assert "the last 4 reconciles of shop/web" in verdict.message
+    assert "its own update_status" in verdict.message
+    assert "GenerationChanged" in verdict.fix
+    assert verdict.details["latest_code"] == "reconciled"
+
+
+def test_two_self_caused_reconciles_are_not_yet_a_loop() -> None:
+    story = Story()
+    event = story.event()
+    for _ in range(2):
+        start = story.start(story.dispatch(event))
+        write = story.write(start)
+        story.end(start)
+        event = story.event(owned_write=write)
+    story.reconciled(event)
+    assert story.explain().verdict.code == "reconciled"
+
+
+def test_a_loop_broken_by_a_predicate_is_the_predicate() -> None:
+    story = Story()
+    event = story.event()
+    for _ in range(4):
+        start = story.start(story.dispatch(event))
+        write = story.write(start)
+        story.end(start)
+        event = story.event(owned_write=write)
+    story.dispatch(event, "dropped_by_predicate", predicate="GenerationChanged", reason="same")
+    assert story.explain().verdict.code == "dropped_by_predicate"
+
+
+def test_a_healthy_watch_without_events_for_the_object_is_no_events() -> None:
+    story = Story()
+    story.reconciled(story.event("other"))
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "no_events"
+    assert "no event for shop/web was seen" in verdict.message
+    assert "label selector" in verdict.fix
+
+
+def test_no_events_while_the_watch_is_reconnecting_says_so() -> None:
+    story = Story()
+    story.watch("disconnected", "connection failed: reset by peer")
+    verdict = story.explain().verdict
+    assert verdict.code == "no_events"
+    assert "the watch is now disconnected: connection failed: reset by peer" in verdict.message
+
+
+def test_without_a_kind_a_failing_watch_of_any_kind_is_reported() -> None:
+    story = Story()
+    story.watch("kind_not_found", "no resource for example.com/v1 Widget", kind="Widget")
+    verdict = story.explain().verdict
+    assert verdict.code == "kind_not_found"
+
+
+# -- several controllers, several runs -------------------------------------------------------
+
+
+def test_of_several_controllers_the_one_that_got_furthest_decides() -> None:
+    story = Story()
+    event = story.event()
+    story.dispatch(
+        event, "dropped_by_predicate", controller="audit", predicate="LabelSelector", reason="no"
+    )
+    story.end(story.start(story.dispatch(event)))
+    verdict = story.explain().verdict
+    assert verdict.code == "reconciled"
+    assert "(other dispatches: audit: dropped_by_predicate)" in verdict.message
+    assert verdict.details["other_dispatches"] == [
+        {"controller": "audit", "request": "shop/web", "code": "dropped_by_predicate"}
+    ]
+    only_audit = story.explain(controller="audit").verdict
+    assert only_audit.code == "dropped_by_predicate"
+    assert "other dispatches" not in only_audit.message
+
+
+def test_ids_reused_by_a_later_run_do_not_join_its_chains_to_the_earlier_ones() -> None:
+    earlier = Story()
+    earlier.reconciled(earlier.event(), "terminal_error", "TerminalError: old")
+    later = Story()
+    later.time = earlier.time + 100
+    later.dispatch(later.event())
+    # Each process counts record ids from 1: both runs use the same ids for the same steps.
+    combined = _numbered_from_1(earlier.records) + _numbered_from_1(later.records)
+    assert combined[4].id == combined[4 + len(earlier.records)].id  # the two dispatches
+    later.records = combined
+    assert later.explain().verdict.code == "queued"
+
+
+def _numbered_from_1(records: list[Record]) -> list[Record]:
+    new_ids = {record.id: number for number, record in enumerate(records, 1)}
+    return [
+        dataclasses.replace(
+            record,
+            id=new_ids[record.id],
+            cause_ids=tuple(new_ids[cause] for cause in record.cause_ids),
+        )
+        for record in records
+    ]
+
+
+# -- the timeline and how it is shown --------------------------------------------------------
+
+
+def _failing_story() -> Story:
+    story = Story()
+    event = story.event(generation=3, writer="kubectl-edit")
+    story.dispatch(
+        event,
+        "dropped_by_predicate",
+        controller="audit",
+        predicate="GenerationChanged",
+        reason="generation unchanged (3 → 3)",
+    )
+    failed = story.reconciled(event, "error", "RuntimeError: boom")
+    start = story.start(story.requeue(failed), retries=1)
+    write = story.write(start)
+    story.end(start)
+    story.reconciled(story.event(writer="configmap-controller", owned_write=write))
+    return story
+
+
+def test_timeline_entries_say_what_each_stage_did() -> None:
+    explanation = _failing_story().explain()
+    whats = "\n".join(entry.what for entry in explanation.timeline)
+    assert "MODIFIED ConfigMap shop/web rv 101 gen 3 by kubectl-edit" in whats
+    assert "by configmap-controller (own write)" in whats
+    assert "dropped by GenerationChanged: generation unchanged (3 → 3)" in whats
+    assert "queued shop/web (the object itself)" in whats
+    assert "shop/web after 2.0 ms in the queue" in whats
+    assert "retry 1" in whats
+    assert "error in 42.0 ms: RuntimeError: boom" in whats
+    assert "rate_limited: retry attempt 1, next run in 5.0 ms at" in whats
+    assert "update_status ConfigMap shop/web → rv" in whats
+    event = explanation.timeline[0]
+    assert event.stage is Stage.EVENT
+    assert event.details["resource_version"] == "101" and event.details["generation"] == 3
+    assert event.details["writer"] == "kubectl-edit"
+
+
+def test_the_timeline_keeps_the_latest_entries_and_counts_the_rest() -> None:
+    story = Story()
+    for _ in range(30):
+        story.reconciled(story.event())
+    explanation = story.explain(timeline_limit=12)
+    assert len(explanation.timeline) == 12
+    assert explanation.omitted == 30 * 4 - 12
+    assert explanation.timeline[-1].outcome == "success"
+    assert explanation.to_json()["timeline_omitted"] == explanation.omitted
+
+
+def test_json_has_the_object_the_timeline_and_a_verdict_from_the_vocabulary() -> None:
+    document = _failing_story().explain().to_json()
+    assert set(document) >= {"object", "timeline", "verdict"}
+    assert document["object"] == {
+        "namespace": "shop",
+        "name": "web",
+        "kind": None,
+        "controller": None,
+        "key": "shop/web",
+    }
+    assert document["verdict"]["code"] == "reconciled"
+    assert set(document["verdict"]) == {"code", "message", "fix", "details"}
+    entry = document["timeline"][0]
+    assert set(entry) == {"time", "at", "stage", "outcome", "what", "controller", "details"}
+    assert entry["at"].endswith("Z")
+    assert json.loads(json.dumps(document)) == document
+
+
+def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
+    for explanation in (_failing_story().explain(), Story(synced=False).explain()):
+        text = explanation.render(width=100)
+        lines = text.splitlines()
+        assert "\x1b" not in text
+        assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+        assert len(lines) <= 45  # one screen
+    text = _failing_story().explain().render()
+    assert "explain shop/web" in text
+    assert "✓ reconciled" in text and "fix:" in text
+    assert "✗ dispatch" in text and "✗ reconcile" in text and "⟳ requeue" in text
+    assert "(own write)" in text
+
+
+def test_a_long_message_wraps_instead_of_overflowing() -> None:
+    story = Story()
+    story.reconciled(story.event(), "terminal_error", "TerminalError: " + "very long " * 40)
+    lines = story.explain().render(width=80).splitlines()
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_a_colour_terminal_gets_colour() -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=True, color_system="standard")
+    console.print(_failing_story().explain())
+    assert "\x1b[" in buffer.getvalue()
+
+
+# -- the vocabulary --------------------------------------------------------------------------
+
+
+def test_the_vocabulary_is_closed_and_exit_codes_follow_it() -> None:
+    assert {str(code) for code in Code} == {
+        "reconciled",
+        "reconcile_failed",
+        "terminal_error",
+        "requeue_scheduled",
+        "queued",
+        "in_progress",
+        "dropped_by_predicate",
+        "not_mapped",
+        "not_watched",
+        "watch_forbidden",
+        "kind_not_found",
+        "not_leader",
+        "cache_not_synced",
+        "self_triggered",
+        "no_events",
+    }
+    assert {code for code in Code if exit_code(code) == 0} == {"reconciled", "requeue_scheduled"}
+    assert all(
+        exit_code(code) == 3 for code in Code if code not in ("reconciled", "requeue_scheduled")
+    )
+    with pytest.raises(ValueError, match="not_a_code"):
+        exit_code("not_a_code")
+
+
+# -- with the journal ------------------------------------------------------------------------
+
+
+def test_explaining_from_the_journal_gives_the_same_verdict(tmp_path: Path) -> None:
+    story = _failing_story()
+    story.reconciled(story.event("web-config"))
+    with JournalWriter(tmp_path / "journal.db") as writer:
+        for record in story.records:
+            writer(record)
+    with Journal(tmp_path / "journal.db") as journal:
+        from_journal = explain(
+            journal.about("shop", "web"),
+            namespace="shop",
+            name="web",
+            watch_records=journal.watch_records(),
+            lease_records=journal.lease_records(),
+            controller_records=journal.controller_records(),
+            now=story.time + 1.0,
+        )
+    assert from_journal.verdict == story.explain().verdict
+    assert not any("web-config" in entry.what for entry in from_journal.timeline)
+
+
+def test_a_child_read_from_the_journal_is_followed_through_its_owners_retries(
+    tmp_path: Path,
+) -> None:
+    story = Story()
+    mapped = story.dispatch(
+        story.event("web-config", "ADDED"),
+        controller="widget",
+        request="shop/web",
+        reason="controller owner Widget web",
+    )
+    failed = story.end(story.start(mapped), "error", "RuntimeError: quota")
+    story.end(story.start(story.requeue(failed), retries=1))
+    story.reconciled(story.event("web", kind="Widget"))  # the owner's own, later, business
+    with JournalWriter(tmp_path / "journal.db") as writer:
+        for record in story.records:
+            writer(record)
+    with Journal(tmp_path / "journal.db") as journal:
+        records = journal.about("shop", "web-config")
+    assert [record.stage for record in records] == [
+        Stage.EVENT,
+        Stage.DISPATCH,
+        Stage.RECONCILE_START,
+        Stage.RECONCILE,
+        Stage.REQUEUE,
+        Stage.RECONCILE_START,
+        Stage.RECONCILE,
+    ]
+    verdict = explain(records, namespace="shop", name="web-config", now=story.time).verdict
+    assert verdict.code == "reconciled"
+    assert "Reconcile of shop/web in widget succeeded after 2 runs" in verdict.message
