@@ -7,7 +7,10 @@ that do the work. No traceback reaches the user unless ``-v`` asks for it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import enum
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -51,6 +54,8 @@ class CommandError(click.ClickException):
         click.echo(f"ctrltrace: error: {self.format_message()}", err=True)
 
 
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+DEFAULT_JOURNAL = Path(".ctrltrace") / "journal.sqlite"
 _EPILOG = "Exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in ExitCode)
 
 
@@ -145,6 +150,27 @@ def envtest(kubeconfig: Path | None, only_binaries: bool) -> None:
 @click.option("--leader-election-id", help="Lease name (a DNS subdomain).")
 @click.option("--leader-election-namespace", help="Namespace of the Lease.")
 @click.option(
+    "--journal",
+    "journal_path",
+    envvar="CTRLTRACE_JOURNAL",
+    default=DEFAULT_JOURNAL,
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Journal file (SQLite; also $CTRLTRACE_JOURNAL).",
+)
+@click.option(
+    "--journal-max-age",
+    default="24h",
+    show_default=True,
+    help="Drop journal records older than this (s, m, h, d).",
+)
+@click.option(
+    "--journal-max-size",
+    default=256,
+    show_default=True,
+    help="Keep the journal under this many MiB, dropping the oldest records.",
+)
+@click.option(
     "--envtest", is_flag=True, help="Start a local control plane for this run and use it."
 )
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
@@ -160,13 +186,21 @@ def run(  # click passes every parameter by keyword
     leader_elect: bool | None,
     leader_election_id: str | None,
     leader_election_namespace: str | None,
+    journal_path: Path,
+    journal_max_age: str,
+    journal_max_size: int,
     envtest: bool,
     log_format: str,
     verbose: int,
 ) -> None:
-    """Run the Manager APP (MODULE:ATTR, like uvicorn: app:mgr or ./app.py:mgr)."""
+    """Run the Manager APP (MODULE:ATTR, like uvicorn: app:mgr or ./app.py:mgr).
+
+    Every record goes to the journal (by default kept for 24 hours and under 256 MiB), to
+    /metrics, and to OpenTelemetry when an endpoint is configured.
+    """
     from ctrltrace.builder import BuildError
     from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink
+    from ctrltrace.journal import JournalError, JournalWriter
     from ctrltrace.leaderelection import LeaderLost
     from ctrltrace.loader import AppError, AppSpecError, load_manager
     from ctrltrace.logs import configure
@@ -194,6 +228,15 @@ def run(  # click passes every parameter by keyword
     for field_name, value in overrides.items():
         if value is not None:
             setattr(options, field_name, value)
+    try:
+        journal = JournalWriter(
+            journal_path,
+            max_age_s=_seconds(journal_max_age),
+            max_bytes=journal_max_size * 2**20,
+        )
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    manager.add_sink(journal)
     metrics = PrometheusSink(manager)
     manager.add_sink(metrics)
     manager.add(MetricsEndpoint(metrics, options.metrics_bind_address))
@@ -210,6 +253,8 @@ def run(  # click passes every parameter by keyword
             raise CommandError(str(error), ExitCode.UNREACHABLE) from error
         except LeaderLost as error:
             raise CommandError(str(error), ExitCode.LEADERSHIP_LOST) from error
+        finally:
+            journal.close()
 
 
 @contextlib.contextmanager
@@ -222,9 +267,112 @@ def _local_control_plane() -> Iterator[ControlPlane]:
     except (BinariesNotFoundError, ControlPlaneError) as error:
         raise CommandError(f"--envtest: {error}", ExitCode.ENVIRONMENT) from error
     click.echo(
-        f"local control plane ready in {plane.startup_seconds:.1f}s at {plane.server}", err=True
+        f"local control plane ready in {plane.startup_seconds:.1f}s at {plane.server}\n"
+        f"kubeconfig: {plane.kubeconfig}",
+        err=True,
     )
     try:
         yield plane
     finally:
         plane.stop()
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    """``90``, ``30s``, ``10m``, ``2h`` or ``1d`` as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        return float(number) * _UNITS[unit]
+    except ValueError:
+        raise CommandError(
+            f"{text!r} is not a duration (like 30s, 10m, 2h, 1d)", ExitCode.USAGE
+        ) from None
+
+
+def _since(text: str | None, now: float) -> float | None:
+    """A ``--since`` value: a duration back from now, or an ISO 8601 time."""
+    if text is None:
+        return None
+    if text[-1:] in _UNITS or text.replace(".", "", 1).isdigit():
+        return now - _seconds(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"--since {text!r}: expected a duration (10m) or a time (2026-01-02T15:04:05)",
+            ExitCode.USAGE,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.timestamp()
+
+
+@main.command(epilog=_EPILOG)
+@click.argument("target", metavar="NAMESPACE/NAME")
+@click.option("--kind", help="KIND[.GROUP], kubectl style: case-insensitive, plural accepted.")
+@click.option("--controller", help="Only this controller's view of the object.")
+@click.option(
+    "--journal",
+    "journal_path",
+    envvar="CTRLTRACE_JOURNAL",
+    default=DEFAULT_JOURNAL,
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Journal file to read (also $CTRLTRACE_JOURNAL).",
+)
+@click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+def explain(
+    *,
+    target: str,
+    kind: str | None,
+    controller: str | None,
+    journal_path: Path,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Say why the latest event for NAMESPACE/NAME (NAME if cluster-scoped) did or did not
+    reach Reconcile. Reads the journal only: works offline and on a CI artifact.
+
+    Exits 0 when the verdict is reconciled or requeue_scheduled, 3 for any other verdict.
+    """
+    import json
+    import time
+
+    from ctrltrace import explain as explaining
+    from ctrltrace.journal import Journal, JournalError
+
+    namespace, _, name = target.rpartition("/")
+    if not name or "/" in namespace or not _OBJECT_NAME.match(name):
+        raise CommandError(
+            f"{target!r} is not NAMESPACE/NAME (or NAME for a cluster-scoped object)",
+            ExitCode.USAGE,
+        )
+    now = time.time()
+    since_time = _since(since, now)
+    try:
+        with Journal(journal_path) as journal:
+            watches = journal.watch_records(since=since_time)
+            kind_name = explaining.resolve_kind(kind, watches) if kind else None
+            explanation = explaining.explain(
+                journal.about(namespace, name, kind=kind_name, since=since_time),
+                namespace=namespace,
+                name=name,
+                kind=kind_name,
+                controller=controller,
+                watch_records=watches,
+                lease_records=journal.lease_records(since=since_time),
+                controller_records=journal.controller_records(since=since_time),
+                now=now,
+            )
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    if as_json:
+        click.echo(json.dumps(explanation.to_json(), indent=2))
+    else:
+        # A terminal narrower than 100 columns gets its width; a pipe or file gets 100.
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
+        click.echo(explanation.render(width=min(100, width)))
+    sys.exit(explaining.exit_code(explanation.verdict.code))

@@ -40,8 +40,11 @@ class Client:
         recorder: Recorder,
         clock: Clock,
         writes: WriteLog,
+        field_manager: str = "ctrltrace",
     ) -> None:
         self._transport = transport
+        # Names this manager in managedFields, so explain can say who wrote each version.
+        self._field_manager = {"fieldManager": field_manager}
         self._mapper = mapper
         self._informer_for = informer_for
         self._recorder = recorder
@@ -146,7 +149,11 @@ class Client:
         self._writes.write_started()
         try:
             answer = await self._transport.request(
-                method, path, body=obj if body is ... else body, content_type=content_type
+                method,
+                path,
+                params=self._field_manager,
+                body=obj if body is ... else body,
+                content_type=content_type,
             )
         except BaseException:
             self._writes.write_failed()

@@ -994,3 +994,18 @@ def _span(seconds: float) -> str:
     if minutes < 120:
         return f"{minutes}m{rest:02d}s"
     return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def resolve_kind(text: str, watch_records: Iterable[Record]) -> str:
+    """The kind a user means by ``KIND[.GROUP]``, kubectl-style: case-insensitive, singular or
+    plural, matched against the kinds the journal saw watched. Unknown input is kept as typed
+    (it then explains as ``not_watched``)."""
+    wanted, _, group = text.lower().partition(".")
+    for record in watch_records:
+        kind = str(record.attrs.get("kind", ""))
+        api_version = str(record.attrs.get("api_version", ""))
+        plural = str(record.attrs.get("resource", "")).partition(".")[0]
+        names = {kind.lower(), f"{kind.lower()}s", plural} - {""}
+        if wanted in names and group in ("", api_version.rpartition("/")[0].lower()):
+            return kind
+    return text

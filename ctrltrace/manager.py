@@ -192,6 +192,7 @@ class Manager:
             recorder=self.recorder,
             clock=self.clock,
             writes=writes,
+            field_manager=self.name,
         )
         self._emit(
             "started", f"{len(self.controllers)} controller(s), {len(self.informers)} kind(s)"

@@ -1,0 +1,1 @@
+"""Example controllers and the README demo."""
