@@ -52,7 +52,7 @@ import io
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -263,7 +263,7 @@ def explain(
 ) -> Explanation:
     """Decide what happened to the object's latest event (see the module docstring)."""
     target = Target(namespace, name, kind, controller)
-    chains = _Chains(object_records, controller)
+    chains = _Chains(_with_own_writes_paired(object_records), controller)
     health = _Health(watch_records, lease_records, controller_records, controller)
     decision = _Decision(target, chains, health, now)
     verdict = decision.decide()
@@ -281,6 +281,36 @@ def explain(
 
 
 # -- following chains ------------------------------------------------------------------------
+
+
+def _with_own_writes_paired(records: Sequence[Record]) -> list[Record]:
+    """Mark events that a later WRITE record claims (``attrs["event_id"]``) as own writes.
+
+    A write's watch event can arrive before the write's answer; then the informer cannot tell
+    and the client links the two from the write's side. Seen from here both links mean the
+    same: the event is the controller's own write coming back.
+    """
+    claimed = {
+        (int(record.attrs["event_id"]), record.object.resource_version): record.id
+        for record in records
+        if record.stage is Stage.WRITE and "event_id" in record.attrs and record.object
+    }
+    if not claimed:
+        return list(records)
+
+    def paired(record: Record) -> Record:
+        key = (record.id, record.object.resource_version if record.object else "")
+        write_id = claimed.get(key) if record.stage is Stage.EVENT else None
+        if write_id is None:
+            return record
+        return replace(
+            record,
+            cause_ids=(write_id,),
+            reason="the controller's own write coming back",
+            attrs={**record.attrs, "self_caused": True},
+        )
+
+    return [paired(record) for record in records]
 
 
 class _Chains:
