@@ -1,0 +1,150 @@
+"""The informer's reflector rules, with a scripted transport (no apiserver needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
+
+from ctrltrace import Collect, FakeClock, Recorder, Stage
+from ctrltrace.kinds import Kind, Resource, RestMapper
+from ctrltrace.records import Obj, ObjectRef
+from ctrltrace.source import Informer, WriteLog
+from ctrltrace.transport import ApiError, Transport, WatchExpired
+
+CONFIGMAP = Kind("v1", "ConfigMap")
+
+
+def cm(name: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}}
+
+
+class ScriptedTransport:
+    """Answers lists from a queue of pages and plays watch scripts in order."""
+
+    def __init__(self, lists: list[Any], watches: list[list[Any]]) -> None:
+        self.lists = lists
+        self.watches = watches
+        self.watch_params: list[Mapping[str, str]] = []
+
+    async def request(self, method: str, path: str, **_: Any) -> Any:
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
+        self.watch_params.append(params)
+        script = self.watches.pop(0) if self.watches else None
+        if script is None:
+            await asyncio.Event().wait()  # nothing more: block like an idle watch
+            return
+        for item in script:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+class StaticMapper:
+    async def resolve(self, kind: Kind) -> Resource:
+        return Resource(kind, "configmaps", namespaced=True)
+
+
+def listing(rv: str, *items: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": rv}, "items": list(items)}
+
+
+async def run_informer(
+    transport: ScriptedTransport, until: Any
+) -> tuple[Informer, Collect, list[Any]]:
+    records = Collect()
+    clock = FakeClock()
+    informer = Informer(
+        cast(Transport, transport),
+        cast(RestMapper, StaticMapper()),
+        CONFIGMAP,
+        recorder=Recorder(records),
+        clock=clock,
+        writes=WriteLog(),
+        namespaces=["ns"],
+    )
+    seen: list[Any] = []
+
+    def listener(
+        watch_type: str, obj: Obj, old: Obj | None, ref: ObjectRef, event_id: int, /
+    ) -> None:
+        seen.append((watch_type, obj["metadata"]["name"], obj["metadata"]["resourceVersion"]))
+
+    informer.add_listener(listener)
+    task = asyncio.create_task(informer.run())
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if until(records):
+            break
+        await clock.advance(1.0)  # lets back-off sleeps finish without real waiting
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return informer, records, seen
+
+
+def test_list_then_watch_from_the_lists_resource_version_with_bookmarks() -> None:
+    transport = ScriptedTransport(
+        [listing("10", cm("a", "5"))],
+        [[{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "11"}}},
+          {"type": "MODIFIED", "object": cm("a", "12")}]],
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        informer, _, seen = await run_informer(transport, lambda r: len(r.where(Stage.EVENT)) == 2)
+        assert seen == [("ADDED", "a", "5"), ("MODIFIED", "a", "12")]
+        params = transport.watch_params[0]
+        assert params["resourceVersion"] == "10" and params["allowWatchBookmarks"] == "true"
+        assert informer.synced.is_set() and informer.get("ns", "a") == cm("a", "12")
+
+    asyncio.run(scenario())
+
+
+def test_410_gone_lists_again_and_turns_differences_into_events() -> None:
+    transport = ScriptedTransport(
+        [listing("10", cm("a", "5"), cm("b", "6")), listing("30", cm("a", "25"), cm("c", "26"))],
+        [[WatchExpired(410, "Expired", "too old resource version", "WATCH", "/x")]],
+    )
+
+    async def scenario() -> None:
+        informer, records, seen = await run_informer(
+            transport, lambda r: len(r.where(Stage.WATCH, "listed")) == 2
+        )
+        assert seen == [
+            ("ADDED", "a", "5"),
+            ("ADDED", "b", "6"),
+            ("MODIFIED", "a", "25"),
+            ("ADDED", "c", "26"),
+            ("DELETED", "b", "6"),
+        ]
+        gone = records.where(Stage.WATCH, "gone")
+        assert len(gone) == 1 and "too old" in gone[0].reason
+        assert sorted(informer.store) == ["ns/a", "ns/c"]
+
+    asyncio.run(scenario())
+
+
+def test_an_error_event_in_the_stream_and_a_dropped_stream_are_recorded_and_retried() -> None:
+    forbidden = ApiError(403, "Forbidden", 'configmaps is forbidden: User "u"', "GET", "/x")
+    failure = {
+        "type": "ERROR",
+        "object": {"code": 500, "reason": "InternalError", "message": "etcd"},
+    }
+    transport = ScriptedTransport(
+        [listing("10"), forbidden, listing("20", cm("a", "15"))], [[failure]]
+    )
+
+    async def scenario() -> None:
+        informer, records, seen = await run_informer(
+            transport, lambda r: len(r.where(Stage.WATCH, "listed")) == 2
+        )
+        errors = [(r.outcome, r.attrs.get("status")) for r in records.where(Stage.WATCH)]
+        assert ("error", 500) in errors and ("forbidden", 403) in errors
+        assert seen == [("ADDED", "a", "15")]
+        assert informer.last_error == ""  # cleared by the successful list
+
+    asyncio.run(scenario())
