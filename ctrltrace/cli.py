@@ -59,6 +59,17 @@ DEFAULT_JOURNAL = Path(".ctrltrace") / "journal.sqlite"
 _EPILOG = "Exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in ExitCode)
 
 
+journal_option = click.option(
+    "--journal",
+    "journal_path",
+    envvar="CTRLTRACE_JOURNAL",
+    default=DEFAULT_JOURNAL,
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
+)
+
+
 @click.group(epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="ctrltrace")
 def main() -> None:
@@ -149,15 +160,7 @@ def envtest(kubeconfig: Path | None, only_binaries: bool) -> None:
 @click.option("--leader-elect/--no-leader-elect", default=None, help="Hold a Lease to reconcile.")
 @click.option("--leader-election-id", help="Lease name (a DNS subdomain).")
 @click.option("--leader-election-namespace", help="Namespace of the Lease.")
-@click.option(
-    "--journal",
-    "journal_path",
-    envvar="CTRLTRACE_JOURNAL",
-    default=DEFAULT_JOURNAL,
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Journal file (SQLite; also $CTRLTRACE_JOURNAL).",
-)
+@journal_option
 @click.option(
     "--journal-max-age",
     default="24h",
@@ -313,15 +316,7 @@ def _since(text: str | None, now: float) -> float | None:
 @click.argument("target", metavar="NAMESPACE/NAME")
 @click.option("--kind", help="KIND[.GROUP], kubectl style: case-insensitive, plural accepted.")
 @click.option("--controller", help="Only this controller's view of the object.")
-@click.option(
-    "--journal",
-    "journal_path",
-    envvar="CTRLTRACE_JOURNAL",
-    default=DEFAULT_JOURNAL,
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Journal file to read (also $CTRLTRACE_JOURNAL).",
-)
+@journal_option
 @click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 def explain(
