@@ -371,3 +371,16 @@ def explain(
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
         click.echo(explanation.render(width=min(100, width)))
     sys.exit(explaining.exit_code(explanation.verdict.code))
+
+
+def _register_commands() -> None:
+    # Defined beside the code they run; their modules import this one lazily.
+    from ctrltrace.doctor import doctor_command
+    from ctrltrace.rbac import rbac_command
+
+    for command in (doctor_command, rbac_command):
+        command.epilog = _EPILOG
+        main.add_command(command)
+
+
+_register_commands()

@@ -16,6 +16,9 @@ from ctrltrace import predicates
 mgr = ct.Manager(name="widgets", leader_election_id="widgets.example.com")
 _failed_once: set[str] = set()
 
+# The writes reconcile makes, for `ctrltrace rbac` and `ctrltrace doctor`.
+RBAC_WRITES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]}]
+
 
 async def reconcile(ctx: ct.Context, req: ct.Request) -> ct.Result | None:
     try:

@@ -1,0 +1,639 @@
+"""What RBAC a manager needs, and the Role / ClusterRole YAML that grants exactly that.
+
+Owns the rules a manager needs (get/list/watch of each watched kind where it caches, the
+leader-election Lease in its namespace, Events, and the writes the app declares), how kinds
+become resources (discovery through ``RestMapper``, or a guessed plural when nothing answers),
+the YAML and JSON rendering, and the ``ctrltrace rbac`` command. Also owns loading an app for
+the commands that inspect one without running it (``rbac`` and ``doctor``).
+
+Reads the Manager and asks discovery; never starts the manager and never writes to the
+cluster. The runtime core does not import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import click
+
+from ctrltrace.builder import ControllerSpec
+from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
+from ctrltrace.loader import AppError, AppSpecError, load_manager
+from ctrltrace.manager import Manager, ManagerOptions, Unreachable
+from ctrltrace.transport import ApiError, ConfigError, Transport, load_configuration
+
+READ_VERBS = ("get", "list", "watch")  # an informer lists and watches; the client gets
+LEASE_VERBS = ("get", "create", "update")  # what leaderelection.LeaderElector sends
+EVENT_VERBS = ("create",)
+WRITES_ATTRIBUTE = "RBAC_WRITES"
+_RBAC_API = "rbac.authorization.k8s.io"
+_WIDTH = 100  # header comments wrap here, like doctor's checklist
+_ROLE_FOR = {"for": "for_()", "owns": "owns()", "watches": "watches()"}
+
+
+class Purpose(enum.StrEnum):
+    """Why the manager needs a rule: doctor checks each purpose in its own section."""
+
+    WATCH = "watch"
+    WRITE = "write"
+    EVENTS = "events"
+    LEASE = "lease"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC PolicyRule (without resourceNames, which no need here can use)."""
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+    def as_policy(self) -> dict[str, list[str]]:
+        return {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+    def group_resources(self) -> list[str]:
+        """Each resource as ``plural.group`` (``plural`` in the core group)."""
+        return [f"{r}.{g}" if g else r for g in self.api_groups for r in self.resources]
+
+    def __str__(self) -> str:
+        return (
+            f"apiGroups {_flow(self.api_groups)}, resources {_flow(self.resources)}, "
+            f"verbs {_flow(self.verbs)}"
+        )
+
+
+@dataclass(frozen=True)
+class Need:
+    """A rule the manager needs in one namespace (``""``: cluster-wide), and why."""
+
+    rule: Rule
+    namespace: str
+    purpose: Purpose
+    why: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A watched kind and the resource serving it; a guessed resource carries the reason."""
+
+    kind: Kind
+    resource: Resource
+    problem: str = ""  # why the plural is a guess; "" when discovery served the kind
+    not_served: bool = False  # discovery answered, and the kind is not there
+
+    @property
+    def guessed(self) -> bool:
+        return bool(self.problem)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a manager needs, per namespace: what ``rbac`` grants and ``doctor`` checks."""
+
+    needs: tuple[Need, ...]
+    resolutions: tuple[Resolution, ...]
+    writes_declared: bool
+
+    def scopes(self) -> dict[str, list[Need]]:
+        """Needs by namespace, the cluster-wide ones (``""``) first."""
+        grouped: dict[str, list[Need]] = {}
+        for need in sorted(self.needs, key=lambda need: need.namespace != ""):
+            grouped.setdefault(need.namespace, []).append(need)
+        return grouped
+
+    def warnings(self) -> list[str]:
+        found = [
+            f"{r.kind}: plural guessed as {r.resource.plural!r} (namespaced), because "
+            f"{r.problem}; check it before applying"
+            for r in self.resolutions
+            if r.guessed
+        ]
+        if not self.writes_declared:
+            found.append(
+                f"the app declares no writes ({WRITES_ATTRIBUTE}): this grants reads, Events "
+                "and the Lease only, so every create/update/patch/delete in Reconcile will be "
+                "forbidden"
+            )
+        return found
+
+
+# -- reading the manager ---------------------------------------------------------------------
+
+
+def controller_specs(manager: Manager) -> list[ControllerSpec]:
+    """The controllers registered on ``manager``, as the builder described them."""
+    # The one place that reads the manager's registry: Manager has no public accessor yet.
+    return list(manager._registry.specs)
+
+
+def watch_uses(manager: Manager) -> dict[Kind, list[str]]:
+    """Each watched kind, with every use of it in words ("owns() in controller widget")."""
+    uses: dict[Kind, list[str]] = {}
+    for spec in controller_specs(manager):
+        for watch in spec.watches:
+            use = f"{_ROLE_FOR[watch.role]} in controller {spec.name or '(unnamed)'}"
+            uses.setdefault(watch.kind, []).append(use)
+    return uses
+
+
+def lease_namespace(options: ManagerOptions) -> str:
+    # The manager's own fallback when no namespace is set (see Manager._lead).
+    return options.leader_election_namespace or "default"
+
+
+def declared_writes(module: ModuleType | None) -> tuple[Rule, ...] | None:
+    """The writes the app declares for its reconcilers, or None when it declares none.
+
+    Read from the app module's ``RBAC_WRITES``: a list of PolicyRule mappings. This accessor
+    is the only reader, so moving the declaration onto the builder changes only this function.
+    """
+    value = getattr(module, WRITES_ATTRIBUTE, None)
+    if value is None:
+        return None
+    return parse_rules(value, WRITES_ATTRIBUTE)
+
+
+def parse_rules(value: object, source: str) -> tuple[Rule, ...]:
+    """PolicyRule mappings as RBAC takes them, validated; AppError says what is wrong."""
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise AppError(f"{source} must be a list of rules, got {type(value).__name__}")
+    rules = []
+    for index, entry in enumerate(value):
+        where = f"{source}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise AppError(f"{where} must be a mapping with apiGroups, resources and verbs")
+        if unknown := set(entry) - {"apiGroups", "resources", "verbs"}:
+            raise AppError(f"{where} has unknown fields {sorted(unknown)}")
+        groups, resources, verbs = (
+            _strings(entry.get(key), f"{where}.{key}")
+            for key in ("apiGroups", "resources", "verbs")
+        )
+        if not (groups and resources and verbs):
+            # As the RBAC API requires; guessing a group could grant the wrong one.
+            raise AppError(f'{where} needs apiGroups ([""] is the core group), resources and verbs')
+        rules.append(Rule(groups, resources, verbs))
+    return tuple(rules)
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise AppError(f"{where} must be a list of strings, got {value!r}")
+    if not all(isinstance(item, str) for item in value):
+        raise AppError(f"{where} must be a list of strings, got {list(value)!r}")
+    return tuple(value)
+
+
+# -- kinds to resources ----------------------------------------------------------------------
+
+
+def guessed_resource(kind: Kind) -> Resource:
+    """What most CRDs are called: lower-case kind plus "s", namespaced."""
+    return Resource(kind, kind.kind.lower() + "s", namespaced=True)
+
+
+async def resolve(
+    kinds: Sequence[Kind], mapper: RestMapper | None, why_no_cluster: str = ""
+) -> list[Resolution]:
+    """Each kind's resource through discovery; without a mapper every plural is guessed."""
+    if mapper is None:
+        return [Resolution(kind, guessed_resource(kind), why_no_cluster) for kind in kinds]
+    return list(await asyncio.gather(*(_resolve_one(kind, mapper) for kind in kinds)))
+
+
+async def _resolve_one(kind: Kind, mapper: RestMapper) -> Resolution:
+    try:
+        return Resolution(kind, await mapper.resolve(kind))
+    except KindNotFound as error:
+        return Resolution(kind, guessed_resource(kind), str(error), not_served=True)
+    except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+        detail = str(error) or type(error).__name__
+        return Resolution(kind, guessed_resource(kind), f"discovery failed: {detail}")
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+def make_plan(
+    manager: Manager, resolutions: Sequence[Resolution], writes: Sequence[Rule] | None
+) -> Plan:
+    """The rules ``manager`` needs, given its kinds' resources and its declared writes."""
+    options = manager.options
+    cache_scopes = tuple(options.namespaces) or ("",)
+    uses = watch_uses(manager)
+    needs: list[Need] = []
+    # Two versions of a kind share one resource, and RBAC knows only resources.
+    by_resource: dict[tuple[str, str], list[Resolution]] = {}
+    for resolution in resolutions:
+        key = (resolution.kind.group, resolution.resource.plural)
+        by_resource.setdefault(key, []).append(resolution)
+    for (group, plural), same in by_resource.items():
+        why = "; ".join(f"{r.kind}: {', '.join(uses.get(r.kind, ['watched']))}" for r in same)
+        # A cluster-scoped kind is listed cluster-wide even by a namespaced manager.
+        scopes = cache_scopes if same[0].resource.namespaced else ("",)
+        rule = Rule((group,), (plural,), READ_VERBS)
+        needs.extend(Need(rule, scope, Purpose.WATCH, why) for scope in scopes)
+    for rule in writes or ():
+        needs.extend(
+            Need(rule, scope, Purpose.WRITE, f"declared in {WRITES_ATTRIBUTE}")
+            for scope in cache_scopes
+        )
+    events = Rule(("",), ("events",), EVENT_VERBS)
+    needs.extend(
+        Need(events, scope, Purpose.EVENTS, "Events about the objects it reconciles")
+        for scope in cache_scopes
+    )
+    if options.leader_election:
+        namespace = lease_namespace(options)
+        lease = Rule(("coordination.k8s.io",), ("leases",), LEASE_VERBS)
+        why = f"leader election: the Lease {namespace}/{options.leader_election_id}"
+        needs.append(Need(lease, namespace, Purpose.LEASE, why))
+    return Plan(tuple(needs), tuple(resolutions), writes is not None)
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The service account the roles are bound to."""
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Subject:
+        namespace, sep, name = text.partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            raise ValueError(f"expected NAMESPACE/NAME, got {text!r}")
+        return cls(namespace, name)
+
+    def as_subject(self) -> dict[str, str]:
+        return {"kind": "ServiceAccount", "name": self.name, "namespace": self.namespace}
+
+
+def default_subject(manager: Manager) -> Subject:
+    """A service account named after the manager, where its Lease or its cache is."""
+    options = manager.options
+    namespace = options.leader_election_namespace or next(iter(options.namespaces), "default")
+    return Subject(namespace, manager.name)
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """A Role or ClusterRole (namespace ``""``) with its binding to one service account."""
+
+    name: str
+    namespace: str
+    needs: tuple[Need, ...]
+    subject: Subject
+
+    def _meta(self) -> dict[str, str]:
+        meta = {"name": self.name}
+        if self.namespace:
+            meta["namespace"] = self.namespace
+        return meta
+
+    @property
+    def role_kind(self) -> str:
+        return "Role" if self.namespace else "ClusterRole"
+
+    def role(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{_RBAC_API}/v1",
+            "kind": self.role_kind,
+            "metadata": self._meta(),
+            "rules": [need.rule.as_policy() for need in self.needs],
+        }
+
+    def binding(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{_RBAC_API}/v1",
+            "kind": f"{self.role_kind}Binding",
+            "metadata": self._meta(),
+            "roleRef": {"apiGroup": _RBAC_API, "kind": self.role_kind, "name": self.name},
+            "subjects": [self.subject.as_subject()],
+        }
+
+
+def _manifests(plan: Plan, name: str, subject: Subject) -> list[_Manifest]:
+    return [
+        _Manifest(name, namespace, tuple(needs), subject)
+        for namespace, needs in plan.scopes().items()
+    ]
+
+
+def objects(plan: Plan, name: str, subject: Subject) -> list[dict[str, Any]]:
+    """The roles and bindings as API objects, each role followed by its binding."""
+    found: list[dict[str, Any]] = []
+    for manifest in _manifests(plan, name, subject):
+        found += [manifest.role(), manifest.binding()]
+    return found
+
+
+def render_json(plan: Plan, name: str, subject: Subject) -> str:
+    """A ``v1`` List of the objects, which ``kubectl apply -f`` takes like the YAML."""
+    listing = {"apiVersion": "v1", "kind": "List", "items": objects(plan, name, subject)}
+    return json.dumps(listing, indent=2)
+
+
+def render_yaml(plan: Plan, name: str, subject: Subject, header: Sequence[str] = ()) -> str:
+    """Multi-document YAML for ``kubectl apply -f``; every rule has a comment saying why."""
+    lines = [
+        wrapped
+        for line in header
+        for wrapped in textwrap.wrap(line, _WIDTH, initial_indent="# ", subsequent_indent="#   ")
+    ]
+    for manifest in _manifests(plan, name, subject):
+        role = manifest.role()
+        lines += ["---", *_block({k: v for k, v in role.items() if k != "rules"}, 0), "rules:"]
+        for need in manifest.needs:
+            lines.append(f"  # {need.why}")
+            lines += _block(need.rule.as_policy(), 4, first="  - ")
+        lines += ["---", *_block(manifest.binding(), 0)]
+    return "\n".join(lines) + "\n"
+
+
+# The YAML 1.1 words PyYAML and kubectl read as booleans or null when unquoted.
+_YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
+
+
+def _scalar(text: str) -> str:
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+def _flow(items: Sequence[str]) -> str:
+    return "[" + ", ".join(_scalar(item) for item in items) + "]"
+
+
+def _block(mapping: Mapping[str, Any], indent: int, first: str = "") -> list[str]:
+    """A mapping of strings, string lists and nested mappings or mapping lists, as YAML."""
+    lines = []
+    pad = " " * indent
+    for index, (key, value) in enumerate(mapping.items()):
+        prefix = first if index == 0 and first else pad
+        if isinstance(value, str):
+            lines.append(f"{prefix}{key}: {_scalar(value)}")
+        elif isinstance(value, Mapping):
+            lines += [f"{prefix}{key}:", *_block(value, len(pad) + 2)]
+        elif value and isinstance(value[0], Mapping):
+            lines.append(f"{prefix}{key}:")
+            for item in value:
+                lines += _block(item, len(pad) + 4, first=f"{pad}  - ")
+        else:
+            lines.append(f"{prefix}{key}: {_flow(value)}")
+    return lines
+
+
+# -- loading an app for inspection (shared with doctor) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class AppArgs:
+    """MODULE:ATTR and the options that ``run`` also takes, as the command line gave them."""
+
+    app: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespaces: tuple[str, ...] = ()
+    leader_elect: bool | None = None
+    leader_election_id: str | None = None
+    leader_election_namespace: str | None = None
+    envtest: bool = False
+
+
+@dataclass(frozen=True)
+class App:
+    spec: str
+    manager: Manager
+    writes: tuple[Rule, ...] | None
+
+
+def load_app(args: AppArgs) -> App:
+    """The manager with the command line's overrides applied, and its declared writes."""
+    manager = load_manager(args.app)
+    overrides: dict[str, object] = {
+        "namespaces": args.namespaces or None,
+        "leader_election": args.leader_elect,
+        "leader_election_id": args.leader_election_id,
+        "leader_election_namespace": args.leader_election_namespace,
+        "kubeconfig": args.kubeconfig,
+        "context": args.context,
+    }
+    for field_name, value in overrides.items():
+        if value is not None:
+            setattr(manager.options, field_name, value)
+    return App(args.app, manager, declared_writes(_app_module(args.app)))
+
+
+def _app_module(spec: str) -> ModuleType | None:
+    # The names loader.load_manager imports MODULE under: a file's stem, or the dotted path.
+    module_part = spec.partition(":")[0]
+    name = Path(module_part).stem if module_part.endswith(".py") else module_part
+    return sys.modules.get(name)
+
+
+async def connect(options: ManagerOptions) -> tuple[Transport, str]:
+    """A transport to the manager's cluster and the server's version; the caller closes it.
+
+    ConfigError for a missing or rejected credential, Unreachable when nothing answers.
+    """
+    transport = Transport(await load_configuration(options.kubeconfig, options.context))
+    try:
+        version = await transport.request("GET", "/version")
+    except ApiError as error:
+        await transport.close()
+        if error.status == 401:
+            raise ConfigError(
+                f"the API server at {transport.host} rejected the credentials: {error}"
+            ) from error
+        raise Unreachable(f"the API server at {transport.host} answered {error}") from error
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        await transport.close()
+        detail = str(error) or type(error).__name__
+        raise Unreachable(f"cannot reach the API server at {transport.host}: {detail}") from error
+    return transport, str(version.get("gitVersion", "unknown version"))
+
+
+@contextlib.contextmanager
+def command_errors() -> Iterator[None]:
+    """Turn what loading and connecting raise into one-line errors with their exit codes."""
+    # cli registers the commands of this module, so it is imported only when they run.
+    from ctrltrace.cli import CommandError, ExitCode  # noqa: PLC0415
+
+    try:
+        yield
+    except AppSpecError as error:
+        raise CommandError(str(error), ExitCode.USAGE) from error
+    except AppError as error:
+        raise CommandError(str(error), ExitCode.APP) from error
+    except ConfigError as error:
+        raise CommandError(str(error), ExitCode.KUBECONFIG) from error
+    except Unreachable as error:
+        raise CommandError(str(error), ExitCode.UNREACHABLE) from error
+
+
+@contextlib.contextmanager
+def cluster_for(args: AppArgs, options: ManagerOptions) -> Iterator[None]:
+    """With ``--envtest``, a local control plane that ``options`` point at while it runs."""
+    if not args.envtest:
+        yield
+        return
+    from ctrltrace.cli import _local_control_plane  # noqa: PLC0415  # shared with `run`
+
+    with _local_control_plane() as plane:
+        options.kubeconfig = str(plane.kubeconfig)
+        yield
+
+
+_APP_PARAMETERS: tuple[Callable[[Callable[..., None]], Callable[..., None]], ...] = (
+    click.argument("app"),
+    click.option(
+        "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)."
+    ),
+    click.option("--context", "kube_context", help="Kubeconfig context to use."),
+    click.option(
+        "--namespace",
+        "namespaces",
+        multiple=True,
+        help="Namespace the manager caches (repeatable; default: the app's, else all).",
+    ),
+    click.option(
+        "--leader-elect/--no-leader-elect",
+        default=None,
+        help="Leader election (default: the app's).",
+    ),
+    click.option("--leader-election-id", help="Lease name (a DNS subdomain)."),
+    click.option("--leader-election-namespace", help="Namespace of the Lease."),
+    click.option(
+        "--envtest", is_flag=True, help="Start a local control plane for this run and use it."
+    ),
+)
+
+
+def app_parameters(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command ``run``'s app argument and options, passed to it as one ``AppArgs``."""
+
+    @functools.wraps(command)
+    def with_app(
+        *,
+        app: str,
+        kubeconfig: str | None,
+        kube_context: str | None,
+        namespaces: tuple[str, ...],
+        leader_elect: bool | None,
+        leader_election_id: str | None,
+        leader_election_namespace: str | None,
+        envtest: bool,
+        **rest: Any,
+    ) -> None:
+        args = AppArgs(
+            app,
+            kubeconfig,
+            kube_context,
+            namespaces,
+            leader_elect,
+            leader_election_id,
+            leader_election_namespace,
+            envtest,
+        )
+        command(args, **rest)
+
+    decorated: Callable[..., None] = with_app
+    for parameter in reversed(_APP_PARAMETERS):
+        decorated = parameter(decorated)
+    return decorated
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+async def _resolve_for_rbac(manager: Manager) -> list[Resolution]:
+    """Plurals from the cluster when one answers; guessed otherwise, saying why."""
+    kinds = list(watch_uses(manager))
+    try:
+        transport, _ = await connect(manager.options)
+    except (ConfigError, Unreachable) as error:
+        return await resolve(kinds, None, f"no cluster answered ({error})")
+    try:
+        return await resolve(kinds, RestMapper(transport))
+    finally:
+        await transport.close()
+
+
+def _subject(_: click.Context, __: click.Parameter, value: str | None) -> Subject | None:
+    if value is None:
+        return None
+    try:
+        return Subject.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+@click.command("rbac")
+@app_parameters
+@click.option(
+    "--service-account",
+    callback=_subject,
+    metavar="NAMESPACE/NAME",
+    help="Bind to this service account (default: one named after the manager).",
+)
+@click.option(
+    "--name", "role_name", help="Name of the roles and bindings (default: the manager's)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a v1 List as JSON instead of YAML.")
+def rbac_command(
+    args: AppArgs, *, service_account: Subject | None, role_name: str | None, as_json: bool
+) -> None:
+    """Print the RBAC the Manager APP (MODULE:ATTR) needs, for `kubectl apply -f -`.
+
+    A ClusterRole, or a Role per namespace when the manager caches only some, plus bindings
+    to a service account: get/list/watch on each watched kind, the leader-election Lease,
+    Events, and the writes the app declares in RBAC_WRITES. Plurals come from the cluster's
+    discovery; with no cluster they are guessed, and the output says so (exit code 1).
+    """
+    from ctrltrace.cli import ExitCode  # noqa: PLC0415  # cli registers this command
+
+    with command_errors():
+        app = load_app(args)
+        with cluster_for(args, app.manager.options):
+            resolutions = asyncio.run(_resolve_for_rbac(app.manager))
+    manager = app.manager
+    needed = make_plan(manager, resolutions, app.writes)
+    subject = service_account or default_subject(manager)
+    name = role_name or manager.name
+    warnings = needed.warnings()
+    if as_json:
+        click.echo(render_json(needed, name, subject))
+    else:
+        header = [
+            f"RBAC for the ctrltrace manager {manager.name!r} ({args.app}), from `ctrltrace rbac`.",
+            f"Bound to the service account {subject.namespace}/{subject.name}.",
+            *(f"WARNING: {warning}" for warning in warnings),
+        ]
+        click.echo(render_yaml(needed, name, subject, header), nl=False)
+    for warning in warnings:
+        click.echo(f"ctrltrace: warning: {warning}", err=True)
+    if warnings:
+        click.get_current_context().exit(ExitCode.WARNINGS)

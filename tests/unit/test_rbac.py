@@ -1,0 +1,360 @@
+"""`ctrltrace rbac` without a cluster: the rules a manager needs and the YAML granting them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ctrltrace import Context, Manager, Request
+from ctrltrace.cli import ExitCode
+from ctrltrace.kinds import Kind, Resource
+from ctrltrace.loader import AppError
+from ctrltrace.rbac import (
+    Plan,
+    Purpose,
+    Resolution,
+    Rule,
+    Subject,
+    declared_writes,
+    make_plan,
+    objects,
+    rbac_command,
+    render_json,
+    render_yaml,
+    resolve,
+)
+
+WIDGET = Kind("example.com/v1", "Widget")
+CONFIGMAP = Kind("v1", "ConfigMap")
+SUBJECT = Subject("ops", "widgets")
+READ = ("get", "list", "watch")
+
+
+async def _noop(ctx: Context, request: Request) -> None:
+    return None
+
+
+def _widgets(**options: Any) -> Manager:
+    mgr = Manager(name="widgets", leader_election_id="widgets.example.com", **options)
+    mgr.controller().for_("example.com/v1", "Widget").owns("v1", "ConfigMap").complete(_noop)
+    return mgr
+
+
+def _served(*kinds: tuple[Kind, str, bool]) -> list[Resolution]:
+    return [
+        Resolution(kind, Resource(kind, plural, namespaced)) for kind, plural, namespaced in kinds
+    ]
+
+
+WIDGETS_SERVED = _served((WIDGET, "widgets", True), (CONFIGMAP, "configmaps", True))
+
+
+def _rules(plan: Plan, namespace: str) -> list[tuple[Purpose, Rule]]:
+    return [(need.purpose, need.rule) for need in plan.scopes()[namespace]]
+
+
+def test_a_cluster_wide_manager_gets_a_cluster_role_and_a_lease_role_in_its_namespace() -> None:
+    mgr = _widgets(leader_election=True, leader_election_namespace="ops")
+    plan = make_plan(mgr, WIDGETS_SERVED, writes=None)
+
+    assert list(plan.scopes()) == ["", "ops"]
+    assert _rules(plan, "") == [
+        (Purpose.WATCH, Rule(("example.com",), ("widgets",), READ)),
+        (Purpose.WATCH, Rule(("",), ("configmaps",), READ)),
+        (Purpose.EVENTS, Rule(("",), ("events",), ("create",))),
+    ]
+    assert _rules(plan, "ops") == [
+        (Purpose.LEASE, Rule(("coordination.k8s.io",), ("leases",), ("get", "create", "update")))
+    ]
+    whys = [need.why for need in plan.needs]
+    assert whys[:2] == [
+        "Widget.example.com: for_() in controller widget",
+        "ConfigMap: owns() in controller widget",
+    ]
+    assert whys[-1] == "leader election: the Lease ops/widgets.example.com"
+
+
+def test_a_namespaced_manager_gets_a_role_per_namespace_and_the_lease_joins_its_namespace() -> None:
+    mgr = _widgets(namespaces=["a", "b"], leader_election=True, leader_election_namespace="b")
+    plan = make_plan(mgr, WIDGETS_SERVED, writes=None)
+
+    assert list(plan.scopes()) == ["a", "b"]
+    assert [purpose for purpose, _ in _rules(plan, "a")] == [
+        Purpose.WATCH,
+        Purpose.WATCH,
+        Purpose.EVENTS,
+    ]
+    assert [purpose for purpose, _ in _rules(plan, "b")] == [
+        Purpose.WATCH,
+        Purpose.WATCH,
+        Purpose.EVENTS,
+        Purpose.LEASE,
+    ]
+
+
+def test_a_lease_outside_the_cached_namespaces_gets_its_own_role() -> None:
+    mgr = _widgets(namespaces=["a"], leader_election=True)  # the Lease goes to "default"
+    plan = make_plan(mgr, WIDGETS_SERVED, writes=None)
+    assert list(plan.scopes()) == ["a", "default"]
+    assert [purpose for purpose, _ in _rules(plan, "default")] == [Purpose.LEASE]
+
+
+def test_no_leader_election_means_no_lease_rule() -> None:
+    plan = make_plan(_widgets(), WIDGETS_SERVED, writes=None)
+    assert all(need.purpose is not Purpose.LEASE for need in plan.needs)
+
+
+def test_a_cluster_scoped_kind_of_a_namespaced_manager_is_granted_cluster_wide() -> None:
+    mgr = Manager(name="ns-watcher", namespaces=["a"])
+    mgr.controller().for_("v1", "Namespace").complete(_noop)
+    namespace = Kind("v1", "Namespace")
+    plan = make_plan(mgr, _served((namespace, "namespaces", False)), writes=None)
+    assert _rules(plan, "") == [(Purpose.WATCH, Rule(("",), ("namespaces",), READ))]
+    assert [purpose for purpose, _ in _rules(plan, "a")] == [Purpose.EVENTS]
+
+
+def test_two_versions_of_a_kind_share_one_rule_that_names_both_uses() -> None:
+    mgr = Manager()
+    mgr.controller().for_("example.com/v1", "Widget").complete(_noop)
+    mgr.controller().named("old").for_("example.com/v1beta1", "Widget").complete(_noop)
+    old = Kind("example.com/v1beta1", "Widget")
+    plan = make_plan(mgr, _served((WIDGET, "widgets", True), (old, "widgets", True)), writes=None)
+    watches = [need for need in plan.needs if need.purpose is Purpose.WATCH]
+    assert len(watches) == 1
+    assert watches[0].why == (
+        "Widget.example.com: for_() in controller widget; "
+        "Widget.example.com: for_() in controller old"
+    )
+
+
+def test_declared_writes_are_granted_in_every_cached_namespace() -> None:
+    writes = (Rule(("",), ("configmaps",), ("create", "patch")),)
+    plan = make_plan(_widgets(namespaces=["a", "b"]), WIDGETS_SERVED, writes)
+    for namespace in ("a", "b"):
+        assert (Purpose.WRITE, writes[0]) in _rules(plan, namespace)
+    assert plan.writes_declared and not plan.warnings()
+
+
+def test_undeclared_writes_are_a_warning() -> None:
+    plan = make_plan(_widgets(), WIDGETS_SERVED, writes=None)
+    assert len(plan.warnings()) == 1
+    assert "declares no writes (RBAC_WRITES)" in plan.warnings()[0]
+
+
+def _module(**attributes: object) -> ModuleType:
+    module = ModuleType("app")
+    for name, value in attributes.items():
+        setattr(module, name, value)
+    return module
+
+
+def test_rbac_writes_is_read_from_the_app_module() -> None:
+    rules = [{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["create"]}]
+    assert declared_writes(_module(RBAC_WRITES=rules)) == (
+        Rule(("",), ("configmaps", "secrets"), ("create",)),
+    )
+    assert declared_writes(_module(RBAC_WRITES=[])) == ()
+    assert declared_writes(_module()) is None
+    assert declared_writes(None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("configmaps", "RBAC_WRITES must be a list of rules, got str"),
+        (["configmaps"], "RBAC_WRITES[0] must be a mapping"),
+        (
+            [{"resources": ["configmaps"]}],
+            'RBAC_WRITES[0] needs apiGroups ([""] is the core group)',
+        ),
+        (
+            [{"resources": "configmaps", "verbs": ["get"]}],
+            "RBAC_WRITES[0].resources must be a list",
+        ),
+        ([{"resources": ["a"], "verbs": [1]}], "RBAC_WRITES[0].verbs must be a list of strings"),
+        ([{"resources": ["a"], "verbs": ["get"], "names": ["x"]}], "unknown fields ['names']"),
+    ],
+)
+def test_a_malformed_rbac_writes_is_an_app_error(value: object, message: str) -> None:
+    with pytest.raises(AppError) as raised:
+        declared_writes(_module(RBAC_WRITES=value))
+    assert message in str(raised.value)
+
+
+def test_without_a_cluster_plurals_are_guessed_and_the_plan_says_why() -> None:
+    resolutions = asyncio.run(resolve([WIDGET, Kind("v1", "Policy")], None, "no cluster"))
+    assert [(r.resource.plural, r.resource.namespaced) for r in resolutions] == [
+        ("widgets", True),
+        ("policys", True),  # a guess is only a guess: the warning asks to check it
+    ]
+    plan = make_plan(Manager(), resolutions, writes=())
+    assert plan.warnings() == [
+        "Widget.example.com: plural guessed as 'widgets' (namespaced), because no cluster; "
+        "check it before applying",
+        "Policy: plural guessed as 'policys' (namespaced), because no cluster; "
+        "check it before applying",
+    ]
+
+
+def _plan_for_yaml() -> Plan:
+    mgr = _widgets(namespaces=["a"], leader_election=True, leader_election_namespace="ops")
+    return make_plan(mgr, WIDGETS_SERVED, (Rule(("",), ("configmaps",), ("create", "patch")),))
+
+
+def test_the_yaml_is_the_same_objects_as_the_json_and_binds_the_service_account() -> None:
+    plan = _plan_for_yaml()
+    text = render_yaml(plan, "widgets", SUBJECT, ["made by a test"])
+    documents = list(yaml.safe_load_all(text))
+    assert documents == objects(plan, "widgets", SUBJECT)
+    assert json.loads(render_json(plan, "widgets", SUBJECT))["items"] == documents
+    assert [(d["kind"], d["metadata"].get("namespace")) for d in documents] == [
+        ("Role", "a"),
+        ("RoleBinding", "a"),
+        ("Role", "ops"),
+        ("RoleBinding", "ops"),
+    ]
+    binding = documents[1]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "widgets",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "widgets", "namespace": "ops"}
+    ]
+    assert documents[0]["rules"][0] == {
+        "apiGroups": ["example.com"],
+        "resources": ["widgets"],
+        "verbs": ["get", "list", "watch"],
+    }
+
+
+def test_every_rule_in_the_yaml_has_a_comment_saying_why() -> None:
+    text = render_yaml(_plan_for_yaml(), "widgets", SUBJECT, ["x" * 150])
+    lines = text.splitlines()
+    assert lines[0].startswith("# xxx") and lines[1].startswith("#   xxx")
+    assert all(len(line) <= 100 for line in lines)
+    rule_starts = [i for i, line in enumerate(lines) if line.startswith("  - apiGroups:")]
+    assert len(rule_starts) == 5
+    assert [lines[i - 1] for i in rule_starts] == [
+        "  # Widget.example.com: for_() in controller widget",
+        "  # ConfigMap: owns() in controller widget",
+        "  # declared in RBAC_WRITES",
+        "  # Events about the objects it reconciles",
+        "  # leader election: the Lease ops/widgets.example.com",
+    ]
+
+
+def test_a_cluster_role_and_its_binding_have_no_namespace() -> None:
+    plan = make_plan(_widgets(), WIDGETS_SERVED, writes=())
+    documents = list(yaml.safe_load_all(render_yaml(plan, "widgets", SUBJECT)))
+    assert [d["kind"] for d in documents] == ["ClusterRole", "ClusterRoleBinding"]
+    assert documents[1]["metadata"] == {"name": "widgets"}
+    assert documents[1]["roleRef"]["kind"] == "ClusterRole"
+
+
+@pytest.mark.parametrize(
+    "tricky", ["", "*", "true", "No", "on", "null", "1.0", "0x1f", "a b", "x:y"]
+)
+def test_scalars_that_yaml_would_misread_are_quoted(tricky: str) -> None:
+    plan = make_plan(Manager(), [], (Rule((tricky,), ("r",), ("get",)),))
+    documents = list(yaml.safe_load_all(render_yaml(plan, tricky or "n", SUBJECT)))
+    assert documents[0]["rules"][0]["apiGroups"] == [tricky]
+    assert documents[0]["metadata"]["name"] == (tricky or "n")
+
+
+APP = """
+import ctrltrace as ct
+
+mgr = ct.Manager(name="widgets", leader_election_id="widgets.example.com")
+
+async def reconcile(ctx, request):
+    return None
+
+mgr.controller().for_("example.com/v1", "Widget").owns("v1", "ConfigMap").complete(reconcile)
+RBAC_WRITES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+"""
+
+
+@pytest.fixture
+def app_file(tmp_path: Path) -> str:
+    (tmp_path / "widgetsapp.py").write_text(APP)
+    return str(tmp_path / "widgetsapp.py") + ":mgr"
+
+
+def test_the_command_guesses_plurals_when_no_kubeconfig_exists_and_says_so(
+    app_file: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        rbac_command,
+        [app_file, "--kubeconfig", str(tmp_path / "missing"), "--service-account", "ops/w"],
+    )
+    assert result.exit_code == ExitCode.WARNINGS
+    assert result.stderr.splitlines() == [
+        "ctrltrace: warning: Widget.example.com: plural guessed as 'widgets' (namespaced), "
+        f"because no cluster answered (kubeconfig {tmp_path / 'missing'} does not exist); "
+        "check it before applying",
+        "ctrltrace: warning: ConfigMap: plural guessed as 'configmaps' (namespaced), because "
+        f"no cluster answered (kubeconfig {tmp_path / 'missing'} does not exist); check it "
+        "before applying",
+    ]
+    assert "# WARNING: Widget.example.com: plural guessed" in result.stdout
+    documents = list(yaml.safe_load_all(result.stdout))
+    assert [d["kind"] for d in documents] == ["ClusterRole", "ClusterRoleBinding"]
+    assert documents[1]["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": "w",
+        "namespace": "ops",
+    }
+
+
+def test_the_command_guesses_plurals_when_the_server_does_not_answer(
+    app_file: str, tmp_path: Path
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    result = CliRunner().invoke(
+        rbac_command, [app_file, "--kubeconfig", str(kubeconfig), "--json", "--name", "w-rbac"]
+    )
+    assert result.exit_code == ExitCode.WARNINGS
+    assert "cannot reach the API server" in result.stderr
+    listing = json.loads(result.stdout)
+    assert listing["kind"] == "List"
+    assert [item["metadata"]["name"] for item in listing["items"]] == ["w-rbac", "w-rbac"]
+    # The default subject is named after the manager, in "default" when nothing says otherwise.
+    assert listing["items"][1]["subjects"][0]["name"] == "widgets"
+
+
+@pytest.mark.parametrize("bad", ["widgets", "/widgets", "ops/", "a/b/c"])
+def test_a_malformed_service_account_is_a_usage_error(app_file: str, bad: str) -> None:
+    result = CliRunner().invoke(rbac_command, [app_file, "--service-account", bad])
+    assert result.exit_code == ExitCode.USAGE
+    assert "expected NAMESPACE/NAME" in result.output
+
+
+def test_a_malformed_rbac_writes_is_reported_as_an_app_error(tmp_path: Path) -> None:
+    (tmp_path / "badwrites.py").write_text(APP.replace('"verbs": ["create"]', '"verbs": "create"'))
+    result = CliRunner().invoke(rbac_command, [str(tmp_path / "badwrites.py") + ":mgr"])
+    assert result.exit_code == ExitCode.APP
+    assert result.stderr == (
+        "ctrltrace: error: RBAC_WRITES[0].verbs must be a list of strings, got 'create'\n"
+    )
