@@ -1,7 +1,9 @@
 """Finding (or building) the kube-apiserver and etcd binaries of the local control plane.
 
 Owns the search order — envtest's variables, then ctrltrace's cache, then a build from the Go
-module shipped in ``gomod/`` — and the cache layout. It starts no servers.
+module shipped in ``gomod/`` — and the cache layout. Its "in the cache, or built there with Go
+under a file lock" step, ``find_or_build``, is shared by every Go-built test server (Jaeger
+too). It starts no servers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,9 @@ KUBE_APISERVER_TOOL = "k8s.io/kubernetes/cmd/kube-apiserver"
 ETCD_TOOL = "go.etcd.io/etcd/server/v3"
 
 
-class _Log(Protocol):
+class Log(Protocol):
+    """Where build progress goes (one line per call): ``print``, or click.echo to stderr."""
+
     def __call__(self, message: str, /) -> None: ...
 
 
@@ -48,26 +52,42 @@ class PinnedVersions:
         return f"kubernetes-{self.kubernetes}-etcd-{self.etcd}"
 
 
+@dataclass(frozen=True)
+class GoTool:
+    """One binary to build: the main package's import path and the file name to give it."""
+
+    package: str
+    output: str
+
+
 def pinned_versions(gomod: Path = GOMOD_DIR / "go.mod") -> PinnedVersions:
     """The versions the shipped Go module pins, read from its require lines."""
+    return PinnedVersions(
+        required_version(gomod, "k8s.io/kubernetes"), required_version(gomod, ETCD_TOOL)
+    )
+
+
+def required_version(gomod: Path, module: str) -> str:
+    """The version at which the go.mod file ``gomod`` requires ``module``."""
     text = gomod.read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.M)
+    if match is None:
+        raise BinariesNotFoundError(f"{gomod} does not require {module}")
+    return match.group(1)
 
-    def required(module: str) -> str:
-        match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.M)
-        if match is None:
-            raise BinariesNotFoundError(f"{gomod} does not require {module}")
-        return match.group(1)
 
-    return PinnedVersions(required("k8s.io/kubernetes"), required(ETCD_TOOL))
+def ctrltrace_cache(env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_CACHE_HOME/ctrltrace`` (``~/.cache/ctrltrace`` by default): every built binary."""
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ctrltrace"
 
 
 def cache_root(env: Mapping[str, str] = os.environ) -> Path:
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ctrltrace" / "controlplane"
+    return ctrltrace_cache(env) / "controlplane"
 
 
 def find_binaries(
-    *, build: bool = True, env: Mapping[str, str] = os.environ, log: _Log = print
+    *, build: bool = True, env: Mapping[str, str] = os.environ, log: Log = print
 ) -> Binaries:
     """Locate kube-apiserver and etcd, building them with Go as a last resort.
 
@@ -83,21 +103,55 @@ def find_binaries(
 
     versions = pinned_versions()
     target = cache_root(env) / versions.cache_key
-    cached = _present(target)
-    if cached is not None:
-        return cached
+    origin = find_or_build(
+        GOMOD_DIR,
+        (GoTool(KUBE_APISERVER_TOOL, "kube-apiserver"), GoTool(ETCD_TOOL, "etcd")),
+        target,
+        ldflags=_version_ldflags(versions),
+        remedy=(
+            "either set TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD (or KUBEBUILDER_ASSETS) to "
+            f"existing envtest binaries, install Go >= 1.25 so ctrltrace can build them into "
+            f"{target}, or point --kubeconfig at an existing cluster"
+        ),
+        build=build,
+        env=env,
+        log=log,
+    )
+    return Binaries(target / "kube-apiserver", target / "etcd", origin)
+
+
+def find_or_build(
+    gomod_dir: Path,
+    tools: Sequence[GoTool],
+    target: Path,
+    *,
+    ldflags: str,
+    remedy: str,
+    build: bool,
+    env: Mapping[str, str],
+    log: Log,
+) -> str:
+    """Make sure ``target`` holds every tool's binary; where they came from, in words.
+
+    They are reused from ``target`` when all are there, else built with Go from the module
+    in ``gomod_dir`` (go.mod + go.sum) under a lock file next to ``target``, so concurrent
+    sessions build once. ``remedy`` completes the error raised when Go is missing or
+    ``build`` is false.
+    """
+    if _present(target, tools):
+        return f"cache {target}"
     go = shutil.which("go", path=env.get("PATH"))
     if not build or go is None:
-        raise BinariesNotFoundError(_how_to_get_binaries(target, go_missing=go is None))
-    with _locked(target.parent / f"{versions.cache_key}.lock"):
+        reason = "no Go toolchain on PATH to build them" if go is None else "building is disabled"
+        names = "/".join(tool.output for tool in tools)
+        noun = "binaries" if len(tools) > 1 else "binary"
+        raise BinariesNotFoundError(f"no {names} {noun} ({reason}); {remedy}")
+    with _locked(target.parent / f"{target.name}.lock"):
         # Another process may have finished the build while we waited for the lock.
-        cached = _present(target)
-        if cached is not None:
-            return cached
-        _build(go, versions, target, env, log)
-    built = _present(target)
-    assert built is not None, "build finished without both binaries"
-    return Binaries(built.kube_apiserver, built.etcd, f"built into {target}")
+        if not _present(target, tools):
+            _build(go, gomod_dir, tools, target, ldflags=ldflags, env=env, log=log)
+    assert _present(target, tools), "build finished without every binary"
+    return f"built into {target}"
 
 
 def _checked(apiserver: Path, etcd: Path, origin: str) -> Binaries:
@@ -107,21 +161,8 @@ def _checked(apiserver: Path, etcd: Path, origin: str) -> Binaries:
     return Binaries(apiserver, etcd, origin)
 
 
-def _present(folder: Path) -> Binaries | None:
-    apiserver, etcd = folder / "kube-apiserver", folder / "etcd"
-    if apiserver.is_file() and etcd.is_file():
-        return Binaries(apiserver, etcd, f"cache {folder}")
-    return None
-
-
-def _how_to_get_binaries(target: Path, *, go_missing: bool) -> str:
-    reason = "no Go toolchain on PATH to build them" if go_missing else "building is disabled"
-    return (
-        f"no kube-apiserver/etcd binaries ({reason}); either set TEST_ASSET_KUBE_APISERVER and "
-        "TEST_ASSET_ETCD (or KUBEBUILDER_ASSETS) to existing envtest binaries, install Go >= "
-        f"1.25 so ctrltrace can build them into {target}, or point --kubeconfig at an existing "
-        "cluster"
-    )
+def _present(folder: Path, tools: Sequence[GoTool]) -> bool:
+    return all((folder / tool.output).is_file() for tool in tools)
 
 
 @contextmanager
@@ -135,13 +176,11 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build(
-    go: str, versions: PinnedVersions, target: Path, env: Mapping[str, str], log: _Log
-) -> None:
+def _version_ldflags(versions: PinnedVersions) -> str:
     minor = versions.kubernetes.removeprefix("v").split(".")[1]
     version_pkg = "k8s.io/component-base/version"
     # Without these, /version reports v0.0.0-master.
-    ldflags = " ".join(
+    return " ".join(
         [
             f"-X {version_pkg}.gitVersion={versions.kubernetes}",
             f"-X {version_pkg}.gitMajor=1",
@@ -149,15 +188,29 @@ def _build(
             "-s -w",
         ]
     )
-    # The module directory may be read-only (site-packages): build from a copy of it.
-    staging = Path(tempfile.mkdtemp(prefix=f"{versions.cache_key}.", dir=target.parent))
+
+
+def _build(
+    go: str,
+    gomod_dir: Path,
+    tools: Sequence[GoTool],
+    target: Path,
+    *,
+    ldflags: str,
+    env: Mapping[str, str],
+    log: Log,
+) -> None:
+    # The module directory may be read-only (site-packages): build from a copy of it, then
+    # rename the finished folder into place so a half-built one is never taken for a cache.
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
     try:
         for name in ("go.mod", "go.sum"):
-            shutil.copy(GOMOD_DIR / name, staging / name)
-        for tool, output in ((KUBE_APISERVER_TOOL, "kube-apiserver"), (ETCD_TOOL, "etcd")):
-            log(f"building {output} from {tool} ({versions.cache_key}); this takes minutes once")
+            shutil.copy(gomod_dir / name, staging / name)
+        for tool in tools:
+            log(f"building {tool.output} from {tool.package} ({target.name}); takes minutes once")
+            output = staging / tool.output
             result = subprocess.run(
-                [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(staging / output), tool],
+                [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(output), tool.package],
                 cwd=staging,
                 env={**env, "CGO_ENABLED": "0"},
                 capture_output=True,
@@ -166,7 +219,7 @@ def _build(
             )
             if result.returncode != 0:
                 tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-                raise BinariesNotFoundError(f"go build {tool} failed:\n{tail}")
+                raise BinariesNotFoundError(f"go build {tool.package} failed:\n{tail}")
         (staging / "go.mod").unlink()
         (staging / "go.sum").unlink()
         staging.rename(target)

@@ -3,7 +3,8 @@
 ``control_plane`` is one kube-apiserver + etcd per test session; ``kube_namespace`` a fresh
 namespace per test (the control plane has no namespace controller, so namespaces are never
 deleted, only abandoned); ``mint_identity`` a kubeconfig restricted to given RBAC rules.
-A control plane that cannot start fails the tests that need it; it never skips them.
+``jaeger`` and ``prometheus_server`` are one Jaeger and one Prometheus per session, on loopback.
+A server that cannot start fails the tests that need it; it never skips them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol
 import pytest
 
 from ctrltrace.envtest.controlplane import ControlPlane, Identity, PolicyRule
+from ctrltrace.envtest.observability import Jaeger, Prometheus
 
 CONTROL_PLANE_PIDS = pytest.StashKey[frozenset[int]]()
 _counter = itertools.count()
@@ -39,7 +41,7 @@ class MintIdentity(Protocol):
 @pytest.fixture(scope="session")
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     with ControlPlane() as plane:
-        request.session.stash[CONTROL_PLANE_PIDS] = frozenset(plane.pids)
+        _allow_for_the_session(request, plane.pids)
         yield plane
 
 
@@ -66,3 +68,25 @@ def mint_identity(control_plane: ControlPlane) -> MintIdentity:
         )
 
     return mint
+
+
+def _allow_for_the_session(request: pytest.FixtureRequest, pids: Sequence[int]) -> None:
+    # Added to, not replaced: the same set lists every process meant to outlive a test.
+    stash = request.session.stash
+    stash[CONTROL_PLANE_PIDS] = stash.get(CONTROL_PLANE_PIDS, frozenset()) | frozenset(pids)
+
+
+@pytest.fixture(scope="session")
+def jaeger(request: pytest.FixtureRequest) -> Iterator[Jaeger]:
+    """Jaeger v2 with in-memory storage: OTLP in at ``otlp_http_endpoint``, ``find_traces`` out."""
+    with Jaeger() as server:
+        _allow_for_the_session(request, server.pids)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(request: pytest.FixtureRequest) -> Iterator[Prometheus]:
+    """Prometheus scraping nothing until told to with ``scrape([...])``, every second."""
+    with Prometheus() as server:
+        _allow_for_the_session(request, server.pids)
+        yield server
