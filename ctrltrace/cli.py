@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import enum
 import re
 import shutil
 import signal
@@ -23,35 +22,23 @@ from typing import TYPE_CHECKING
 import click
 
 from ctrltrace._version import __version__
+from ctrltrace.cli_app import (
+    AppArgs,
+    CommandError,
+    ExitCode,
+    app_parameters,
+    cluster_for,
+    command_errors,
+    load_manager_for,
+)
+
+__all__ = ["CommandError", "ExitCode", "main"]
 
 if TYPE_CHECKING:
-    from ctrltrace.envtest import ControlPlane
+    from opentelemetry.sdk.trace import TracerProvider
 
-
-class ExitCode(enum.IntEnum):
-    """Exit codes scripts can rely on (also listed in ``ctrltrace --help``)."""
-
-    OK = 0
-    WARNINGS = 1
-    USAGE = 2
-    FAILED = 3
-    ENVIRONMENT = 4  # no binaries, or the local control plane failed to start
-    JOURNAL = 5
-    APP = 6  # MODULE:ATTR cannot be imported, is not a Manager, or the manager is mis-built
-    KUBECONFIG = 7
-    UNREACHABLE = 8  # the API server does not answer
-    LEADERSHIP_LOST = 9
-
-
-class CommandError(click.ClickException):
-    """A failure the user can act on: printed as one line, exits with ``code``."""
-
-    def __init__(self, message: str, code: ExitCode) -> None:
-        super().__init__(message)
-        self.exit_code = int(code)  # type: ignore[misc]  # click declares it per class
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"ctrltrace: error: {self.format_message()}", err=True)
+    from ctrltrace.exporters.tracing import DropCounter, SpanSink
+    from ctrltrace.journal import JournalWriter
 
 
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -147,19 +134,9 @@ def envtest(kubeconfig: Path | None, only_binaries: bool) -> None:
 
 
 @main.command(epilog=_EPILOG)
-@click.argument("app")
-@click.option(
-    "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)."
-)
-@click.option("--context", "kube_context", help="Kubeconfig context to use.")
-@click.option(
-    "--namespace", "namespaces", multiple=True, help="Namespace to cache (repeatable; default all)."
-)
+@app_parameters
 @click.option("--metrics-bind-address", help="host:port for /metrics; 0 disables.")
 @click.option("--health-probe-bind-address", help="host:port for /healthz and /readyz; 0 disables.")
-@click.option("--leader-elect/--no-leader-elect", default=None, help="Hold a Lease to reconcile.")
-@click.option("--leader-election-id", help="Lease name (a DNS subdomain).")
-@click.option("--leader-election-namespace", help="Namespace of the Lease.")
 @journal_option
 @click.option(
     "--journal-max-age",
@@ -174,25 +151,26 @@ def envtest(kubeconfig: Path | None, only_binaries: bool) -> None:
     help="Keep the journal under this many MiB, dropping the oldest records.",
 )
 @click.option(
-    "--envtest", is_flag=True, help="Start a local control plane for this run and use it."
+    "--otlp-endpoint",
+    help="Send spans over OTLP to this base URL (http://host:4318); else OTEL_* variables.",
+)
+@click.option(
+    "--otlp-protocol",
+    type=click.Choice(["http/protobuf", "grpc"]),
+    help="OTLP protocol (default: $OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf).",
 )
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 @click.option("-v", "--verbose", count=True, help="Debug logs; tracebacks on errors.")
 def run(  # click passes every parameter by keyword
+    args: AppArgs,
     *,
-    app: str,
-    kubeconfig: str | None,
-    kube_context: str | None,
-    namespaces: tuple[str, ...],
     metrics_bind_address: str | None,
     health_probe_bind_address: str | None,
-    leader_elect: bool | None,
-    leader_election_id: str | None,
-    leader_election_namespace: str | None,
     journal_path: Path,
     journal_max_age: str,
     journal_max_size: int,
-    envtest: bool,
+    otlp_endpoint: str | None,
+    otlp_protocol: str | None,
     log_format: str,
     verbose: int,
 ) -> None:
@@ -201,83 +179,61 @@ def run(  # click passes every parameter by keyword
     Every record goes to the journal (by default kept for 24 hours and under 256 MiB), to
     /metrics, and to OpenTelemetry when an endpoint is configured.
     """
-    from ctrltrace.builder import BuildError
     from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink
-    from ctrltrace.journal import JournalError, JournalWriter
-    from ctrltrace.leaderelection import LeaderLost
-    from ctrltrace.loader import AppError, AppSpecError, load_manager
+    from ctrltrace.exporters.tracing import trace_ids_processor
     from ctrltrace.logs import configure
-    from ctrltrace.manager import Unreachable
-    from ctrltrace.transport import ConfigError
 
-    configure(log_format, verbose)
-    try:
-        manager = load_manager(app)
-    except AppSpecError as error:
-        raise CommandError(str(error), ExitCode.USAGE) from error
-    except AppError as error:
-        raise CommandError(str(error), ExitCode.APP) from error
+    tracing = _tracing(otlp_endpoint, otlp_protocol, verbose)
+    configure(log_format, verbose, [trace_ids_processor(tracing[1])] if tracing else [])
+    with command_errors():
+        manager = load_manager_for(args)
     options = manager.options
-    overrides = {
-        "namespaces": namespaces or None,
-        "metrics_bind_address": metrics_bind_address,
-        "health_probe_bind_address": health_probe_bind_address,
-        "leader_election": leader_elect,
-        "leader_election_id": leader_election_id,
-        "leader_election_namespace": leader_election_namespace,
-        "kubeconfig": kubeconfig,
-        "context": kube_context,
-    }
-    for field_name, value in overrides.items():
-        if value is not None:
-            setattr(options, field_name, value)
-    try:
-        journal = JournalWriter(
-            journal_path,
-            max_age_s=_seconds(journal_max_age),
-            max_bytes=journal_max_size * 2**20,
-        )
-    except JournalError as error:
-        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    if metrics_bind_address is not None:
+        options.metrics_bind_address = metrics_bind_address
+    if health_probe_bind_address is not None:
+        options.health_probe_bind_address = health_probe_bind_address
+    journal = _open_journal(journal_path, journal_max_age, journal_max_size)
     manager.add_sink(journal)
     metrics = PrometheusSink(manager)
     manager.add_sink(metrics)
     manager.add(MetricsEndpoint(metrics, options.metrics_bind_address))
     with contextlib.ExitStack() as stack:
-        if envtest:
-            options.kubeconfig = str(stack.enter_context(_local_control_plane()).kubeconfig)
-        try:
+        stack.callback(journal.close)
+        if tracing is not None:
+            _, spans, losses = tracing
+            manager.add_sink(spans)
+            metrics.registry.register(losses)
+            stack.callback(losses.shutdown)  # runs first: flushes what the run produced
+        with command_errors(), cluster_for(args, options):
             manager.run()
-        except BuildError as error:
-            raise CommandError(f"cannot start: {error}", ExitCode.APP) from error
-        except ConfigError as error:
-            raise CommandError(str(error), ExitCode.KUBECONFIG) from error
-        except Unreachable as error:
-            raise CommandError(str(error), ExitCode.UNREACHABLE) from error
-        except LeaderLost as error:
-            raise CommandError(str(error), ExitCode.LEADERSHIP_LOST) from error
-        finally:
-            journal.close()
 
 
-@contextlib.contextmanager
-def _local_control_plane() -> Iterator[ControlPlane]:
-    from ctrltrace.envtest import BinariesNotFoundError, ControlPlane, ControlPlaneError
+def _open_journal(path: Path, max_age: str, max_size_mib: int) -> JournalWriter:
+    from ctrltrace.journal import JournalError, JournalWriter
 
     try:
-        plane = ControlPlane()
-        plane.start()
-    except (BinariesNotFoundError, ControlPlaneError) as error:
-        raise CommandError(f"--envtest: {error}", ExitCode.ENVIRONMENT) from error
-    click.echo(
-        f"local control plane ready in {plane.startup_seconds:.1f}s at {plane.server}\n"
-        f"kubeconfig: {plane.kubeconfig}",
-        err=True,
-    )
+        return JournalWriter(path, max_age_s=_seconds(max_age), max_bytes=max_size_mib * 2**20)
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+
+
+def _tracing(
+    endpoint: str | None, protocol: str | None, verbose: int
+) -> tuple[TracerProvider, SpanSink, DropCounter] | None:
+    """Tracing as the flags or the OTEL_* variables ask, or None (then no span work at all)."""
+    import logging
+
+    from ctrltrace.exporters.tracing import TracingConfigError, configure_tracing
+
     try:
-        yield plane
-    finally:
-        plane.stop()
+        tracing = configure_tracing(endpoint, protocol=protocol)
+    except TracingConfigError as error:
+        raise CommandError(str(error), ExitCode.USAGE) from error
+    if tracing is not None and not verbose:
+        # Losses are counted (ctrltrace_spans_dropped_total); one log line per failed batch
+        # while a collector is down would only bury the controller's own logs.
+        logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+    return tracing
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -384,3 +340,49 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+@main.command(epilog=_EPILOG)
+@journal_option
+@click.option("--otlp-endpoint", help="Replay the spans over OTLP to this base URL.")
+@click.option(
+    "--otlp-json",
+    "otlp_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the spans to this file as OTLP-JSON (a CI artifact).",
+)
+@click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
+def export(
+    *, journal_path: Path, otlp_endpoint: str | None, otlp_json: Path | None, since: str | None
+) -> None:
+    """Turn a journal into OpenTelemetry spans: replayed to an OTLP endpoint, or written as an
+    OTLP-JSON file. Exits 3 when spans could not all be delivered."""
+    import time
+
+    from ctrltrace.exporters.otlp_json import write_otlp_json
+    from ctrltrace.exporters.tracing import configure_tracing, replay
+    from ctrltrace.journal import Journal, JournalError
+
+    if (otlp_endpoint is None) == (otlp_json is None):
+        raise CommandError("give exactly one of --otlp-endpoint and --otlp-json", ExitCode.USAGE)
+    now = time.time()
+    try:
+        with Journal(journal_path) as journal:
+            records = journal.window(_since(since, now) or 0.0, now)
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    if otlp_json is not None:
+        spans = write_otlp_json(records, otlp_json)
+        click.echo(f"{spans} spans from {len(records)} records written to {otlp_json}")
+        return
+    tracing = configure_tracing(otlp_endpoint)
+    assert tracing is not None  # an endpoint was given
+    provider, _, losses = tracing
+    replay(records, provider)
+    losses.shutdown()
+    click.echo(
+        f"{losses.exported} spans from {len(records)} records sent to {otlp_endpoint}; "
+        f"{losses.dropped} dropped, {losses.failed} failed"
+    )
+    if losses.dropped or losses.failed:
+        sys.exit(ExitCode.FAILED)

@@ -26,21 +26,24 @@ import aiohttp
 import click
 
 from ctrltrace.builder import WatchSpec
+from ctrltrace.cli_app import (
+    AppArgs,
+    ExitCode,
+    app_parameters,
+    cluster_for,
+    command_errors,
+    connect,
+)
 from ctrltrace.kinds import Kind, RestMapper
 from ctrltrace.leaderelection import validate_lease_name
 from ctrltrace.manager import Manager
 from ctrltrace.predicates import And, GenerationChanged, Predicate
 from ctrltrace.rbac import (
     App,
-    AppArgs,
     Need,
     Plan,
     Purpose,
     Resolution,
-    app_parameters,
-    cluster_for,
-    command_errors,
-    connect,
     controller_specs,
     lease_namespace,
     load_app,
@@ -613,7 +616,6 @@ def doctor_command(args: AppArgs, *, as_json: bool) -> None:
     get/list/watch them, make its declared writes and take the Lease, and known traps.
     Exit code 0 all good, 1 warnings only, 3 any failure.
     """
-    from ctrltrace.cli import ExitCode  # noqa: PLC0415  # cli registers this command
 
     with command_errors():
         app = load_app(args)

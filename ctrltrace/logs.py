@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 
 import structlog
 
 
-def configure(log_format: str = "console", verbose: int = 0) -> None:
+def configure(
+    log_format: str = "console",
+    verbose: int = 0,
+    enrich: Sequence[structlog.typing.Processor] = (),
+) -> None:
+    """``enrich`` runs before rendering (e.g. adding trace ids to reconcile logs). Call this
+    before any logger is used: structlog caches loggers with the processors of their time."""
     level = logging.DEBUG if verbose else logging.INFO
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -25,6 +32,7 @@ def configure(log_format: str = "console", verbose: int = 0) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *enrich,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

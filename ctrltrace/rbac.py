@@ -13,14 +13,12 @@ cluster. The runtime core does not import this module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import functools
 import json
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,10 +28,19 @@ import aiohttp
 import click
 
 from ctrltrace.builder import ControllerSpec
+from ctrltrace.cli_app import (
+    AppArgs,
+    ExitCode,
+    app_parameters,
+    cluster_for,
+    command_errors,
+    connect,
+    load_manager_for,
+)
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
-from ctrltrace.loader import AppError, AppSpecError, load_manager
+from ctrltrace.loader import AppError
 from ctrltrace.manager import Manager, ManagerOptions, Unreachable
-from ctrltrace.transport import ApiError, ConfigError, Transport, load_configuration
+from ctrltrace.transport import ApiError, ConfigError
 
 READ_VERBS = ("get", "list", "watch")  # an informer lists and watches; the client gets
 LEASE_VERBS = ("get", "create", "update")  # what leaderelection.LeaderElector sends
@@ -410,20 +417,6 @@ def _block(mapping: Mapping[str, Any], indent: int, first: str = "") -> list[str
 
 
 @dataclass(frozen=True)
-class AppArgs:
-    """MODULE:ATTR and the options that ``run`` also takes, as the command line gave them."""
-
-    app: str
-    kubeconfig: str | None = None
-    context: str | None = None
-    namespaces: tuple[str, ...] = ()
-    leader_elect: bool | None = None
-    leader_election_id: str | None = None
-    leader_election_namespace: str | None = None
-    envtest: bool = False
-
-
-@dataclass(frozen=True)
 class App:
     spec: str
     manager: Manager
@@ -432,18 +425,7 @@ class App:
 
 def load_app(args: AppArgs) -> App:
     """The manager with the command line's overrides applied, and its declared writes."""
-    manager = load_manager(args.app)
-    overrides: dict[str, object] = {
-        "namespaces": args.namespaces or None,
-        "leader_election": args.leader_elect,
-        "leader_election_id": args.leader_election_id,
-        "leader_election_namespace": args.leader_election_namespace,
-        "kubeconfig": args.kubeconfig,
-        "context": args.context,
-    }
-    for field_name, value in overrides.items():
-        if value is not None:
-            setattr(manager.options, field_name, value)
+    manager = load_manager_for(args)
     return App(args.app, manager, declared_writes(_app_module(args.app)))
 
 
@@ -452,118 +434,6 @@ def _app_module(spec: str) -> ModuleType | None:
     module_part = spec.partition(":")[0]
     name = Path(module_part).stem if module_part.endswith(".py") else module_part
     return sys.modules.get(name)
-
-
-async def connect(options: ManagerOptions) -> tuple[Transport, str]:
-    """A transport to the manager's cluster and the server's version; the caller closes it.
-
-    ConfigError for a missing or rejected credential, Unreachable when nothing answers.
-    """
-    transport = Transport(await load_configuration(options.kubeconfig, options.context))
-    try:
-        version = await transport.request("GET", "/version")
-    except ApiError as error:
-        await transport.close()
-        if error.status == 401:
-            raise ConfigError(
-                f"the API server at {transport.host} rejected the credentials: {error}"
-            ) from error
-        raise Unreachable(f"the API server at {transport.host} answered {error}") from error
-    except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        await transport.close()
-        detail = str(error) or type(error).__name__
-        raise Unreachable(f"cannot reach the API server at {transport.host}: {detail}") from error
-    return transport, str(version.get("gitVersion", "unknown version"))
-
-
-@contextlib.contextmanager
-def command_errors() -> Iterator[None]:
-    """Turn what loading and connecting raise into one-line errors with their exit codes."""
-    # cli registers the commands of this module, so it is imported only when they run.
-    from ctrltrace.cli import CommandError, ExitCode  # noqa: PLC0415
-
-    try:
-        yield
-    except AppSpecError as error:
-        raise CommandError(str(error), ExitCode.USAGE) from error
-    except AppError as error:
-        raise CommandError(str(error), ExitCode.APP) from error
-    except ConfigError as error:
-        raise CommandError(str(error), ExitCode.KUBECONFIG) from error
-    except Unreachable as error:
-        raise CommandError(str(error), ExitCode.UNREACHABLE) from error
-
-
-@contextlib.contextmanager
-def cluster_for(args: AppArgs, options: ManagerOptions) -> Iterator[None]:
-    """With ``--envtest``, a local control plane that ``options`` point at while it runs."""
-    if not args.envtest:
-        yield
-        return
-    from ctrltrace.cli import _local_control_plane  # noqa: PLC0415  # shared with `run`
-
-    with _local_control_plane() as plane:
-        options.kubeconfig = str(plane.kubeconfig)
-        yield
-
-
-_APP_PARAMETERS: tuple[Callable[[Callable[..., None]], Callable[..., None]], ...] = (
-    click.argument("app"),
-    click.option(
-        "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)."
-    ),
-    click.option("--context", "kube_context", help="Kubeconfig context to use."),
-    click.option(
-        "--namespace",
-        "namespaces",
-        multiple=True,
-        help="Namespace the manager caches (repeatable; default: the app's, else all).",
-    ),
-    click.option(
-        "--leader-elect/--no-leader-elect",
-        default=None,
-        help="Leader election (default: the app's).",
-    ),
-    click.option("--leader-election-id", help="Lease name (a DNS subdomain)."),
-    click.option("--leader-election-namespace", help="Namespace of the Lease."),
-    click.option(
-        "--envtest", is_flag=True, help="Start a local control plane for this run and use it."
-    ),
-)
-
-
-def app_parameters(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command ``run``'s app argument and options, passed to it as one ``AppArgs``."""
-
-    @functools.wraps(command)
-    def with_app(
-        *,
-        app: str,
-        kubeconfig: str | None,
-        kube_context: str | None,
-        namespaces: tuple[str, ...],
-        leader_elect: bool | None,
-        leader_election_id: str | None,
-        leader_election_namespace: str | None,
-        envtest: bool,
-        **rest: Any,
-    ) -> None:
-        args = AppArgs(
-            app,
-            kubeconfig,
-            kube_context,
-            namespaces,
-            leader_elect,
-            leader_election_id,
-            leader_election_namespace,
-            envtest,
-        )
-        command(args, **rest)
-
-    decorated: Callable[..., None] = with_app
-    for parameter in reversed(_APP_PARAMETERS):
-        decorated = parameter(decorated)
-    return decorated
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -613,8 +483,6 @@ def rbac_command(
     Events, and the writes the app declares in RBAC_WRITES. Plurals come from the cluster's
     discovery; with no cluster they are guessed, and the output says so (exit code 1).
     """
-    from ctrltrace.cli import ExitCode  # noqa: PLC0415  # cli registers this command
-
     with command_errors():
         app = load_app(args)
         with cluster_for(args, app.manager.options):

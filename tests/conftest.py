@@ -16,7 +16,10 @@ def child_pids() -> set[int]:
     """Live (non-zombie) children of this process."""
     pids: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended while we looked
+            continue
         pids.update(int(pid) for pid in text)
     return {pid for pid in pids if not _zombie(pid)}
 

@@ -1,0 +1,895 @@
+"""Spans from records: parents, links, attributes, bounded memory, export losses, OTLP-JSON.
+
+The record sequences are built by small factories that follow what the runtime emits
+(``source.Informer._record_event``, ``controller.Controller._dispatch`` / ``_reconcile_one`` /
+``_settle``, ``client.Client._write``, ``leaderelection.LeaderElector._emit``).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import os
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ctrltrace.exporters.otlp_json import encode_otlp_json, write_otlp_json
+from ctrltrace.exporters.tracing import (
+    BatchSettings,
+    SpanSink,
+    TracingConfigError,
+    build_tracing,
+    configure_tracing,
+    replay,
+    trace_ids_processor,
+)
+from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+
+T0 = 1_700_000_000.0
+CONTROLLER = "configmap"
+RESOURCE = Resource({"service.name": "test"})
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+# -- record factories ------------------------------------------------------------------------
+
+
+def obj(
+    name: str = "web",
+    namespace: str = "default",
+    *,
+    kind: str = "ConfigMap",
+    api_version: str = "v1",
+    rv: str = "100",
+    generation: int = 1,
+) -> ObjectRef:
+    return ObjectRef(api_version, kind, namespace, name, f"uid-{name}", rv, generation)
+
+
+def event(at: float, ref: ObjectRef | None = None, *, watch_type: str = "ADDED") -> Record:
+    return Record(
+        time=at,
+        stage=Stage.EVENT,
+        outcome=watch_type,
+        object=ref or obj(),
+        attrs={"writer": "kubectl-client-side-apply", "self_caused": False},
+    )
+
+
+def comeback(at: float, write: Record) -> Record:
+    """The watch event of a write made through ctrltrace's client."""
+    return Record(
+        time=at,
+        stage=Stage.EVENT,
+        outcome="MODIFIED",
+        object=write.object,
+        reason="the controller's own write coming back",
+        cause_ids=(write.id,),
+        attrs={"writer": "ctrltrace", "self_caused": True},
+    )
+
+
+def dispatch(
+    cause: Record,
+    outcome: str = "queued",
+    *,
+    controller: str = CONTROLLER,
+    request: str | None = None,
+    **attrs: AttrValue,
+) -> Record:
+    assert cause.object is not None
+    if outcome in ("queued", "deduplicated", "requeued_after_processing", "not_mapped"):
+        attrs.setdefault("handler", "for the object itself")
+    attrs.setdefault("event_type", "create" if cause.outcome == "ADDED" else "update")
+    return Record(
+        time=cause.time + 0.000_01,
+        stage=Stage.DISPATCH,
+        outcome=outcome,
+        reason=str(attrs.pop("reason", "")),
+        controller=controller,
+        object=cause.object,
+        request=request or cause.object.key,
+        cause_ids=(cause.id,),
+        attrs=attrs,
+    )
+
+
+def start(
+    causes: Sequence[Record], at: float, *, reconcile_id: str = "r-1", request: str = "default/web"
+) -> Record:
+    return Record(
+        time=at,
+        stage=Stage.RECONCILE_START,
+        outcome="started",
+        controller=CONTROLLER,
+        request=request,
+        reconcile_id=reconcile_id,
+        cause_ids=tuple(cause.id for cause in causes),
+        attrs={"queue_wait_s": 0.002, "retries": 0},
+    )
+
+
+def done(begin: Record, at: float, outcome: str = "success", error: str = "") -> Record:
+    attrs: dict[str, AttrValue] = {"duration_s": at - begin.time, "metric_result": outcome}
+    reason = outcome
+    if error:
+        attrs["error_type"] = error.partition(":")[0]
+        attrs["metric_result"] = "error"
+        reason = error
+    return Record(
+        time=at,
+        stage=Stage.RECONCILE,
+        outcome=outcome,
+        reason=reason,
+        controller=CONTROLLER,
+        request=begin.request,
+        reconcile_id=begin.reconcile_id,
+        cause_ids=(begin.id,),
+        attrs=attrs,
+    )
+
+
+def requeue(end: Record, action: str = "rate_limited", delay: float = 0.005) -> Record:
+    attrs: dict[str, AttrValue] = {"delay_s": delay, "due": end.time + delay}
+    if action == "rate_limited":
+        attrs["attempt"] = 1
+    return Record(
+        time=end.time,
+        stage=Stage.REQUEUE,
+        outcome=action,
+        reason=f"next run in {delay:.3f}s",
+        controller=CONTROLLER,
+        request=end.request,
+        reconcile_id=end.reconcile_id,
+        cause_ids=(end.id,),
+        attrs=attrs,
+    )
+
+
+def write(begin: Record, at: float, rv: str, event_id: int | None = None) -> Record:
+    return Record(
+        time=at,
+        stage=Stage.WRITE,
+        outcome="patch",
+        controller=CONTROLLER,
+        reconcile_id=begin.reconcile_id,
+        object=obj(rv=rv),
+        reason=f"patch returned resourceVersion {rv}",
+        attrs={"event_id": event_id} if event_id is not None else {},
+    )
+
+
+def lease(at: float, outcome: str, reason: str) -> Record:
+    return Record(
+        time=at,
+        stage=Stage.LEASE,
+        outcome=outcome,
+        reason=reason,
+        attrs={"lease": "kube-system/widgets.example.com", "identity": "me", "holder": "me"},
+    )
+
+
+def watch(at: float, outcome: str, reason: str, status: int = 0) -> Record:
+    attrs: dict[str, AttrValue] = {"kind": "ConfigMap", "api_version": "v1"}
+    attrs["namespace"] = "default"
+    if status:
+        attrs["status"] = status
+    attrs["resource"] = "configmaps"
+    return Record(time=at, stage=Stage.WATCH, outcome=outcome, reason=reason, attrs=attrs)
+
+
+# -- fixtures and helpers --------------------------------------------------------------------
+
+
+class Traced:
+    """A sink on an SDK provider that keeps every finished span in memory."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        # A fixed resource: the default one is detected on a pool of threads, for nothing here.
+        self.provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.sink = SpanSink(self.provider)
+
+    def feed(self, *records: Record) -> None:
+        for record in records:
+            self.sink(record)
+
+    @property
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans if span.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        [span] = self.named(name)
+        return span
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    tracing = Traced()
+    yield tracing
+    tracing.provider.shutdown()
+
+
+def context_of(span: ReadableSpan) -> SpanContext:
+    context = span.get_span_context()
+    assert context is not None
+    return context
+
+
+def attributes(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def link_targets(span: ReadableSpan) -> list[tuple[int, str]]:
+    return [
+        (link.context.span_id, str((link.attributes or {})["ctrltrace.link"]))
+        for link in span.links
+    ]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture(autouse=True)
+def threads_gone_from_the_os() -> Iterator[None]:
+    """After each test, wait until the threads it started have left the OS as well.
+
+    The SDK starts threads (its resource detection pool, the batch processor), and ``join``
+    returns a moment before a thread's ``/proc/self/task`` entry goes; the leftover check in
+    tests/conftest.py reads those entries, and one vanishing under it fails the test.
+    """
+    tasks = Path("/proc/self/task")
+    before = len(list(tasks.iterdir()))
+    yield
+    deadline = time.monotonic() + 2
+    while len(list(tasks.iterdir())) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+# -- spans and their relations ---------------------------------------------------------------
+
+
+def test_an_event_is_one_root_span_with_the_objects_attributes(traced: Traced) -> None:
+    added = event(T0, obj(rv="42", generation=3))
+    traced.feed(added)
+
+    span = traced.one("event ConfigMap")
+    assert span.kind is SpanKind.CONSUMER
+    assert span.parent is None
+    assert span.start_time == span.end_time == ns(T0)
+    assert attributes(span) == {
+        "k8s.namespace.name": "default",
+        "ctrltrace.object.api_version": "v1",
+        "ctrltrace.object.kind": "ConfigMap",
+        "ctrltrace.object.name": "web",
+        "ctrltrace.object.uid": "uid-web",
+        "ctrltrace.resource_version": "42",
+        "ctrltrace.generation": 3,
+        "ctrltrace.event.type": "ADDED",
+        "ctrltrace.event.writer": "kubectl-client-side-apply",
+    }
+
+
+def test_built_in_kinds_also_get_their_semantic_convention_names(traced: Traced) -> None:
+    traced.feed(
+        event(T0, obj("p", kind="Pod")),
+        event(T0, obj("d", kind="Deployment", api_version="apps/v1")),
+        event(T0, obj("x", kind="Deployment", api_version="example.com/v1")),  # a CRD
+        event(T0, obj("team-a", "", kind="Namespace")),
+    )
+    pod = attributes(traced.one("event Pod"))
+    assert pod["k8s.pod.name"] == "p" and pod["k8s.pod.uid"] == "uid-p"
+    deployments = {
+        attributes(span)["ctrltrace.object.name"]: attributes(span)
+        for span in traced.named("event Deployment")
+    }
+    assert deployments["d"]["k8s.deployment.name"] == "d"
+    assert deployments["d"]["k8s.deployment.uid"] == "uid-d"
+    assert not any(key.startswith("k8s.deployment") for key in deployments["x"])
+    namespace = attributes(traced.one("event Namespace"))
+    assert namespace["k8s.namespace.name"] == "team-a"
+
+
+def test_dispatch_spans_are_children_of_their_event_with_verdict_mapping_and_outcome(
+    traced: Traced,
+) -> None:
+    updated = event(T0, watch_type="MODIFIED")
+    dropped = dispatch(
+        updated,
+        "dropped_by_predicate",
+        controller="strict",
+        predicate="GenerationChanged",
+        reason="generation unchanged (1 → 1)",
+    )
+    unmapped = dispatch(
+        updated,
+        "not_mapped",
+        controller="owners",
+        reason="no ownerReference with controller: true",
+    )
+    queued = dispatch(updated, "queued")
+    traced.feed(updated, dropped, unmapped, queued)
+
+    event_span = traced.one("event ConfigMap")
+    by_controller = {
+        str(attributes(span)["ctrltrace.controller"]): span
+        for span in traced.spans
+        if span.name.startswith("dispatch ")
+    }
+    assert set(by_controller) == {"strict", "owners", CONTROLLER}
+    for span in by_controller.values():
+        assert span.parent is not None
+        assert span.parent.span_id == context_of(event_span).span_id
+        assert context_of(span).trace_id == context_of(event_span).trace_id
+        assert span.start_time == span.end_time == ns(queued.time)
+
+    strict = by_controller["strict"]
+    assert strict.name == "dispatch strict" and strict.kind is SpanKind.INTERNAL
+    assert attributes(strict) == {
+        "ctrltrace.controller": "strict",
+        "ctrltrace.outcome": "dropped_by_predicate",
+        "ctrltrace.request": "default/web",
+        "ctrltrace.reason": "generation unchanged (1 → 1)",
+        "k8s.namespace.name": "default",
+        "ctrltrace.predicate": "GenerationChanged",
+        "ctrltrace.dispatch.event_type": "update",
+    }
+    owners = attributes(by_controller["owners"])
+    assert owners["ctrltrace.outcome"] == "not_mapped"
+    assert owners["ctrltrace.handler"] == "for the object itself"
+    assert "controller: true" in owners["ctrltrace.reason"]
+    enqueued = by_controller[CONTROLLER]
+    assert enqueued.kind is SpanKind.PRODUCER  # it put a request in the queue
+    assert attributes(enqueued)["ctrltrace.outcome"] == "queued"
+
+
+def test_a_reconcile_is_parented_on_the_first_dispatch_and_links_the_deduplicated_ones(
+    traced: Traced,
+) -> None:
+    # A burst while the key waits: one queued, two de-duplicated into the same run.
+    first, second, third = (event(T0 + i, watch_type="MODIFIED") for i in range(3))
+    queued = dispatch(first, "queued")
+    merged = [dispatch(second, "deduplicated"), dispatch(third, "deduplicated")]
+    begin = start([queued, *merged], T0 + 5)
+    end = done(begin, T0 + 5.25)
+    traced.feed(first, queued, second, merged[0], third, merged[1], begin, end)
+
+    dispatches = {span.start_time: span for span in traced.named(f"dispatch {CONTROLLER}")}
+    parent_span = dispatches[ns(queued.time)]
+    reconcile = traced.one(f"reconcile {CONTROLLER}")
+    assert reconcile.kind is SpanKind.CONSUMER
+    assert reconcile.parent is not None
+    assert reconcile.parent.span_id == context_of(parent_span).span_id
+    assert context_of(reconcile).trace_id == context_of(parent_span).trace_id
+    assert link_targets(reconcile) == [
+        (context_of(dispatches[ns(m.time)]).span_id, "dispatch") for m in merged
+    ]
+    assert reconcile.start_time == ns(begin.time) and reconcile.end_time == ns(end.time)
+    assert reconcile.status.status_code is StatusCode.UNSET
+    assert attributes(reconcile) == {
+        "ctrltrace.controller": CONTROLLER,
+        "ctrltrace.request": "default/web",
+        "ctrltrace.reconcile_id": "r-1",
+        "k8s.namespace.name": "default",
+        "ctrltrace.queue.wait_s": 0.002,
+        "messaging.batch.message_count": 3,
+        "ctrltrace.outcome": "success",
+    }
+
+
+def test_a_requeued_reconcile_links_to_the_one_that_asked_rather_than_nesting(
+    traced: Traced,
+) -> None:
+    added = event(T0)
+    queued = dispatch(added)
+    first = start([queued], T0 + 1, reconcile_id="r-1")
+    failed = done(first, T0 + 1.5, "error", "RuntimeError: first attempt fails")
+    retry = requeue(failed, "rate_limited", 0.005)
+    second = start([retry], T0 + 2, reconcile_id="r-2")
+    later = done(second, T0 + 2.5, "requeue_after")
+    scheduled = requeue(later, "after", 3600)
+    # The delayed run also picked up a new event meanwhile: that dispatch is its parent.
+    edited = event(T0 + 3, watch_type="MODIFIED")
+    edit = dispatch(edited)
+    third = start([scheduled, edit], T0 + 3601, reconcile_id="r-3")
+    traced.feed(added, queued, first, failed, retry, second, later, scheduled, edited, edit)
+    traced.feed(third, done(third, T0 + 3601.5))
+
+    runs = {attributes(s)["ctrltrace.reconcile_id"]: s for s in traced.named("reconcile configmap")}
+    one, two, three = runs["r-1"], runs["r-2"], runs["r-3"]
+    # The retry is a new trace, linked to the reconcile that asked for it.
+    assert two.parent is None
+    assert context_of(two).trace_id != context_of(one).trace_id
+    assert link_targets(two) == [(context_of(one).span_id, "requeue")]
+    # The requeue is on the span of the reconcile that asked, which ends when it did.
+    assert one.end_time == ns(failed.time)
+    assert attributes(one)["ctrltrace.requeue"] == "rate_limited"
+    assert attributes(one)["ctrltrace.requeue.delay_s"] == 0.005
+    assert attributes(one)["ctrltrace.requeue.attempt"] == 1
+    assert attributes(two)["ctrltrace.requeue"] == "after"
+    assert attributes(two)["ctrltrace.requeue.delay_s"] == 3600
+    assert "ctrltrace.requeue.attempt" not in attributes(two)
+    [edit_span] = [s for s in traced.named("dispatch configmap") if s.start_time == ns(edit.time)]
+    assert three.parent is not None and three.parent.span_id == context_of(edit_span).span_id
+    assert link_targets(three) == [(context_of(two).span_id, "requeue")]
+
+
+def test_a_failed_reconcile_has_error_status_reason_and_error_type(traced: Traced) -> None:
+    added = event(T0)
+    queued = dispatch(added)
+    begin = start([queued], T0 + 1)
+    doomed = done(begin, T0 + 2, "terminal_error", "TerminalError: cannot ever work")
+    traced.feed(added, queued, begin, doomed)
+
+    span = traced.one("reconcile configmap")  # no requeue follows a terminal error: ended now
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "TerminalError: cannot ever work"
+    assert attributes(span)["error.type"] == "TerminalError"
+    assert attributes(span)["ctrltrace.outcome"] == "terminal_error"
+    assert attributes(span)["ctrltrace.reason"] == "TerminalError: cannot ever work"
+
+
+def test_a_reconcile_waiting_for_its_requeue_record_ends_when_another_record_comes(
+    traced: Traced,
+) -> None:
+    added = event(T0)
+    begin = start([dispatch(added)], T0 + 1)
+    traced.feed(added, begin, done(begin, T0 + 2, "error", "ValueError: x"))
+    assert traced.named("reconcile configmap") == []  # held for the REQUEUE record
+    traced.feed(event(T0 + 3))  # a journal cut between the two: no requeue after all
+    span = traced.one("reconcile configmap")
+    assert span.end_time == ns(T0 + 2) and "ctrltrace.requeue" not in attributes(span)
+
+
+def test_lease_transitions_and_watch_failures_are_spans_and_health_is_not(
+    traced: Traced,
+) -> None:
+    traced.feed(
+        lease(T0, "acquired", "me holds kube-system/widgets.example.com"),
+        lease(T0 + 20, "lost", "could not renew within 10s"),
+        watch(T0, "listed", "listed 3 at resourceVersion 7"),
+        watch(T0, "synced", "cache synced: 3 objects"),
+        watch(T0 + 1, "forbidden", 'configmaps is forbidden: User "bob" cannot list', 403),
+        watch(T0 + 2, "gone", "watch expired, listing again: too old"),
+        Record(time=T0, stage=Stage.CONTROLLER, outcome="started", controller=CONTROLLER),
+        Record(time=T0, stage=Stage.MANAGER, outcome="started"),
+    )
+    assert sorted(span.name for span in traced.spans) == [
+        "lease acquired",
+        "lease lost",
+        "watch ConfigMap",
+        "watch ConfigMap",
+    ]
+    acquired, lost = traced.one("lease acquired"), traced.one("lease lost")
+    assert acquired.status.status_code is StatusCode.UNSET and acquired.parent is None
+    assert lost.status.status_code is StatusCode.ERROR
+    assert attributes(lost) == {
+        "ctrltrace.outcome": "lost",
+        "ctrltrace.reason": "could not renew within 10s",
+        "ctrltrace.lease": "kube-system/widgets.example.com",
+        "ctrltrace.lease.identity": "me",
+        "ctrltrace.lease.holder": "me",
+        "k8s.namespace.name": "kube-system",
+    }
+    forbidden, gone = sorted(traced.named("watch ConfigMap"), key=lambda s: s.start_time or 0)
+    assert forbidden.status.status_code is StatusCode.ERROR
+    assert attributes(forbidden) == {
+        "ctrltrace.outcome": "forbidden",
+        "ctrltrace.reason": 'configmaps is forbidden: User "bob" cannot list',
+        "ctrltrace.object.kind": "ConfigMap",
+        "ctrltrace.object.api_version": "v1",
+        "k8s.namespace.name": "default",
+        "http.response.status_code": 403,
+        "ctrltrace.watch.resource": "configmaps",
+    }
+    assert gone.status.status_code is StatusCode.UNSET  # a re-list, not a failure
+
+
+def test_writes_are_events_on_their_reconcile_and_the_event_they_cause_links_back(
+    traced: Traced,
+) -> None:
+    added = event(T0)
+    begin = start([dispatch(added)], T0 + 1)
+    patched = write(begin, T0 + 1.1, "101")
+    back = comeback(T0 + 1.2, patched)
+    # The other race: the event of the second write came back before the write's answer.
+    early = comeback(T0 + 1.3, write(begin, T0, "102"))
+    answered = write(begin, T0 + 1.4, "102", event_id=early.id)
+    traced.feed(added, begin, patched, back, early, answered, done(begin, T0 + 2))
+
+    reconcile = traced.one("reconcile configmap")
+    assert [(e.name, e.timestamp) for e in reconcile.events] == [
+        ("write", ns(T0 + 1.1)),
+        ("write", ns(T0 + 1.4)),
+    ]
+    assert dict(reconcile.events[0].attributes or {}) == {
+        "ctrltrace.write.verb": "patch",
+        "ctrltrace.object.kind": "ConfigMap",
+        "ctrltrace.object.name": "web",
+        "k8s.namespace.name": "default",
+        "ctrltrace.resource_version": "101",
+    }
+    back_span, early_span = sorted(
+        (s for s in traced.named("event ConfigMap") if s.start_time != ns(T0)),
+        key=lambda s: s.start_time or 0,
+    )
+    assert back_span.parent is None  # a link, so a write → event → reconcile loop never nests
+    assert link_targets(back_span) == [(context_of(reconcile).span_id, "write")]
+    assert attributes(back_span)["ctrltrace.event.self_caused"] is True
+    assert link_targets(reconcile) == [(context_of(early_span).span_id, "caused_event")]
+
+
+def test_spans_are_roots_even_inside_a_callers_span(traced: Traced) -> None:
+    tracer = traced.provider.get_tracer("user code")
+    with tracer.start_as_current_span("outer"):
+        traced.feed(event(T0), lease(T0, "acquired", "mine"))
+    assert traced.one("event ConfigMap").parent is None
+    assert traced.one("lease acquired").parent is None
+
+
+def test_memory_stays_bounded_over_100k_records() -> None:
+    class KeepLast(SpanExporter):
+        def __init__(self) -> None:
+            self.spans: deque[ReadableSpan] = deque(maxlen=3)
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            self.spans.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = KeepLast()
+    provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sink = SpanSink(provider, capacity=1_000)
+    highest = 0
+    for i in range(25_000):  # 4 records each: event, dispatch, start, end
+        at = T0 + i
+        added = event(at, obj(f"o{i % 5000}"))
+        queued = dispatch(added)
+        begin = start([queued], at, reconcile_id=f"r-{i}", request=queued.request)
+        for record in (added, queued, begin, done(begin, at + 0.5)):
+            sink(record)
+            highest = max(highest, sink.remembered)
+    provider.shutdown()
+    assert highest <= 1_000  # events and dispatches within their bound, one reconcile open
+    # Forgetting the old never loses the new: the last reconcile still has its parents.
+    event_span, dispatch_span, reconcile = exporter.spans
+    assert reconcile.parent is not None
+    assert reconcile.parent.span_id == context_of(dispatch_span).span_id
+    assert dispatch_span.parent is not None
+    assert dispatch_span.parent.span_id == context_of(event_span).span_id
+
+
+def test_trace_ids_for_a_running_reconcile_and_the_structlog_processor(traced: Traced) -> None:
+    added = event(T0)
+    begin = start([dispatch(added)], T0 + 1, reconcile_id="abc-1")
+    traced.feed(added, begin)
+
+    ids = traced.sink.trace_ids_for("abc-1")
+    assert traced.sink.trace_ids_for("nope") is None
+    # Logged as ctx.log does: a logger bound to the reconcile id.
+    captured = structlog.testing.CapturingLogger()
+    log = structlog.wrap_logger(
+        captured, processors=[trace_ids_processor(traced.sink), structlog.processors.JSONRenderer()]
+    ).bind(controller=CONTROLLER, reconcile_id="abc-1")
+    log.info("reconciling")
+    structlog.wrap_logger(
+        captured, processors=[trace_ids_processor(traced.sink), structlog.processors.JSONRenderer()]
+    ).info("no reconcile here")
+    traced.feed(done(begin, T0 + 2))
+    assert traced.sink.trace_ids_for("abc-1") is None  # only while it runs
+
+    span = context_of(traced.one("reconcile configmap"))
+    assert ids == (f"{span.trace_id:032x}", f"{span.span_id:016x}")
+    inside, outside = (json.loads(call.args[0]) for call in captured.calls)
+    assert inside["trace_id"] == ids[0] and inside["span_id"] == ids[1]
+    assert "trace_id" not in outside and "span_id" not in outside
+
+
+# -- the SDK pipeline ------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_otel_env")
+def test_configure_tracing_is_off_without_an_endpoint_or_otel_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert configure_tracing(None) is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert configure_tracing(None) is None
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert configure_tracing("http://127.0.0.1:1") is None
+
+
+@pytest.mark.usefixtures("no_otel_env")
+def test_configure_tracing_reads_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "widgets-operator")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "512")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    configured = configure_tracing(None)
+    assert configured is not None
+    provider, sink, counter = configured
+    try:
+        assert provider.resource.attributes["service.name"] == "widgets-operator"
+        assert BatchSettings.from_env().max_queue_size == 512
+        sink(event(T0))
+        assert sink.remembered == 1  # a context is kept, but nothing was sampled to export
+    finally:
+        counter.shutdown(timeout_s=1)
+    assert counter.exported == counter.failed == counter.dropped == 0
+
+
+@pytest.mark.usefixtures("no_otel_env")
+def test_configure_tracing_refuses_what_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TracingConfigError, match="http/json"):
+        configure_tracing("http://127.0.0.1:4318", protocol="http/json")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "soon")
+    with pytest.raises(TracingConfigError, match="OTEL_BSP_SCHEDULE_DELAY"):
+        configure_tracing("http://127.0.0.1:4318")
+    monkeypatch.delenv("OTEL_BSP_SCHEDULE_DELAY")
+    with pytest.raises(TracingConfigError, match="max_queue_size"):
+        configure_tracing("http://127.0.0.1:4318", batch=BatchSettings(max_queue_size=0))
+    try:
+        importlib.import_module("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
+    except ImportError:
+        with pytest.raises(TracingConfigError, match="opentelemetry-exporter-otlp-proto-grpc"):
+            configure_tracing("http://127.0.0.1:4317", protocol="grpc")
+
+
+@pytest.mark.usefixtures("no_otel_env")
+def test_an_unreachable_collector_costs_counted_failures_never_an_exception() -> None:
+    batch = BatchSettings(schedule_delay_s=0.05, export_timeout_s=0.2)
+    configured = configure_tracing(f"http://127.0.0.1:{closed_port()}", batch=batch)
+    assert configured is not None
+    provider, sink, counter = configured
+    assert provider.resource.attributes["service.name"] == "ctrltrace"
+    added = event(T0)
+    queued = dispatch(added)
+    begin = start([queued], T0 + 1)
+    for record in (added, queued, begin, done(begin, T0 + 2)):
+        sink(record)  # never raises, never waits for the collector
+    began = time.monotonic()
+    counter.shutdown(timeout_s=2)
+    assert time.monotonic() - began < 2
+    assert (counter.failed, counter.exported, counter.dropped) == (3, 0, 0)
+    registry = CollectorRegistry()
+    registry.register(counter)
+    exposition = generate_latest(registry).decode()
+    assert 'ctrltrace_spans_dropped_total{reason="export_failed"} 3.0' in exposition
+    assert 'ctrltrace_spans_dropped_total{reason="queue_full"} 0.0' in exposition
+    assert "ctrltrace_spans_exported_total 0.0" in exposition
+
+
+class Stalled(SpanExporter):
+    """A collector that takes ``seconds`` to answer each batch, or until released."""
+
+    def __init__(self, seconds: float = 30.0, result: SpanExportResult = SpanExportResult.SUCCESS):
+        self.release = threading.Event()
+        self.seconds = seconds
+        self.result = result
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.release.wait(self.seconds)
+        self.exported += len(spans)
+        return self.result
+
+
+def test_a_full_queue_drops_and_counts_spans_instead_of_growing() -> None:
+    exporter = Stalled()
+    batch = BatchSettings(max_queue_size=10, max_export_batch_size=5, schedule_delay_s=0.01)
+    _, sink, counter = build_tracing(exporter, batch=batch)
+    try:
+        for i in range(40):
+            sink(event(T0 + i))
+        # At most one batch (5) is in the stalled export and 10 wait: the rest are counted.
+        assert 25 <= counter.queue_full <= 30
+    finally:
+        exporter.release.set()
+        counter.shutdown(timeout_s=5)
+    assert counter.exported == exporter.exported == 40 - counter.queue_full
+    assert counter.dropped == counter.queue_full and counter.failed == 0
+
+
+def test_shutdown_gives_up_on_a_collector_that_does_not_answer() -> None:
+    exporter = Stalled(seconds=0.3, result=SpanExportResult.FAILURE)  # each batch times out
+    batch = BatchSettings(max_queue_size=100, max_export_batch_size=5, schedule_delay_s=0.01)
+    _, sink, counter = build_tracing(exporter, batch=batch)
+    for i in range(20):
+        sink(event(T0 + i))
+    began = time.monotonic()
+    counter.shutdown(timeout_s=0.1)
+    assert time.monotonic() - began < 1.5  # not four batches of 0.3 s and more
+    assert counter.failed + counter.unsent == 20
+    assert counter.unsent >= 10 and counter.exported == 0
+    sink(event(T0 + 21))  # after shutdown: counted, not queued
+    assert counter.unsent + counter.failed == 21
+
+
+# -- replay and OTLP-JSON --------------------------------------------------------------------
+
+
+def realistic_run() -> list[Record]:
+    """A run: lease, a watch failure, an event with a de-duplicated burst, a failed retry."""
+    added = event(T0 + 1)
+    queued = dispatch(added)
+    edited = event(T0 + 1.1, watch_type="MODIFIED")
+    merged = dispatch(edited, "deduplicated")
+    first = start([queued, merged], T0 + 2, reconcile_id="r-1")
+    failed = done(first, T0 + 2.5, "error", "RuntimeError: boom")
+    retry = requeue(failed)
+    second = start([retry], T0 + 3, reconcile_id="r-2")
+    return [
+        lease(T0, "acquired", "me holds it"),
+        watch(T0 + 0.5, "forbidden", "forbidden", 403),
+        added,
+        queued,
+        edited,
+        merged,
+        first,
+        failed,
+        retry,
+        second,
+        done(second, T0 + 3.5),
+    ]
+
+
+def test_write_otlp_json_writes_an_export_request_with_parents_and_links(
+    tmp_path: Path,
+) -> None:
+    records = realistic_run()
+    path = tmp_path / "traces.json"
+    assert write_otlp_json(records, path) == 8
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    document = json.loads(path.read_text())
+    [resource_spans] = document["resourceSpans"]
+    assert {"key": "service.name", "value": {"stringValue": "ctrltrace"}} in resource_spans[
+        "resource"
+    ]["attributes"]
+    [scope_spans] = resource_spans["scopeSpans"]
+    assert scope_spans["scope"]["name"] == "ctrltrace"
+    spans = scope_spans["spans"]
+    for span in spans:
+        assert len(span["traceId"]) == 32 and int(span["traceId"], 16)
+        assert len(span["spanId"]) == 16 and int(span["spanId"], 16)
+        assert span["startTimeUnixNano"].isdigit() and span["endTimeUnixNano"].isdigit()
+    by_id = {span["spanId"]: span for span in spans}
+    first, second = sorted(
+        (s for s in spans if s["name"] == "reconcile configmap"),
+        key=lambda s: int(s["startTimeUnixNano"]),
+    )
+    assert first["startTimeUnixNano"] == str(ns(T0 + 2))
+    assert first["kind"] == 5  # SPAN_KIND_CONSUMER
+    assert first["status"] == {"code": 2, "message": "RuntimeError: boom"}
+    parent = by_id[first["parentSpanId"]]
+    assert parent["name"] == "dispatch configmap" and parent["kind"] == 4  # PRODUCER
+    assert by_id[parent["parentSpanId"]]["name"] == "event ConfigMap"
+    [linked] = first["links"]
+    assert by_id[linked["spanId"]]["name"] == "dispatch configmap"
+    assert linked["attributes"] == [{"key": "ctrltrace.link", "value": {"stringValue": "dispatch"}}]
+    assert "parentSpanId" not in second
+    assert [link["spanId"] for link in second["links"]] == [first["spanId"]]
+    attrs = {a["key"]: a["value"] for a in first["attributes"]}
+    assert attrs["messaging.batch.message_count"] == {"intValue": "2"}
+    assert attrs["ctrltrace.queue.wait_s"] == {"doubleValue": 0.002}
+    assert attrs["ctrltrace.requeue"] == {"stringValue": "rate_limited"}
+
+
+def test_the_json_matches_the_official_otlp_encoder_with_hex_ids() -> None:
+    tracing = Traced()
+    tracing.feed(*realistic_run())
+    tracing.provider.shutdown()
+    spans = tracing.spans
+    # protobuf ships no type information: reach it by name, as Any.
+    json_format: Any = importlib.import_module("google.protobuf.json_format")
+    encoder: Any = importlib.import_module("opentelemetry.exporter.otlp.proto.common.trace_encoder")
+    official = json_format.MessageToDict(encoder.encode_spans(spans), use_integers_for_enums=True)
+
+    def hex_ids(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                key: base64.b64decode(item).hex()
+                if key in ("traceId", "spanId", "parentSpanId")
+                else hex_ids(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [hex_ids(item) for item in value]
+        return value
+
+    assert encode_otlp_json(spans) == hex_ids(official)
+
+
+def test_replay_makes_the_same_spans_as_the_live_sink_and_closes_what_is_open() -> None:
+    records = realistic_run()
+    live = Traced()
+    live.feed(*records)
+    replayed = Traced()
+    replay([*records, start([], T0 + 9, reconcile_id="r-cut")], replayed.provider)
+    for tracing in (live, replayed):
+        tracing.provider.shutdown()
+
+    def shape(spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
+        return sorted(
+            (s.name, s.start_time, s.end_time, sorted(attributes(s).items()), s.parent is None)
+            for s in spans
+        )
+
+    cut = [s for s in replayed.spans if attributes(s).get("ctrltrace.reconcile_id") == "r-cut"]
+    assert [attributes(s)["ctrltrace.outcome"] for s in cut] == ["unfinished"]
+    assert cut[0].end_time == ns(T0 + 9)
+    assert shape([s for s in replayed.spans if s not in cut]) == shape(live.spans)
+
+
+@pytest.mark.parametrize("flush_every", [0, 400])
+def test_replay_into_a_collector_waits_for_it_instead_of_overflowing(flush_every: int) -> None:
+    exporter = Stalled(seconds=0.05)  # a collector taking 50 ms a batch
+    batch = BatchSettings(max_queue_size=500, max_export_batch_size=250, schedule_delay_s=60)
+    provider, _, counter = build_tracing(exporter, batch=batch)
+    records = [record for _ in range(250) for record in realistic_run()]  # 2,000 spans
+    replay(records, provider, flush_every=flush_every)
+    counter.shutdown(timeout_s=5)
+    assert counter.exported + counter.dropped == 2_000
+    if flush_every:
+        assert counter.dropped == 0
+    else:
+        assert counter.queue_full > 0
+
+
+@pytest.mark.parametrize(("start_id", "same_run"), [(5, False), (45, True)])
+def test_replay_does_not_follow_causes_across_runs_of_a_journal(
+    start_id: int, same_run: bool
+) -> None:
+    # Record ids restart with each process. Run one: event 1, dispatch 2, events 3 to 41.
+    added = event(T0)
+    added.id = 1
+    queued = dispatch(added)
+    queued.id = 2
+    later = [event(T0 + i) for i in range(1, 40)]
+    for number, record in enumerate(later, 3):
+        record.id = number
+    # A start naming dispatch 2: with id 5 it is run two's (whose dispatch 2 fell before the
+    # journal's window), with id 45 it is run one's own.
+    begin = start([], T0 + 100, reconcile_id="r")
+    begin.cause_ids, begin.id = (2,), start_id
+    tracing = Traced()
+    replay([added, queued, *later, begin, done(begin, T0 + 101)], tracing.provider)
+    tracing.provider.shutdown()
+    parent = tracing.one("reconcile configmap").parent
+    assert (parent is not None) is same_run
