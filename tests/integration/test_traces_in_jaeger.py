@@ -133,3 +133,59 @@ def test_run_sends_event_dispatch_and_reconcile_spans_to_jaeger(
         for span in scope["spans"]
     }
     assert {"event ConfigMap", "dispatch configmap", "reconcile configmap"} <= names
+
+
+def test_an_unreachable_collector_costs_spans_not_reconciles(
+    control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    from ctrltrace.envtest.controlplane import free_port
+
+    (tmp_path / "flakyapp.py").write_text(FLAKY_APP)
+    metrics_port, closed_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "ctrltrace", "run", "flakyapp:mgr",
+        "--kubeconfig", str(control_plane.kubeconfig), "--namespace", kube_namespace,
+        "--otlp-endpoint", f"http://127.0.0.1:{closed_port}",
+        "--metrics-bind-address", f"127.0.0.1:{metrics_port}",
+        "--journal", str(tmp_path / "journal.sqlite"),
+    ]  # fmt: skip
+    env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for n in range(20):
+            control_plane.request(
+                "POST",
+                f"/api/v1/namespaces/{kube_namespace}/configmaps",
+                {"metadata": {"name": f"cm-{n}"}},
+            )
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+                    text = page.read().decode()
+            except OSError:
+                text = ""
+            done = (
+                'controller_runtime_reconcile_total{controller="configmap",result="success"} 20.0'
+            )
+            failed = [
+                line
+                for line in text.splitlines()
+                if line.startswith('ctrltrace_spans_dropped_total{reason="export_failed"}')
+            ]
+            if done in text and failed and float(failed[0].split()[-1]) > 0:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"reconciles or failure counts missing:\n{text}")
+        process.send_signal(signal.SIGINT)
+        _, logs = process.communicate(timeout=30)
+        assert process.returncode == 0, logs
+        assert "Traceback" not in logs
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
