@@ -27,7 +27,7 @@ from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 EXPLAIN_TARGET_MS = 150.0
 
 
-def _chains(records: int, objects: int, start: float) -> Iterator[Record]:
+def record_chains(records: int, objects: int, start: float) -> Iterator[Record]:
     """Record chains as a controller emits them, one event at a time, round-robin objects."""
     emitted = 0
     event_number = 0
@@ -83,7 +83,7 @@ def ingest(path: Path, records: int, objects: int) -> dict[str, float]:
     start = time.time() - 3600
     began = time.perf_counter()
     with JournalWriter(path, batch_size=2_000) as writer:
-        for record in _chains(records, objects, start):
+        for record in record_chains(records, objects, start):
             writer(record)
         produced = time.perf_counter() - began
     elapsed = time.perf_counter() - began
