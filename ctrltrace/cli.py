@@ -159,6 +159,12 @@ def envtest(kubeconfig: Path | None, only_binaries: bool) -> None:
     type=click.Choice(["http/protobuf", "grpc"]),
     help="OTLP protocol (default: $OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf).",
 )
+@click.option("--tui", is_flag=True, help="Show the live view in this terminal (logs: --log-file).")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write logs here instead of stderr (with --tui: default beside the journal).",
+)
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 @click.option("-v", "--verbose", count=True, help="Debug logs; tracebacks on errors.")
 def run(  # click passes every parameter by keyword
@@ -171,6 +177,8 @@ def run(  # click passes every parameter by keyword
     journal_max_size: int,
     otlp_endpoint: str | None,
     otlp_protocol: str | None,
+    tui: bool,
+    log_file: Path | None,
     log_format: str,
     verbose: int,
 ) -> None:
@@ -184,7 +192,14 @@ def run(  # click passes every parameter by keyword
     from ctrltrace.logs import configure
 
     tracing = _tracing(otlp_endpoint, otlp_protocol, verbose)
-    configure(log_format, verbose, [trace_ids_processor(tracing[1])] if tracing else [])
+    if tui and log_file is None:  # log lines would be drawn over the view
+        log_file = journal_path.with_suffix(".log")
+    configure(
+        log_format,
+        verbose,
+        [trace_ids_processor(tracing[1])] if tracing else [],
+        log_file=log_file,
+    )
     with command_errors():
         manager = load_manager_for(args)
     options = manager.options
@@ -205,7 +220,12 @@ def run(  # click passes every parameter by keyword
             metrics.registry.register(losses)
             stack.callback(losses.shutdown)  # runs first: flushes what the run produced
         with command_errors(), cluster_for(args, options):
-            manager.run()
+            if tui:
+                from ctrltrace.tui.command import run_with_tui
+
+                run_with_tui(manager, journal_path)
+            else:
+                manager.run()
 
 
 def _open_journal(path: Path, max_age: str, max_size_mib: int) -> JournalWriter:
@@ -333,8 +353,9 @@ def _register_commands() -> None:
     # Defined beside the code they run; their modules import this one lazily.
     from ctrltrace.doctor import doctor_command
     from ctrltrace.rbac import rbac_command
+    from ctrltrace.tui.command import tui_command  # no Textual until it runs
 
-    for command in (doctor_command, rbac_command):
+    for command in (doctor_command, rbac_command, tui_command):
         command.epilog = _EPILOG
         main.add_command(command)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -17,6 +19,7 @@ def configure(
     log_format: str = "console",
     verbose: int = 0,
     enrich: Sequence[structlog.typing.Processor] = (),
+    log_file: Path | None = None,
 ) -> None:
     """``enrich`` runs before rendering (e.g. adding trace ids to reconcile logs). Call this
     before any logger is used: structlog caches loggers with the processors of their time."""
@@ -24,7 +27,7 @@ def configure(
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=log_file is None and sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -36,6 +39,14 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_target(log_file)),
         cache_logger_on_first_use=True,
     )
+
+
+def _target(log_file: Path | None) -> TextIO:
+    if log_file is None:
+        return sys.stderr
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # Line-buffered and open for the life of the process, like stderr.
+    return log_file.open("a", buffering=1)

@@ -37,7 +37,7 @@ def install_crd(plane: ControlPlane, crd: dict[str, Any]) -> None:
         ).get("status", {})
         established = any(
             c["type"] == "Established" and c["status"] == "True"
-            for c in status.get("conditions", [])
+            for c in status.get("conditions") or []
         )
         if established:
             with contextlib.suppress(ApiError):

@@ -1,0 +1,728 @@
+"""The TUI's data side: the feeds that bring records in, and the model of what each view shows.
+
+Owns the two feeds (``JournalFeed``, a thread tailing a journal file, and ``RecorderFeed``, a
+recorder sink inside a running manager), the replay of a journal up to a time cursor, the
+explanation of one object from a journal, and ``ViewState``, which folds records into what the
+event stream, controllers, leader election and watches views show, every collection capped.
+How those rows are worded and marked is ``cells``' business.
+
+It may not import Textual (as in toolong and harlequin, the data side is tested without a
+terminal), may not talk to Kubernetes (records are all it reads), and calls into the UI only
+through the ``notify`` callable a feed is started with, once per burst, never per record.
+``ViewState`` is not thread-safe: one thread (the UI's) applies records and reads rows.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from ctrltrace.explain import Code, Explanation, explain
+from ctrltrace.journal import Journal, JournalError
+from ctrltrace.records import Record, Stage
+
+Notify = Callable[[], None]
+
+# A journal that gained no record for this long is idle (still a healthy journal, not an error).
+IDLE_AFTER_S = 2.0
+MAX_EVENT_ROWS = 2_000
+MAX_TRANSITIONS = 50
+MAX_WORK_ROWS = 200
+_MAX_PER_CONTROLLER = 10_000  # waiting, running and scheduled requests kept per controller
+_MAX_PENDING = 100_000  # records a feed holds for the UI before it stops reading (or drops)
+_TAKE_LIMIT = 20_000  # records one take() hands the UI: bounds the work of one message
+_TAIL_CHUNK = 5_000
+_POLL_S = 0.1
+
+
+# -- feeds -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a feed has for the UI since the last ``take``."""
+
+    records: list[Record]
+    dropped: int = 0  # records lost before reaching the view since the feed started
+    failure: str = ""  # the feed cannot go on (no journal, not a journal): one line
+    trouble: str = ""  # a passing problem (journal busy), retried meanwhile
+    ended: bool = False  # the process making the records ended: no more will come
+
+
+class Feed(Protocol):
+    """One source of records for the TUI: started once, taken from on the UI thread."""
+
+    @property
+    def journal(self) -> Path | None:
+        """The journal explain and replay read, if there is one."""
+
+    @property
+    def label(self) -> str:
+        """Where the records come from, in a few words."""
+
+    def start(self, notify: Notify) -> None: ...
+
+    def take(self) -> Batch: ...
+
+    def stop(self) -> None: ...
+
+
+class _Buffer:
+    """Records between a producer (a thread or a sink) and the UI, with wake-ups merged.
+
+    The producer calls ``notify`` only when it turns the signal on; ``take`` turns it off
+    before draining, so a record appended during a take either is drained by it or signals
+    again. Deque appends and pops are atomic: no lock on the producer's path.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self.pending: deque[Record] = deque()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._signalled = False
+        self._notify: Notify | None = None
+
+    def connect(self, notify: Notify) -> None:
+        self._notify = notify
+
+    def signal(self) -> None:
+        if not self._signalled and self._notify is not None:
+            self._signalled = True
+            self._notify()
+
+    def take(self) -> list[Record]:
+        self._signalled = False
+        pending = self.pending
+        records = [pending.popleft() for _ in range(min(len(pending), _TAKE_LIMIT))]
+        if pending:  # more than one take's worth: come back for the rest
+            self.signal()
+        return records
+
+
+class JournalFeed:
+    """Tails a journal file from its first record on, in a thread of its own.
+
+    The thread opens the journal (a missing or foreign file is a ``failure``), then polls
+    ``Journal.tail`` every ``poll_s`` and, while it finds full chunks, at once. When the UI
+    falls behind it stops reading: the journal itself is the buffer, so nothing is lost.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        poll_s: float = _POLL_S,
+        chunk: int = _TAIL_CHUNK,
+        max_pending: int = _MAX_PENDING,
+    ) -> None:
+        self._path = Path(path)
+        self._poll_s = poll_s
+        self._chunk = chunk
+        self._buffer = _Buffer(max_pending)
+        self._failure = ""
+        self._trouble = ""
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def journal(self) -> Path:
+        return self._path
+
+    @property
+    def label(self) -> str:
+        return f"journal {self._path}"
+
+    def start(self, notify: Notify) -> None:
+        self._buffer.connect(notify)
+        self._thread = threading.Thread(
+            target=self._run, name=f"ctrltrace tui tail {self._path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def take(self) -> Batch:
+        return Batch(self._buffer.take(), 0, self._failure, self._trouble)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            journal = Journal(self._path)
+        except JournalError as error:
+            self._failure = str(error)
+            self._buffer.signal()
+            return
+        with journal:
+            after = 0
+            while not self._stopping.is_set():
+                if len(self._buffer.pending) >= self._buffer.max_pending:
+                    self._stopping.wait(self._poll_s)
+                    continue
+                try:
+                    rows = journal.tail(after, self._chunk)
+                except JournalError as error:  # busy or briefly unreadable: say so, retry
+                    self._trouble = str(error)
+                    self._buffer.signal()
+                    self._stopping.wait(self._poll_s)
+                    continue
+                self._trouble = ""
+                if rows:
+                    after = rows[-1][0]
+                    self._buffer.pending.extend(record for _, record in rows)
+                    self._buffer.signal()
+                if len(rows) < self._chunk:
+                    self._stopping.wait(self._poll_s)
+
+
+class RecorderFeed:
+    """A recorder sink that hands a running manager's records to the TUI in the same process.
+
+    Calling it appends to a bounded buffer and, once per burst, calls ``notify``; it never
+    blocks the manager. Past ``max_pending`` waiting records the oldest are dropped and counted.
+    ``journal`` is the journal the same run writes, for explain and replay, if it writes one.
+    """
+
+    def __init__(
+        self, journal: str | os.PathLike[str] | None = None, *, max_pending: int = _MAX_PENDING
+    ) -> None:
+        self._journal = None if journal is None else Path(journal)
+        self._buffer = _Buffer(max_pending)
+        self._ended = False
+
+    @property
+    def journal(self) -> Path | None:
+        return self._journal
+
+    @property
+    def label(self) -> str:
+        return "this process"
+
+    def __call__(self, record: Record, /) -> None:
+        buffer = self._buffer
+        buffer.pending.append(record)
+        if len(buffer.pending) > buffer.max_pending:
+            try:
+                buffer.pending.popleft()
+                buffer.dropped += 1
+            except IndexError:  # the UI emptied it meanwhile
+                pass
+        buffer.signal()
+
+    def end(self) -> None:
+        """The manager has ended (from any thread): the view takes what is left, then closes."""
+        self._ended = True
+        self._buffer.signal()
+
+    def start(self, notify: Notify) -> None:
+        self._buffer.connect(notify)
+        if self._buffer.pending or self._ended:  # whatever came before the view was ready
+            self._buffer.signal()
+
+    def take(self) -> Batch:
+        ended = self._ended  # read first: records appended before the end are then taken too
+        records = self._buffer.take()
+        return Batch(records, self._buffer.dropped, ended=ended and not self._buffer.pending)
+
+    def stop(self) -> None:
+        self._buffer.connect(lambda: None)
+
+
+def replay(
+    path: Path,
+    until: float,
+    *,
+    cancelled: Callable[[], bool] = lambda: False,
+    max_events: int = MAX_EVENT_ROWS,
+) -> ViewState | None:
+    """The views as they were at ``until``: the journal's records up to then, folded anew.
+
+    Reads from the first record, so its cost grows with the journal. None if ``cancelled``
+    said so between chunks. Raises ``JournalError``.
+    """
+    state = ViewState(max_events=max_events)
+    with Journal(path) as journal:
+        after = 0
+        while not cancelled():
+            rows = journal.tail(after, _TAIL_CHUNK)
+            records = [record for _, record in rows]
+            state.apply(record for record in records if record.time <= until)
+            # Seq order is time order within one writer; stop once a chunk lies wholly past.
+            if len(rows) < _TAIL_CHUNK or min(record.time for record in records) > until:
+                return state
+            after = rows[-1][0]
+    return None
+
+
+def explain_object(
+    path: Path, target: Target, *, now: float, until: float | None = None
+) -> Explanation:
+    """What ``ctrltrace explain`` says about ``target``, from the journal, as of ``until``."""
+    with Journal(path) as journal:
+        about = journal.about(target.namespace, target.name, kind=target.kind)
+        watches = journal.watch_records()
+        leases = journal.lease_records()
+        lifecycle = journal.controller_records()
+    if until is not None:
+        about, watches, leases, lifecycle = (
+            [record for record in records if record.time <= until]
+            for records in (about, watches, leases, lifecycle)
+        )
+    return explain(
+        about,
+        namespace=target.namespace,
+        name=target.name,
+        kind=target.kind,
+        watch_records=watches,
+        lease_records=leases,
+        controller_records=lifecycle,
+        now=now,
+    )
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The object a row is about: what the object view explains."""
+
+    namespace: str
+    name: str
+    kind: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @classmethod
+    def of_request(cls, request: str) -> Target:
+        namespace, _, name = request.rpartition("/")
+        return cls(namespace, name)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one controller did with one event, for one request, as far as the records go."""
+
+    controller: str
+    request: str
+    code: str = ""  # an explain verdict code; "" until the controller's dispatch is recorded
+    detail: str = ""  # the predicate, the handler's reason, the error
+    merged: bool = False  # de-duplicated into a run already waiting
+    runs: int = 0  # reconciles that ran for it so far
+    due: float | None = None  # when the retry or requeue it asked for is due
+    attempt: int = 0  # that retry's attempt (0: a requeue it asked for)
+
+
+@dataclass(slots=True)
+class EventRow:
+    """One watch event and, merged in as their records arrive, each controller's outcome."""
+
+    key: int  # increasing: rows are evicted oldest first
+    time: float
+    kind: str
+    namespace: str
+    name: str
+    event_type: str
+    self_caused: bool
+    outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
+
+    @property
+    def target(self) -> Target:
+        return Target(self.namespace, self.name, self.kind)
+
+    @property
+    def object_key(self) -> str:
+        return self.target.key
+
+
+@dataclass(slots=True)
+class Scheduled:
+    due: float
+    record_id: int
+    outcome: str  # rate_limited / after
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class ControllerState:
+    name: str
+    lifecycle: str = ""  # started / cache_not_synced / stopped (the manager's)
+    workers: int = 0  # max_concurrent_reconciles, once started
+    waiting: dict[str, float] = field(default_factory=dict)  # request → queued at
+    dirty: set[str] = field(default_factory=set)  # queued again while running
+    running: dict[str, tuple[float, str]] = field(default_factory=dict)  # → (start, rid)
+    scheduled: dict[str, Scheduled] = field(default_factory=dict)
+    results: Counter[str] = field(default_factory=Counter)  # reconcile outcomes
+    retries: int = 0
+
+    def queue_depth(self, now: float) -> int:
+        """Requests ready for a worker: waiting, and delayed ones whose time has come."""
+        due = sum(1 for item in self.scheduled.values() if item.due <= now)
+        return len(self.waiting) + due
+
+    @property
+    def errors(self) -> int:
+        return self.results["error"] + self.results["terminal_error"]
+
+    @property
+    def reconciled(self) -> int:
+        return sum(self.results.values()) - self.errors
+
+    def next_requeue(self) -> tuple[str, Scheduled] | None:
+        upcoming = [(item.due, request) for request, item in self.scheduled.items()]
+        if not upcoming:
+            return None
+        _, request = min(upcoming)
+        return request, self.scheduled[request]
+
+    def reset_work(self) -> None:
+        """The process that held this queue ended (or a new one started): nothing is queued."""
+        self.waiting.clear()
+        self.dirty.clear()
+        self.running.clear()
+        self.scheduled.clear()
+
+
+@dataclass(slots=True)
+class Transition:
+    time: float
+    outcome: str
+    holder: str
+    reason: str
+
+
+@dataclass(slots=True)
+class LeaseState:
+    lease: str = ""
+    identity: str = ""  # this replica
+    holder: str = ""
+    outcome: str = ""  # the latest transition: acquired / standby / lost / released
+    since: float = 0.0
+    last_error: str = ""
+    transitions: deque[Transition] = field(default_factory=lambda: deque(maxlen=MAX_TRANSITIONS))
+    transition_count: int = 0
+
+
+@dataclass(slots=True)
+class WatchFailure:
+    outcome: str  # forbidden / kind_not_found / error / disconnected
+    reason: str  # the API server's message
+    status: int  # its HTTP status, when it answered
+    at: float
+
+
+@dataclass(slots=True)
+class WatchState:
+    kind: str
+    api_version: str = ""
+    namespaces: set[str] = field(default_factory=set)  # "" = every namespace
+    synced_at: float | None = None
+    outcome: str = ""  # the latest informer record
+    reason: str = ""
+    at: float | None = None
+    events: int = 0
+    last_event: float | None = None
+    last_error: WatchFailure | None = None
+
+
+_TRANSITIONS = frozenset({"acquired", "standby", "lost", "released"})
+_QUEUE_BOUND = frozenset({"queued", "deduplicated", "requeued_after_processing"})
+_FAILURES = frozenset({"forbidden", "kind_not_found", "error", "disconnected"})
+_END_CODES = {
+    "success": Code.RECONCILED,
+    "error": Code.RECONCILE_FAILED,
+    "terminal_error": Code.TERMINAL_ERROR,
+    "requeue": Code.REQUEUE_SCHEDULED,
+    "requeue_after": Code.REQUEUE_SCHEDULED,
+}
+_NO_REQUEUE = frozenset({"success", "terminal_error"})  # settled: no REQUEUE record follows
+
+Cell = tuple[int, tuple[str, str]]  # (event row key, (controller, request))
+_V = TypeVar("_V")
+
+
+class ViewState:
+    """Every view's content, folded from records in the order they were written.
+
+    Links follow the record ids the pipeline writes: a dispatch names its event, a reconcile
+    start names the dispatches (and requeues) it serves, an end and a requeue carry the start's
+    reconcile id. Ids repeat across runs of one journal; a later record with an id replaces the
+    earlier in the link tables, which keeps each run's chains apart as explain does (by time).
+    """
+
+    def __init__(self, *, max_events: int = MAX_EVENT_ROWS) -> None:
+        self.max_events = max_events
+        self.events: OrderedDict[int, EventRow] = OrderedDict()
+        self.controllers: dict[str, ControllerState] = {}
+        self.lease = LeaseState()
+        self.watches: dict[str, WatchState] = {}
+        self.newest: float | None = None  # time of the newest record applied
+        self.manager = ""  # started / stopped: the latest manager record
+        self.applied = 0
+        self._next_key = 1
+        self._changed: set[int] = set()
+        self._event_rows: dict[int, int] = {}  # event record id → row key
+        # Cells waiting for the next link of their chain, each entry consumed by that link.
+        self._by_dispatch: dict[int, Cell] = {}
+        self._by_reconcile: dict[str, list[Cell]] = {}
+        self._by_requeue: dict[int, list[Cell]] = {}
+        self._handlers: Mapping[Stage, Callable[[Record], None]] = {
+            Stage.EVENT: self._on_event,
+            Stage.DISPATCH: self._on_dispatch,
+            Stage.RECONCILE_START: self._on_start,
+            Stage.RECONCILE: self._on_end,
+            Stage.REQUEUE: self._on_requeue,
+            Stage.WATCH: self._on_watch,
+            Stage.LEASE: self._on_lease,
+            Stage.CONTROLLER: self._on_controller,
+            Stage.MANAGER: self._on_manager,
+        }
+
+    def apply(self, records: Iterable[Record]) -> None:
+        handlers = self._handlers
+        newest = self.newest
+        count = 0
+        for record in records:
+            count += 1
+            if newest is None or record.time > newest:
+                newest = record.time
+            handler = handlers.get(record.stage)
+            if handler is not None:
+                handler(record)
+        self.newest = newest
+        self.applied += count
+
+    def take_changed(self) -> list[int]:
+        """Keys of event rows added or changed since the last call that still exist, in order."""
+        changed = sorted(self._changed)
+        self._changed.clear()
+        return changed
+
+    @property
+    def first_key(self) -> int:
+        """The oldest event row's key: every row below it was evicted."""
+        return next(iter(self.events), self._next_key)
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def _on_event(self, record: Record) -> None:
+        ref = record.object
+        if ref is None:
+            return
+        key = self._next_key
+        self._next_key += 1
+        self.events[key] = EventRow(
+            key,
+            record.time,
+            ref.kind,
+            ref.namespace,
+            ref.name,
+            record.outcome,
+            record.attrs.get("self_caused") is True,
+        )
+        self._event_rows[record.id] = key
+        self._changed.add(key)
+        watch = self._watch(ref.kind, ref.api_version)
+        watch.events += 1
+        watch.last_event = record.time
+        while len(self.events) > self.max_events:
+            old, _ = self.events.popitem(last=False)
+            self._changed.discard(old)
+        if len(self._event_rows) > 2 * self.max_events:
+            self._prune()
+
+    def _on_dispatch(self, record: Record) -> None:
+        controller = self._controller(record.controller)
+        request = record.request
+        if record.outcome == "queued":
+            controller.waiting[request] = record.time
+            _cap(controller.waiting)
+        elif record.outcome == "requeued_after_processing":
+            controller.dirty.add(request)
+        row_key = self._event_rows.get(record.cause_ids[0]) if record.cause_ids else None
+        row = None if row_key is None else self.events.get(row_key)
+        if row is None:
+            return
+        outcome = Outcome(record.controller, request)
+        attrs = record.attrs
+        match record.outcome:
+            case "dropped_by_predicate":
+                outcome.code = Code.DROPPED_BY_PREDICATE
+                outcome.detail = str(attrs.get("predicate", "a predicate"))
+            case "not_mapped":
+                outcome.code = Code.NOT_MAPPED
+                outcome.detail = record.reason
+            case "queued" | "deduplicated" | "requeued_after_processing":
+                outcome.code = Code.QUEUED
+                outcome.merged = record.outcome == "deduplicated"
+                if record.outcome == "requeued_after_processing":
+                    outcome.detail = "after the running reconcile"
+            case _:  # shut_down: the queue no longer takes work
+                outcome.detail = f"{record.outcome}: {record.reason}"
+        row.outcomes[(record.controller, request)] = outcome
+        self._changed.add(row.key)
+        if record.outcome in _QUEUE_BOUND:
+            self._by_dispatch[record.id] = (row.key, (record.controller, request))
+
+    def _on_start(self, record: Record) -> None:
+        controller = self._controller(record.controller)
+        request = record.request
+        controller.waiting.pop(request, None)
+        controller.running[request] = (record.time, record.reconcile_id)
+        _cap(controller.running)
+        scheduled = controller.scheduled.get(request)
+        if scheduled is not None and (
+            scheduled.record_id in record.cause_ids or scheduled.due <= record.time
+        ):
+            del controller.scheduled[request]
+        cells: list[Cell] = []
+        for cause in record.cause_ids:
+            dispatched = self._by_dispatch.pop(cause, None)
+            if dispatched is not None:
+                cells.append(dispatched)
+            cells.extend(self._by_requeue.pop(cause, ()))
+        for outcome in self._outcomes(cells):
+            outcome.code = Code.IN_PROGRESS
+            outcome.detail = ""
+            outcome.due = None
+            outcome.runs += 1
+        if cells:
+            self._by_reconcile[record.reconcile_id] = cells
+
+    def _on_end(self, record: Record) -> None:
+        controller = self._controller(record.controller)
+        request = record.request
+        controller.running.pop(request, None)
+        controller.results[record.outcome] += 1
+        if request in controller.dirty:
+            controller.dirty.discard(request)
+            controller.waiting[request] = record.time
+        rid = record.reconcile_id
+        settled = record.outcome in _NO_REQUEUE
+        cells = self._by_reconcile.pop(rid, []) if settled else self._by_reconcile.get(rid, [])
+        code = _END_CODES.get(record.outcome, Code.RECONCILED)
+        for outcome in self._outcomes(cells):
+            outcome.code = code
+            is_error = code in (Code.RECONCILE_FAILED, Code.TERMINAL_ERROR)
+            outcome.detail = record.reason if is_error else ""
+
+    def _on_requeue(self, record: Record) -> None:
+        controller = self._controller(record.controller)
+        attrs = record.attrs
+        due = attrs.get("due")
+        due_at = float(due) if isinstance(due, int | float) else record.time
+        attempt = int(attrs.get("attempt", 0))
+        current = controller.scheduled.get(record.request)
+        if current is None or due_at < current.due:  # add_after keeps the earliest time
+            controller.scheduled[record.request] = Scheduled(
+                due_at, record.id, record.outcome, attempt
+            )
+            _cap(controller.scheduled)
+        if record.outcome == "rate_limited":
+            controller.retries += 1
+        cells = self._by_reconcile.pop(record.reconcile_id, [])
+        if not cells:
+            return
+        self._by_requeue[record.id] = cells
+        for outcome in self._outcomes(cells):
+            outcome.due = due_at
+            outcome.attempt = attempt
+
+    def _outcomes(self, cells: Iterable[Cell]) -> Iterator[Outcome]:
+        for row_key, slot in cells:
+            row = self.events.get(row_key)
+            outcome = None if row is None else row.outcomes.get(slot)
+            if outcome is not None:
+                self._changed.add(row_key)
+                yield outcome
+
+    def _prune(self) -> None:
+        """Forget links into evicted rows (chains that never went on, such as at shutdown)."""
+        first = self.first_key
+        self._event_rows = {rid: key for rid, key in self._event_rows.items() if key >= first}
+        self._by_dispatch = {i: c for i, c in self._by_dispatch.items() if c[0] >= first}
+        self._by_reconcile = {
+            rid: cells for rid, cells in self._by_reconcile.items() if _any_kept(cells, first)
+        }
+        self._by_requeue = {
+            rid: cells for rid, cells in self._by_requeue.items() if _any_kept(cells, first)
+        }
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _on_watch(self, record: Record) -> None:
+        attrs = record.attrs
+        watch = self._watch(str(attrs.get("kind", "")), str(attrs.get("api_version", "")))
+        watch.namespaces.add(str(attrs.get("namespace", "")))
+        watch.outcome = record.outcome
+        watch.reason = record.reason
+        watch.at = record.time
+        if record.outcome == "synced":
+            watch.synced_at = record.time
+        elif record.outcome in _FAILURES:
+            status = int(attrs.get("status", 0))
+            watch.last_error = WatchFailure(record.outcome, record.reason, status, record.time)
+
+    def _on_lease(self, record: Record) -> None:
+        lease = self.lease
+        attrs = record.attrs
+        lease.lease = str(attrs.get("lease", lease.lease))
+        lease.identity = str(attrs.get("identity", lease.identity))
+        lease.holder = str(attrs.get("holder", lease.holder))
+        if record.outcome == "error":
+            lease.last_error = record.reason
+            return
+        if record.outcome in _TRANSITIONS:
+            lease.outcome = record.outcome
+            lease.since = record.time
+            lease.last_error = ""
+            lease.transition_count += 1
+            lease.transitions.append(
+                Transition(record.time, record.outcome, lease.holder, record.reason)
+            )
+
+    def _on_controller(self, record: Record) -> None:
+        controller = self._controller(record.controller)
+        controller.lifecycle = record.outcome
+        if record.outcome == "started":
+            controller.workers = int(record.attrs.get("max_concurrent_reconciles", 0))
+
+    def _on_manager(self, record: Record) -> None:
+        self.manager = record.outcome
+        # A new process or the end of one: queues, caches and leadership start from nothing.
+        for controller in self.controllers.values():
+            controller.reset_work()
+            controller.lifecycle = "stopped" if record.outcome == "stopped" else ""
+        if record.outcome == "started":
+            for watch in self.watches.values():
+                watch.synced_at = None
+
+    def _controller(self, name: str) -> ControllerState:
+        controller = self.controllers.get(name)
+        if controller is None:
+            controller = self.controllers[name] = ControllerState(name)
+        return controller
+
+    def _watch(self, kind: str, api_version: str) -> WatchState:
+        watch = self.watches.get(kind)
+        if watch is None:
+            watch = self.watches[kind] = WatchState(kind, api_version)
+        return watch
+
+
+def _any_kept(cells: Iterable[Cell], first: int) -> bool:
+    return any(row_key >= first for row_key, _ in cells)
+
+
+def _cap(table: dict[str, _V]) -> None:
+    """Keep a per-controller table bounded: the oldest entries go first."""
+    while len(table) > _MAX_PER_CONTROLLER:
+        del table[next(iter(table))]
