@@ -14,7 +14,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from ctrltrace.envtest._reaper import Watchdog
 from ctrltrace.envtest.binaries import Binaries, find_binaries
 from ctrltrace.envtest.pki import CertificateAuthority, KeyPair, service_account_signing_key
 
@@ -116,7 +116,7 @@ class ControlPlane:
         self._start_timeout = start_timeout
         self._dir: Path | None = None
         self._servers: list[_Server] = []
-        self._reaper: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
         self._ca: CertificateAuthority | None = None
         self.server = ""
         self.kubeconfig = Path()
@@ -125,8 +125,8 @@ class ControlPlane:
     @property
     def pids(self) -> list[int]:
         """Process ids of everything this control plane runs (servers and watchdog)."""
-        reaper = [] if self._reaper is None else [self._reaper.pid]
-        return [server.process.pid for server in self._servers] + reaper
+        watchdog = [] if self._watchdog is None else [self._watchdog.process.pid]
+        return [server.process.pid for server in self._servers] + watchdog
 
     @property
     def workdir(self) -> Path | None:
@@ -149,13 +149,9 @@ class ControlPlane:
     def start(self) -> None:
         started = time.monotonic()
         binaries = self._binaries or find_binaries()
-        self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "ctrltrace.envtest._reaper"],
-            stdin=subprocess.PIPE,
-            start_new_session=True,
-        )
+        self._watchdog = Watchdog()
         self._dir = Path(tempfile.mkdtemp(prefix="ctrltrace-envtest-"))
-        self._tell_reaper(f"dir {self._dir}")
+        self._watchdog.watch_dir(self._dir)
         try:
             self._write_pki()
             self._start_on_free_ports(binaries)
@@ -170,17 +166,9 @@ class ControlPlane:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-        if self._reaper is not None:
-            self._tell_reaper("done")
-            assert self._reaper.stdin is not None
-            self._reaper.stdin.close()
-            self._reaper.wait()
-            self._reaper = None
-
-    def _tell_reaper(self, line: str) -> None:
-        assert self._reaper is not None and self._reaper.stdin is not None
-        self._reaper.stdin.write(f"{line}\n".encode())
-        self._reaper.stdin.flush()
+        if self._watchdog is not None:
+            self._watchdog.done()
+            self._watchdog = None
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -267,7 +255,8 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str], attempt: int) -> _Server:
         server = _Server(name, argv, self._path(f"{name}-{attempt}.log"))
         self._servers.append(server)
-        self._tell_reaper(f"pid {server.process.pid}")
+        assert self._watchdog is not None
+        self._watchdog.watch_pid(server.process.pid)
         return server
 
     def _wait(self, server: _Server, ready: Callable[[], bool]) -> bool:
