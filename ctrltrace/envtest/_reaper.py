@@ -5,7 +5,8 @@ processes and temp dirs, and ``done`` once it has cleaned up itself. End of inpu
 ``done`` means the parent died (SIGKILL, a crash): stop the processes and remove the dirs, so no
 etcd, kube-apiserver, port or temp dir outlives it.
 
-``Watchdog`` is the parent's side of that conversation.
+``ctrltrace.envtest.watchdog.Watchdog`` is the parent's side of that conversation. This
+module is the child program only, so that running it with ``-m`` never finds it imported.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 
 def _stop(pids: list[int], grace: float = 5.0) -> None:
@@ -46,36 +45,6 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
-
-
-class Watchdog:
-    """The parent's side: starts the watchdog, tells it what to clean up, and when all is done."""
-
-    def __init__(self) -> None:
-        # A session of its own, so Ctrl-C in the terminal does not stop it before the parent.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctrltrace.envtest._reaper"],
-            stdin=subprocess.PIPE,
-            start_new_session=True,
-        )
-
-    def watch_pid(self, pid: int) -> None:
-        self._tell(f"pid {pid}")
-
-    def watch_dir(self, path: Path) -> None:
-        self._tell(f"dir {path}")
-
-    def done(self) -> None:
-        """The parent has cleaned up itself: the watchdog exits without touching anything."""
-        self._tell("done")
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait()
-
-    def _tell(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"{line}\n".encode())
-        self.process.stdin.flush()
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from ctrltrace.envtest._reaper import Watchdog
 from ctrltrace.envtest.binaries import Binaries, find_binaries
 from ctrltrace.envtest.pki import CertificateAuthority, KeyPair, service_account_signing_key
+from ctrltrace.envtest.watchdog import Watchdog
 
 PolicyRule = Mapping[str, Sequence[str]]
 """An RBAC rule as the API takes it: ``{"apiGroups": [""], "resources": [...], "verbs": [...]}``."""

@@ -33,7 +33,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from ctrltrace.envtest._reaper import Watchdog
 from ctrltrace.envtest.binaries import (
     BinariesNotFoundError,
     GoTool,
@@ -43,6 +42,7 @@ from ctrltrace.envtest.binaries import (
     required_version,
 )
 from ctrltrace.envtest.controlplane import _Server, free_port
+from ctrltrace.envtest.watchdog import Watchdog
 
 JAEGER_GOMOD_DIR = Path(__file__).parent / "gomod-jaeger"
 JAEGER_MODULE = "github.com/jaegertracing/jaeger"
