@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench._harness import peak_rss_mib, rss_mib
+from bench._writer import command
 from ctrltrace import Context, Manager, Record, Request, Stage
 from ctrltrace.envtest import ControlPlane
 
@@ -35,13 +35,6 @@ class Phase:
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
-
-
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Tracker:
@@ -82,9 +75,8 @@ async def _phase(
     events_before = tracker.events
     started = time.monotonic()
     writer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._writer", str(plane.kubeconfig), namespace, str(count),
-        verb, str(payload_bytes),
-    )  # fmt: skip
+        *command(plane.kubeconfig, namespace, count, verb, payload_bytes)
+    )
     if await writer.wait() != 0:
         raise SystemExit(f"writer failed in phase {name}")
     while not tracker.all_reconciled(keys):  # noqa: ASYNC110  # polled: records arrive in bursts
@@ -126,27 +118,26 @@ async def _run(objects: int, cached: int) -> dict[str, object]:
             kubeconfig=str(plane.kubeconfig), namespaces=["cache"], health_probe_bind_address="0"
         )
         memory.controller().for_("v1", "ConfigMap").complete(reconcile)
-        before = _rss_mib()
+        before = rss_mib()
         task = asyncio.create_task(memory.start())
         await _until(lambda: _synced(memory))
         cached_objects = sum(len(i.store) for i in memory.informers.values())
-        after = _rss_mib()
+        after = rss_mib()
         memory.stop()
         await task
         results["memory"] = {
             "cached_objects": cached_objects,
             "rss_before_mib": round(before, 1),
             "rss_after_mib": round(after, 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
         }
         return results
 
 
 async def _populate(plane: ControlPlane, namespace: str, count: int) -> None:
     writer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._writer", str(plane.kubeconfig), namespace, str(count),
-        "create", "1024",
-    )  # fmt: skip
+        *command(plane.kubeconfig, namespace, count, "create", 1024)
+    )
     if await writer.wait() != 0:
         raise SystemExit("writer failed while populating the cache")
 
