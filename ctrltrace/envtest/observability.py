@@ -138,6 +138,8 @@ class _LoopbackServer(abc.ABC):
         self._dir: Path | None = None
         self._server: _Server | None = None
         self._watchdog: Watchdog | None = None
+        self._argv: list[str] = []
+        self._resumes = 0
         self.startup_seconds = 0.0
 
     @property
@@ -190,10 +192,25 @@ class _LoopbackServer(abc.ABC):
         assert self._dir is not None, f"{self.name} not started"
         return self._dir / name
 
-    def _spawn(self, argv: list[str], attempt: int) -> None:
+    def _spawn(self, argv: list[str], attempt: int | str) -> None:
         assert self._watchdog is not None
+        self._argv = argv
         self._server = _Server(self.name, argv, self._path(f"{self.name}-{attempt}.log"))
         self._watchdog.watch_pid(self._server.process.pid)
+
+    def pause(self) -> None:
+        """Stop the server process but keep its config and ports, for ``resume``."""
+        assert self._server is not None, f"{self.name} not running"
+        self._server.stop()
+        self._server = None
+
+    def resume(self) -> None:
+        """Start the server again with the same config, on the same ports."""
+        assert self._server is None and self._argv, f"{self.name} not paused"
+        self._resumes += 1
+        self._spawn(self._argv, f"resumed-{self._resumes}")
+        if not self._wait_ready():
+            raise self._failed("could not take its ports back on resume")
 
     def _start_on_free_ports(self) -> None:
         # A port chosen free can be taken before the server binds it: choose again.
@@ -205,6 +222,9 @@ class _LoopbackServer(abc.ABC):
     def _start_once(self, attempt: int) -> bool:
         """Start the server; False when one of its ports was taken meanwhile (retry)."""
         self._launch(attempt)
+        return self._wait_ready()
+
+    def _wait_ready(self) -> bool:
         server = self._server
         assert server is not None
         deadline = time.monotonic() + self._start_timeout

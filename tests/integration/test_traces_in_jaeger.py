@@ -189,3 +189,85 @@ def test_an_unreachable_collector_costs_spans_not_reconciles(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _metric(port: int, prefix: str) -> float:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+            text = page.read().decode()
+    except OSError:
+        return -1.0
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else -1.0
+
+
+def _until(condition: object, within: float = 30.0) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.2)
+
+
+def test_jaeger_stopped_mid_run_then_restarted(
+    control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
+) -> None:
+    from ctrltrace.envtest.controlplane import free_port
+
+    (tmp_path / "flakyapp.py").write_text(FLAKY_APP.replace('metrics_bind_address="0"', ""))
+    service = f"ctrltrace-restart-{kube_namespace}"
+    metrics_port = free_port()
+    successes = 'controller_runtime_reconcile_total{controller="configmap",result="success"}'
+    failed = 'ctrltrace_spans_dropped_total{reason="export_failed"}'
+
+    def create(name: str) -> None:
+        control_plane.request(
+            "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {"metadata": {"name": name}}
+        )
+
+    with Jaeger() as jaeger:
+        env = {
+            **os.environ,
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        }
+        command = [
+            sys.executable, "-m", "ctrltrace", "run", "flakyapp:mgr",
+            "--kubeconfig", str(control_plane.kubeconfig), "--namespace", kube_namespace,
+            "--otlp-endpoint", jaeger.otlp_http_endpoint,
+            "--metrics-bind-address", f"127.0.0.1:{metrics_port}",
+            "--journal", str(tmp_path / "journal.sqlite"),
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            since = datetime.now(UTC) - timedelta(seconds=5)
+            create("before")
+            _until(lambda: _metric(metrics_port, successes) >= 1)
+            _spans(jaeger, service, since, want=1)
+
+            jaeger.pause()
+            for n in range(5):
+                create(f"during-{n}")
+            # Reconciles go on while the collector is gone; the lost spans are counted.
+            _until(lambda: _metric(metrics_port, successes) >= 6)
+            _until(lambda: _metric(metrics_port, failed) > 0)
+
+            jaeger.resume()
+            resumed = datetime.now(UTC) - timedelta(seconds=1)
+            create("after")
+            _until(lambda: _metric(metrics_port, successes) >= 7)
+            spans = _spans(jaeger, service, resumed, want=1)
+            requests = {s.attributes.get("ctrltrace.request") for s in spans}
+            assert f"{kube_namespace}/after" in requests  # export resumed
+            process.send_signal(signal.SIGINT)
+            _, logs = process.communicate(timeout=30)
+            assert process.returncode == 0, logs
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
