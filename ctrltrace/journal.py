@@ -5,104 +5,112 @@ Owns the file (created 0600, WAL, ``synchronous=NORMAL``, stamped with ctrltrace
 retention, and the reader that answers "everything about this object", the informer, lease
 and controller health records, time windows and a live tail.
 
-It may not block the event loop: ``JournalWriter.__call__`` only appends to a bounded buffer;
-serialisation and I/O happen in the writer's own thread. It knows how records chain (to find
-everything about an object) but not what they mean: explain interprets them.
+It may not block the event loop: ``JournalWriter.__call__`` appends to a list and, every
+``_CHUNK`` records, pickles the list (a fraction of a millisecond); the file is written only
+by the writer's own thread. It knows how records chain (to find everything about an object)
+but not what they mean: explain interprets them.
 
-Record ids are unique only within one process run, so every row also stores the run id of
+Storage is one row per batch, not per record: a row per record costs SQLite a B-tree insert
+per index and the writer a GIL hand-off per row, which measured several times the whole
+pipeline's cost per event. A batch's records are pickled as plain tuples (built-in types
+only; the reader's unpickler refuses every class but ``str`` and ``tuple``, so a doctored
+file cannot run code), uncompressed: zlib's fastest level cost more per event than all the
+rest of the writing. A second table lists the requests and object names each batch mentions,
+so reading one object decodes only the batches that hold it; the rare informer, lease and
+controller records are also kept in their own table for the health queries.
+
+Record ids are unique only within one process run, so every batch also stores the run id of
 the writer that wrote it. Records read back keep their original ``id`` (a record written and
 read back compares equal); the reader follows chains by (run, id), and explain follows them
 forward in time, which is unambiguous because one run's records all lie in its own time span.
+Each record has a ``seq``, its position in the file: its batch's ``seq`` plus its index.
 """
 
 from __future__ import annotations
 
-import json
+import builtins
+import io
 import os
+import pickle
 import secrets
 import sqlite3
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 from ctrltrace.records import ObjectRef, Record, Stage
 
 APPLICATION_ID = 0x63747274  # "ctrt": tells a ctrltrace journal from any other SQLite file
-SCHEMA_VERSION = 1
-
-# Only the informer, lease, controller and manager stages have neither object nor request:
-# a partial index over these rare rows keeps their queries fast at almost no cost per insert.
-# A query must repeat the index's condition for SQLite to use it, hence one constant.
-_HEALTH = "name IS NULL AND request IS NULL"
+SCHEMA_VERSION = 2
 
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,  -- the first record's seq; the others follow it one by one
     run TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    time REAL NOT NULL,
-    stage TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    reason TEXT,
-    controller TEXT,
-    api_version TEXT,
-    kind TEXT,
-    namespace TEXT,
-    name TEXT,
-    uid TEXT,
-    resource_version TEXT,
-    generation INTEGER,
-    request TEXT,
-    reconcile_id TEXT,
-    cause_ids TEXT,
-    attrs TEXT
+    count INTEGER NOT NULL,
+    first_time REAL NOT NULL,
+    last_time REAL NOT NULL,
+    chunks TEXT NOT NULL,  -- "bytes:records" of each chunk in the body, in order
+    body BLOB NOT NULL  -- the chunks' pickles, one after the other
 );
-CREATE INDEX IF NOT EXISTS records_object ON records (namespace, name) WHERE name IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_request ON records (request) WHERE request IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_time ON records (time);
-CREATE INDEX IF NOT EXISTS records_health ON records (stage, time) WHERE {_HEALTH};
+-- The requests and object names each chunk mentions: per chunk a section that starts with
+-- \x1e, then one key per line with a line break either side, searched with instr(). A key
+-- index would cost a B-tree insert per key and event.
+CREATE TABLE IF NOT EXISTS batch_keys (
+    seq INTEGER PRIMARY KEY,
+    keys TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health (
+    seq INTEGER PRIMARY KEY,
+    stage TEXT NOT NULL,
+    time REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_stage ON health (stage, time);
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-_COLUMNS = (
-    "run, id, time, stage, outcome, reason, controller, api_version, kind, namespace, name, "
-    "uid, resource_version, generation, request, reconcile_id, cause_ids, attrs"
+# A record as stored: a tuple of these fields in this order, with the ObjectRef as a tuple
+# and the Stage as its text.
+_FIELDS = (
+    "id", "time", "stage", "outcome", "reason", "controller", "object", "request",
+    "reconcile_id", "cause_ids", "attrs",
+)  # fmt: skip
+_ID, _TIME, _STAGE, _OBJECT, _REQUEST, _RECONCILE_ID, _CAUSE_IDS = 0, 1, 2, 6, 7, 8, 9
+_NAMESPACE, _NAME, _KIND = 2, 3, 1  # in the stored ObjectRef tuple
+_fields = attrgetter(*_FIELDS)
+_ref_fields = attrgetter(
+    "api_version", "kind", "namespace", "name", "uid", "resource_version", "generation"
 )
-# Positions in a selected row (seq, then _COLUMNS in order).
-_SEQ, _RUN, _ID, _TIME, _STAGE = 0, 1, 2, 3, 4
-_KIND, _NAMESPACE, _NAME, _REQUEST, _RECONCILE_ID, _CAUSE_IDS = 9, 10, 11, 15, 16, 17
-# Built from constants only; every value is a bound parameter.
-_INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"  # noqa: S608
-_SELECT = f"SELECT seq, {_COLUMNS} FROM records"  # noqa: S608
+_names = attrgetter("name")
 
-Row = tuple[Any, ...]
+Stored = tuple[Any, ...]
+Entry = tuple[int, str, Stored]  # (seq, run, stored record)
 
-# Empty strings and absent objects are stored as NULL: NULL costs no payload byte, and the
-# partial indexes then skip the many rows with no object or no request.
-_NO_OBJECT = (None,) * 7
-# Attrs are flat scalars: no circularity check; anything else is stored as its str().
-_encode_attrs = json.JSONEncoder(separators=(",", ":"), check_circular=False, default=str).encode
+# Only the informer, lease, controller and manager stages have neither object nor request.
+_HEALTH = frozenset({Stage.WATCH, Stage.LEASE, Stage.CONTROLLER, Stage.MANAGER})
 _STAGES = {stage.value: stage for stage in Stage}
+_HOLDING = (
+    "SELECT b.seq, b.run, b.chunks, b.body, k.keys "
+    "FROM batch_keys k JOIN batches b ON b.seq = k.seq"
+)
 
 _WRITE_TIMEOUT_S = 5.0  # waiting for another writer (a second process on the same file)
-_IN_CHUNK = 500  # values per "IN (...)": SQLite limits bound parameters per statement
 _MAX_PENDING = 200_000
 _RETENTION_EVERY_S = 10.0
-_DELETE_CHUNK = 10_000
 _SIZE_TARGET = 0.9  # trim to 90% of max_bytes, so a full journal is not trimmed every pass
-# Batches dirty index pages all over the file. Larger pages and fewer checkpoints (each copies
-# every page again) measured about 30% faster ingest than SQLite's defaults (4 KiB, 1000).
-_PAGE_SIZE = 8192
-_CHECKPOINT_PAGES = 2000
-_CACHE_KIB = 32 * 1024  # holds the index pages a batch touches for thousands of objects
-_WAL_LIMIT = 2 * _PAGE_SIZE * _CHECKPOINT_PAGES  # the WAL is truncated to this after a checkpoint
+_CHUNK = 128  # records pickled together: few enough that they die young (see _Chunk)
+_DECODED_CHUNKS = 512  # kept by a reader: explain and the TUI read the same chunks again
+_CHECKPOINT_PAGES = 1000
+_WAL_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
 
 
 class JournalError(Exception):
@@ -127,9 +135,11 @@ class JournalForeign(JournalError):
 
 @contextmanager
 def _sqlite_errors(path: Path, timeout_s: float) -> Iterator[None]:
-    """Turn SQLite's exceptions into one-line journal errors."""
+    """Turn SQLite's (and a damaged batch's) exceptions into one-line journal errors."""
     try:
         yield
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise JournalCorrupt(f"{path} holds a damaged batch: {error}") from error
     except sqlite3.Error as error:
         text = str(error)
         if "locked" in text or "busy" in text:
@@ -165,71 +175,137 @@ def _check_identity(path: Path, connection: sqlite3.Connection, *, empty_ok: boo
     return True
 
 
-def _row(run: str, record: Record) -> Row:
-    ref = record.object
-    obj = (
-        _NO_OBJECT
-        if ref is None
-        else (
-            ref.api_version,
-            ref.kind,
-            ref.namespace,
-            ref.name,
-            ref.uid,
-            ref.resource_version,
-            ref.generation,
-        )
-    )
-    return (
-        run,
-        record.id,
-        record.time,
-        record.stage,  # a StrEnum binds as its text
-        record.outcome,
-        record.reason or None,
-        record.controller or None,
-        *obj,
-        record.request or None,
-        record.reconcile_id or None,
-        " ".join(map(str, record.cause_ids)) or None,
-        _encode_attrs(record.attrs) if record.attrs else None,
-    )
+# -- encoding ----------------------------------------------------------------------------------
 
 
-def _record(row: Row) -> Record:
-    (_, _, id_, time_, stage, outcome, reason, controller, api_version, kind, namespace, name,
-     uid, resource_version, generation, request, reconcile_id, cause_ids, attrs) = row  # fmt: skip
+class _Flattening(pickle.Pickler):
+    """Pickles records' fields as built-in types only.
+
+    An ObjectRef becomes a tuple, a Stage its text, and an attribute value of any other type
+    its ``str()``: attributes are meant to be flat scalars. Pickle asks only about objects
+    that are not built-in, once each per chunk (its memo), so about once per event.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is ObjectRef:
+            return tuple, (_ref_fields(obj),)
+        if isinstance(obj, type):  # the tuple and str named below
+            return NotImplemented
+        return str, (str(obj),)
+
+
+class _BuiltinsOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in ("str", "tuple"):
+            return getattr(builtins, name)
+        raise pickle.UnpicklingError(f"{module}.{name} has no place in a journal")
+
+
+def _pickle(value: object) -> bytes:
+    buffer = io.BytesIO()
+    _Flattening(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def _unpickle(data: bytes) -> Any:
+    return _BuiltinsOnly(io.BytesIO(data)).load()
+
+
+def _chunk_spans(chunks: str) -> Iterator[tuple[int, int, int]]:
+    """(byte offset, byte size, records before it) of each chunk a batch's ``chunks`` lists."""
+    offset = before = 0
+    for chunk in chunks.split():
+        size, records = map(int, chunk.split(":"))
+        yield offset, size, before
+        offset += size
+        before += records
+
+
+def _record(stored: Stored) -> Record:
+    (id_, time_, stage, outcome, reason, controller, obj, request, reconcile_id, cause_ids,
+     attrs) = stored  # fmt: skip
     return Record(
-        time=time_,
-        stage=_STAGES[stage],
-        outcome=outcome,
-        reason=reason or "",
-        controller=controller or "",
-        object=None
-        if name is None
-        else ObjectRef(api_version, kind, namespace, name, uid, resource_version, generation),
-        request=request or "",
-        reconcile_id=reconcile_id or "",
-        id=id_,
-        cause_ids=tuple(map(int, cause_ids.split())) if cause_ids else (),
-        attrs=json.loads(attrs) if attrs else {},
+        time_,
+        _STAGES[stage],
+        outcome,
+        reason,
+        controller,
+        None if obj is None else ObjectRef(*obj),
+        request,
+        reconcile_id,
+        id_,
+        cause_ids,
+        attrs,
     )
+
+
+class _Chunk(NamedTuple):
+    """Records pickled together on the caller's thread, and what the batch row needs of them.
+
+    Made of atomic values and tuples only, so the garbage collector stops tracing a chunk at
+    its first pass: records waiting for the writer thread, each with its dict of attributes,
+    were traced by every collection meanwhile and made the collector promote (and later
+    trace again and again) the controller's own young objects, which measured more than the
+    whole pipeline's cost per event.
+    """
+
+    body: bytes
+    size: int  # records
+    first_time: float
+    last_time: float
+    keys: str  # its section of ``batch_keys.keys``
+    health: tuple[tuple[int, str, float, bytes], ...]  # (index, stage, time, pickled record)
+
+
+def _seal(records: Sequence[Record]) -> _Chunk:
+    fields = list(map(_fields, records))
+    # Columns, for C-speed passes over them: a Python loop over the records would cost more
+    # than pickling them.
+    columns = list(zip(*fields, strict=True))
+    times, stages = columns[_TIME], columns[_STAGE]
+    health: tuple[tuple[int, str, float, bytes], ...] = ()
+    if not _HEALTH.isdisjoint(stages):  # rarely
+        health = tuple(
+            (index, stage.value, times[index], _pickle(fields[index]))
+            for index, stage in enumerate(stages)
+            if stage in _HEALTH
+        )
+    # Requests, and the names of objects: a reader looks an object up by both its name and
+    # its key (as a request), so no key is built here, where it would cost a string per event.
+    keys = set(columns[_REQUEST])
+    keys.update(map(_names, filter(None, columns[_OBJECT])))
+    keys.discard("")
+    section = f"{_SECTION}{_LINE}{_LINE.join(keys)}{_LINE}"
+    return _Chunk(_pickle(fields), len(fields), min(times), max(times), section, health)
+
+
+_LINE = "\n"
+_SECTION = "\x1e"
+
+
+def _line(key: str) -> str:
+    """A key as it is searched for: a line of its own (a false match is filtered later)."""
+    return f"{_LINE}{key}{_LINE}"
 
 
 class JournalWriter:
     """A recorder sink that writes records to the journal file from a background thread.
 
-    Calling it only appends to a buffer. The thread writes whatever is pending every
-    ``flush_interval_s`` (sooner once ``batch_size`` records wait), ``batch_size`` records per
-    transaction. If the buffer holds more than ``max_pending`` records the oldest are dropped
-    and counted in ``dropped`` (as are records lost to a failed write; ``last_error`` says why).
+    Calling it appends the record to a short list; every ``_CHUNK`` records the list is pickled
+    right there (cheaper than keeping the records alive for another thread, see ``_Chunk``).
+    The thread writes what is pending every ``flush_interval_s`` (sooner once ``batch_size``
+    records wait), up to ``batch_size`` records per transaction, and pickles a short list
+    itself when the caller has gone quiet. If more than ``max_pending`` records wait, the
+    oldest are dropped and counted in ``dropped`` (as are records lost to a failed write;
+    ``last_error`` says why).
 
-    Retention runs when the writer starts, every ``retention_interval_s`` and on close: rows
-    more than ``max_age_s`` older than the newest record are deleted (measured against the
-    records' own clock, which may be a fake one, so an idle journal keeps its last day), and
-    when the pages in use exceed ``max_bytes`` the oldest rows are deleted, in chunks, down to
-    about 90% of it. Freed pages are reused by later writes; the file is never vacuumed here,
-    so it can outgrow ``max_bytes`` by what is written between two passes (plus the WAL).
+    Retention runs when the writer starts, every ``retention_interval_s`` and on close: batches
+    whose newest record is more than ``max_age_s`` older than the newest record are deleted
+    (measured against the records' own clock, which may be a fake one, so an idle journal
+    keeps its last day), and when the pages in use exceed ``max_bytes`` the oldest batches are
+    deleted down to about 90% of it. Freed pages are reused by later writes; the file is never
+    vacuumed here, so it can outgrow ``max_bytes`` by what is written between two passes (plus
+    the WAL).
 
     Close it (or use it as a context manager): its thread is a daemon, so records still
     pending when the process exits without ``close()`` are lost.
@@ -248,21 +324,27 @@ class JournalWriter:
     ) -> None:
         self.path = Path(path)
         self.run = secrets.token_hex(6)
-        self.dropped = 0
         self.last_error = ""
         self._max_age_s = max_age_s
         self._max_bytes = max_bytes
         self._batch_size = batch_size
+        self._chunks_per_batch = -(-batch_size // _CHUNK)
         self._flush_interval_s = flush_interval_s
         self._max_pending = max_pending
         self._retention_interval_s = retention_interval_s
-        self._pending: deque[Record] = deque()
+        # Both threads take records from ``_open`` and chunks from ``_sealed`` one at a time:
+        # deque appends and pops are atomic, so neither the caller nor the thread takes a lock.
+        self._open: deque[Record] = deque()
+        self._sealed: deque[_Chunk] = deque()
         self._wake = threading.Event()
         self._closed = False
-        # For flush(): records appended (by the caller) and settled (written or lost, by the
-        # thread); overflow drops count as settled through ``dropped``.
-        self._appended = 0
-        self._settled = 0
+        # Records taken from ``_open`` (under ``_sealing``), and how they settled: written or
+        # lost by the thread, overflowed by either (under ``_progress``, which flush() waits on).
+        self._sealing = threading.Lock()
+        self._taken = 0
+        self._overflowed = 0
+        self._written = 0
+        self._lost = 0
         self._progress = threading.Condition()
         # Opened here, not in the thread, so a bad path or a foreign file fails the caller.
         self._db = _open_for_writing(self.path)
@@ -271,28 +353,64 @@ class JournalWriter:
         )
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """Records that never reached the file: overflow, a failed write, or after close()."""
+        late = 0 if self._thread.is_alive() else len(self._open)  # appended after close()
+        return self._overflowed + self._lost + late
+
     def __call__(self, record: Record, /) -> None:
-        if self._closed:
-            self.dropped += 1
-            return
-        self._appended += 1
-        pending = self._pending
-        pending.append(record)  # deque appends and pops are atomic: no lock on the hot path
-        if len(pending) > self._max_pending:
+        self._open.append(record)
+        if len(self._open) >= _CHUNK:
+            self._seal_open()
+
+    def _seal_open(self) -> None:
+        """Pickle up to a chunk of open records; either thread may, one at a time."""
+        with self._sealing:
+            if self._closed and threading.current_thread() is not self._thread:
+                return  # after close(): the thread is gone, so these count as dropped
+            take = self._open.popleft
+            records = [take() for _ in range(min(len(self._open), _CHUNK))]
+            if not records:
+                return
+            self._taken += len(records)
             try:
-                pending.popleft()
-                self.dropped += 1
-            except IndexError:  # the writer emptied it meanwhile
-                pass
-        elif len(pending) >= self._batch_size:
+                chunk = _seal(records)
+            except Exception as error:  # a record that cannot be pickled must not stop us
+                self.last_error = f"{type(error).__name__}: {error}"
+                self._settle(len(records), written=False)
+                return
+            sealed = self._sealed
+            sealed.append(chunk)
+            waiting = self._taken - self._written - self._overflowed - self._lost
+            while waiting > self._max_pending and len(sealed) > 1:  # the newest chunk stays
+                waiting -= self._overflow(sealed.popleft().size)
+        if len(sealed) == self._chunks_per_batch:  # Event.set() is dear: once per batch
             self._wake.set()
+
+    def _overflow(self, count: int) -> int:
+        with self._progress:
+            self._overflowed += count
+            self._progress.notify_all()
+        return count
+
+    def _settle(self, count: int, *, written: bool) -> int:
+        with self._progress:
+            if written:
+                self._written += count
+            else:
+                self._lost += count
+            self._progress.notify_all()
+        return count
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every record appended so far is written; False if ``timeout_s`` passed."""
-        target = self._appended
+        while self._open and not self._closed:
+            self._seal_open()
+        target = self._taken
 
         def done() -> bool:
-            return self._settled + self.dropped >= target
+            return self._written + self._overflowed + self._lost >= target
 
         self._wake.set()
         with self._progress:
@@ -326,6 +444,8 @@ class JournalWriter:
             while True:
                 # Read before draining: whatever was appended before close() is then written.
                 closing = self._closed
+                while self._open:
+                    self._seal_open()
                 self._write_pending()
                 if closing or time.monotonic() >= next_retention:
                     self._guarded(self._enforce_retention)
@@ -338,23 +458,51 @@ class JournalWriter:
             self._db.close()
 
     def _write_pending(self) -> None:
-        pending = self._pending
-        while pending:
-            count = min(len(pending), self._batch_size)
-            batch = [pending.popleft() for _ in range(count)]
-            written = self._guarded(self._insert, batch)
-            with self._progress:
-                if written:
-                    self._settled += count
-                else:
-                    self.dropped += count
-                self._progress.notify_all()
+        sealed = self._sealed
+        while sealed:
+            batch: list[_Chunk] = []
+            count = 0
+            try:
+                while count < self._batch_size:
+                    batch.append(sealed.popleft())
+                    count += batch[-1].size
+            except IndexError:
+                pass
+            self._settle(count, written=self._guarded(self._insert, batch))
 
-    def _insert(self, batch: Sequence[Record]) -> None:
-        run = self.run
-        rows = [_row(run, record) for record in batch]
-        with self._db:
-            self._db.executemany(_INSERT, rows)
+    def _insert(self, batch: Sequence[_Chunk]) -> None:
+        # Three statements per batch: each hands the GIL to the event loop and waits to get it
+        # back, which a statement per record would do thousands of times.
+        body = b"".join(chunk.body for chunk in batch)
+        chunks = " ".join(f"{len(chunk.body)}:{chunk.size}" for chunk in batch)
+        keys = "".join(chunk.keys for chunk in batch)
+        db = self._db
+        with _transaction(db):
+            row = db.execute("SELECT seq + count FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+            seq = row[0] if row else 1
+            db.execute(
+                "INSERT INTO batches (seq, run, count, first_time, last_time, chunks, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq,
+                    self.run,
+                    sum(chunk.size for chunk in batch),
+                    min(chunk.first_time for chunk in batch),
+                    max(chunk.last_time for chunk in batch),
+                    chunks,
+                    body,
+                ),
+            )
+            db.execute("INSERT INTO batch_keys (seq, keys) VALUES (?, ?)", (seq, keys))
+            health = []
+            first = seq
+            for chunk in batch:
+                health += [(first + index, *rest) for index, *rest in chunk.health]
+                first += chunk.size
+            if health:
+                db.executemany(
+                    "INSERT INTO health (seq, stage, time, body) VALUES (?, ?, ?, ?)", health
+                )
 
     def _guarded(self, write: Callable[..., None], *args: Any) -> bool:
         """Run one write; a failure is kept in ``last_error`` and never ends the thread."""
@@ -367,26 +515,33 @@ class JournalWriter:
 
     def _enforce_retention(self) -> None:
         db = self._db
-        newest = db.execute("SELECT max(time) FROM records").fetchone()[0]
+        newest = db.execute("SELECT max(last_time) FROM batches").fetchone()[0]
         if newest is not None:
-            with db:
-                db.execute("DELETE FROM records WHERE time < ?", (newest - self._max_age_s,))
+            cutoff = newest - self._max_age_s
+            with _transaction(db):
+                db.execute("DELETE FROM batches WHERE last_time < ?", (cutoff,))
+                db.execute("DELETE FROM health WHERE time < ?", (cutoff,))
+                self._delete_orphan_keys()
         used = self._used_bytes()
         if used <= self._max_bytes:
             return
-        # Two queries: SQLite answers a lone min() or max() from the index, both at once by a scan.
-        first = db.execute("SELECT min(seq) FROM records").fetchone()[0]
+        first = db.execute("SELECT min(seq) FROM batches").fetchone()[0]
         if first is None:
             return
-        last = db.execute("SELECT max(seq) FROM records").fetchone()[0]
-        # Pages freed inside indexes are reused but not counted as free, so re-measuring after
-        # each chunk would overshoot: delete the proportional share once, measure next pass.
-        rows = last - first + 1
+        last = db.execute("SELECT max(seq + count) FROM batches").fetchone()[0]
+        # Pages freed inside indexes are reused but not counted as free, so re-measuring now
+        # would overshoot: delete the proportional share once, measure again next pass.
         excess = 1.0 - self._max_bytes * _SIZE_TARGET / used
-        cut = first + max(1, int(rows * excess))
-        for upper in range(first + _DELETE_CHUNK, cut + _DELETE_CHUNK, _DELETE_CHUNK):
-            with db:
-                db.execute("DELETE FROM records WHERE seq < ?", (min(upper, cut),))
+        cut = first + max(1, int((last - first) * excess))
+        with _transaction(db):
+            db.execute("DELETE FROM batches WHERE seq < ?", (cut,))
+            db.execute("DELETE FROM health WHERE seq < ?", (cut,))
+            self._delete_orphan_keys()
+
+    def _delete_orphan_keys(self) -> None:
+        self._db.execute(
+            "DELETE FROM batch_keys WHERE seq < coalesce((SELECT min(seq) FROM batches), 1 << 62)"
+        )
 
     def _used_bytes(self) -> int:
         db = self._db
@@ -407,22 +562,29 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
     try:
         with _sqlite_errors(path, _WRITE_TIMEOUT_S):
             existing = _check_identity(path, db, empty_ok=True)
-            if not existing:  # the page size is fixed once the file is in WAL mode
-                db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             db.execute("PRAGMA journal_mode = WAL")
             # In WAL mode NORMAL never corrupts; a crash loses at most the last transaction.
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
-            db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             db.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
             if not existing:
                 db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
     except BaseException:
         db.close()
         raise
-    # Python's sqlite3 then opens a transaction per `with db:` block, one per batch.
-    db.isolation_level = "DEFERRED"
     return db
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken before its first read, so a second writer waits."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class Journal:
@@ -436,6 +598,8 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 2.0) -> None:
         self.path = Path(path)
         self._timeout_s = timeout_s
+        # A batch never changes once written, so decoded ones can be kept.
+        self._decoded: OrderedDict[tuple[int, int], list[Stored]] = OrderedDict()
         if not self.path.is_file():
             raise JournalMissing(f"no journal at {self.path}")
         uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
@@ -465,12 +629,44 @@ class Journal:
     def _errors(self) -> AbstractContextManager[None]:
         return _sqlite_errors(self.path, self._timeout_s)
 
-    def _rows(self, where: str, params: Sequence[Any] = ()) -> list[Row]:
+    def _select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._errors():
-            return self._db.execute(f"{_SELECT} WHERE {where}", params).fetchall()
+            return self._db.execute(sql, params).fetchall()
 
-    def _records(self, where: str, params: Sequence[Any] = ()) -> list[Record]:
-        return [_record(row) for row in self._rows(f"{where} ORDER BY time, seq", params)]
+    def _entries(self, batches: Iterable[tuple[Any, ...]], *lines: str) -> Iterator[Entry]:
+        """The records of these (seq, run, chunks, body[, keys]) batches, as (seq, run, stored
+        record): of every chunk, or with ``lines``, of the chunks whose keys hold one of them.
+        """
+        decoded = self._decoded
+        for seq, run, chunks, body, *keys in batches:
+            sections = keys[0].split(_SECTION)[1:] if lines else ()
+            for index, (offset, size, before) in enumerate(_chunk_spans(chunks)):
+                if lines and not any(line in sections[index] for line in lines):
+                    continue
+                stored = decoded.get((seq, index))
+                if stored is None:
+                    with self._errors():
+                        stored = _unpickle(body[offset : offset + size])
+                    decoded[seq, index] = stored
+                    if len(decoded) > _DECODED_CHUNKS:
+                        decoded.popitem(last=False)
+                else:
+                    decoded.move_to_end((seq, index))
+                first = seq + before
+                for position, entry in enumerate(stored):
+                    yield first + position, run, entry
+
+    def _holding(self, *keys: str, since: float | None = None) -> Iterator[Entry]:
+        """Every record of the chunks that mention any of ``keys``."""
+        lines = list(map(_line, keys))
+        found = " OR ".join(["instr(k.keys, ?)"] * len(lines))
+        after, params = ("", ()) if since is None else (" AND b.last_time >= ?", (since,))
+        sql = f"{_HOLDING} WHERE ({found}){after} ORDER BY b.seq"
+        return self._entries(self._select(sql, (*lines, *params)), *lines)
+
+    def _of_object(self, namespace: str, name: str, since: float | None = None) -> Iterator[Entry]:
+        """The records of the batches that may hold records about this object or its key."""
+        return self._holding(name, f"{namespace}/{name}" if namespace else name, since=since)
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -487,85 +683,79 @@ class Journal:
         ``kind`` leaves out records about a same-named object of another kind.
         """
         key = f"{namespace}/{name}" if namespace else name
-        after, since_params = _since(since)
-        found: dict[int, Row] = {}
-        for where, params in (
-            ("namespace = ? AND name = ?", (namespace, name)),
-            ("request = ?", (key,)),
-        ):
-            rows = self._rows(where + after, (*params, *since_params))
-            found.update((row[_SEQ], row) for row in rows)
-        if kind is not None:
-            found = {
-                seq: row
-                for seq, row in found.items()
-                if not (row[_NAMESPACE] == namespace and row[_NAME] == name and row[_KIND] != kind)
-            }
+        earliest = -float("inf") if since is None else since
+        found: dict[int, Entry] = {}
+        for seq, run, entry in self._of_object(namespace, name, since):
+            if entry[_TIME] < earliest:
+                continue
+            obj = entry[_OBJECT]
+            if obj is not None and obj[_NAMESPACE] == namespace and obj[_NAME] == name:
+                if kind is None or obj[_KIND] == kind:
+                    found[seq] = (seq, run, entry)
+            elif entry[_REQUEST] == key:
+                found[seq] = (seq, run, entry)
         self._add_causes(found)
         self._add_reconciles_elsewhere(found, key)
-        rows = sorted(found.values(), key=lambda row: (row[_TIME], row[_SEQ]))
-        return [_record(row) for row in rows]
+        entries = sorted(found.values(), key=lambda found: (found[2][_TIME], found[0]))
+        return [_record(entry) for _, _, entry in entries]
 
-    def _add_causes(self, found: dict[int, Row]) -> None:
+    def _add_causes(self, found: dict[int, Entry]) -> None:
         """Add the records that the found ones name as causes, one step back.
 
         A record with an object was caused by a record about the same object (a dispatch by
-        its event, an event by the write that made it), so causes are looked up through the
-        object index: the child events behind dispatches mapped to this object's key.
+        its event, an event by the write that made it), so causes are looked up among the
+        records of that object: the child events behind dispatches mapped to this object.
         """
-        known = {(row[_RUN], row[_ID]) for row in found.values()}
-        wanted: dict[tuple[str, str, str], set[int]] = {}
-        for row in found.values():
-            if row[_CAUSE_IDS] and row[_NAME] is not None:
-                causes = {int(cause) for cause in row[_CAUSE_IDS].split()}
-                missing = {cause for cause in causes if (row[_RUN], cause) not in known}
+        known = {(run, entry[_ID]) for _, run, entry in found.values()}
+        wanted: dict[tuple[str, str], set[tuple[str, int]]] = {}
+        for _, run, entry in found.values():
+            obj = entry[_OBJECT]
+            if obj is not None:
+                missing = {(run, cause) for cause in entry[_CAUSE_IDS]} - known
                 if missing:
-                    place = (row[_RUN], row[_NAMESPACE], row[_NAME])
-                    wanted.setdefault(place, set()).update(missing)
-        for (run, namespace, name), ids in wanted.items():
-            for rows in self._batched(
-                "id", sorted(ids), "run = ? AND namespace = ? AND name = ?", (run, namespace, name)
-            ):
-                found.update((row[_SEQ], row) for row in rows)
+                    wanted.setdefault((obj[_NAMESPACE], obj[_NAME]), set()).update(missing)
+        for (namespace, name), ids in wanted.items():
+            for seq, run, entry in self._of_object(namespace, name):
+                obj = entry[_OBJECT]
+                if (
+                    (run, entry[_ID]) in ids
+                    and obj is not None
+                    and obj[_NAMESPACE] == namespace
+                    and obj[_NAME] == name
+                ):
+                    found[seq] = (seq, run, entry)
 
-    def _add_reconciles_elsewhere(self, found: dict[int, Row], key: str) -> None:
+    def _add_reconciles_elsewhere(self, found: dict[int, Entry], key: str) -> None:
         """Add reconciles of other requests (an owner's) that dispatches of this object queued.
 
         Each with its end and requeue, and the retries those requeues started, in turn.
         """
-        dispatches: dict[str, list[Row]] = {}
-        for row in found.values():
-            if row[_STAGE] == Stage.DISPATCH and row[_REQUEST] not in (None, key):
-                dispatches.setdefault(row[_REQUEST], []).append(row)
+        dispatches: dict[str, list[Entry]] = {}
+        for seq, run, entry in found.values():
+            if entry[_STAGE] == Stage.DISPATCH and entry[_REQUEST] not in ("", key):
+                dispatches.setdefault(entry[_REQUEST], []).append((seq, run, entry))
         for request, queued in dispatches.items():
-            starts = self._rows(
-                "request = ? AND stage = ? AND time >= ?",
-                (request, Stage.RECONCILE_START.value, min(row[_TIME] for row in queued)),
-            )
-            causes = {(row[_RUN], row[_ID]) for row in queued}
+            earliest = min(entry[_TIME] for _, _, entry in queued)
+            of_request = [
+                found_entry
+                for found_entry in self._holding(request, since=earliest)
+                if found_entry[2][_REQUEST] == request and found_entry[2][_TIME] >= earliest
+            ]
+            causes = {(run, entry[_ID]) for _, run, entry in queued}
             while causes:
-                reconcile_ids = [
-                    start[_RECONCILE_ID]
-                    for start in starts
-                    if start[_SEQ] not in found
-                    and any(
-                        (start[_RUN], int(c)) in causes for c in (start[_CAUSE_IDS] or "").split()
-                    )
-                ]
+                started = {
+                    (run, entry[_RECONCILE_ID])
+                    for seq, run, entry in of_request
+                    if entry[_STAGE] == Stage.RECONCILE_START
+                    and seq not in found
+                    and any((run, cause) in causes for cause in entry[_CAUSE_IDS])
+                }
                 causes = set()
-                for rows in self._batched("reconcile_id", reconcile_ids, "request = ?", (request,)):
-                    found.update((row[_SEQ], row) for row in rows)
-                    causes.update(
-                        (row[_RUN], row[_ID]) for row in rows if row[_STAGE] == Stage.REQUEUE
-                    )
-
-    def _batched(
-        self, column: str, values: Sequence[Any], where: str, params: tuple[Any, ...]
-    ) -> Iterator[list[Row]]:
-        for start in range(0, len(values), _IN_CHUNK):
-            chunk = values[start : start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            yield self._rows(f"{where} AND {column} IN ({marks})", (*params, *chunk))
+                for seq, run, entry in of_request:
+                    if (run, entry[_RECONCILE_ID]) in started:
+                        found[seq] = (seq, run, entry)
+                        if entry[_STAGE] == Stage.REQUEUE:
+                            causes.add((run, entry[_ID]))
 
     def watch_records(self, kind: str | None = None, since: float | None = None) -> list[Record]:
         """Informer health (listed, synced, forbidden, kind_not_found, …), for one kind or all."""
@@ -580,24 +770,40 @@ class Journal:
         return self._stages((Stage.CONTROLLER, Stage.MANAGER), since)
 
     def _stages(self, stages: Sequence[Stage], since: float | None) -> list[Record]:
-        after, since_params = _since(since)
-        where = f"{_HEALTH} AND stage IN ({', '.join('?' * len(stages))}){after}"
-        return self._records(where, (*(stage.value for stage in stages), *since_params))
+        marks = ", ".join("?" * len(stages))
+        rows = self._select(
+            f"SELECT body FROM health WHERE stage IN ({marks}) AND time >= ? ORDER BY time, seq",  # noqa: S608
+            (*(stage.value for stage in stages), -float("inf") if since is None else since),
+        )
+        with self._errors():
+            return [_record(_unpickle(body)) for (body,) in rows]
 
     def window(self, t0: float, t1: float) -> list[Record]:
         """Every record with ``t0 <= time <= t1``."""
-        return self._records("time BETWEEN ? AND ?", (t0, t1))
+        batches = self._select(
+            "SELECT seq, run, chunks, body FROM batches WHERE first_time <= ? AND last_time >= ? "
+            "ORDER BY seq",
+            (t1, t0),
+        )
+        entries = [entry for entry in self._entries(batches) if t0 <= entry[2][_TIME] <= t1]
+        entries.sort(key=lambda found: (found[2][_TIME], found[0]))
+        return [_record(entry) for _, _, entry in entries]
 
     def tail(self, after_seq: int = 0, limit: int = 1_000) -> list[tuple[int, Record]]:
         """Up to ``limit`` records written after ``after_seq``, with their seq, oldest first."""
-        rows = self._rows("seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [(row[_SEQ], _record(row)) for row in rows]
+        batches = self._select(
+            "SELECT seq, run, chunks, body FROM batches WHERE seq >= coalesce("
+            "(SELECT max(seq) FROM batches WHERE seq <= ?), 0) ORDER BY seq LIMIT ?",
+            (after_seq, limit + 1),  # each batch holds at least one record
+        )
+        tail: list[tuple[int, Record]] = []
+        for seq, _, entry in self._entries(batches):
+            if seq > after_seq:
+                tail.append((seq, _record(entry)))
+                if len(tail) == limit:
+                    break
+        return tail
 
     def count(self) -> int:
-        with self._errors():
-            total: int = self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+        total: int = self._select("SELECT coalesce(sum(count), 0) FROM batches")[0][0]
         return total
-
-
-def _since(since: float | None) -> tuple[str, tuple[float, ...]]:
-    return ("", ()) if since is None else (" AND time >= ?", (since,))
