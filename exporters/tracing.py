@@ -7,9 +7,13 @@ dispatch (predicate verdict, mapping and enqueue outcome as attributes) whose pa
 event, one per reconcile whose parent is the first dispatch that queued it and which links to
 every other dispatch de-duplicated into it (the messaging convention for batches), a link
 rather than a parent from a requeued reconcile to the one that asked for it, and spans for
-lease transitions and watch failures. Also the log correlation (``trace_ids_for`` and a
+lease transitions and watch failures. Given an SDK tracer provider, the sink builds the
+finished spans itself and hands them to the provider's processors, which costs a fraction of
+the SDK's ``start_span``; given any other tracer it starts them through the API. Also the log
+correlation (``trace_ids_for`` and a
 structlog processor), the SDK set-up from ``--otlp-endpoint`` or the standard ``OTEL_*``
-variables with a batch processor whose losses are counted, and ``replay`` of recorded records.
+variables with a batch processor whose losses are counted (OTLP/HTTP requests are encoded by
+``otlp_proto``), and ``replay`` of recorded records.
 
 It may not: be imported by the runtime core (the CLI attaches the sink only when tracing is
 configured, so without it no span work is done at all); do I/O or block on the sink path (the
@@ -30,28 +34,31 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
-    Span,
     SpanContext,
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
 )
 from opentelemetry.util.types import AttributeValue
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ctrltrace._version import __version__
+from ctrltrace.exporters.otlp_proto import encode_spans
 from ctrltrace.records import ObjectRef, Record, Stage
 
 __all__ = [
@@ -145,6 +152,12 @@ _MAX_LINKS = 128
 # One is about 300 bytes, so a full map is about 20 MB.
 _CAPACITY = 65_536
 
+# The SDK's default limit of events per span; links are capped at _MAX_LINKS likewise.
+_MAX_EVENTS = 128
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
 # An empty context: a span started in it is a root whatever span is current in the caller.
 _ROOT = Context()
 _DISPATCH_LINK: Mapping[str, AttributeValue] = {LINK: "dispatch"}
@@ -230,6 +243,185 @@ def _parented(parent: SpanContext | None) -> Context:
     return _ROOT if parent is None else trace.set_span_in_context(NonRecordingSpan(parent), _ROOT)
 
 
+class _Spanning(Protocol):
+    """What the sink does with a span between its start and its end: a subset of ``Span``."""
+
+    def get_span_context(self) -> SpanContext: ...
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None: ...
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None: ...
+
+    def set_status(self, status: Status) -> None: ...
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, AttributeValue], timestamp: int
+    ) -> None: ...
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue]) -> None: ...
+
+    def end(self, end_time: int | None = None) -> None: ...
+
+
+class _ThroughApi:
+    """Spans started through the OpenTelemetry API: for any tracer, SDK or not."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def start(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        *,
+        links: Sequence[Link],
+        start: int,
+    ) -> _Spanning:
+        return self._tracer.start_span(name, _parented(parent), kind, attributes, links, start)
+
+
+class _Built:
+    """A span the sink builds itself, handed to the provider's processors when it ends."""
+
+    __slots__ = (
+        "_to",
+        "attributes",
+        "context",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent",
+        "start",
+        "status",
+    )
+
+    def __init__(
+        self,
+        to: _Direct,
+        name: str,
+        context: SpanContext,
+        *,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        links: Sequence[Link],
+        start: int,
+    ) -> None:
+        self._to = to
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.kind = kind
+        self.attributes = attributes
+        self.links = list(links)
+        self.events: list[Event] = []
+        self.start = start
+        self.status = _UNSET
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.attributes[key] = value
+
+    def set_status(self, status: Status) -> None:
+        self.status = status
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, AttributeValue], timestamp: int
+    ) -> None:
+        if len(self.events) < _MAX_EVENTS:
+            self.events.append(Event(name, attributes, timestamp))
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue]) -> None:
+        if len(self.links) < _MAX_LINKS:
+            self.links.append(Link(context, attributes))
+
+    def end(self, end_time: int | None = None) -> None:
+        self._to.finish(self, time.time_ns() if end_time is None else end_time)
+
+
+class _Direct:
+    """Spans for an SDK tracer provider, built without the SDK's span machinery.
+
+    The SDK's ``start_span`` runs the sampler, copies attributes into a bounded, locked
+    mapping and takes a lock per change; that measured more than all the rest of the sink.
+    Here ids come from the provider's id generator, the provider's sampler decides for each
+    trace's root (children follow their parent, as the default parent-based sampler does),
+    and each ended span goes to the provider's span processors as a ``ReadableSpan`` with the
+    provider's resource. Processors' ``on_start`` is not called.
+    """
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._ids = provider.id_generator
+        self._sampler = provider.sampler
+        self._always = self._sampler is DEFAULT_ON or self._sampler is ALWAYS_ON
+        self._resource = provider.resource
+        self._scope = InstrumentationScope("ctrltrace", __version__)
+        # The SDK offers no public way to hand a finished span to a provider's processors.
+        self._processor: SpanProcessor = provider._active_span_processor
+
+    def start(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        *,
+        links: Sequence[Link],
+        start: int,
+    ) -> _Spanning:
+        if parent is not None:
+            trace_id, flags = parent.trace_id, parent.trace_flags
+        else:
+            trace_id = self._ids.generate_trace_id()
+            sampled = (
+                self._always
+                or self._sampler.should_sample(
+                    None, trace_id, name, kind, attributes, links
+                ).decision
+                is Decision.RECORD_AND_SAMPLE
+            )
+            flags = _SAMPLED if sampled else _NOT_SAMPLED
+        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
+        return _Built(
+            self,
+            name,
+            context,
+            parent=parent,
+            kind=kind,
+            attributes=attributes,
+            links=links,
+            start=start,
+        )
+
+    def finish(self, span: _Built, end: int) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        self._processor.on_end(
+            ReadableSpan(
+                name=span.name,
+                context=span.context,
+                parent=span.parent,
+                resource=self._resource,
+                attributes=span.attributes,
+                events=span.events,
+                links=span.links,
+                kind=span.kind,
+                status=span.status,
+                start_time=span.start,
+                end_time=end,
+                instrumentation_scope=self._scope,
+            )
+        )
+
+
 class SpanSink:
     """A record sink that turns records into spans, with times and causes from the records.
 
@@ -243,16 +435,21 @@ class SpanSink:
     """
 
     def __init__(self, tracer: trace.TracerProvider | trace.Tracer, *, capacity: int = _CAPACITY):
-        if isinstance(tracer, trace.TracerProvider):
-            tracer = tracer.get_tracer("ctrltrace", __version__)
-        self._tracer = tracer
+        spans: _Direct | _ThroughApi
+        if isinstance(tracer, TracerProvider):
+            spans = _Direct(tracer)
+        elif isinstance(tracer, trace.TracerProvider):
+            spans = _ThroughApi(tracer.get_tracer("ctrltrace", __version__))
+        else:
+            spans = _ThroughApi(tracer)
+        self._start = spans.start
         self.capacity = capacity
         self._contexts: _Generations[int, SpanContext] = _Generations(capacity)
         self._requeues: _Generations[int, SpanContext] = _Generations(capacity)
-        self._open: dict[str, Span] = {}  # reconcile id -> its span, from start to end
+        self._open: dict[str, _Spanning] = {}  # reconcile id -> its span, from start to end
         # A reconcile that ended with a requeue: its span stays open for the REQUEUE record,
         # which the controller emits right after, in the same call.
-        self._settling: tuple[Span, str, int] | None = None
+        self._settling: tuple[_Spanning, str, int] | None = None
         self._event_names = _Names("event")
         self._dispatch_names = _Names("dispatch")
         self._reconcile_names = _Names("reconcile")
@@ -299,7 +496,7 @@ class SpanSink:
             attributes[REASON] = record.reason
         context = self._point(
             self._event_names[ref.kind],
-            _ROOT,
+            None,
             SpanKind.CONSUMER,
             attributes,
             record.time,
@@ -331,7 +528,7 @@ class SpanSink:
         enqueued = outcome in _ENQUEUED
         context = self._point(
             self._dispatch_names[record.controller],
-            _parented(event),
+            event,
             SpanKind.PRODUCER if enqueued else SpanKind.INTERNAL,
             attributes,
             record.time,
@@ -367,13 +564,13 @@ class SpanSink:
             attributes[RETRIES] = retries
         if len(record.cause_ids) > 1:  # the convention leaves it off single-message spans
             attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(record.cause_ids)
-        span = self._tracer.start_span(
+        span = self._start(
             self._reconcile_names[record.controller],
-            _parented(parent),
+            parent,
             SpanKind.CONSUMER,
             attributes,
-            links,
-            _ns(record.time),
+            links=links,
+            start=_ns(record.time),
         )
         if len(self._open) >= self.capacity:  # starts without ends: a cancelled run, replayed
             self._end_unfinished(next(iter(self._open)), _ns(record.time))
@@ -454,7 +651,7 @@ class SpanSink:
             attributes[K8S_NAMESPACE_NAME] = namespace
         self._point(
             self._lease_names[record.outcome],
-            _ROOT,
+            None,
             SpanKind.INTERNAL,
             attributes,
             record.time,
@@ -481,7 +678,7 @@ class SpanSink:
             attributes[WATCH_RESOURCE] = resource
         self._point(
             self._watch_names[kind],
-            _ROOT,
+            None,
             SpanKind.INTERNAL,
             attributes,
             record.time,
@@ -491,7 +688,7 @@ class SpanSink:
     def _point(
         self,
         name: str,
-        context: Context,
+        parent: SpanContext | None,
         kind: SpanKind,
         attributes: Attributes,
         at: float,
@@ -501,7 +698,7 @@ class SpanSink:
     ) -> SpanContext:
         """A span that starts and ends at one record's time; its context."""
         start = _ns(at)
-        span = self._tracer.start_span(name, context, kind, attributes, links, start)
+        span = self._start(name, parent, kind, attributes, links=links, start=start)
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end(start)
@@ -606,8 +803,8 @@ class TracingConfigError(ValueError):
 class BatchSettings:
     """How spans wait for export and go out.
 
-    Every event makes about three spans (event, dispatch, reconcile), and the SDK's span work
-    caps one core near 10,000 events a second, so 20,000 queued spans hold a second of the
+    Every event makes about three spans (event, dispatch, reconcile), and span work caps one
+    core near 10,000 events a second, so 20,000 queued spans hold most of a second of the
     fastest burst and minutes of ordinary traffic (the SDK's default, 2,048, drops most of a
     burst), yet stay bounded when the collector is away: a finished span is about 3 KB, so
     about 60 MB at most. Batches of 2,048 take a burst out in few requests, well under the
@@ -856,13 +1053,33 @@ def configure_tracing(
     return build_tracing(exporter, service_name=service_name, batch=batch)
 
 
+class _HandEncodedExporter(OTLPSpanExporter):
+    """The SDK's OTLP/HTTP exporter, sending the bytes ``otlp_proto`` writes.
+
+    The SDK's client still sends them, so the endpoint, headers, compression, certificates and
+    retries come from the same arguments and ``OTEL_*`` variables. Should a later SDK no longer
+    have that client, the SDK's own encoding is used.
+    """
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        client = getattr(self, "_client", None)
+        if client is None or getattr(self, "_shutdown", True):
+            return super().export(spans)
+        try:
+            data = encode_spans(spans)
+        except Exception:  # a value the encoder refuses costs its batch, counted as failed
+            return SpanExportResult.FAILURE
+        sent = client.export(data)
+        return SpanExportResult.SUCCESS if sent.success else SpanExportResult.FAILURE
+
+
 def _otlp_exporter(endpoint: str | None, protocol: str, timeout_s: float) -> SpanExporter:
     # With endpoint None the exporters read OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT themselves.
     if protocol == "http/protobuf":
         url = endpoint
         if url is not None and not url.rstrip("/").endswith("/v1/traces"):
             url = f"{url.rstrip('/')}/v1/traces"
-        return OTLPSpanExporter(endpoint=url, timeout=timeout_s)
+        return _HandEncodedExporter(endpoint=url, timeout=timeout_s)
     if protocol == "grpc":
         try:
             # Optional: imported by name so that neither mypy nor start-up needs it installed.

@@ -26,6 +26,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -201,14 +202,20 @@ def watch(at: float, outcome: str, reason: str, status: int = 0) -> Record:
 
 
 class Traced:
-    """A sink on an SDK provider that keeps every finished span in memory."""
+    """A sink on an SDK provider that keeps every finished span in memory.
 
-    def __init__(self) -> None:
+    ``through_api``: the sink gets a tracer, so it starts spans through the OpenTelemetry API
+    as it does for any tracer; given the provider itself it builds them directly.
+    """
+
+    def __init__(self, *, through_api: bool = False) -> None:
         self.exporter = InMemorySpanExporter()
         # A fixed resource: the default one is detected on a pool of threads, for nothing here.
         self.provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.sink = SpanSink(self.provider)
+        self.sink = SpanSink(
+            self.provider.get_tracer("ctrltrace") if through_api else self.provider
+        )
 
     def feed(self, *records: Record) -> None:
         for record in records:
@@ -226,9 +233,9 @@ class Traced:
         return span
 
 
-@pytest.fixture
-def traced() -> Iterator[Traced]:
-    tracing = Traced()
+@pytest.fixture(params=["direct", "through the API"])
+def traced(request: pytest.FixtureRequest) -> Iterator[Traced]:
+    tracing = Traced(through_api=request.param != "direct")
     yield tracing
     tracing.provider.shutdown()
 
@@ -551,6 +558,21 @@ def test_writes_are_events_on_their_reconcile_and_the_event_they_cause_links_bac
     assert link_targets(back_span) == [(context_of(reconcile).span_id, "write")]
     assert attributes(back_span)["ctrltrace.event.self_caused"] is True
     assert link_targets(reconcile) == [(context_of(early_span).span_id, "caused_event")]
+
+
+@pytest.mark.parametrize("through_api", [False, True])
+def test_the_providers_sampler_decides_for_a_whole_trace(through_api: bool) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE, sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sink = SpanSink(provider.get_tracer("ctrltrace") if through_api else provider)
+    first = event(T0)
+    queued = dispatch(first, "queued")
+    begin = start([queued], T0 + 1)
+    for record in (first, queued, begin, done(begin, T0 + 2)):
+        sink(record)
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
 
 
 def test_spans_are_roots_even_inside_a_callers_span(traced: Traced) -> None:

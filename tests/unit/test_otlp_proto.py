@@ -1,0 +1,124 @@
+"""The hand-written OTLP encoder against the SDK's own: the same request, field for field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+
+from ctrltrace.exporters.otlp_proto import encode_spans
+
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+SERVICE = Resource({"service.name": "test", "service.instance.id": "pod-a"})
+SCOPE = InstrumentationScope("ctrltrace", "0.1.0")
+
+
+def context(span_id: int, *, trace_id: int = 0xABC, remote: bool = False) -> SpanContext:
+    return SpanContext(trace_id, span_id, remote, SAMPLED)
+
+
+def span(
+    name: str,
+    span_id: int,
+    *,
+    parent: SpanContext | None = None,
+    resource: Resource = SERVICE,
+    scope: InstrumentationScope | None = SCOPE,
+    **fields: object,
+) -> ReadableSpan:
+    return ReadableSpan(
+        name=name,
+        context=context(span_id),
+        parent=parent,
+        resource=resource,
+        instrumentation_scope=scope,
+        start_time=1_700_000_000_000_000_000 + span_id,
+        end_time=1_700_000_000_000_500_000 + span_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def assert_same_request(spans: Sequence[ReadableSpan]) -> None:
+    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    assert ours == sdk_encode(spans)
+
+
+def test_every_attribute_type_and_default_value() -> None:
+    attributes = {
+        "text": "ConfigMap",
+        "empty": "",
+        "unicode": "ünïcode ✓",
+        "yes": True,
+        "no": False,
+        "zero": 0,
+        "negative": -5,
+        "large": 2**62,
+        "float": 0.25,
+        "float zero": 0.0,
+        "texts": ("a", "b"),
+        "numbers": [1, 2, 3],
+    }
+    assert_same_request([span("event ConfigMap", 1, kind=SpanKind.CONSUMER, attributes=attributes)])
+
+
+def test_parents_links_events_status_and_flags() -> None:
+    root = span("event ConfigMap", 1, kind=SpanKind.CONSUMER, attributes={"k": "v"})
+    child = span(
+        "reconcile configmap",
+        2,
+        parent=context(1),
+        kind=SpanKind.CONSUMER,
+        links=[
+            Link(context(3), {"ctrltrace.link": "dispatch"}),
+            Link(context(4, trace_id=0xDEF, remote=True)),
+        ],
+        events=[Event("write", {"ctrltrace.write.verb": "create"}, 1_700_000_000_000_100_000)],
+        status=Status(StatusCode.ERROR, "RuntimeError: boom"),
+    )
+    remote_child = span("dispatch c", 5, parent=context(9, remote=True), kind=SpanKind.PRODUCER)
+    ok = span("lease acquired", 6, status=Status(StatusCode.OK))
+    assert_same_request([root, child, remote_child, ok])
+
+
+def test_trace_state_is_written_as_the_sdk_joins_it() -> None:
+    state = TraceState([("vendor", "value"), ("other", "1")])
+    traced = ReadableSpan(
+        name="event Pod",
+        context=SpanContext(0xABC, 7, False, SAMPLED, state),
+        resource=SERVICE,
+        instrumentation_scope=SCOPE,
+        start_time=1,
+        end_time=2,
+    )
+    assert_same_request([traced])
+
+
+@pytest.mark.parametrize("scope", [SCOPE, None])
+def test_spans_group_by_resource_then_scope(scope: InstrumentationScope | None) -> None:
+    other = Resource({"service.name": "other"}, schema_url="https://opentelemetry.io/schemas/1")
+    spans = [
+        span("a", 1, scope=scope),
+        span("b", 2, resource=other),
+        span("c", 3, scope=InstrumentationScope("x", schema_url="https://example.com/s")),
+        span("d", 4, scope=scope),
+    ]
+    assert_same_request(spans)
+
+
+def test_a_value_otlp_cannot_carry_is_refused() -> None:
+    with pytest.raises(TypeError, match="cannot be object"):
+        encode_spans([span("a", 1, attributes={"bad": object()})])
