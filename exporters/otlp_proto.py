@@ -3,7 +3,9 @@
 Installed as ``ctrltrace.exporters.otlp_proto``.
 
 Owns ``encode_spans``: the same ``ExportTraceServiceRequest`` the OpenTelemetry SDK's encoder
-builds (spans grouped by resource, then by instrumentation scope), serialised directly. The
+builds (spans grouped by resource, then by instrumentation scope), serialised directly; and its
+two halves for spans that never become SDK objects: ``encode_span`` (one Span message, as a
+span ends) and ``encode_request`` (a batch of them, from one resource and scope). The
 SDK builds a protobuf message object per span, attribute and value first, which measured a
 third of everything tracing cost per event; here each span is one ``bytes.join`` and the
 key-value pairs that recur (controller, kind, outcome, …) are encoded once and remembered.
@@ -21,9 +23,9 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status
 
-__all__ = ["encode_spans"]
+__all__ = ["encode_request", "encode_span", "encode_spans"]
 
 _double = struct.Struct("<d").pack
 _fixed64 = struct.Struct("<Q").pack
@@ -151,29 +153,40 @@ def _link(link: Link) -> bytes:
     )
 
 
-def _span(span: ReadableSpan) -> bytes:
-    context = span.get_span_context()
-    assert context is not None  # a finished span always has one
-    parent = span.parent
-    status = span.status
+def encode_span(
+    context: SpanContext,
+    name: str,
+    kind: SpanKind,
+    *,
+    parent: SpanContext | None,
+    start: int,
+    end: int,
+    attributes: Mapping[str, Any] | None = None,
+    events: Sequence[Event] = (),
+    links: Sequence[Link] = (),
+    status: Status | None = None,
+    dropped: tuple[int, int, int] = (0, 0, 0),  # attributes, events, links
+) -> bytes:
+    """One Span message, for ``encode_request``."""
+    dropped_attributes, dropped_events, dropped_links = dropped
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
         _trace_state(b"\x1a", context),
         b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent else b"",
-        _text(b"\x2a", span.name) if span.name else b"",
-        b"\x30" + _varint(_KINDS[span.kind]),
-        b"\x39" + _fixed64(span.start_time) if span.start_time else b"",
-        b"\x41" + _fixed64(span.end_time) if span.end_time else b"",
-        _attributes(b"\x4a", span.attributes),
-        b"\x50" + _varint(span.dropped_attributes) if span.dropped_attributes else b"",
+        _text(b"\x2a", name) if name else b"",
+        b"\x30" + _varint(_KINDS[kind]),
+        b"\x39" + _fixed64(start) if start else b"",
+        b"\x41" + _fixed64(end) if end else b"",
+        _attributes(b"\x4a", attributes),
+        b"\x50" + _varint(dropped_attributes) if dropped_attributes else b"",
     ]
-    parts += [_field(b"\x5a", _event(event)) for event in span.events]
-    if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
-    parts += [_field(b"\x6a", _link(link)) for link in span.links]
-    if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
+    parts += [_field(b"\x5a", _event(event)) for event in events]
+    if dropped_events:
+        parts.append(b"\x60" + _varint(dropped_events))
+    parts += [_field(b"\x6a", _link(link)) for link in links]
+    if dropped_links:
+        parts.append(b"\x70" + _varint(dropped_links))
     if status is not None:
         code = status.status_code.value
         parts.append(
@@ -187,6 +200,24 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def _span(span: ReadableSpan) -> bytes:
+    context = span.get_span_context()
+    assert context is not None  # a finished span always has one
+    return encode_span(
+        context,
+        span.name,
+        span.kind,
+        parent=span.parent,
+        start=span.start_time or 0,
+        end=span.end_time or 0,
+        attributes=span.attributes,
+        events=span.events,
+        links=span.links,
+        status=span.status,
+        dropped=(span.dropped_attributes, span.dropped_events, span.dropped_links),
+    )
+
+
 def _scope(scope: InstrumentationScope | None) -> bytes:
     if scope is None:
         return b""
@@ -197,6 +228,32 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
             _attributes(b"\x1a", scope.attributes),
         )
     )
+
+
+def encode_request(
+    resource: Resource, scope: InstrumentationScope | None, spans: Sequence[bytes]
+) -> bytes:
+    """An ``ExportTraceServiceRequest`` of spans (``encode_span``'s) from one resource and scope."""
+    return _resource_spans(resource, [(scope, spans)])
+
+
+def _resource_spans(
+    resource: Resource, scopes: Sequence[tuple[InstrumentationScope | None, Sequence[bytes]]]
+) -> bytes:
+    body = [_field(b"\x0a", _attributes(b"\x0a", resource.attributes))]
+    for scope, spans in scopes:
+        schema = scope.schema_url if scope is not None else None
+        scope_spans = b"".join(
+            (
+                _field(b"\x0a", _scope(scope)),
+                *(_field(b"\x12", span) for span in spans),
+                _text(b"\x1a", schema) if schema else b"",
+            )
+        )
+        body.append(_field(b"\x12", scope_spans))
+    if resource.schema_url:
+        body.append(_text(b"\x1a", resource.schema_url))
+    return _field(b"\x0a", b"".join(body))
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
@@ -215,22 +272,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         encoded = scopes.get(scope)
         if encoded is None:
             encoded = scopes[scope] = []
-        encoded.append(_field(b"\x12", _span(span)))
-    out = []
-    for key, scopes in grouped.items():
-        resource = resources[key]
-        body = [_field(b"\x0a", _attributes(b"\x0a", resource.attributes))]
-        for scope, encoded in scopes.items():
-            schema = scope.schema_url if scope is not None else None
-            scope_spans = b"".join(
-                (
-                    _field(b"\x0a", _scope(scope)),
-                    *encoded,
-                    _text(b"\x1a", schema) if schema else b"",
-                )
-            )
-            body.append(_field(b"\x12", scope_spans))
-        if resource.schema_url:
-            body.append(_text(b"\x1a", resource.schema_url))
-        out.append(_field(b"\x0a", b"".join(body)))
-    return b"".join(out)
+        encoded.append(_span(span))
+    return b"".join(
+        _resource_spans(resources[key], list(scopes.items())) for key, scopes in grouped.items()
+    )

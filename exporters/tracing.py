@@ -27,11 +27,13 @@ same spans as the live run did.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -58,7 +60,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ctrltrace._version import __version__
-from ctrltrace.exporters.otlp_proto import encode_spans
+from ctrltrace.exporters.otlp_proto import encode_request, encode_span, encode_spans
 from ctrltrace.records import ObjectRef, Record, Stage
 
 __all__ = [
@@ -152,6 +154,7 @@ _MAX_LINKS = 128
 # One is about 300 bytes, so a full map is about 20 MB.
 _CAPACITY = 65_536
 
+_SCOPE = InstrumentationScope("ctrltrace", __version__)
 # The SDK's default limit of events per span; links are capped at _MAX_LINKS likewise.
 _MAX_EVENTS = 128
 _UNSET = Status(StatusCode.UNSET)
@@ -363,7 +366,7 @@ class _Direct:
         self._sampler = provider.sampler
         self._always = self._sampler is DEFAULT_ON or self._sampler is ALWAYS_ON
         self._resource = provider.resource
-        self._scope = InstrumentationScope("ctrltrace", __version__)
+        self._scope = _SCOPE
         # The SDK offers no public way to hand a finished span to a provider's processors.
         self._processor: SpanProcessor = provider._active_span_processor
 
@@ -422,11 +425,45 @@ class _Direct:
         )
 
 
+class _Encoded(_Direct):
+    """Spans for the pipeline ``build_tracing`` makes: encoded as they end, queued as bytes.
+
+    No ``ReadableSpan``, no processor chain, and nothing for the garbage collector to trace
+    while spans wait (bytes hold no references): together that was most of what a span cost.
+    Ids and sampling as ``_Direct``; the provider's processors never see these spans.
+    """
+
+    def __init__(self, provider: TracerProvider, queue: _SpanQueue) -> None:
+        super().__init__(provider)
+        self._queue = queue
+
+    def finish(self, span: _Built, end: int) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        self._queue.offer(
+            encode_span(
+                span.context,
+                span.name,
+                span.kind,
+                parent=span.parent,
+                start=span.start,
+                end=end,
+                attributes=span.attributes,
+                events=span.events,
+                links=span.links,
+                status=span.status,
+            )
+        )
+
+
 class SpanSink:
     """A record sink that turns records into spans, with times and causes from the records.
 
     Attach it to a recorder only when tracing is configured. ``tracer`` is a tracer provider
-    (the sink takes its ``ctrltrace`` tracer) or a tracer. At most ``capacity`` span contexts
+    or a tracer: an SDK provider gets finished spans through its processors, anything else
+    through the API; with ``queue`` (``build_tracing``'s own) spans go straight into that
+    export queue, encoded, and the provider only lends its ids, sampler and resource. At most
+    ``capacity`` span contexts
     are remembered per map (events, dispatches and writes in one; requeues in another, as a
     requeue may wait much longer), and as many reconciles may be open at once; past that the
     oldest are forgotten, and a reconcile whose cause was forgotten gets no parent or link.
@@ -434,10 +471,16 @@ class SpanSink:
     Call it from one thread (the recorder's); ``trace_ids_for`` may be called from any.
     """
 
-    def __init__(self, tracer: trace.TracerProvider | trace.Tracer, *, capacity: int = _CAPACITY):
+    def __init__(
+        self,
+        tracer: trace.TracerProvider | trace.Tracer,
+        *,
+        capacity: int = _CAPACITY,
+        queue: _SpanQueue | None = None,
+    ):
         spans: _Direct | _ThroughApi
         if isinstance(tracer, TracerProvider):
-            spans = _Direct(tracer)
+            spans = _Direct(tracer) if queue is None else _Encoded(tracer, queue)
         elif isinstance(tracer, trace.TracerProvider):
             spans = _ThroughApi(tracer.get_tracer("ctrltrace", __version__))
         else:
@@ -862,6 +905,7 @@ class DropCounter:
         # Batches handed to the exporter after this (monotonic) time are not sent: it bounds
         # how long shutdown waits for a collector that does not answer.
         self.give_up_at = math.inf
+        self.queue: _SpanQueue | None = None  # build_tracing's, when its sink encodes spans
         self._provider = provider
 
     @property
@@ -871,6 +915,8 @@ class DropCounter:
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Send what is queued, waiting about ``timeout_s`` (plus one export timeout) at most."""
         self.give_up_at = min(self.give_up_at, time.monotonic() + timeout_s)
+        if self.queue is not None:
+            self.queue.shutdown()
         self._provider.shutdown()
 
     def collect(self) -> Iterator[Metric]:
@@ -983,6 +1029,110 @@ class _GatedBatchProcessor(SpanProcessor):
         return self._batch.force_flush(timeout_millis)
 
 
+class _SpanQueue:
+    """Encoded spans waiting for export, and the thread that sends them in batches.
+
+    The counterpart, for spans that are bytes, of the gated batch processor: ``offer`` never
+    blocks and refuses (and counts) a span when ``max_queue_size`` wait; the thread sends up to
+    ``max_export_batch_size`` per request every ``schedule_delay_s``, or as soon as a batch is
+    full, and counts each request's spans as exported or failed. ``send`` delivers one
+    serialised request and says whether the collector took it.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[bytes], bool],
+        frame: Callable[[Sequence[bytes]], bytes],
+        counter: DropCounter,
+        batch: BatchSettings,
+    ) -> None:
+        if (
+            min(batch.max_queue_size, batch.max_export_batch_size) < 1
+            or batch.schedule_delay_s <= 0
+        ):
+            raise TracingConfigError(
+                "span batch settings: the queue and batch sizes and the delay must be positive"
+            )
+        self._send = send
+        self._frame = frame
+        self._counter = counter
+        self._capacity = batch.max_queue_size
+        self._batch_size = min(batch.max_export_batch_size, batch.max_queue_size)
+        self._delay_s = batch.schedule_delay_s
+        self._spans: deque[bytes] = deque()
+        self._sending = 0  # spans taken for the request in flight
+        self._wake = threading.Event()
+        self._idle = threading.Condition(counter.lock)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ctrltrace spans", daemon=True)
+        self._thread.start()
+
+    def offer(self, span: bytes) -> None:
+        spans = self._spans
+        if self._closed or len(spans) >= self._capacity:
+            with self._counter.lock:
+                if self._closed:
+                    self._counter.unsent += 1
+                else:
+                    self._counter.queue_full += 1
+            return
+        spans.append(span)  # deque appends and pops are atomic: no lock on the hot path
+        if len(spans) == self._batch_size:
+            self._wake.set()
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every span offered so far has been sent (or counted as lost)."""
+        self._wake.set()
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: not (self._spans or self._sending) or not self._thread.is_alive(),
+                timeout_s,
+            )
+
+    def shutdown(self) -> None:
+        """Send what waits (until the counter's give-up time), then stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._thread.join()
+        with self._counter.lock:  # offered while the thread was finishing
+            self._counter.unsent += len(self._spans)
+            self._spans.clear()
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closed
+            self._send_waiting()
+            if closing:
+                return
+            self._wake.wait(self._delay_s)
+            self._wake.clear()
+
+    def _send_waiting(self) -> None:
+        spans, counter = self._spans, self._counter
+        while spans:
+            batch = [spans.popleft() for _ in range(min(len(spans), self._batch_size))]
+            with counter.lock:
+                self._sending = len(batch)
+            if time.monotonic() >= counter.give_up_at:
+                sent: bool | None = None
+            else:
+                try:
+                    sent = self._send(self._frame(batch))
+                except Exception:  # a bug in sending must cost its batch, not the thread
+                    sent = False
+            with counter.lock:
+                if sent is None:
+                    counter.unsent += len(batch)
+                elif sent:
+                    counter.exported += len(batch)
+                else:
+                    counter.failed += len(batch)
+                self._sending = 0
+                self._idle.notify_all()
+
+
 def build_tracing(
     exporter: SpanExporter,
     *,
@@ -1008,6 +1158,12 @@ def build_tracing(
     except ValueError as error:  # the batch processor's own checks: sizes and delay positive
         raise TracingConfigError(f"span batch settings: {error}") from error
     provider.add_span_processor(processor)
+    if isinstance(exporter, _HandEncodedExporter) and exporter.sends_encoded:
+        # The sink's spans skip the processors: encoded as they end, sent from their own queue.
+        frame = functools.partial(encode_request, resource, _SCOPE)
+        queue = _SpanQueue(exporter.send_encoded, frame, counter, batch or BatchSettings.from_env())
+        counter.queue = queue
+        return provider, SpanSink(provider, queue=queue), counter
     return provider, SpanSink(provider), counter
 
 
@@ -1061,16 +1217,25 @@ class _HandEncodedExporter(OTLPSpanExporter):
     have that client, the SDK's own encoding is used.
     """
 
+    @property
+    def sends_encoded(self) -> bool:
+        return getattr(self, "_client", None) is not None
+
+    def send_encoded(self, request: bytes) -> bool:
+        """Send a serialised ``ExportTraceServiceRequest``; whether the collector took it."""
+        if getattr(self, "_shutdown", True):
+            return False
+        return bool(self._client.export(request).success)
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)
-        if client is None or getattr(self, "_shutdown", True):
+        if not self.sends_encoded:
             return super().export(spans)
         try:
-            data = encode_spans(spans)
+            request = encode_spans(spans)
         except Exception:  # a value the encoder refuses costs its batch, counted as failed
             return SpanExportResult.FAILURE
-        sent = client.export(data)
-        return SpanExportResult.SUCCESS if sent.success else SpanExportResult.FAILURE
+        sent = self.send_encoded(request)
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
 
 
 def _otlp_exporter(endpoint: str | None, protocol: str, timeout_s: float) -> SpanExporter:

@@ -17,11 +17,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -31,8 +33,10 @@ from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ctrltrace.exporters.otlp_json import encode_otlp_json, write_otlp_json
+from ctrltrace.exporters.otlp_proto import encode_spans
 from ctrltrace.exporters.tracing import (
     BatchSettings,
+    DropCounter,
     SpanSink,
     TracingConfigError,
     build_tracing,
@@ -732,31 +736,189 @@ class Stalled(SpanExporter):
         return self.result
 
 
-def test_a_full_queue_drops_and_counts_spans_instead_of_growing() -> None:
-    exporter = Stalled()
+class Collector:
+    """A local OTLP/HTTP collector that keeps every request and answers when ``release`` is set.
+
+    ``delay_s``: how long each answer waits for ``release`` at most; ``status``: the answer's.
+    """
+
+    def __init__(self, *, delay_s: float = 0.0, status: int = 200) -> None:
+        self.release = threading.Event()
+        if delay_s == 0:
+            self.release.set()
+        self.requests: list[ExportTraceServiceRequest] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.requests.append(ExportTraceServiceRequest.FromString(body))
+                collector.release.wait(delay_s)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = False  # so that close() waits for every answer
+        self._thread = threading.Thread(target=self._server.serve_forever)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def spans(self) -> list[Any]:
+        return [
+            span
+            for request in self.requests
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+    def close(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    running = Collector()
+    yield running
+    running.close()
+
+
+def test_spans_reach_a_collector_encoded_as_the_sdk_would_send_them(collector: Collector) -> None:
+    first = event(T0)
+    queued = dispatch(first)
+    begin = start([queued], T0 + 1)
+    chain = (first, queued, begin, done(begin, T0 + 2))
+    configured = configure_tracing(collector.endpoint, service_name="shape")
+    assert configured is not None
+    _, sink, counter = configured
+    for record in chain:
+        sink(record)
+    counter.shutdown(timeout_s=5)
+    assert (counter.exported, counter.dropped, counter.failed) == (3, 0, 0)
+    [request] = collector.requests
+    [resource_spans] = request.resource_spans
+    resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+    assert resource["service.name"] == "shape"
+    assert resource_spans.scope_spans[0].scope.name == "ctrltrace"
+    # The same spans, field for field but the ids, as the in-memory path gives.
+    reference = Traced()
+    reference.feed(*chain)
+    expected = ExportTraceServiceRequest.FromString(encode_spans(reference.spans))
+    reference.provider.shutdown()
+    assert shapes(collector.spans()) == shapes(
+        [span for rs in expected.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    )
+
+
+def shapes(spans: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Each span as (name, kind, parent's name, times, attributes, status), ids left out."""
+    names = {span.span_id: span.name for span in spans}
+    return sorted(
+        (
+            span.name,
+            span.kind,
+            names.get(span.parent_span_id),
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+            sorted((kv.key, str(kv.value)) for kv in span.attributes),
+            span.status.code,
+            [names.get(link.span_id) for link in span.links],
+        )
+        for span in spans
+    )
+
+
+class Pipelines:
+    """The two export pipelines build_tracing makes, each stalled until ``release()``.
+
+    "sdk": any SpanExporter, behind the gated batch processor; "otlp": OTLP/HTTP to a
+    collector, spans encoded as they end and sent from their own queue. Each answers a batch
+    after ``seconds`` at most, with ``ok``.
+    """
+
+    def __init__(self, kind: str, *, seconds: float = 30.0, ok: bool = True) -> None:
+        self.kind = kind
+        self.collector: Collector | None = None
+        self.exporter: Stalled | None = None
+        if kind == "sdk":
+            result = SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+            self.exporter = Stalled(seconds=seconds, result=result)
+        else:
+            self.collector = Collector(delay_s=seconds, status=200 if ok else 400)
+
+    def build(self, batch: BatchSettings) -> tuple[SpanSink, DropCounter]:
+        if self.exporter is not None:
+            _, sink, counter = build_tracing(self.exporter, batch=batch)
+        else:
+            assert self.collector is not None
+            configured = configure_tracing(self.collector.endpoint, batch=batch)
+            assert configured is not None
+            _, sink, counter = configured
+        return sink, counter
+
+    def release(self) -> None:
+        if self.exporter is not None:
+            self.exporter.release.set()
+        if self.collector is not None:
+            self.collector.release.set()
+
+    @property
+    def received(self) -> int:
+        if self.exporter is not None:
+            return self.exporter.exported
+        assert self.collector is not None
+        return len(self.collector.spans())
+
+    def close(self) -> None:
+        self.release()
+        if self.collector is not None:
+            self.collector.close()
+
+
+@pytest.mark.parametrize("kind", ["sdk", "otlp"])
+def test_a_full_queue_drops_and_counts_spans_instead_of_growing(kind: str) -> None:
+    pipelines = Pipelines(kind)
     batch = BatchSettings(max_queue_size=10, max_export_batch_size=5, schedule_delay_s=0.01)
-    _, sink, counter = build_tracing(exporter, batch=batch)
+    sink, counter = pipelines.build(batch)
     try:
         for i in range(40):
             sink(event(T0 + i))
         # At most one batch (5) is in the stalled export and 10 wait: the rest are counted.
         assert 25 <= counter.queue_full <= 30
     finally:
-        exporter.release.set()
+        pipelines.release()
         counter.shutdown(timeout_s=5)
-    assert counter.exported == exporter.exported == 40 - counter.queue_full
+        pipelines.close()
+    assert counter.exported == pipelines.received == 40 - counter.queue_full
     assert counter.dropped == counter.queue_full and counter.failed == 0
 
 
-def test_shutdown_gives_up_on_a_collector_that_does_not_answer() -> None:
-    exporter = Stalled(seconds=0.3, result=SpanExportResult.FAILURE)  # each batch times out
-    batch = BatchSettings(max_queue_size=100, max_export_batch_size=5, schedule_delay_s=0.01)
-    _, sink, counter = build_tracing(exporter, batch=batch)
-    for i in range(20):
-        sink(event(T0 + i))
-    began = time.monotonic()
-    counter.shutdown(timeout_s=0.1)
-    assert time.monotonic() - began < 1.5  # not four batches of 0.3 s and more
+@pytest.mark.parametrize("kind", ["sdk", "otlp"])
+def test_shutdown_gives_up_on_a_collector_that_does_not_answer(kind: str) -> None:
+    pipelines = Pipelines(kind, seconds=0.3, ok=False)  # each batch times out
+    batch = BatchSettings(
+        max_queue_size=100, max_export_batch_size=5, schedule_delay_s=0.01, export_timeout_s=0.3
+    )
+    sink, counter = pipelines.build(batch)
+    try:
+        for i in range(20):
+            sink(event(T0 + i))
+        began = time.monotonic()
+        counter.shutdown(timeout_s=0.1)
+        assert time.monotonic() - began < 1.5  # not four batches of 0.3 s and more
+    finally:
+        pipelines.close()
     assert counter.failed + counter.unsent == 20
     assert counter.unsent >= 10 and counter.exported == 0
     sink(event(T0 + 21))  # after shutdown: counted, not queued
