@@ -41,17 +41,20 @@ _KINDS = {
     SpanKind.PRODUCER: 4,
     SpanKind.CONSUMER: 5,
 }
-# KeyValues of hashable values, length-prefixed, by (key, type, value); cleared when full.
-_REMEMBERED = 65_536
-_pairs: dict[tuple[str, type, Any], bytes] = {}
-_REPEATING = frozenset({str, bool, int})  # exact types: isinstance against ABCs is slow
+# Length-prefixed KeyValues of string attributes, per key by value: controller, kind and
+# outcome recur from span to span. A key's map is cleared when full (names and uids do not).
+_REMEMBERED = 4_096
+_strings: dict[str, dict[str, bytes]] = {}
+_keys: dict[str, bytes] = {}  # each attribute name as a KeyValue's key field
+_heads: dict[tuple[str, SpanKind], bytes] = {}  # a span's name and kind fields
+_SHORT = [bytes((length,)) for length in range(0x80)]  # one-byte varints
 
 
 def _varint(value: int) -> bytes:
     if value < 0:  # int64: two's complement over ten bytes
         value += 1 << 64
     if value < 0x80:
-        return bytes((value,))
+        return _SHORT[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -60,13 +63,19 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _delimited(payload: bytes) -> bytes:
+    """The payload of a length-delimited field, after its length."""
+    length = len(payload)
+    return (_SHORT[length] if length < 0x80 else _varint(length)) + payload
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: its tag, the payload's length, the payload."""
-    return b"".join((tag, _varint(len(payload)), payload))
+    return tag + _delimited(payload)
 
 
 def _text(tag: bytes, text: str) -> bytes:
-    return _field(tag, text.encode())
+    return tag + _delimited(text.encode())
 
 
 def _value(value: Any) -> bytes:
@@ -93,32 +102,57 @@ def _value(value: Any) -> bytes:
 
 def _pair(key: str, value: Any) -> bytes:
     """A KeyValue."""
-    return _text(b"\x0a", key) + _field(b"\x12", _value(value))
+    return _key(key) + _field(b"\x12", _value(value))
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """Each attribute as a repeated KeyValue field under ``tag``."""
+    """Each attribute as a repeated KeyValue field under ``tag``.
+
+    The common types are written inline: this runs for every attribute of every span.
+    """
     if not attributes:
         return b""
-    parts = []
+    parts: list[bytes] = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind not in _REPEATING:  # floats (durations) and sequences: rarely seen twice
-            parts.append(_field(tag, _pair(key, value)))
+        if kind is str:
+            known = _strings.get(key)
+            if known is None:
+                known = _strings[key] = {}
+            delimited = known.get(value)
+            if delimited is None:
+                if len(known) >= _REMEMBERED:
+                    known.clear()
+                delimited = known[value] = _delimited(
+                    _key(key) + b"\x12" + _delimited(b"\x0a" + _delimited(value.encode()))
+                )
+            parts += (tag, delimited)
             continue
-        remembered = (key, kind, value)
-        delimited = _pairs.get(remembered)
-        if delimited is None:
-            if len(_pairs) >= _REMEMBERED:
-                _pairs.clear()
-            delimited = _pairs[remembered] = _field(b"", _pair(key, value))
-        parts.append(tag + delimited)
+        if kind is float:
+            any_value = b"\x21" + _double(value)
+        elif kind is int:
+            any_value = b"\x18" + _varint(value)
+        else:
+            any_value = _value(value)
+        parts += (tag, _delimited(_key(key) + b"\x12" + _delimited(any_value)))
     return b"".join(parts)
+
+
+def _key(key: str) -> bytes:
+    encoded = _keys.get(key)
+    if encoded is None:
+        encoded = _keys[key] = _text(b"\x0a", key)
+    return encoded
 
 
 def _flags(parent: SpanContext | None) -> bytes:
     remote = parent is not None and parent.is_remote
     return _fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
+
+
+# A span's flags field (16, fixed32), by whether its parent is remote.
+_LOCAL_FLAGS = b"\x85\x01" + _flags(None)
+_REMOTE_FLAGS = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def _trace_state(tag: bytes, context: SpanContext) -> bytes:
@@ -169,18 +203,32 @@ def encode_span(
 ) -> bytes:
     """One Span message, for ``encode_request``."""
     dropped_attributes, dropped_events, dropped_links = dropped
+    head = _heads.get((name, kind))
+    if head is None:  # the name and kind fields: a few distinct pairs make all the spans
+        if len(_heads) >= _REMEMBERED:
+            _heads.clear()
+        head = _heads[name, kind] = (_text(b"\x2a", name) if name else b"") + bytes(
+            (0x30, _KINDS[kind])
+        )
     parts = [
-        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        _trace_state(b"\x1a", context),
-        b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent else b"",
-        _text(b"\x2a", name) if name else b"",
-        b"\x30" + _varint(_KINDS[kind]),
-        b"\x39" + _fixed64(start) if start else b"",
-        b"\x41" + _fixed64(end) if end else b"",
-        _attributes(b"\x4a", attributes),
-        b"\x50" + _varint(dropped_attributes) if dropped_attributes else b"",
+        b"\x0a\x10",
+        context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        context.span_id.to_bytes(8, "big"),
     ]
+    if context.trace_state:
+        parts.append(_trace_state(b"\x1a", context))
+    if parent:
+        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+    parts.append(head)
+    if start:
+        parts += (b"\x39", _fixed64(start))
+    if end:
+        parts += (b"\x41", _fixed64(end))
+    if attributes:
+        parts.append(_attributes(b"\x4a", attributes))
+    if dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped_attributes))
     parts += [_field(b"\x5a", _event(event)) for event in events]
     if dropped_events:
         parts.append(b"\x60" + _varint(dropped_events))
@@ -189,14 +237,17 @@ def encode_span(
         parts.append(b"\x70" + _varint(dropped_links))
     if status is not None:
         code = status.status_code.value
-        parts.append(
-            _field(
-                b"\x7a",
-                (_text(b"\x12", status.description) if status.description else b"")
-                + (b"\x18" + _varint(code) if code else b""),
+        if code or status.description:
+            parts.append(
+                _field(
+                    b"\x7a",
+                    (_text(b"\x12", status.description) if status.description else b"")
+                    + (b"\x18" + _varint(code) if code else b""),
+                )
             )
-        )
-    parts.append(b"\x85\x01" + _flags(parent))
+        else:
+            parts.append(b"\x7a\x00")  # present, and empty, as the SDK writes it
+    parts.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
     return b"".join(parts)
 
 

@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -284,6 +284,24 @@ class _ThroughApi:
     ) -> _Spanning:
         return self._tracer.start_span(name, _parented(parent), kind, attributes, links, start)
 
+    def point(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        *,
+        links: Sequence[Link],
+        at: int,
+        status: Status,
+    ) -> SpanContext:
+        """A span that starts and ends at ``at``; its context."""
+        span = self.start(name, parent, kind, attributes, links=links, start=at)
+        if status is not _UNSET:
+            span.set_status(status)
+        span.end(at)
+        return span.get_span_context()
+
 
 class _Built:
     """A span the sink builds itself, handed to the provider's processors when it ends."""
@@ -350,6 +368,21 @@ class _Built:
         self._to.finish(self, time.time_ns() if end_time is None else end_time)
 
 
+class _Ended(NamedTuple):
+    """A finished span, as ``_Direct`` hands it on."""
+
+    name: str
+    context: SpanContext
+    parent: SpanContext | None
+    kind: SpanKind
+    attributes: Attributes
+    events: Sequence[Event]
+    links: Sequence[Link]
+    status: Status
+    start: int
+    end: int
+
+
 class _Direct:
     """Spans for an SDK tracer provider, built without the SDK's span machinery.
 
@@ -370,16 +403,14 @@ class _Direct:
         # The SDK offers no public way to hand a finished span to a provider's processors.
         self._processor: SpanProcessor = provider._active_span_processor
 
-    def start(
+    def _context(
         self,
         name: str,
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: Attributes,
-        *,
         links: Sequence[Link],
-        start: int,
-    ) -> _Spanning:
+    ) -> SpanContext:
         if parent is not None:
             trace_id, flags = parent.trace_id, parent.trace_flags
         else:
@@ -392,7 +423,19 @@ class _Direct:
                 is Decision.RECORD_AND_SAMPLE
             )
             flags = _SAMPLED if sampled else _NOT_SAMPLED
-        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
+        return SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
+
+    def start(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        *,
+        links: Sequence[Link],
+        start: int,
+    ) -> _Spanning:
+        context = self._context(name, parent, kind, attributes, links)
         return _Built(
             self,
             name,
@@ -404,9 +447,43 @@ class _Direct:
             start=start,
         )
 
+    def point(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+        *,
+        links: Sequence[Link],
+        at: int,
+        status: Status,
+    ) -> SpanContext:
+        """A span that starts and ends at ``at``; its context. No ``_Built`` in between."""
+        context = self._context(name, parent, kind, attributes, links)
+        if context.trace_flags.sampled:
+            self._deliver(
+                _Ended(name, context, parent, kind, attributes, (), links, status, at, at)
+            )
+        return context
+
     def finish(self, span: _Built, end: int) -> None:
-        if not span.context.trace_flags.sampled:
-            return
+        if span.context.trace_flags.sampled:
+            self._deliver(
+                _Ended(
+                    span.name,
+                    span.context,
+                    span.parent,
+                    span.kind,
+                    span.attributes,
+                    span.events,
+                    span.links,
+                    span.status,
+                    span.start,
+                    end,
+                )
+            )
+
+    def _deliver(self, span: _Ended) -> None:
         self._processor.on_end(
             ReadableSpan(
                 name=span.name,
@@ -419,7 +496,7 @@ class _Direct:
                 kind=span.kind,
                 status=span.status,
                 start_time=span.start,
-                end_time=end,
+                end_time=span.end,
                 instrumentation_scope=self._scope,
             )
         )
@@ -437,9 +514,7 @@ class _Encoded(_Direct):
         super().__init__(provider)
         self._queue = queue
 
-    def finish(self, span: _Built, end: int) -> None:
-        if not span.context.trace_flags.sampled:
-            return
+    def _deliver(self, span: _Ended) -> None:
         self._queue.offer(
             encode_span(
                 span.context,
@@ -447,7 +522,7 @@ class _Encoded(_Direct):
                 span.kind,
                 parent=span.parent,
                 start=span.start,
-                end=end,
+                end=span.end,
                 attributes=span.attributes,
                 events=span.events,
                 links=span.links,
@@ -485,7 +560,7 @@ class SpanSink:
             spans = _ThroughApi(tracer.get_tracer("ctrltrace", __version__))
         else:
             spans = _ThroughApi(tracer)
-        self._start = spans.start
+        self._spans = spans
         self.capacity = capacity
         self._contexts: _Generations[int, SpanContext] = _Generations(capacity)
         self._requeues: _Generations[int, SpanContext] = _Generations(capacity)
@@ -607,7 +682,7 @@ class SpanSink:
             attributes[RETRIES] = retries
         if len(record.cause_ids) > 1:  # the convention leaves it off single-message spans
             attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(record.cause_ids)
-        span = self._start(
+        span = self._spans.start(
             self._reconcile_names[record.controller],
             parent,
             SpanKind.CONSUMER,
@@ -740,12 +815,10 @@ class SpanSink:
         error: str | None = None,
     ) -> SpanContext:
         """A span that starts and ends at one record's time; its context."""
-        start = _ns(at)
-        span = self._start(name, parent, kind, attributes, links=links, start=start)
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(start)
-        return span.get_span_context()
+        status = _UNSET if error is None else Status(StatusCode.ERROR, error)
+        return self._spans.point(
+            name, parent, kind, attributes, links=links, at=_ns(at), status=status
+        )
 
     # -- reading and closing ------------------------------------------------------------------
 
