@@ -108,7 +108,10 @@ _MAX_PENDING = 200_000
 _RETENTION_EVERY_S = 10.0
 _SIZE_TARGET = 0.9  # trim to 90% of max_bytes, so a full journal is not trimmed every pass
 _CHUNK = 128  # records pickled together: few enough that they die young (see _Chunk)
-_DECODED_CHUNKS = 512  # kept by a reader: explain and the TUI read the same chunks again
+# Chunks a reader keeps decoded for lookups by key: explain reads an object's chunks again for
+# its causes and its owner's reconciles, and the TUI explains one object after another. Tails
+# and windows read each chunk once and keep none: a tailing TUI would otherwise hold them all.
+_DECODED_CHUNKS = 128
 _CHECKPOINT_PAGES = 1000
 _WAL_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
 
@@ -643,13 +646,14 @@ class Journal:
             for index, (offset, size, before) in enumerate(_chunk_spans(chunks)):
                 if lines and not any(line in sections[index] for line in lines):
                     continue
-                stored = decoded.get((seq, index))
+                stored = decoded.get((seq, index)) if lines else None
                 if stored is None:
                     with self._errors():
                         stored = _unpickle(body[offset : offset + size])
-                    decoded[seq, index] = stored
-                    if len(decoded) > _DECODED_CHUNKS:
-                        decoded.popitem(last=False)
+                    if lines:
+                        decoded[seq, index] = stored
+                        if len(decoded) > _DECODED_CHUNKS:
+                            decoded.popitem(last=False)
                 else:
                     decoded.move_to_end((seq, index))
                 first = seq + before
