@@ -82,7 +82,7 @@ def record_chains(records: int, objects: int, start: float) -> Iterator[Record]:
 def ingest(path: Path, records: int, objects: int) -> dict[str, float]:
     start = time.time() - 3600
     began = time.perf_counter()
-    with JournalWriter(path, batch_size=2_000) as writer:
+    with JournalWriter(path) as writer:
         for n, record in enumerate(record_chains(records, objects, start), 1):
             writer(record)
             if n % 50_000 == 0:  # the writer would drop what does not fit its buffer: keep up

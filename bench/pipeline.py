@@ -275,7 +275,8 @@ async def run_once(config: Config, events: int, objects: int, batch: int, second
         if isinstance(sink, JournalWriter):
             sink.close()
             if sink.dropped:
-                print(f"  {config.label}: the journal dropped {sink.dropped} records")
+                why = f" ({sink.last_error})" if sink.last_error else " (its buffer was full)"
+                print(f"  {config.label}: the journal dropped {sink.dropped} records{why}")
             shutil.rmtree(sink.path.parent)
     missed = [key for key, obj in informer.store.items() if reconciled.get(key) is not obj]
     if missed:

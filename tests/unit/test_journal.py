@@ -195,7 +195,8 @@ def test_retention_keeps_the_file_near_max_bytes_and_the_newest_rows(tmp_path: P
     limit = 256 * 2**10
     total = 0
     sizes = []
-    with JournalWriter(path, max_bytes=limit, retention_interval_s=0.0) as writer:
+    # Batches of a thousand records, a fraction of the limit: retention deletes whole batches.
+    with JournalWriter(path, max_bytes=limit, retention_interval_s=0.0, batch_size=1_000) as writer:
         for _ in range(12):
             for _ in range(3_000):
                 writer(event(f"cm-{total % 97}", T0 + total * 0.001))
@@ -219,6 +220,13 @@ def test_retention_keeps_the_file_near_max_bytes_and_the_newest_rows(tmp_path: P
     assert 0 < count < total
     assert window[-1].time == T0 + (total - 1) * 0.001  # the newest survive
     assert newest.time > T0  # the oldest were deleted
+
+
+def test_a_journal_over_its_size_keeps_its_newest_batch(tmp_path: Path) -> None:
+    records = [event(f"cm-{i}", T0 + i * 0.001, writer="w" * 50) for i in range(5_000)]
+    write_all(tmp_path / "j.db", records, max_bytes=64 * 2**10, retention_interval_s=0.0)
+    with Journal(tmp_path / "j.db") as journal:
+        assert journal.count() == 5_000  # one batch, alone bigger than max_bytes
 
 
 def test_about_returns_the_object_its_chain_and_children_mapped_to_it(tmp_path: Path) -> None:
