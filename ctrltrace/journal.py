@@ -112,7 +112,10 @@ _CHUNK = 128  # records pickled together: few enough that they die young (see _C
 # its causes and its owner's reconciles, and the TUI explains one object after another. Tails
 # and windows read each chunk once and keep none: a tailing TUI would otherwise hold them all.
 _DECODED_CHUNKS = 128
-_CHECKPOINT_PAGES = 1000
+# A batch is a blob of several hundred KiB: in 64 KiB pages it is a few WAL frames rather
+# than hundreds, which halved the writer's cost per record against the default 4 KiB.
+_PAGE_SIZE = 65_536
+_CHECKPOINT_PAGES = 64  # 4 MiB of WAL
 _WAL_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
 
 
@@ -568,6 +571,8 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
     try:
         with _sqlite_errors(path, _WRITE_TIMEOUT_S):
             existing = _check_identity(path, db, empty_ok=True)
+            if not existing:  # the page size is fixed once the file is in WAL mode
+                db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             db.execute("PRAGMA journal_mode = WAL")
             # In WAL mode NORMAL never corrupts; a crash loses at most the last transaction.
             db.execute("PRAGMA synchronous = NORMAL")
