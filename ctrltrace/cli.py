@@ -229,10 +229,14 @@ def run(  # click passes every parameter by keyword
 
 
 def _open_journal(path: Path, max_age: str, max_size_mib: int) -> JournalWriter:
-    from ctrltrace.journal import JournalError, JournalWriter
+    from ctrltrace.journal import JournalError, JournalForeign, JournalWriter
 
     try:
         return JournalWriter(path, max_age_s=_seconds(max_age), max_bytes=max_size_mib * 2**20)
+    except JournalForeign as error:
+        # Most often the journal an older ctrltrace left in the working directory.
+        hint = "; move it away, or pass --journal with a new path"
+        raise CommandError(f"{error}{hint}", ExitCode.JOURNAL) from error
     except JournalError as error:
         raise CommandError(str(error), ExitCode.JOURNAL) from error
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ctrltrace.cli import ExitCode, main
+from ctrltrace.journal import APPLICATION_ID, SCHEMA_VERSION
 
 APP = """
 import ctrltrace as ct
@@ -93,3 +95,20 @@ def test_unreachable_api_server(app_dir: Path) -> None:
 def test_a_file_path_app_loads(app_dir: Path) -> None:
     exit_code, output = _run("./demoapp.py:broken", "--kubeconfig", "/nonexistent")
     assert exit_code == ExitCode.APP and "idle: no watches" in output
+
+
+def test_a_journal_of_another_schema_says_what_to_do(app_dir: Path) -> None:
+    old = app_dir / ".ctrltrace" / "journal.sqlite"
+    old.parent.mkdir()
+    raw = sqlite3.connect(old)
+    raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    raw.execute("CREATE TABLE records (seq INTEGER PRIMARY KEY)")
+    raw.commit()
+    raw.close()
+    kubeconfig = _kubeconfig(app_dir / "kc.json", "https://127.0.0.1:1")
+    exit_code, output = _run("demoapp:mgr", "--kubeconfig", str(kubeconfig))
+    assert exit_code == ExitCode.JOURNAL
+    assert len(output.splitlines()) == 1
+    assert f"was written by schema version {SCHEMA_VERSION - 1}" in output
+    assert output.endswith("move it away, or pass --journal with a new path")
