@@ -112,10 +112,12 @@ _CHUNK = 128  # records pickled together: few enough that they die young (see _C
 # its causes and its owner's reconciles, and the TUI explains one object after another. Tails
 # and windows read each chunk once and keep none: a tailing TUI would otherwise hold them all.
 _DECODED_CHUNKS = 128
-# A batch is a blob of several hundred KiB: in 64 KiB pages it is a few WAL frames rather
-# than hundreds, which halved the writer's cost per record against the default 4 KiB.
-_PAGE_SIZE = 65_536
-_CHECKPOINT_PAGES = 64  # 4 MiB of WAL
+# SQLite's default page. 64 KiB pages made a large batch a few WAL frames (the writer's cost
+# per record at 150k records/s fell by half) but every small commit writes whole pages, and
+# at a steady 200 events/s, which is what controllers mostly see, the journal cost twice as
+# much.
+_PAGE_SIZE = 4096
+_CHECKPOINT_PAGES = 1024  # 4 MiB of WAL
 _WAL_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
 
 
