@@ -414,7 +414,9 @@ class TraceApp(App[None]):
             self._render_timer.stop()
             self._render_timer = None
         self._last_render = time.monotonic()
-        if self.failure:
+        # Not while another screen is on top, or while the app starts or stops: the tables are
+        # the main screen's (a tick then found no '#events' and raised).
+        if self.failure or not self.query("#events"):
             return
         state, now = self.shown, self.now()
         self._render_events(state)

@@ -908,6 +908,26 @@ def test_the_live_view_picks_up_records_appended_while_it_is_open(tmp_path: Path
     run(scenario)
 
 
+def test_the_tick_is_harmless_under_other_screens_and_when_stopping(
+    journal: Path,
+) -> None:
+    async def scenario() -> None:
+        app = app_on(journal, END + 2)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settled(pilot, len(DEMO.records))
+            await pilot.press("question_mark")
+            await pilot.pause()
+            app._tick()  # with the help on top: the main screen's tables are not there
+            await pilot.press("escape")
+            await pilot.pause()
+            app._tick()
+            assert "shop/" in screen_text(app)
+            await pilot.exit(None)
+        app._tick()  # a tick that comes as the app stops
+
+    run(scenario)
+
+
 @pytest.mark.parametrize("size", [(80, 24), (60, 16), (40, 10)])
 def test_small_terminals_render_without_a_crash(journal: Path, size: tuple[int, int]) -> None:
     async def scenario() -> None:
