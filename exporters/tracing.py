@@ -310,6 +310,7 @@ class _Built:
         "_to",
         "attributes",
         "context",
+        "end_time",
         "events",
         "kind",
         "links",
@@ -340,6 +341,7 @@ class _Built:
         self.links = list(links)
         self.events: list[Event] = []
         self.start = start
+        self.end_time = 0  # set when it ends
         self.status = _UNSET
 
     def get_span_context(self) -> SpanContext:
@@ -369,7 +371,7 @@ class _Built:
 
 
 class _Ended(NamedTuple):
-    """A finished span, as ``_Direct`` hands it on."""
+    """A point span, finished as it starts: as ``_Direct`` hands it on (so is an ended _Built)."""
 
     name: str
     context: SpanContext
@@ -380,7 +382,7 @@ class _Ended(NamedTuple):
     links: Sequence[Link]
     status: Status
     start: int
-    end: int
+    end_time: int
 
 
 class _Direct:
@@ -468,22 +470,10 @@ class _Direct:
 
     def finish(self, span: _Built, end: int) -> None:
         if span.context.trace_flags.sampled:
-            self._deliver(
-                _Ended(
-                    span.name,
-                    span.context,
-                    span.parent,
-                    span.kind,
-                    span.attributes,
-                    span.events,
-                    span.links,
-                    span.status,
-                    span.start,
-                    end,
-                )
-            )
+            span.end_time = end
+            self._deliver(span)
 
-    def _deliver(self, span: _Ended) -> None:
+    def _deliver(self, span: _Ended | _Built) -> None:
         self._processor.on_end(
             ReadableSpan(
                 name=span.name,
@@ -496,7 +486,7 @@ class _Direct:
                 kind=span.kind,
                 status=span.status,
                 start_time=span.start,
-                end_time=span.end,
+                end_time=span.end_time,
                 instrumentation_scope=self._scope,
             )
         )
@@ -514,7 +504,7 @@ class _Encoded(_Direct):
         super().__init__(provider)
         self._queue = queue
 
-    def _deliver(self, span: _Ended) -> None:
+    def _deliver(self, span: _Ended | _Built) -> None:
         self._queue.offer(
             encode_span(
                 span.context,
@@ -522,7 +512,7 @@ class _Encoded(_Direct):
                 span.kind,
                 parent=span.parent,
                 start=span.start,
-                end=span.end,
+                end=span.end_time,
                 attributes=span.attributes,
                 events=span.events,
                 links=span.links,
