@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,7 +138,15 @@ class Manager:
     # -- running -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until SIGINT or SIGTERM (blocking)."""
+        """Run until SIGINT or SIGTERM (blocking), as the process's main program.
+
+        Owning the process, it also sets aside everything start-up created (modules, classes,
+        the user's own globals) from the garbage collector (``gc.freeze``): every full
+        collection during the run would otherwise trace all of it again.
+        """
+        # A controller's full collections are driven by its growing caches; with the start-up
+        # heap traced each time, they were half of what a journal cost on top of no sinks.
+        gc.freeze()
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
