@@ -185,9 +185,9 @@ def run(  # click passes every parameter by keyword
     """Run the Manager APP (MODULE:ATTR, like uvicorn: app:mgr or ./app.py:mgr).
 
     Every record goes to the journal (by default kept for 24 hours and under 256 MiB), to
-    /metrics, and to OpenTelemetry when an endpoint is configured.
+    /metrics unless it is disabled, and to OpenTelemetry when an endpoint is configured.
     """
-    from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink
+    from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink, serves
     from ctrltrace.exporters.tracing import trace_ids_processor
     from ctrltrace.logs import configure
 
@@ -209,16 +209,19 @@ def run(  # click passes every parameter by keyword
         options.health_probe_bind_address = health_probe_bind_address
     journal = _open_journal(journal_path, journal_max_age, journal_max_size)
     manager.add_sink(journal)
-    metrics = PrometheusSink(manager)
-    manager.add_sink(metrics)
-    manager.add(MetricsEndpoint(metrics, options.metrics_bind_address))
+    # With /metrics off nobody can read a counter: no metric work on any record.
+    metrics = PrometheusSink(manager) if serves(options.metrics_bind_address) else None
+    if metrics is not None:
+        manager.add_sink(metrics)
+        manager.add(MetricsEndpoint(metrics, options.metrics_bind_address))
     with contextlib.ExitStack() as stack:
         stack.callback(journal.close)
         if tracing is not None:
             _, spans, losses = tracing
             manager.add_sink(spans)
-            metrics.registry.register(losses)
-            stack.callback(losses.shutdown)  # runs first: flushes what the run produced
+            if metrics is not None:
+                metrics.registry.register(losses)
+            stack.callback(_settle_spans, losses)  # runs first: flushes what the run produced
         with command_errors(), cluster_for(args, options):
             if tui:
                 from ctrltrace.tui.command import run_with_tui
@@ -258,6 +261,21 @@ def _tracing(
         # while a collector is down would only bury the controller's own logs.
         logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     return tracing
+
+
+def _settle_spans(losses: DropCounter) -> None:
+    """Send what the run's spans left queued, and say so when some never reached the collector
+    (/metrics counts them too, when it is on)."""
+    import structlog
+
+    losses.shutdown()
+    if losses.dropped or losses.failed:
+        structlog.get_logger("ctrltrace").warning(
+            "spans lost",
+            dropped=losses.dropped,
+            failed=losses.failed,
+            exported=losses.exported,
+        )
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

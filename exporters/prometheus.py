@@ -39,6 +39,7 @@ __all__ = [
     "WORKQUEUE_DURATION_BUCKETS",
     "PrometheusSink",
     "serve",
+    "serves",
 ]
 
 # controller-runtime's ReconcileTime buckets (pkg/internal/controller/metrics).
@@ -359,6 +360,11 @@ class _LiveState:
         return (family for family in (active, depth, unfinished, longest) if family.samples)
 
 
+def serves(address: str) -> bool:
+    """Whether a bind address asks for /metrics at all: "0" (or "") disables it."""
+    return address not in ("0", "")
+
+
 async def serve(sink: PrometheusSink, address: str) -> web.AppRunner | None:
     """Serve ``GET /metrics`` on ``address`` ("host:port"); "0" (or "") disables it.
 
@@ -366,7 +372,7 @@ async def serve(sink: PrometheusSink, address: str) -> web.AppRunner | None:
     on every interface, as controller-runtime's ``--metrics-bind-address`` does. The caller
     owns the runner and must ``await runner.cleanup()``.
     """
-    if address in ("0", ""):
+    if not serves(address):
         return None
     host, separator, port = address.rpartition(":")
     if not separator or not port.isdigit():

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from opentelemetry.sdk.trace import TracerProvider
+from structlog.testing import capture_logs
 
-from ctrltrace import __version__
-from ctrltrace.cli import ExitCode, main
+from ctrltrace import Manager, __version__
+from ctrltrace.cli import ExitCode, _settle_spans, main
+from ctrltrace.exporters.tracing import DropCounter
 
 
 def test_version_prints_the_package_version() -> None:
@@ -47,3 +51,54 @@ def test_no_binaries_and_no_go_names_the_three_ways(tmp_path: Path) -> None:
     for way in ("TEST_ASSET_KUBE_APISERVER", "KUBEBUILDER_ASSETS", "install Go", "--kubeconfig"):
         assert way in message
     assert "Traceback" not in result.output
+
+
+APP = """
+import ctrltrace as ct
+
+mgr = ct.Manager(health_probe_bind_address="0")
+
+async def reconcile(ctx, request):
+    return None
+
+mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+"""
+
+
+@pytest.mark.parametrize(
+    ("address", "sinks"),
+    [("0", ["JournalWriter"]), ("127.0.0.1:0", ["JournalWriter", "PrometheusSink"])],
+)
+def test_run_keeps_metrics_only_when_it_serves_them(
+    address: str, sinks: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    monkeypatch.chdir(tmp_path)
+    attached: list[str] = []
+
+    def run(self: Manager) -> None:
+        attached.extend(type(sink).__name__ for sink in self.recorder._sinks)
+
+    monkeypatch.setattr(Manager, "run", run)
+    args = ["run", "app.py:mgr", "--journal", "j.sqlite", "--metrics-bind-address", address]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert attached == sinks
+
+
+def test_spans_lost_in_a_run_are_logged_when_it_ends() -> None:
+    losses = DropCounter(TracerProvider())
+    losses.queue_full, losses.failed, losses.exported = 3, 2, 10
+    with capture_logs() as logs:
+        _settle_spans(losses)
+    assert logs == [
+        {"event": "spans lost", "log_level": "warning", "dropped": 3, "failed": 2, "exported": 10}
+    ]
+
+
+def test_a_run_that_lost_no_spans_says_nothing() -> None:
+    losses = DropCounter(TracerProvider())
+    losses.exported = 10
+    with capture_logs() as logs:
+        _settle_spans(losses)
+    assert logs == []
