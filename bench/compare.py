@@ -844,7 +844,13 @@ def _arguments() -> argparse.Namespace:
         type=Path,
         help="run nothing: print the table of the runs in a JSON file an earlier run wrote",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.from_json is not None and not args.from_json.is_file():
+        parser.error(f"--from-json {args.from_json}: no such file")
+    # Each run makes its own folder in it, named after the run: one left there is in the way.
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir} is not empty; give a new or an empty folder")
+    return args
 
 
 def main() -> None:
