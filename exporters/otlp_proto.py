@@ -41,10 +41,10 @@ _KINDS = {
     SpanKind.PRODUCER: 4,
     SpanKind.CONSUMER: 5,
 }
-# Length-prefixed KeyValues of string attributes, per key by value: controller, kind and
+# KeyValue fields of string attributes, per field tag, key and value: controller, kind and
 # outcome recur from span to span. A key's map is cleared when full (names and uids do not).
 _REMEMBERED = 4_096
-_strings: dict[str, dict[str, bytes]] = {}
+_strings: dict[bytes, dict[str, dict[str, bytes]]] = {}
 _keys: dict[str, bytes] = {}  # each attribute name as a KeyValue's key field
 _heads: dict[tuple[str, SpanKind], bytes] = {}  # a span's name and kind fields
 _SHORT = [bytes((length,)) for length in range(0x80)]  # one-byte varints
@@ -112,21 +112,23 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """
     if not attributes:
         return b""
+    strings = _strings.get(tag)
+    if strings is None:
+        strings = _strings[tag] = {}
     parts: list[bytes] = []
+    append = parts.append
     for key, value in attributes.items():
         kind = type(value)
         if kind is str:
-            known = _strings.get(key)
+            known = strings.get(key)
             if known is None:
-                known = _strings[key] = {}
-            delimited = known.get(value)
-            if delimited is None:
+                known = strings[key] = {}
+            field = known.get(value)
+            if field is None:
                 if len(known) >= _REMEMBERED:
                     known.clear()
-                delimited = known[value] = _delimited(
-                    _key(key) + b"\x12" + _delimited(b"\x0a" + _delimited(value.encode()))
-                )
-            parts += (tag, delimited)
+                field = known[value] = _string_field(tag, _key(key), value.encode())
+            append(field)
             continue
         if kind is float:
             any_value = b"\x21" + _double(value)
@@ -134,8 +136,17 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             any_value = b"\x18" + _varint(value)
         else:
             any_value = _value(value)
-        parts += (tag, _delimited(_key(key) + b"\x12" + _delimited(any_value)))
+        append(tag + _delimited(_key(key) + b"\x12" + _delimited(any_value)))
     return b"".join(parts)
+
+
+def _string_field(tag: bytes, key: bytes, value: bytes) -> bytes:
+    """A field under ``tag`` holding a KeyValue of a string; lengths under 128 written at once."""
+    size = len(value)
+    pair = len(key) + size + 4  # the key, then the value's tag, length, AnyValue tag, length
+    if pair < 0x80:
+        return b"".join((tag, _SHORT[pair], key, bytes((0x12, size + 2, 0x0A, size)), value))
+    return tag + _delimited(key + b"\x12" + _delimited(b"\x0a" + _delimited(value)))
 
 
 def _key(key: str) -> bytes:

@@ -62,6 +62,10 @@ def test_every_attribute_type_and_default_value() -> None:
         "text": "ConfigMap",
         "empty": "",
         "unicode": "ünïcode ✓",
+        # A KeyValue of 127 bytes, then of 128: its length no longer fits in one byte.
+        "edge": "r" * 117,
+        "past": "r" * 118,
+        "long": "reason " * 40,
         "yes": True,
         "no": False,
         "zero": 0,
