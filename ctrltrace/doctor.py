@@ -35,7 +35,7 @@ from ctrltrace.cli_app import (
     connect,
 )
 from ctrltrace.kinds import Kind, RestMapper
-from ctrltrace.leaderelection import validate_lease_name
+from ctrltrace.leaderelection import lease_namespace, pod_namespace, validate_lease_name
 from ctrltrace.manager import Manager
 from ctrltrace.predicates import And, GenerationChanged, Predicate
 from ctrltrace.rbac import (
@@ -45,7 +45,6 @@ from ctrltrace.rbac import (
     Purpose,
     Resolution,
     controller_specs,
-    lease_namespace,
     load_app,
     make_plan,
     resolve,
@@ -207,10 +206,12 @@ def leader_election_checks(manager: Manager, in_cluster: bool) -> list[Check]:
     namespace = options.leader_election_namespace
     if namespace:
         checks.append(Check(Status.OK, LEADER, f"the Lease's namespace is set: {namespace}"))
+    elif pod := pod_namespace():
+        checks.append(Check(Status.OK, LEADER, f"the Lease goes to the pod's namespace: {pod}"))
     else:
         fix = "set leader_election_namespace on the Manager or pass --leader-election-namespace"
-        # controller-runtime refuses to start like this outside a cluster; inside one it would
-        # use the pod's namespace, which ctrltrace does not read.
+        # controller-runtime refuses to start like this outside a cluster; inside one it uses
+        # the pod's namespace, which a pod without a service account token cannot tell.
         checks.append(
             Check(
                 Status.WARN if in_cluster else Status.FAIL,
@@ -336,7 +337,7 @@ def _generation_trap(controller: str, watch: WatchSpec) -> Check:
 
 def _lease_outside_cache(manager: Manager) -> list[Check]:
     options = manager.options
-    namespace = lease_namespace(options)
+    namespace = lease_namespace(options.leader_election_namespace)
     if not options.leader_election or not options.namespaces or namespace in options.namespaces:
         return []
     return [
@@ -529,7 +530,7 @@ async def lease_holder_check(transport: Transport, manager: Manager) -> list[Che
     options = manager.options
     if not options.leader_election or validate_lease_name(options.leader_election_id):
         return []
-    namespace, name = lease_namespace(options), options.leader_election_id
+    namespace, name = lease_namespace(options.leader_election_namespace), options.leader_election_id
     path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
     try:
         lease = await transport.request("GET", path)

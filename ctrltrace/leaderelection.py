@@ -15,12 +15,33 @@ import re
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from ctrltrace.clock import Clock
 from ctrltrace.records import Record, Recorder, Stage
 from ctrltrace.transport import ApiError, Json, NotFound, Transport
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+# A pod's own namespace, from its service account: where controller-runtime puts the Lease when
+# no namespace is given.
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def pod_namespace() -> str:
+    """The namespace of the pod this process runs in; "" outside a cluster."""
+    try:
+        return POD_NAMESPACE_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def lease_namespace(configured: str) -> str:
+    """Where the Lease lives: the namespace asked for, else the pod's own (as controller-runtime
+    does in a cluster), else "default" (where controller-runtime would refuse to start, and
+    ``ctrltrace doctor`` fails the set-up)."""
+    return configured or pod_namespace() or "default"
 
 
 def validate_lease_name(name: str) -> str | None:

@@ -28,6 +28,7 @@ from ctrltrace.leaderelection import (
     LeaderLost,
     LeaseTiming,
     default_identity,
+    lease_namespace,
     validate_lease_name,
 )
 from ctrltrace.records import Record, Recorder, Sink, Stage
@@ -282,11 +283,10 @@ class Manager:
         self, transport: Transport, client: Client, workers: list[asyncio.Task[None]]
     ) -> None:
         if self.options.leader_election:
-            namespace = self.options.leader_election_namespace or "default"
             self.elector = LeaderElector(
                 transport,
                 name=self.options.leader_election_id,
-                namespace=namespace,
+                namespace=lease_namespace(self.options.leader_election_namespace),
                 identity=default_identity(),
                 recorder=self.recorder,
                 clock=self.clock,

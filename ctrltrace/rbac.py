@@ -38,8 +38,9 @@ from ctrltrace.cli_app import (
     load_manager_for,
 )
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
+from ctrltrace.leaderelection import lease_namespace
 from ctrltrace.loader import AppError
-from ctrltrace.manager import Manager, ManagerOptions, Unreachable
+from ctrltrace.manager import Manager, Unreachable
 from ctrltrace.transport import ApiError, ConfigError
 
 READ_VERBS = ("get", "list", "watch")  # an informer lists and watches; the client gets
@@ -160,11 +161,6 @@ def watch_uses(manager: Manager) -> dict[Kind, list[str]]:
     return uses
 
 
-def lease_namespace(options: ManagerOptions) -> str:
-    # The manager's own fallback when no namespace is set (see Manager._lead).
-    return options.leader_election_namespace or "default"
-
-
 def declared_writes(module: ModuleType | None) -> tuple[Rule, ...] | None:
     """The writes the app declares for its reconcilers, or None when it declares none.
 
@@ -269,7 +265,7 @@ def make_plan(
         for scope in cache_scopes
     )
     if options.leader_election:
-        namespace = lease_namespace(options)
+        namespace = lease_namespace(options.leader_election_namespace)
         lease = Rule(("coordination.k8s.io",), ("leases",), LEASE_VERBS)
         why = f"leader election: the Lease {namespace}/{options.leader_election_id}"
         needs.append(Need(lease, namespace, Purpose.LEASE, why))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ctrltrace import BuildError, Context, LeaseTiming, Manager, Request, predicates
+from ctrltrace import BuildError, Context, LeaseTiming, Manager, Request, leaderelection, predicates
 from ctrltrace.doctor import (
     LEADER,
     STARTUP,
@@ -96,6 +97,19 @@ def test_an_unset_lease_namespace_fails_outside_a_cluster_and_warns_inside_one()
     assert outside.status is Status.FAIL and inside.status is Status.WARN
     assert outside.title == "the leader election namespace is not set"
     assert "--leader-election-namespace" in outside.fix
+
+
+def test_an_unset_lease_namespace_is_fine_in_a_pod_that_knows_its_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod_file = tmp_path / "namespace"
+    pod_file.write_text("widgets-system")
+    monkeypatch.setattr(leaderelection, "POD_NAMESPACE_FILE", pod_file)
+    mgr = Manager(leader_election=True, leader_election_id="widgets.example.com")
+    assert _statuses(leader_election_checks(mgr, in_cluster=True))[1] == (
+        Status.OK,
+        "the Lease goes to the pod's namespace: widgets-system",
+    )
 
 
 def test_leader_election_off_needs_no_lease() -> None:
