@@ -1,8 +1,9 @@
 """A real kube-apiserver and etcd on loopback, started and stopped like envtest does.
 
-Owns the two processes, their ports, temp dirs, key material and the admin kubeconfig, plus
-minting restricted identities bound to RBAC rules. A watchdog process (``_reaper``) removes
-everything if the owner dies without cleaning up.
+Owns what the two servers are (their flags, ports and key material), the admin kubeconfig, and
+minting restricted identities bound to RBAC rules. Their life as processes (temp dir, logs,
+retries on a taken port, the ``_reaper`` watchdog that removes everything if the owner dies)
+is ``servers``'.
 """
 
 from __future__ import annotations
@@ -10,27 +11,18 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import shutil
-import socket
 import ssl
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any
 
 from ctrltrace.envtest.binaries import Binaries, find_binaries
 from ctrltrace.envtest.pki import CertificateAuthority, KeyPair, service_account_signing_key
-from ctrltrace.envtest.watchdog import Watchdog
+from ctrltrace.envtest.servers import LoopbackServers, free_port
 
 PolicyRule = Mapping[str, Sequence[str]]
 """An RBAC rule as the API takes it: ``{"apiGroups": [""], "resources": [...], "verbs": [...]}``."""
-
-_PORT_RETRIES = 5
-_LOG_TAIL_LINES = 20
 
 
 class ControlPlaneError(RuntimeError):
@@ -52,57 +44,15 @@ class Identity:
     subject: Mapping[str, str]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Server:
-    """One child process with its output captured in a log file."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("wb")
-        # A session of its own: Ctrl-C in the terminal reaches the owner, which then stops
-        # the apiserver before etcd instead of both dying in arbitrary order.
-        self.process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def exited(self) -> bool:
-        return self.process.poll() is not None
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
-        return "\n".join(text[-lines:])
-
-    def port_taken(self) -> bool:
-        return "address already in use" in self.log_path.read_text(errors="replace")
-
-    def stop(self, grace: float = 10.0) -> None:
-        if not self.exited():
-            self.process.terminate()
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-class ControlPlane:
+class ControlPlane(LoopbackServers):
     """etcd + kube-apiserver on loopback with RBAC on; usable as a context manager.
 
     >>> with ControlPlane() as cp:
     ...     print(cp.kubeconfig, cp.request("GET", "/version")["gitVersion"])
     """
+
+    name = "envtest"
+    error = ControlPlaneError
 
     def __init__(
         self,
@@ -111,70 +61,20 @@ class ControlPlane:
         kubeconfig: Path | None = None,
         start_timeout: float = 60.0,
     ) -> None:
+        super().__init__(start_timeout=start_timeout)
         self._binaries = binaries
         self._requested_kubeconfig = kubeconfig
-        self._start_timeout = start_timeout
-        self._dir: Path | None = None
-        self._servers: list[_Server] = []
-        self._watchdog: Watchdog | None = None
         self._ca: CertificateAuthority | None = None
         self.server = ""
         self.kubeconfig = Path()
-        self.startup_seconds = 0.0
-
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of everything this control plane runs (servers and watchdog)."""
-        watchdog = [] if self._watchdog is None else [self._watchdog.process.pid]
-        return [server.process.pid for server in self._servers] + watchdog
-
-    @property
-    def workdir(self) -> Path | None:
-        return self._dir
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        started = time.monotonic()
-        binaries = self._binaries or find_binaries()
-        self._watchdog = Watchdog()
-        self._dir = Path(tempfile.mkdtemp(prefix="ctrltrace-envtest-"))
-        self._watchdog.watch_dir(self._dir)
-        try:
-            self._write_pki()
-            self._start_on_free_ports(binaries)
-            self._write_kubeconfig()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-
-    def stop(self) -> None:
-        self._stop_servers()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        if self._watchdog is not None:
-            self._watchdog.done()
-            self._watchdog = None
 
     # -- start-up ----------------------------------------------------------------------------
 
-    def _path(self, name: str) -> Path:
-        assert self._dir is not None
-        return self._dir / name
+    def _start(self) -> None:
+        self._binaries = self._binaries or find_binaries()
+        self._write_pki()
+        self._start_on_free_ports()
+        self._write_kubeconfig()
 
     def _write_file(self, name: str, data: bytes) -> Path:
         path = self._path(name)
@@ -196,15 +96,10 @@ class ControlPlane:
         self._write_file(f"{name}.crt", pair.cert_pem)
         self._write_file(f"{name}.key", pair.key_pem)
 
-    def _start_on_free_ports(self, binaries: Binaries) -> None:
-        # A port chosen free can be taken before the server binds it: choose again.
-        for attempt in range(_PORT_RETRIES):
-            if self._start_servers(binaries, attempt):
-                return
-        raise ControlPlaneError(f"could not bind free ports after {_PORT_RETRIES} tries")
-
-    def _start_servers(self, binaries: Binaries, attempt: int) -> bool:
+    def _launch(self, attempt: int) -> bool:
         """Start etcd then the apiserver; False when a port was taken meanwhile (retry)."""
+        binaries = self._binaries
+        assert binaries is not None  # found in _start
         client_port, peer_port, secure_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
@@ -251,37 +146,6 @@ class ControlPlane:
         )
         self.server = f"https://127.0.0.1:{secure_port}"
         return self._wait(apiserver, self._ready)
-
-    def _spawn(self, name: str, argv: list[str], attempt: int) -> _Server:
-        server = _Server(name, argv, self._path(f"{name}-{attempt}.log"))
-        self._servers.append(server)
-        assert self._watchdog is not None
-        self._watchdog.watch_pid(server.process.pid)
-        return server
-
-    def _wait(self, server: _Server, ready: Callable[[], bool]) -> bool:
-        deadline = time.monotonic() + self._start_timeout
-        while time.monotonic() < deadline:
-            if server.exited():
-                if server.port_taken():
-                    self._stop_servers()
-                    return False
-                raise ControlPlaneError(
-                    f"{server.name} exited with code {server.process.returncode} during "
-                    f"start-up; last lines of its log:\n{server.log_tail()}"
-                )
-            if ready():
-                return True
-            time.sleep(0.1)
-        raise ControlPlaneError(
-            f"{server.name} not ready after {self._start_timeout:.0f}s; last lines of its log:\n"
-            f"{server.log_tail()}"
-        )
-
-    def _stop_servers(self) -> None:
-        for server in reversed(self._servers):
-            server.stop()
-        self._servers.clear()
 
     def _ready(self) -> bool:
         try:

@@ -1,11 +1,10 @@
 """Jaeger and Prometheus on loopback, started and stopped like the control plane.
 
 Test infrastructure, like ``controlplane``: owns finding (or building) the all-in-one Jaeger
-binary, the two server processes with their generated configs, free ports, temp dirs and logs,
-and the small clients tests use to read them back — Jaeger's ``/api/v3``, Prometheus'
+binary, the two servers' generated configs and ports (their life as processes is
+``servers``'), and the small clients tests use to read them back — Jaeger's ``/api/v3``, Prometheus'
 ``/api/v1/query`` and ``promtool check metrics``. Prometheus is Debian's ``prometheus``
-package, started by hand; the package's own service is never used. Each server registers with
-the ``_reaper`` watchdog, so nothing outlives an owner that is killed.
+package, started by hand; the package's own service is never used.
 
 ``python -m ctrltrace.envtest.observability --build`` finds or builds Jaeger and prints where
 it is (``scripts/_bootstrap.sh`` runs it).
@@ -21,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -30,8 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from ctrltrace.envtest.binaries import (
     BinariesNotFoundError,
@@ -41,14 +38,12 @@ from ctrltrace.envtest.binaries import (
     find_or_build,
     required_version,
 )
-from ctrltrace.envtest.controlplane import _Server, free_port
-from ctrltrace.envtest.watchdog import Watchdog
+from ctrltrace.envtest.servers import LoopbackServers, free_port
 
 JAEGER_GOMOD_DIR = Path(__file__).parent / "gomod-jaeger"
 JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 JAEGER_TOOL = f"{JAEGER_MODULE}/cmd/jaeger"
 
-_PORT_RETRIES = 5
 # Jaeger's memory store refuses a search deeper than the traces it keeps.
 _MAX_TRACES = 100_000
 
@@ -124,138 +119,46 @@ def debian_tool(name: str) -> Path:
 # -- the server lifecycle both share -----------------------------------------------------------
 
 
-class _LoopbackServer(abc.ABC):
-    """One server process on free loopback ports, with a temp dir, a log and a watchdog.
+class _LoopbackServer(LoopbackServers):
+    """One server process: its ``_launch`` writes the config for fresh ports and ``_spawn``s it.
 
-    Subclasses write their config into the temp dir and spawn the process in ``_launch``; this
-    class retries on a port taken meanwhile, waits for readiness and cleans up.
+    It can be paused and resumed on the same ports (a collector that goes away and comes back).
     """
 
-    name = ""
+    error = ObservabilityError
 
     def __init__(self, *, start_timeout: float) -> None:
-        self._start_timeout = start_timeout
-        self._dir: Path | None = None
-        self._server: _Server | None = None
-        self._watchdog: Watchdog | None = None
+        super().__init__(start_timeout=start_timeout)
         self._argv: list[str] = []
         self._resumes = 0
-        self.startup_seconds = 0.0
 
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of everything this runs (the server and its watchdog)."""
-        server = [] if self._server is None else [self._server.process.pid]
-        watchdog = [] if self._watchdog is None else [self._watchdog.process.pid]
-        return server + watchdog
-
-    @property
-    def workdir(self) -> Path | None:
-        return self._dir
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        started = time.monotonic()
-        self._watchdog = Watchdog()
-        self._dir = Path(tempfile.mkdtemp(prefix=f"ctrltrace-{self.name}-"))
-        self._watchdog.watch_dir(self._dir)
-        try:
-            self._start_on_free_ports()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        if self._watchdog is not None:
-            self._watchdog.done()
-            self._watchdog = None
-
-    def _path(self, name: str) -> Path:
-        assert self._dir is not None, f"{self.name} not started"
-        return self._dir / name
-
-    def _spawn(self, argv: list[str], attempt: int | str) -> None:
-        assert self._watchdog is not None
-        self._argv = argv
-        self._server = _Server(self.name, argv, self._path(f"{self.name}-{attempt}.log"))
-        self._watchdog.watch_pid(self._server.process.pid)
-
-    def pause(self) -> None:
-        """Stop the server process but keep its config and ports, for ``resume``."""
-        assert self._server is not None, f"{self.name} not running"
-        self._server.stop()
-        self._server = None
-
-    def resume(self) -> None:
-        """Start the server again with the same config, on the same ports."""
-        assert self._server is None and self._argv, f"{self.name} not paused"
-        self._resumes += 1
-        self._spawn(self._argv, f"resumed-{self._resumes}")
-        if not self._wait_ready():
-            raise self._failed("could not take its ports back on resume")
-
-    def _start_on_free_ports(self) -> None:
-        # A port chosen free can be taken before the server binds it: choose again.
-        for attempt in range(_PORT_RETRIES):
-            if self._start_once(attempt):
-                return
-        raise ObservabilityError(f"{self.name}: could not bind free ports in {_PORT_RETRIES} tries")
-
-    def _start_once(self, attempt: int) -> bool:
-        """Start the server; False when one of its ports was taken meanwhile (retry)."""
-        self._launch(attempt)
-        return self._wait_ready()
-
-    def _wait_ready(self) -> bool:
-        server = self._server
-        assert server is not None
-        deadline = time.monotonic() + self._start_timeout
-        while time.monotonic() < deadline:
-            if server.exited():
-                if server.port_taken():
-                    server.stop()
-                    self._server = None
-                    return False
-                code = server.process.returncode
-                raise self._failed(f"exited with code {code} during start-up")
-            if self._ready():
-                return True
-            time.sleep(0.1)
-        raise self._failed(f"not ready after {self._start_timeout:.0f}s")
-
-    def _failed(self, what: str) -> ObservabilityError:
-        tail = self.log_tail()
-        log = f"last lines of its log:\n{tail}" if tail else "its log is empty"
-        return ObservabilityError(f"{self.name} {what}; {log}")
+    def _launch(self, attempt: int) -> bool:
+        self._argv = self._argv_for_fresh_ports(attempt)
+        return self._wait(self._spawn(self.name, self._argv, attempt), self._ready)
 
     @abc.abstractmethod
-    def _launch(self, attempt: int) -> None:
-        """Write the config for this attempt's fresh ports and ``_spawn`` the server."""
+    def _argv_for_fresh_ports(self, attempt: int) -> list[str]:
+        """Choose free ports, write the config for them, and say how to start the server."""
 
     @abc.abstractmethod
     def _ready(self) -> bool:
         """Whether the server answers, once spawned."""
 
+    def pause(self) -> None:
+        """Stop the server process but keep its config and ports, for ``resume``."""
+        assert self._servers, f"{self.name} not running"
+        self._stop_servers()
+
+    def resume(self) -> None:
+        """Start the server again with the same config, on the same ports."""
+        assert not self._servers and self._argv, f"{self.name} not paused"
+        self._resumes += 1
+        server = self._spawn(self.name, self._argv, f"resumed-{self._resumes}")
+        if not self._wait(server, self._ready):
+            raise self.error(f"{self.name} could not take its ports back on resume")
+
     def log_tail(self, lines: int = 20) -> str:
-        return "" if self._server is None else self._server.log_tail(lines)
+        return "\n".join(server.log_tail(lines) for server in self._servers)
 
 
 # Loopback servers only: an http_proxy set for package registries must not be asked for them.
@@ -313,7 +216,7 @@ class Jaeger(_LoopbackServer):
         self.otlp_grpc_endpoint = ""  # "127.0.0.1:PORT": OTLP/gRPC
         self.query_url = ""  # "http://127.0.0.1:PORT": the query service's HTTP API and UI
 
-    def _launch(self, attempt: int) -> None:
+    def _argv_for_fresh_ports(self, attempt: int) -> list[str]:
         binary = self._binary = self._binary or find_jaeger()
         grpc, http, query_http, query_grpc = free_port(), free_port(), free_port(), free_port()
         config = self._path(f"config-{attempt}.yaml")
@@ -321,7 +224,7 @@ class Jaeger(_LoopbackServer):
         self.otlp_http_endpoint = f"http://127.0.0.1:{http}"
         self.otlp_grpc_endpoint = f"127.0.0.1:{grpc}"
         self.query_url = f"http://127.0.0.1:{query_http}"
-        self._spawn([str(binary.path), f"--config=file:{config}"], attempt)
+        return [str(binary.path), f"--config=file:{config}"]
 
     def _ready(self) -> bool:
         return _answers(f"{self.query_url}/api/v3/services")
@@ -480,22 +383,19 @@ class Prometheus(_LoopbackServer):
         self._targets = list(targets)
         self.url = ""  # "http://127.0.0.1:PORT"
 
-    def _launch(self, attempt: int) -> None:
+    def _argv_for_fresh_ports(self, attempt: int) -> list[str]:
         binary = self._binary = self._binary or debian_tool("prometheus")
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._write_config()
-        self._spawn(
-            [
-                str(binary),
-                f"--config.file={self._path('prometheus.yml')}",
-                f"--storage.tsdb.path={self._path(f'data-{attempt}')}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                # For POST /-/reload, which scrape() uses to change targets without a restart.
-                "--web.enable-lifecycle",
-            ],
-            attempt,
-        )
+        return [
+            str(binary),
+            f"--config.file={self._path('prometheus.yml')}",
+            f"--storage.tsdb.path={self._path(f'data-{attempt}')}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            # For POST /-/reload, which scrape() uses to change targets without a restart.
+            "--web.enable-lifecycle",
+        ]
 
     def _ready(self) -> bool:
         return _answers(f"{self.url}/-/ready")

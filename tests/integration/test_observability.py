@@ -23,7 +23,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from ctrltrace import Context, LeaseTiming, Manager, Request, Stage
 from ctrltrace.envtest import ControlPlane
-from ctrltrace.envtest.controlplane import free_port
 from ctrltrace.envtest.observability import (
     FoundSpan,
     Jaeger,
@@ -35,6 +34,7 @@ from ctrltrace.envtest.observability import (
     promtool_check_metrics,
 )
 from ctrltrace.envtest.pytest_plugin import unique_name
+from ctrltrace.envtest.servers import free_port
 from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink
 
 from .conftest import start, stop

@@ -75,7 +75,7 @@ def test_run_serves_controller_runtime_metrics_and_probes(
     import urllib.error
     import urllib.request
 
-    from ctrltrace.envtest.controlplane import free_port
+    from ctrltrace.envtest.servers import free_port
 
     (tmp_path / "noopapp.py").write_text(NOOP_APP)
     metrics_port, health_port = free_port(), free_port()

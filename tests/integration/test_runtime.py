@@ -382,3 +382,58 @@ def test_own_writes_are_recorded_and_recognised_when_they_come_back(
     assert [entry["count"] for entry in reconciling] == [0, 1, 2]
     assert {entry["controller"] for entry in reconciling} == {"configmap"}
     assert all(entry["name"] == "loop" and entry["reconcile_id"] for entry in reconciling)
+
+
+def _blue(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"]["labels"] = {"team": "blue"}
+    return obj
+
+
+def test_label_selectors_narrow_each_kind_s_cache_by_its_own_name(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    widget_crd: str,
+    manager_factory: ManagerFactory,
+) -> None:
+    """A selector keyed "Kind.group" or bare "Kind" applies to that kind's watch only."""
+    widgets = f"/apis/example.com/v1/namespaces/{kube_namespace}/widgets"
+    configmaps = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+    control_plane.request("POST", widgets, widget(kube_namespace, "plain"))
+    control_plane.request("POST", widgets, _blue(widget(kube_namespace, "blue")))
+    control_plane.request("POST", configmaps, _configmap(kube_namespace, "plain"))
+    control_plane.request("POST", configmaps, _blue(_configmap(kube_namespace, "blue")))
+    reconciled: dict[str, set[str]] = {"widget": set(), "configmap": set()}
+
+    def recording(controller: str) -> Any:
+        async def reconcile(ctx: Context, request: Request) -> None:
+            reconciled[controller].add(request.name)
+
+        return reconcile
+
+    async def scenario() -> None:
+        mgr = manager_factory(
+            namespaces=[kube_namespace],
+            label_selectors={"Widget.example.com": "team=blue", "ConfigMap": "team"},
+        )
+        mgr.controller().for_("example.com/v1", "Widget").complete(recording("widget"))
+        mgr.controller().for_("v1", "ConfigMap").complete(recording("configmap"))
+        running = await start(mgr)
+        await running.until(lambda: len(running.records.where(Stage.WATCH, "synced")) == 2)
+        # Unselected objects made while watching: created before the selected one, so their
+        # events would have come first.
+        control_plane.request("POST", widgets, widget(kube_namespace, "late"))
+        control_plane.request("POST", configmaps, _configmap(kube_namespace, "late"))
+        control_plane.request("POST", configmaps, _blue(_configmap(kube_namespace, "late-blue")))
+        await running.until(lambda: "late-blue" in reconciled["configmap"])
+        await running.until(lambda: "blue" in reconciled["widget"])
+        cached = {str(kind): sorted(informer.store) for kind, informer in mgr.informers.items()}
+        await stop(running)
+        events = running.records.where(Stage.EVENT)
+        assert {r.object.name for r in events if r.object is not None} == {"blue", "late-blue"}
+        assert cached == {
+            "Widget.example.com": [f"{kube_namespace}/blue"],
+            "ConfigMap": [f"{kube_namespace}/blue", f"{kube_namespace}/late-blue"],
+        }
+
+    asyncio.run(scenario())
+    assert reconciled == {"widget": {"blue"}, "configmap": {"blue", "late-blue"}}

@@ -140,7 +140,7 @@ def test_an_unreachable_collector_costs_spans_not_reconciles(
 ) -> None:
     import urllib.request
 
-    from ctrltrace.envtest.controlplane import free_port
+    from ctrltrace.envtest.servers import free_port
 
     (tmp_path / "flakyapp.py").write_text(FLAKY_APP)
     metrics_port, closed_port = free_port(), free_port()
@@ -214,7 +214,7 @@ def _until(condition: object, within: float = 30.0) -> None:
 def test_jaeger_stopped_mid_run_then_restarted(
     control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
 ) -> None:
-    from ctrltrace.envtest.controlplane import free_port
+    from ctrltrace.envtest.servers import free_port
 
     (tmp_path / "flakyapp.py").write_text(FLAKY_APP.replace('metrics_bind_address="0"', ""))
     service = f"ctrltrace-restart-{kube_namespace}"
