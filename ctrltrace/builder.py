@@ -8,7 +8,7 @@ No I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -33,6 +33,15 @@ class WatchSpec:
     owns_match_every_owner: bool = False
 
 
+@dataclass(frozen=True)
+class WriteSpec:
+    """Writes a reconciler makes, as one RBAC rule: what ``ctrltrace rbac`` grants for it."""
+
+    api_group: str  # "" is the core group
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+
 @dataclass
 class ControllerSpec:
     name: str
@@ -41,6 +50,7 @@ class ControllerSpec:
     global_predicates: tuple[Predicate, ...]
     options: ControllerOptions
     reconciler: Reconciler | None = None
+    writes: tuple[WriteSpec, ...] = ()
 
     def problems(self) -> list[str]:
         label = self.name or "controller"
@@ -55,6 +65,8 @@ class ControllerSpec:
             found.append(f"{label}: complete() was never called with a reconciler")
         if self.options.max_concurrent_reconciles < 1:
             found.append(f"{label}: max_concurrent_reconciles must be at least 1")
+        if any(not (write.resources and write.verbs) for write in self.writes):
+            found.append(f"{label}: writes() needs at least one resource and one verb")
         return found
 
 
@@ -80,6 +92,7 @@ class Builder:
     _watches: list[WatchSpec] = field(default_factory=list)
     _filters: tuple[Predicate, ...] = ()
     _options: ControllerOptions = field(default_factory=ControllerOptions)
+    _writes: tuple[WriteSpec, ...] = ()
 
     def for_(self, api_version: str, kind: str, *predicates: Predicate) -> Self:
         """Watch ``kind`` and reconcile each object of it."""
@@ -117,6 +130,15 @@ class Builder:
         self._filters += (predicate,)
         return self
 
+    def writes(
+        self, api_group: str, resources: str | Sequence[str], verbs: str | Sequence[str]
+    ) -> Self:
+        """Declare writes the reconciler makes (``""`` is the core group), next to it, as
+        kubebuilder's RBAC markers do: ``ctrltrace rbac`` grants them, ``doctor`` checks them.
+        It changes nothing at run time."""
+        self._writes += (WriteSpec(api_group, _names(resources), _names(verbs)),)
+        return self
+
     def named(self, name: str) -> Self:
         self._name = name
         return self
@@ -137,7 +159,17 @@ class Builder:
         """Register the controller. Problems are reported when the manager starts."""
         name = self._name or (self._for.kind.lower() if self._for else "")
         spec = ControllerSpec(
-            name, self._for, list(self._watches), self._filters, self._options, reconciler
+            name,
+            self._for,
+            list(self._watches),
+            self._filters,
+            self._options,
+            reconciler,
+            self._writes,
         )
         self._registry.specs.append(spec)
         return spec
+
+
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)

@@ -490,7 +490,8 @@ async def access_checks(
                 ACCESS[Purpose.WRITE],
                 "the app declares no writes, so its writes were not checked",
                 "a create, update, patch or delete that RBAC forbids fails in Reconcile",
-                'declare them in the app module: RBAC_WRITES = [{"apiGroups": [""], '
+                'declare them on the controller: .writes("", "configmaps", ["create", "patch"]), '
+                'or in the app module: RBAC_WRITES = [{"apiGroups": [""], '
                 '"resources": ["configmaps"], "verbs": ["create", "patch"]}]',
             )
         )

@@ -135,7 +135,8 @@ class Plan:
         ]
         if not self.writes_declared:
             found.append(
-                f"the app declares no writes ({WRITES_ATTRIBUTE}): this grants reads, Events "
+                f"the app declares no writes (writes() or {WRITES_ATTRIBUTE}): this grants reads, "
+                "Events "
                 "and the Lease only, so every create/update/patch/delete in Reconcile will be "
                 "forbidden"
             )
@@ -161,16 +162,37 @@ def watch_uses(manager: Manager) -> dict[Kind, list[str]]:
     return uses
 
 
-def declared_writes(module: ModuleType | None) -> tuple[Rule, ...] | None:
-    """The writes the app declares for its reconcilers, or None when it declares none.
+@dataclass(frozen=True)
+class DeclaredWrite:
+    """A write rule the app declares, and where: ``RBAC_WRITES`` or a controller's writes()."""
 
-    Read from the app module's ``RBAC_WRITES``: a list of PolicyRule mappings. This accessor
-    is the only reader, so moving the declaration onto the builder changes only this function.
+    rule: Rule
+    source: str
+
+
+def declared_writes(
+    module: ModuleType | None, manager: Manager | None = None
+) -> tuple[DeclaredWrite, ...] | None:
+    """The writes the app declares for its reconcilers, or None when it declares none at all.
+
+    Read from each controller's ``writes()`` and from the app module's ``RBAC_WRITES`` (a list
+    of PolicyRule mappings); an empty ``RBAC_WRITES`` declares that there are none.
     """
+    found: list[DeclaredWrite] = []
+    for spec in controller_specs(manager) if manager is not None else ():
+        source = f"writes() of controller {spec.name or '(unnamed)'}"
+        found += (
+            DeclaredWrite(Rule((write.api_group,), write.resources, write.verbs), source)
+            for write in spec.writes
+        )
     value = getattr(module, WRITES_ATTRIBUTE, None)
-    if value is None:
+    if value is not None:
+        found += (
+            DeclaredWrite(rule, WRITES_ATTRIBUTE) for rule in parse_rules(value, WRITES_ATTRIBUTE)
+        )
+    elif not found:
         return None
-    return parse_rules(value, WRITES_ATTRIBUTE)
+    return tuple(found)
 
 
 def parse_rules(value: object, source: str) -> tuple[Rule, ...]:
@@ -236,7 +258,7 @@ async def _resolve_one(kind: Kind, mapper: RestMapper) -> Resolution:
 
 
 def make_plan(
-    manager: Manager, resolutions: Sequence[Resolution], writes: Sequence[Rule] | None
+    manager: Manager, resolutions: Sequence[Resolution], writes: Sequence[DeclaredWrite] | None
 ) -> Plan:
     """The rules ``manager`` needs, given its kinds' resources and its declared writes."""
     options = manager.options
@@ -254,9 +276,9 @@ def make_plan(
         scopes = cache_scopes if same[0].resource.namespaced else ("",)
         rule = Rule((group,), (plural,), READ_VERBS)
         needs.extend(Need(rule, scope, Purpose.WATCH, why) for scope in scopes)
-    for rule in writes or ():
+    for write in writes or ():
         needs.extend(
-            Need(rule, scope, Purpose.WRITE, f"declared in {WRITES_ATTRIBUTE}")
+            Need(write.rule, scope, Purpose.WRITE, f"declared in {write.source}")
             for scope in cache_scopes
         )
     events = Rule(("",), ("events",), EVENT_VERBS)
@@ -416,13 +438,13 @@ def _block(mapping: Mapping[str, Any], indent: int, first: str = "") -> list[str
 class App:
     spec: str
     manager: Manager
-    writes: tuple[Rule, ...] | None
+    writes: tuple[DeclaredWrite, ...] | None
 
 
 def load_app(args: AppArgs) -> App:
     """The manager with the command line's overrides applied, and its declared writes."""
     manager = load_manager_for(args)
-    return App(args.app, manager, declared_writes(_app_module(args.app)))
+    return App(args.app, manager, declared_writes(_app_module(args.app), manager))
 
 
 def _app_module(spec: str) -> ModuleType | None:

@@ -18,6 +18,7 @@ from ctrltrace.cli import ExitCode
 from ctrltrace.kinds import Kind, Resource
 from ctrltrace.loader import AppError
 from ctrltrace.rbac import (
+    DeclaredWrite,
     Plan,
     Purpose,
     Resolution,
@@ -135,18 +136,62 @@ def test_two_versions_of_a_kind_share_one_rule_that_names_both_uses() -> None:
     )
 
 
+CONFIGMAP_WRITES = Rule(("",), ("configmaps",), ("create", "patch"))
+
+
 def test_declared_writes_are_granted_in_every_cached_namespace() -> None:
-    writes = (Rule(("",), ("configmaps",), ("create", "patch")),)
+    writes = (DeclaredWrite(CONFIGMAP_WRITES, "RBAC_WRITES"),)
     plan = make_plan(_widgets(namespaces=["a", "b"]), WIDGETS_SERVED, writes)
     for namespace in ("a", "b"):
-        assert (Purpose.WRITE, writes[0]) in _rules(plan, namespace)
+        assert (Purpose.WRITE, CONFIGMAP_WRITES) in _rules(plan, namespace)
     assert plan.writes_declared and not plan.warnings()
 
 
 def test_undeclared_writes_are_a_warning() -> None:
     plan = make_plan(_widgets(), WIDGETS_SERVED, writes=None)
     assert len(plan.warnings()) == 1
-    assert "declares no writes (RBAC_WRITES)" in plan.warnings()[0]
+    assert "declares no writes (writes() or RBAC_WRITES)" in plan.warnings()[0]
+
+
+def test_writes_declared_on_a_controller_are_granted_and_say_which_controller() -> None:
+    mgr = Manager()
+    (
+        mgr.controller()
+        .for_("example.com/v1", "Widget")
+        .writes("", "configmaps", ["create", "patch"])
+        .writes("apps", ["deployments", "statefulsets"], "update")
+        .complete(_noop)
+    )
+    writes = declared_writes(_module(), mgr)
+    assert writes == (
+        DeclaredWrite(CONFIGMAP_WRITES, "writes() of controller widget"),
+        DeclaredWrite(
+            Rule(("apps",), ("deployments", "statefulsets"), ("update",)),
+            "writes() of controller widget",
+        ),
+    )
+    plan = make_plan(mgr, WIDGETS_SERVED, writes)
+    [configmaps, _] = [need for need in plan.needs if need.purpose is Purpose.WRITE]
+    assert configmaps.why == "declared in writes() of controller widget"
+    assert plan.writes_declared
+
+
+def test_a_controller_s_writes_and_rbac_writes_add_up() -> None:
+    mgr = Manager()
+    mgr.controller().for_("example.com/v1", "Widget").writes("", "secrets", "get").complete(_noop)
+    rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]}]
+    writes = declared_writes(_module(RBAC_WRITES=rules), mgr)
+    assert writes is not None
+    assert [(w.rule.resources, w.source) for w in writes] == [
+        (("secrets",), "writes() of controller widget"),
+        (("configmaps",), "RBAC_WRITES"),
+    ]
+
+
+def test_writes_without_resources_or_verbs_stop_start_up() -> None:
+    mgr = Manager()
+    mgr.controller().for_("example.com/v1", "Widget").writes("", [], "create").complete(_noop)
+    assert mgr.problems() == ["widget: writes() needs at least one resource and one verb"]
 
 
 def _module(**attributes: object) -> ModuleType:
@@ -159,7 +204,7 @@ def _module(**attributes: object) -> ModuleType:
 def test_rbac_writes_is_read_from_the_app_module() -> None:
     rules = [{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["create"]}]
     assert declared_writes(_module(RBAC_WRITES=rules)) == (
-        Rule(("",), ("configmaps", "secrets"), ("create",)),
+        DeclaredWrite(Rule(("",), ("configmaps", "secrets"), ("create",)), "RBAC_WRITES"),
     )
     assert declared_writes(_module(RBAC_WRITES=[])) == ()
     assert declared_writes(_module()) is None
@@ -206,7 +251,7 @@ def test_without_a_cluster_plurals_are_guessed_and_the_plan_says_why() -> None:
 
 def _plan_for_yaml() -> Plan:
     mgr = _widgets(namespaces=["a"], leader_election=True, leader_election_namespace="ops")
-    return make_plan(mgr, WIDGETS_SERVED, (Rule(("",), ("configmaps",), ("create", "patch")),))
+    return make_plan(mgr, WIDGETS_SERVED, (DeclaredWrite(CONFIGMAP_WRITES, "RBAC_WRITES"),))
 
 
 def test_the_yaml_is_the_same_objects_as_the_json_and_binds_the_service_account() -> None:
@@ -265,7 +310,7 @@ def test_a_cluster_role_and_its_binding_have_no_namespace() -> None:
     "tricky", ["", "*", "true", "No", "on", "null", "1.0", "0x1f", "a b", "x:y"]
 )
 def test_scalars_that_yaml_would_misread_are_quoted(tricky: str) -> None:
-    plan = make_plan(Manager(), [], (Rule((tricky,), ("r",), ("get",)),))
+    plan = make_plan(Manager(), [], (DeclaredWrite(Rule((tricky,), ("r",), ("get",)), "test"),))
     documents = list(yaml.safe_load_all(render_yaml(plan, tricky or "n", SUBJECT)))
     assert documents[0]["rules"][0]["apiGroups"] == [tricky]
     assert documents[0]["metadata"]["name"] == (tricky or "n")
