@@ -240,10 +240,12 @@ def encode_span(
         parts.append(_attributes(b"\x4a", attributes))
     if dropped_attributes:
         parts.append(b"\x50" + _varint(dropped_attributes))
-    parts += [_field(b"\x5a", _event(event)) for event in events]
+    if events:  # most spans have none: not even an empty list made
+        parts += [_field(b"\x5a", _event(event)) for event in events]
     if dropped_events:
         parts.append(b"\x60" + _varint(dropped_events))
-    parts += [_field(b"\x6a", _link(link)) for link in links]
+    if links:
+        parts += [_field(b"\x6a", _link(link)) for link in links]
     if dropped_links:
         parts.append(b"\x70" + _varint(dropped_links))
     if status is not None:
