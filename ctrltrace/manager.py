@@ -145,8 +145,8 @@ class Manager:
         the user's own globals) from the garbage collector (``gc.freeze``): every full
         collection during the run would otherwise trace all of it again.
         """
-        # A controller's full collections are driven by its growing caches; with the start-up
-        # heap traced each time, they were half of what a journal cost on top of no sinks.
+        # A controller's full collections come with its growing caches; tracing the start-up
+        # heap in each was about half of what the journal added in bench.compare's W1.
         gc.freeze()
 
         async def main() -> None:
