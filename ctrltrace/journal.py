@@ -6,18 +6,19 @@ retention, and the reader that answers "everything about this object", the infor
 and controller health records, time windows and a live tail.
 
 It may not block the event loop: ``JournalWriter.__call__`` appends to a list and, every
-``_CHUNK`` records, pickles the list (a fraction of a millisecond); the file is written only
-by the writer's own thread. It knows how records chain (to find everything about an object)
-but not what they mean: explain interprets them.
+``_CHUNK`` records, pickles the list (``_picklerecords``, in C: tens of microseconds); the
+file is written only by the writer's own thread. It knows how records chain (to find
+everything about an object) but not what they mean: explain interprets them.
 
 Storage is one row per batch, not per record: a row per record costs SQLite a B-tree insert
 per index and the writer a GIL hand-off per row, which measured several times the whole
 pipeline's cost per event. A batch's records are pickled as plain tuples (built-in types
-only; the reader's unpickler refuses every class but ``str`` and ``tuple``, so a doctored
-file cannot run code), uncompressed: zlib's fastest level cost more per event than all the
-rest of the writing. A second table lists the requests and object names each batch mentions,
-so reading one object decodes only the batches that hold it; the rare informer, lease and
-controller records are also kept in their own table for the health queries.
+only; the reader's unpickler refuses every class but ``str`` and ``tuple``, which earlier
+versions' files name, so a doctored file cannot run code), uncompressed: zlib's fastest
+level cost more per event than all the rest of the writing. A second table lists the
+requests and object names each batch mentions, so reading one object decodes only the
+batches that hold it; the rare informer, lease and controller records are also kept in their
+own table for the health queries.
 
 Record ids are unique only within one process run, so every batch also stores the run id of
 the writer that wrote it. Records read back keep their original ``id`` (a record written and
@@ -39,12 +40,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
+from ctrltrace._picklerecords import dumps, seal
 from ctrltrace.records import ObjectRef, Record, Stage
 
 APPLICATION_ID = 0x63747274  # "ctrt": tells a ctrltrace journal from any other SQLite file
@@ -78,19 +79,10 @@ PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# A record as stored: a tuple of these fields in this order, with the ObjectRef as a tuple
-# and the Stage as its text.
-_FIELDS = (
-    "id", "time", "stage", "outcome", "reason", "controller", "object", "request",
-    "reconcile_id", "cause_ids", "attrs",
-)  # fmt: skip
+# A record as stored: a tuple of its fields in _picklerecords.RECORD_FIELDS' order, with the
+# ObjectRef as a tuple (REF_FIELDS) and the Stage as its text.
 _ID, _TIME, _STAGE, _OBJECT, _REQUEST, _RECONCILE_ID, _CAUSE_IDS = 0, 1, 2, 6, 7, 8, 9
 _NAMESPACE, _NAME, _KIND = 2, 3, 1  # in the stored ObjectRef tuple
-_fields = attrgetter(*_FIELDS)
-_ref_fields = attrgetter(
-    "api_version", "kind", "namespace", "name", "uid", "resource_version", "generation"
-)
-_names = attrgetter("name")
 
 Stored = tuple[Any, ...]
 Entry = tuple[int, str, Stored]  # (seq, run, stored record)
@@ -186,33 +178,11 @@ def _check_identity(path: Path, connection: sqlite3.Connection, *, empty_ok: boo
 # -- encoding ----------------------------------------------------------------------------------
 
 
-class _Flattening(pickle.Pickler):
-    """Pickles records' fields as built-in types only.
-
-    An ObjectRef becomes a tuple, a Stage its text, and an attribute value of any other type
-    its ``str()``: attributes are meant to be flat scalars. Pickle asks only about objects
-    that are not built-in, once each per chunk (its memo), so about once per event.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is ObjectRef:
-            return tuple, (_ref_fields(obj),)
-        if isinstance(obj, type):  # the tuple and str named below
-            return NotImplemented
-        return str, (str(obj),)
-
-
 class _BuiltinsOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "builtins" and name in ("str", "tuple"):
             return getattr(builtins, name)
         raise pickle.UnpicklingError(f"{module}.{name} has no place in a journal")
-
-
-def _pickle(value: object) -> bytes:
-    buffer = io.BytesIO()
-    _Flattening(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
-    return buffer.getvalue()
 
 
 def _unpickle(data: bytes) -> Any:
@@ -265,26 +235,16 @@ class _Chunk(NamedTuple):
     health: tuple[tuple[int, str, float, bytes], ...]  # (index, stage, time, pickled record)
 
 
-def _seal(records: Sequence[Record]) -> _Chunk:
-    fields = list(map(_fields, records))
-    # Columns, for C-speed passes over them: a Python loop over the records would cost more
-    # than pickling them.
-    columns = list(zip(*fields, strict=True))
-    times, stages = columns[_TIME], columns[_STAGE]
-    health: tuple[tuple[int, str, float, bytes], ...] = ()
-    if not _HEALTH.isdisjoint(stages):  # rarely
-        health = tuple(
-            (index, stage.value, times[index], _pickle(fields[index]))
-            for index, stage in enumerate(stages)
-            if stage in _HEALTH
-        )
+def _seal(records: list[Record]) -> _Chunk:
+    body, first_time, last_time, keys, health_at = seal(records, _HEALTH)
     # Requests, and the names of objects: a reader looks an object up by both its name and
     # its key (as a request), so no key is built here, where it would cost a string per event.
-    keys = set(columns[_REQUEST])
-    keys.update(map(_names, filter(None, columns[_OBJECT])))
-    keys.discard("")
     section = f"{_SECTION}{_LINE}{_LINE.join(keys)}{_LINE}"
-    return _Chunk(_pickle(fields), len(fields), min(times), max(times), section, health)
+    health = tuple(
+        (index, records[index].stage.value, records[index].time, dumps(records[index]))
+        for index in health_at  # rarely any
+    )
+    return _Chunk(body, len(records), first_time, last_time, section, health)
 
 
 _LINE = "\n"
