@@ -158,6 +158,7 @@ _SCOPE = InstrumentationScope("ctrltrace", __version__)
 # The SDK's default limit of events per span; links are capped at _MAX_LINKS likewise.
 _MAX_EVENTS = 128
 _UNSET = Status(StatusCode.UNSET)
+_NONE_DROPPED = (0, 0, 0)  # dropped attributes, events and links: the sink counts none
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
@@ -510,13 +511,14 @@ class _Encoded(_Direct):
                 span.context,
                 span.name,
                 span.kind,
-                parent=span.parent,
-                start=span.start,
-                end=span.end_time,
-                attributes=span.attributes,
-                events=span.events,
-                links=span.links,
-                status=span.status,
+                span.parent,
+                span.start,
+                span.end_time,
+                span.attributes,
+                span.events,
+                span.links,
+                span.status,
+                _NONE_DROPPED,
             )
         )
 

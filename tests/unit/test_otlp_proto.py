@@ -53,8 +53,10 @@ def span(
 
 
 def assert_same_request(spans: Sequence[ReadableSpan]) -> None:
-    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
-    assert ours == sdk_encode(spans)
+    ours = encode_spans(spans)
+    theirs = sdk_encode(spans)
+    assert ExportTraceServiceRequest.FromString(ours) == theirs
+    assert ours == theirs.SerializeToString()  # byte for byte, field order included
 
 
 def test_every_attribute_type_and_default_value() -> None:
@@ -66,6 +68,7 @@ def test_every_attribute_type_and_default_value() -> None:
         "edge": "r" * 117,
         "past": "r" * 118,
         "long": "reason " * 40,
+        "huge": "h" * 20_000,  # a length of three varint bytes
         "yes": True,
         "no": False,
         "zero": 0,
@@ -75,6 +78,9 @@ def test_every_attribute_type_and_default_value() -> None:
         "float zero": 0.0,
         "texts": ("a", "b"),
         "numbers": [1, 2, 3],
+        "smallest": -(2**63),
+        "raw": b"\x00\x01",
+        "nested": {"a": [1, "b", None], "c": {"d": 0.5}},
     }
     assert_same_request([span("event ConfigMap", 1, kind=SpanKind.CONSUMER, attributes=attributes)])
 
@@ -123,6 +129,12 @@ def test_spans_group_by_resource_then_scope(scope: InstrumentationScope | None) 
     assert_same_request(spans)
 
 
-def test_a_value_otlp_cannot_carry_is_refused() -> None:
-    with pytest.raises(TypeError, match="cannot be object"):
-        encode_spans([span("a", 1, attributes={"bad": object()})])
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [(object(), TypeError, "cannot be object"), (2**64, OverflowError, "too big")],
+)
+def test_a_value_otlp_cannot_carry_is_refused(
+    value: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        encode_spans([span("a", 1, attributes={"bad": value})])
