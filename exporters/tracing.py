@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -371,21 +371,6 @@ class _Built:
         self._to.finish(self, time.time_ns() if end_time is None else end_time)
 
 
-class _Ended(NamedTuple):
-    """A point span, finished as it starts: as ``_Direct`` hands it on (so is an ended _Built)."""
-
-    name: str
-    context: SpanContext
-    parent: SpanContext | None
-    kind: SpanKind
-    attributes: Attributes
-    events: Sequence[Event]
-    links: Sequence[Link]
-    status: Status
-    start: int
-    end_time: int
-
-
 class _Direct:
     """Spans for an SDK tracer provider, built without the SDK's span machinery.
 
@@ -464,30 +449,53 @@ class _Direct:
         """A span that starts and ends at ``at``; its context. No ``_Built`` in between."""
         context = self._context(name, parent, kind, attributes, links)
         if context.trace_flags.sampled:
-            self._deliver(
-                _Ended(name, context, parent, kind, attributes, (), links, status, at, at)
-            )
+            self._deliver(context, name, kind, parent, at, at, attributes, (), links, status)
         return context
 
     def finish(self, span: _Built, end: int) -> None:
-        if span.context.trace_flags.sampled:
+        context = span.context
+        if context.trace_flags.sampled:
             span.end_time = end
-            self._deliver(span)
+            self._deliver(
+                context,
+                span.name,
+                span.kind,
+                span.parent,
+                span.start,
+                end,
+                span.attributes,
+                span.events,
+                span.links,
+                span.status,
+            )
 
-    def _deliver(self, span: _Ended | _Built) -> None:
+    def _deliver(  # noqa: PLR0917 - positional: called for every span, as encode_span is
+        self,
+        context: SpanContext,
+        name: str,
+        kind: SpanKind,
+        parent: SpanContext | None,
+        start: int,
+        end: int,
+        attributes: Attributes,
+        events: Sequence[Event],
+        links: Sequence[Link],
+        status: Status,
+    ) -> None:
+        """Hand an ended span on: to the provider's processors, as a ``ReadableSpan``."""
         self._processor.on_end(
             ReadableSpan(
-                name=span.name,
-                context=span.context,
-                parent=span.parent,
+                name=name,
+                context=context,
+                parent=parent,
                 resource=self._resource,
-                attributes=span.attributes,
-                events=span.events,
-                links=span.links,
-                kind=span.kind,
-                status=span.status,
-                start_time=span.start,
-                end_time=span.end_time,
+                attributes=attributes,
+                events=events,
+                links=links,
+                kind=kind,
+                status=status,
+                start_time=start,
+                end_time=end,
                 instrumentation_scope=self._scope,
             )
         )
@@ -505,19 +513,31 @@ class _Encoded(_Direct):
         super().__init__(provider)
         self._queue = queue
 
-    def _deliver(self, span: _Ended | _Built) -> None:
+    def _deliver(  # noqa: PLR0917 - positional: called for every span, as encode_span is
+        self,
+        context: SpanContext,
+        name: str,
+        kind: SpanKind,
+        parent: SpanContext | None,
+        start: int,
+        end: int,
+        attributes: Attributes,
+        events: Sequence[Event],
+        links: Sequence[Link],
+        status: Status,
+    ) -> None:
         self._queue.offer(
             encode_span(
-                span.context,
-                span.name,
-                span.kind,
-                span.parent,
-                span.start,
-                span.end_time,
-                span.attributes,
-                span.events,
-                span.links,
-                span.status,
+                context,
+                name,
+                kind,
+                parent,
+                start,
+                end,
+                attributes,
+                events,
+                links,
+                status,
                 _NONE_DROPPED,
             )
         )
