@@ -69,7 +69,7 @@ typedef struct {
 } module_state;
 
 typedef struct {
-    const void *key; /* NULL: free */
+    PyObject *key; /* held until the pickle is done, so its address stays its own; NULL: free */
     Py_ssize_t index;
 } memo_entry;
 
@@ -87,7 +87,7 @@ static inline int put_bytes(writer *w, const void *bytes, Py_ssize_t length) {
     return put(&w->out, bytes, length);
 }
 
-static memo_entry *memo_slot(memo_entry *memo, Py_ssize_t capacity, const void *key) {
+static memo_entry *memo_slot(memo_entry *memo, Py_ssize_t capacity, PyObject *key) {
     size_t at = ((size_t)key >> 4) * 0x9E3779B97F4A7C15ULL;
     for (;; at++) {
         memo_entry *entry = &memo[at & (size_t)(capacity - 1)];
@@ -98,7 +98,7 @@ static memo_entry *memo_slot(memo_entry *memo, Py_ssize_t capacity, const void *
 }
 
 /* A memo reference to ``key`` if it was written before: 1 if so, 0 if not. */
-static int put_memoised(writer *w, const void *key) {
+static int put_memoised(writer *w, PyObject *key) {
     memo_entry *entry = memo_slot(w->memo, w->memo_capacity, key);
     if (entry->key == NULL) {
         return 0;
@@ -114,8 +114,8 @@ static int put_memoised(writer *w, const void *key) {
     return put_bytes(w, op, 5) < 0 ? -1 : 1;
 }
 
-/* MEMOIZE the object just written, under ``key`` (an object the records hold, so alive). */
-static int memoise(writer *w, const void *key) {
+/* MEMOIZE the object just written, under ``key``. */
+static int memoise(writer *w, PyObject *key) {
     if (2 * (w->memoised + 1) > w->memo_capacity) {
         Py_ssize_t capacity = w->memo_capacity * 2;
         memo_entry *memo = PyMem_Calloc((size_t)capacity, sizeof(memo_entry));
@@ -133,13 +133,13 @@ static int memoise(writer *w, const void *key) {
         w->memo_capacity = capacity;
     }
     memo_entry *entry = memo_slot(w->memo, w->memo_capacity, key);
-    entry->key = key;
+    entry->key = Py_NewRef(key);
     entry->index = w->memoised++;
     return put_op(w, OP_MEMOIZE);
 }
 
 /* A str, memoised under ``key``: the str itself, or the object it was made from. */
-static int save_text(writer *w, PyObject *text, const void *key) {
+static int save_text(writer *w, PyObject *text, PyObject *key) {
     Py_ssize_t length;
     const char *utf8 = PyUnicode_AsUTF8AndSize(text, &length);
     if (utf8 == NULL) {
@@ -311,12 +311,13 @@ static int save_list(writer *w, PyObject *list) {
     if (put_op(w, OP_MARK) < 0) {
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        if (save(w, PyList_GET_ITEM(list, i)) < 0) {
-            return -1;
-        }
+    int failed = 0;
+    for (Py_ssize_t i = 0; !failed && i < PyList_GET_SIZE(list); i++) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(list, i)); /* held, as in save_dict */
+        failed = save(w, item) < 0;
+        Py_DECREF(item);
     }
-    return put_op(w, OP_APPENDS);
+    return failed ? -1 : put_op(w, OP_APPENDS);
 }
 
 static int save_dict(writer *w, PyObject *dict) {
@@ -331,12 +332,16 @@ static int save_dict(writer *w, PyObject *dict) {
     }
     Py_ssize_t position = 0;
     PyObject *key, *value;
-    while (PyDict_Next(dict, &position, &key, &value)) {
-        if (save(w, key) < 0 || save(w, value) < 0) {
-            return -1;
-        }
+    int failed = 0;
+    while (!failed && PyDict_Next(dict, &position, &key, &value)) {
+        /* Held: str() of a value is Python code, which could drop them from the dict. */
+        Py_INCREF(key);
+        Py_INCREF(value);
+        failed = save(w, key) < 0 || save(w, value) < 0;
+        Py_DECREF(key);
+        Py_DECREF(value);
     }
-    return put_op(w, OP_SETITEMS);
+    return failed ? -1 : put_op(w, OP_SETITEMS);
 }
 
 /* Anything else is written as its str(), once per object (a Stage, say). */
@@ -423,6 +428,9 @@ static int start(writer *w, module_state *state) {
 
 /* The pickle written so far, ended; the writer is spent either way. */
 static PyObject *finish(writer *w, int failed) {
+    for (Py_ssize_t i = 0; i < w->memo_capacity; i++) {
+        Py_XDECREF(w->memo[i].key);
+    }
     PyMem_Free(w->memo);
     return buffer_finish(&w->out, failed || put_op(w, OP_STOP) < 0);
 }

@@ -227,13 +227,17 @@ static int put_attributes(buffer *b, unsigned char tag, PyObject *mapping) {
     if (PyDict_Check(mapping)) {
         Py_ssize_t position = 0;
         PyObject *key, *value;
-        while (PyDict_Next(mapping, &position, &key, &value)) {
+        int failed = 0;
+        while (!failed && PyDict_Next(mapping, &position, &key, &value)) {
+            /* Held: a key's __str__ is Python code, which could drop them from the dict. */
+            Py_INCREF(key);
+            Py_INCREF(value);
             Py_ssize_t start = open_field(b, tag);
-            if (start < 0 || put_pair(b, key, value) < 0 || close_field(b, start) < 0) {
-                return -1;
-            }
+            failed = start < 0 || put_pair(b, key, value) < 0 || close_field(b, start) < 0;
+            Py_DECREF(key);
+            Py_DECREF(value);
         }
-        return 0;
+        return failed ? -1 : 0;
     }
     PyObject *items = PyMapping_Items(mapping);
     if (items == NULL) {
@@ -289,9 +293,10 @@ static int put_value(buffer *b, PyObject *value) {
         Py_ssize_t array = open_field(b, ANY_ARRAY);
         failed = array < 0;
         for (Py_ssize_t i = 0; !failed && i < PySequence_Fast_GET_SIZE(value); i++) {
-            Py_ssize_t item = open_field(b, LIST_ITEM);
-            failed = item < 0 || put_value(b, PySequence_Fast_GET_ITEM(value, i)) < 0 ||
-                     close_field(b, item) < 0;
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(value, i)); /* as in put_each */
+            Py_ssize_t start = open_field(b, LIST_ITEM);
+            failed = start < 0 || put_value(b, item) < 0 || close_field(b, start) < 0;
+            Py_DECREF(item);
         }
         failed = failed || close_field(b, array) < 0;
     } else if (PyDict_Check(value)) {
@@ -416,9 +421,11 @@ static int put_each(buffer *b, unsigned char tag, PyObject *items,
     }
     int failed = 0;
     for (Py_ssize_t i = 0; !failed && i < PySequence_Fast_GET_SIZE(sequence); i++) {
+        /* Held: reading an item runs Python code, which could drop it from a list. */
+        PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(sequence, i));
         Py_ssize_t start = open_field(b, tag);
-        failed = start < 0 || put_item(b, PySequence_Fast_GET_ITEM(sequence, i)) < 0 ||
-                 close_field(b, start) < 0;
+        failed = start < 0 || put_item(b, item) < 0 || close_field(b, start) < 0;
+        Py_DECREF(item);
     }
     Py_DECREF(sequence);
     return failed ? -1 : 0;

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,10 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
         time.sleep(0.05)
     assert not threads, f"test left threads running: {threads}"
     assert not children, f"test left child processes running: {sorted(children)}"
+
+
+@pytest.fixture
+def traced() -> Iterator[Callable[[object], bool]]:
+    """Whether the garbage collector traces an object; gives back what the test froze."""
+    yield lambda obj: any(o is obj for o in gc.get_objects())
+    gc.unfreeze()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 import threading
 from collections.abc import Callable
@@ -82,6 +83,9 @@ def run_with_tui(manager: Manager, journal_path: Path | None, *, headless: bool 
     feed = RecorderFeed(journal_path)
     manager.add_sink(feed)
     app = TraceApp(feed)
+    # This owns the process as Manager.run does, and sets the start-up heap (Textual's too)
+    # aside from the collector for the same reason.
+    gc.freeze()
     with ManagerThread(manager, on_end=feed.end) as runner:
         app.run(headless=headless)
     runner.raise_error()

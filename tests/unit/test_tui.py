@@ -966,11 +966,15 @@ def test_the_command_without_a_terminal_checks_the_journal_and_exits_5_or_2(
     assert "needs a terminal" in readable.output
 
 
-def test_run_with_tui_raises_what_ended_the_manager_and_closes_the_view() -> None:
+def test_run_with_tui_raises_what_ended_the_manager_and_closes_the_view(
+    traced: Callable[[object], bool],
+) -> None:
     manager = Manager(name="broken", health_probe_bind_address="0", metrics_bind_address="0")
     manager.controller().named("lonely").complete(lambda ctx, request: None)
+    before = ["made at start-up"]
     with pytest.raises(BuildError, match="will never get triggered"):
         run_with_tui(manager, None, headless=True)
+    assert not traced(before)  # set aside from the collector, as Manager.run does
 
 
 def test_an_ended_recorder_feed_hands_over_what_is_left_then_says_it_ended() -> None:
