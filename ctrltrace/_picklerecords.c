@@ -1,7 +1,7 @@
 /* ctrltrace._picklerecords: records written as the journal's pickles, in C.
  *
  * Owns the one encoding the journal stores: a record as a tuple of its fields in the order of
- * journal._FIELDS, its ObjectRef as a tuple of the ref's fields, its Stage (and any value that
+ * record_names below, its ObjectRef as a tuple of the ref's fields, its Stage (and any value that
  * is not a built-in scalar, tuple, list or dict) as its str(); written in pickle protocol 5
  * opcodes that the journal's restricted unpickler reads back. Strings and ObjectRefs are
  * memoised by identity within one pickle, as the pickle module does.
@@ -51,7 +51,7 @@
 #define FIELD_REQUEST 7
 #define REF_NAME 3
 
-/* Record's fields in stored order, and ObjectRef's: must match journal._FIELDS and _record. */
+/* Record's fields in stored order, and ObjectRef's: journal._record reads them so. */
 static const char *record_names[RECORD_FIELDS] = {
     "id", "time", "stage", "outcome", "reason", "controller", "object", "request",
     "reconcile_id", "cause_ids", "attrs",

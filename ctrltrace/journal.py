@@ -79,8 +79,9 @@ PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# A record as stored: a tuple of its fields in _picklerecords.RECORD_FIELDS' order, with the
-# ObjectRef as a tuple (REF_FIELDS) and the Stage as its text.
+# A record as stored: a tuple of its fields in the order of ``record_names`` in
+# _picklerecords.c (``_record`` and these indices follow it), with the ObjectRef as a tuple
+# (``ref_names``) and the Stage as its text.
 _ID, _TIME, _STAGE, _OBJECT, _REQUEST, _RECONCILE_ID, _CAUSE_IDS = 0, 1, 2, 6, 7, 8, 9
 _NAMESPACE, _NAME, _KIND = 2, 3, 1  # in the stored ObjectRef tuple
 
