@@ -9,8 +9,9 @@ means to them.
 The cache holds the objects as decoded, shaped by an optional transform (by default the
 manager drops ``managedFields``) and, for a metadata-only informer, metadata alone. Its
 objects are shared with every listener: nothing here copies them, and nothing outside may
-change them. The client copies what it hands a reconciler (``copy_object``). Field indexes
-are kept up to date with the store, so a lookup by an indexed value touches only its keys.
+change them. The client copies what it hands a reconciler (``copy_object``). A namespace
+index and the field indexes are kept up to date with the store, so listing a namespace or
+looking up an indexed value touches only the objects it returns.
 """
 
 from __future__ import annotations
@@ -176,6 +177,8 @@ class Informer:
         self._indexes: dict[str, dict[str, set[str]]] = {}
         # key -> its (index name, value) pairs, to unindex it
         self._indexed: dict[str, builtins.list[tuple[str, str]]] = {}
+        # namespace -> key -> object: listing a namespace touches only its objects
+        self._in_namespace: dict[str, dict[str, Obj]] = {}
         self._log = structlog.get_logger("ctrltrace").bind(kind=str(kind))
 
     def add_listener(self, listener: Listener) -> None:
@@ -190,8 +193,7 @@ class Informer:
     def list(self, namespace: str = "") -> list[Obj]:
         if not namespace:
             return list(self.store.values())
-        prefix = f"{namespace}/"
-        return [obj for key, obj in self.store.items() if key.startswith(prefix)]
+        return list(self._in_namespace.get(namespace, {}).values())
 
     def holds_namespace(self, namespace: str) -> bool:
         """Whether objects of ``namespace`` are cached (all are when no namespace was set)."""
@@ -235,10 +237,21 @@ class Informer:
             for name, func in self._index_funcs.items():
                 self._index(key, obj, name, func)
         self.store[key] = obj
+        namespace, namespaced, _ = key.partition("/")
+        if namespaced:
+            members = self._in_namespace.get(namespace)
+            if members is None:
+                members = self._in_namespace[namespace] = {}
+            members[key] = obj
 
     def _drop(self, key: str) -> Obj | None:
         if self._index_funcs:
             self._unindex(key)
+        namespace, namespaced, _ = key.partition("/")
+        if namespaced and (members := self._in_namespace.get(namespace)) is not None:
+            members.pop(key, None)
+            if not members:
+                del self._in_namespace[namespace]
         return self.store.pop(key, None)
 
     def _index(self, key: str, obj: Obj, name: str, func: IndexFunc) -> None:

@@ -250,6 +250,7 @@ def test_matching_fields_finds_objects_through_the_index_without_a_scan() -> Non
     informer._apply("ADDED", owned_by("j4", "nightly", namespace="b"))
     client, _ = client_of(informer)
     informer.store = CountingStore(informer.store)
+    CountingStore.scans = 0
 
     async def names(**fields: str) -> list[str]:
         found = await client.list("batch/v1", "Job", "a", matching_fields=fields)
@@ -266,6 +267,22 @@ def test_matching_fields_finds_objects_through_the_index_without_a_scan() -> Non
             await names(**{"spec.x": "1"})
 
     asyncio.run(scenario())
+
+
+def test_listing_a_namespace_touches_only_its_objects() -> None:
+    informer = informer_of(CONFIGMAP, obj("x", "a"), obj("y", "b"), obj("z", "a"))
+    informer._apply("DELETED", obj("z", "a"))
+    informer._apply("DELETED", obj("y", "b"))
+    client, _ = client_of(informer)
+    informer.store = CountingStore(informer.store)
+    CountingStore.scans = 0
+
+    async def scenario() -> None:
+        assert [i["metadata"]["name"] for i in await client.list("v1", "ConfigMap", "a")] == ["x"]
+        assert await client.list("v1", "ConfigMap", "b") == []
+
+    asyncio.run(scenario())
+    assert CountingStore.scans == 0
 
 
 def test_an_index_function_that_raises_leaves_the_object_unindexed_and_the_informer_running() -> (
