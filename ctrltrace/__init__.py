@@ -12,14 +12,30 @@ from ctrltrace.builder import Builder, BuildError
 from ctrltrace.client import Client
 from ctrltrace.clock import Clock, FakeClock, SystemClock
 from ctrltrace.context import Context
+from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.leaderelection import LeaderLost, LeaseTiming
 from ctrltrace.manager import Manager
+from ctrltrace.objects import (
+    AlreadyOwnedError,
+    add_finalizer,
+    contains_finalizer,
+    controller_of,
+    find_condition,
+    is_condition_true,
+    is_controlled_by,
+    remove_condition,
+    remove_finalizer,
+    set_condition,
+    set_controller_reference,
+    set_owner_reference,
+)
 from ctrltrace.reconcile import Result, TerminalError
 from ctrltrace.records import Collect, ObjectRef, Record, Recorder, Stage
 from ctrltrace.request import Request
 from ctrltrace.transport import ApiError, ConfigError, NotFound
 
 __all__ = [
+    "AlreadyOwnedError",
     "ApiError",
     "BuildError",
     "Builder",
@@ -28,6 +44,7 @@ __all__ = [
     "Collect",
     "ConfigError",
     "Context",
+    "EventRecorder",
     "FakeClock",
     "LeaderLost",
     "LeaseTiming",
@@ -42,6 +59,17 @@ __all__ = [
     "SystemClock",
     "TerminalError",
     "__version__",
+    "add_finalizer",
+    "contains_finalizer",
+    "controller_of",
+    "find_condition",
     "handlers",
+    "is_condition_true",
+    "is_controlled_by",
     "predicates",
+    "remove_condition",
+    "remove_finalizer",
+    "set_condition",
+    "set_controller_reference",
+    "set_owner_reference",
 ]

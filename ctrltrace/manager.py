@@ -23,6 +23,7 @@ from ctrltrace.client import Client
 from ctrltrace.clock import Clock, SystemClock
 from ctrltrace.controller import Controller, Watch
 from ctrltrace.kinds import Kind, RestMapper
+from ctrltrace.kubeevents import EventBroadcaster, EventRecorder
 from ctrltrace.leaderelection import (
     LeaderElector,
     LeaderLost,
@@ -105,6 +106,7 @@ class Manager:
         )
         self.recorder = recorder or Recorder()
         self.clock: Clock = clock or SystemClock()
+        self._events = EventBroadcaster(recorder=self.recorder, clock=self.clock)
         self._registry = _Registry()
         self._runnables: list[Runnable] = []
         self.informers: dict[Kind, Informer] = {}
@@ -118,6 +120,12 @@ class Manager:
 
     def controller(self) -> Builder:
         return Builder(self._registry)
+
+    def event_recorder(self, component: str) -> EventRecorder:
+        """Emits Kubernetes Events from ``component`` (controller-runtime's
+        ``GetEventRecorderFor``); sent while the manager runs. Each reconcile has its
+        controller's as ``ctx.events``."""
+        return self._events.recorder_for(component)
 
     def add_sink(self, sink: Sink) -> None:
         self.recorder.add(sink)
@@ -211,6 +219,7 @@ class Manager:
             asyncio.create_task(informer.run(), name=f"informer {informer.kind}")
             for informer in self.informers.values()
         ] + [asyncio.create_task(runnable()) for runnable in self._runnables]
+        background.append(asyncio.create_task(self._events.run(transport), name="Events"))
         health = await self._serve_health()
         workers: list[asyncio.Task[None]] = []
         lost: BaseException | None = None
@@ -263,6 +272,7 @@ class Manager:
                 recorder=self.recorder,
                 clock=self.clock,
                 options=spec.options,
+                events=self._events.recorder_for(spec.name),
             )
             for watch in spec.watches:
                 controller.watch(
