@@ -977,6 +977,8 @@ _MARKS = {
     (Stage.LEASE, "error"): ("✗", "red"),
     (Stage.CONTROLLER, "started"): ("✓", "green"),
     (Stage.CONTROLLER, "cache_not_synced"): ("⏳", "yellow"),
+    (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
+    (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
 }
 _STAGE_MARKS = {
     Stage.EVENT: ("●", "cyan"),
@@ -984,6 +986,7 @@ _STAGE_MARKS = {
     Stage.RECONCILE_START: ("▶", ""),
     Stage.REQUEUE: ("⟳", "yellow"),
     Stage.WRITE: ("✎", ""),
+    Stage.KUBE_EVENT: ("⚑", ""),
 }
 _VERDICT_MARKS = {
     Code.RECONCILED: ("✓", "green"),
@@ -993,7 +996,7 @@ _VERDICT_MARKS = {
 )
 
 
-_STAGE_LABELS = {Stage.RECONCILE_START: "start"}
+_STAGE_LABELS = {Stage.RECONCILE_START: "start", Stage.KUBE_EVENT: "Event"}
 
 
 def _mark(stage: Stage, outcome: str) -> tuple[str, str]:
