@@ -1033,12 +1033,18 @@ def resolve_kind(text: str, watch_records: Iterable[Record]) -> str:
     """The kind a user means by ``KIND[.GROUP]``, kubectl-style: case-insensitive, singular or
     plural, matched against the kinds the journal saw watched. Unknown input is kept as typed
     (it then explains as ``not_watched``)."""
-    wanted, _, group = text.lower().partition(".")
     for record in watch_records:
         kind = str(record.attrs.get("kind", ""))
         api_version = str(record.attrs.get("api_version", ""))
         plural = str(record.attrs.get("resource", "")).partition(".")[0]
-        names = {kind.lower(), f"{kind.lower()}s", plural} - {""}
-        if wanted in names and group in ("", api_version.rpartition("/")[0].lower()):
+        if names_kind(text, kind, api_version, plural):
             return kind
     return text
+
+
+def names_kind(text: str, kind: str, api_version: str, plural: str = "") -> bool:
+    """Whether ``KIND[.GROUP]`` names ``kind`` of ``api_version`` as kubectl reads it: the
+    whole name in any case, singular or plural (``job`` is not ``CronJob``)."""
+    wanted, _, group = text.lower().partition(".")
+    names = {kind.lower(), f"{kind.lower()}s", plural} - {""}
+    return wanted in names and group in ("", api_version.rpartition("/")[0].lower())

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -483,6 +484,60 @@ def test_the_filter_matches_namespace_name_kind_verdict_and_controller() -> None
     assert shown("controller:gadget") == []
     assert len(shown("")) == len(state.events)
     assert not cells.RowFilter.parse("  ")
+
+
+def test_kind_filters_name_whole_kinds_as_explain_kind_does() -> None:
+    story = Story()
+    for api_version, kind in (("batch/v1", "Job"), ("batch.tutorial.kubebuilder.io/v1", "CronJob")):
+        ref = ObjectRef(api_version, kind, "shop", kind.lower(), "uid", "1", 1)
+        story.add(Stage.EVENT, "ADDED", object=ref, attrs={"self_caused": False})
+    state = ViewState()
+    state.apply(story.records)
+
+    def shown(text: str) -> list[str]:
+        row_filter = cells.RowFilter.parse(text)
+        return [row.kind for row in state.events.values() if row_filter.matches(row)]
+
+    assert shown("kind:job") == shown("kind:Jobs") == shown("kind:job.batch") == ["Job"]
+    assert shown("kind:cronjob") == ["CronJob"]
+    assert shown("kind:cronjob.batch") == []
+    assert shown("kind:cronjob.batch.tutorial.kubebuilder.io") == ["CronJob"]
+    assert shown("job") == ["Job", "CronJob"]  # a bare word still matches anywhere
+
+
+def test_an_own_write_is_marked_even_when_its_event_came_before_its_answer() -> None:
+    story = Story()
+    early = story.event("a", "MODIFIED")
+    other = story.event("b", "MODIFIED")
+    assert early.object is not None and other.object is not None
+    for event, version in ((early, early.object.resource_version), (other, "999")):
+        story.add(
+            Stage.WRITE,
+            "update",
+            object=replace(event.object, resource_version=version),
+            attrs={"event_id": event.id},
+        )
+    state = ViewState()
+    state.apply(story.records)
+    assert [cells.event_cells(row)[3].plain for row in state.events.values()] == [
+        "MODIFIED (own write)",
+        "MODIFIED",  # the write names the event, but another version: not this event's write
+    ]
+
+
+def test_a_row_keeps_its_own_outcome_when_the_request_runs_again_later() -> None:
+    story = Story()
+    first = story.dispatch(story.event("a"))
+    after = story.end(story.start(first), "requeue_after")
+    requeue = story.requeue(after, "after", 60.0)
+    second = story.dispatch(story.event("a", "MODIFIED"))
+    story.end(story.start(second, requeue), "error", "RuntimeError: boom")
+    state = ViewState()
+    state.apply(story.records)
+    assert words(state) == {
+        "Widget shop/a ADDED": "⟳ widget: reconciled, requeue at 22:14:20.040",
+        "Widget shop/a MODIFIED": "✗ widget: failed: RuntimeError: boom",
+    }
 
 
 def test_live_until_the_journal_stops_growing_then_idle_since_its_last_record() -> None:
