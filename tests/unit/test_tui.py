@@ -509,12 +509,13 @@ def test_an_own_write_is_marked_even_when_its_event_came_before_its_answer() -> 
     story = Story()
     early = story.event("a", "MODIFIED")
     other = story.event("b", "MODIFIED")
-    assert early.object is not None and other.object is not None
-    for event, version in ((early, early.object.resource_version), (other, "999")):
+    for event, version in ((early, ""), (other, "999")):
+        ref = event.object
+        assert ref is not None
         story.add(
             Stage.WRITE,
             "update",
-            object=replace(event.object, resource_version=version),
+            object=replace(ref, resource_version=version or ref.resource_version),
             attrs={"event_id": event.id},
         )
     state = ViewState()
