@@ -666,6 +666,30 @@ def test_the_object_view_explains_as_explain_does(journal: Path) -> None:
     assert earlier.verdict.code is Code.RECONCILE_FAILED
 
 
+def test_the_object_view_shows_the_events_a_reconcile_emitted(tmp_path: Path) -> None:
+    story = Story()
+    start = story.start(story.dispatch(story.event("a")))
+    ref = story.records[0].object
+    story.add(
+        Stage.KUBE_EVENT,
+        "counted",
+        reason="Normal Synced: Widget synced (count 2)",
+        controller="widget",
+        object=ref,
+        request="shop/a",
+        reconcile_id=start.reconcile_id,
+        attrs={"event": "shop/a.17a"},
+    )
+    story.end(start)
+    path = tmp_path / "journal.sqlite"
+    write_journal(path, story.records)
+    shown = explain_object(path, Target("shop", "a", "Widget"), now=story.time)
+    [entry] = [entry for entry in shown.timeline if entry.stage is Stage.KUBE_EVENT]
+    assert entry.what == "counted: Normal Synced: Widget synced (count 2)"
+    assert "⚑ Event" in shown.render()
+    assert shown.verdict.code is Code.RECONCILED
+
+
 def test_the_exit_code_for_an_unreadable_journal_is_explains() -> None:
     assert JOURNAL_EXIT == ExitCode.JOURNAL
 
