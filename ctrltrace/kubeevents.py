@@ -7,7 +7,8 @@ them). Owns what client-go's broadcaster and correlator do with each one:
 
 - ``event()`` never blocks and never raises for the API's sake: it puts the Event on a bounded
   queue (1000, client-go's ``maxQueuedEvents``) that one background task (``run``, started
-  by the manager) drains; an Event that finds the queue full is dropped and counted.
+  by the manager) drains; an Event that finds the queue full, or is still queued when the
+  manager stops, is dropped and counted.
 - The same Event again (same component, host, involved object, type, reason and message)
   patches the existing Event object's ``count`` and ``lastTimestamp`` instead of creating a
   new object; the cache of sent Events holds 4096 keys, as client-go's.
@@ -170,6 +171,8 @@ class EventBroadcaster:
                 await wakeup.wait()
         finally:
             self._loop = self._wakeup = None
+            while self._pending:  # said, not lost silently
+                self._drop(self._pending.popleft(), "the manager stopped before it was sent")
 
     async def _send(self, transport: Requests, pending: _Pending) -> None:
         sent, spam_key = self._correlate(pending)

@@ -27,6 +27,7 @@ class FakeApi:
         self.calls: list[tuple[str, str, Any]] = []
         self.events: dict[str, dict[str, Any]] = {}
         self.fail: list[BaseException] = []
+        self.hang = False  # requests never answer
 
     async def request(
         self,
@@ -38,6 +39,8 @@ class FakeApi:
         content_type: str = "application/json",
     ) -> Json:
         self.calls.append((method, path, body))
+        if self.hang:
+            await asyncio.Event().wait()
         if self.fail:
             raise self.fail.pop(0)
         if method == "POST":
@@ -165,6 +168,22 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
     assert broadcaster.dropped == 3
     reasons = [r.reason for r in collect.where(Stage.KUBE_EVENT, "dropped")]
     assert reasons[0] == "Normal Tick: tick 2; the Event queue is full (2 waiting)"
+
+
+def test_events_still_queued_when_the_manager_stops_are_dropped_and_said() -> None:
+    collect = Collect()
+
+    async def stopping(events: EventRecorder, api: FakeApi, clock: FakeClock) -> None:
+        api.hang = True
+        events.normal(FOO, "Tick", "in flight")
+        events.normal(FOO, "Tick", "waiting")
+        await clock.advance(0)
+
+    api, broadcaster = _run(stopping, collect)
+    assert len(api.calls) == 1
+    [dropped] = collect.where(Stage.KUBE_EVENT)
+    assert dropped.reason == "Normal Tick: waiting; the manager stopped before it was sent"
+    assert broadcaster.dropped == 1
 
 
 def test_a_refusal_is_not_retried_and_a_lost_connection_is() -> None:
