@@ -20,7 +20,9 @@ Obj = Mapping[str, Any]
 
 
 class Stage(enum.StrEnum):
-    WATCH = "watch"  # informer health: listed, synced, forbidden, kind_not_found, gone, error
+    # Informer health: started, listed, synced, resumed (a watch accepted after a failure),
+    # forbidden, kind_not_found, disconnected, error, gone (410: listing again)
+    WATCH = "watch"
     EVENT = "event"  # one watch event: ADDED, MODIFIED, DELETED
     # One per controller and event (per request when the handler maps to several):
     # dropped_by_predicate / not_mapped / queued / deduplicated / requeued_after_processing
@@ -33,9 +35,12 @@ class Stage(enum.StrEnum):
     # sent or dropped: created / counted (an existing Event's count went up) / dropped (queue
     # full or rate-limited) / failed (the API server refused it, or could not be reached).
     KUBE_EVENT = "kube_event"
-    LEASE = "lease"  # acquired / renewed / lost / standby / released / error
-    CONTROLLER = "controller"  # started / stopped / build_error
-    MANAGER = "manager"
+    # attempting / acquired / renewed_late / lost / standby / released / error
+    LEASE = "lease"
+    # starting (waiting for caches) / cache_sync_waiting / started (workers running) /
+    # cache_not_synced (timed out: the manager stops) / failed (workers gone: the same)
+    CONTROLLER = "controller"
+    MANAGER = "manager"  # started / stopping / drained / drain_timed_out / stopped
 
 
 @dataclass(frozen=True, slots=True)
