@@ -30,8 +30,34 @@ class Stage(enum.StrEnum):
     REQUEUE = "requeue"  # rate_limited / after: when the next run is due
     WRITE = "write"  # a write made through ctrltrace's client, with the returned RV
     LEASE = "lease"  # acquired / renewed / lost / standby / released / error
-    CONTROLLER = "controller"  # started / stopped / build_error
-    MANAGER = "manager"
+    # watching (one per watch, at build: attrs kind, api_version, role) / started /
+    # cache_not_synced / stopped / build_error
+    CONTROLLER = "controller"
+    MANAGER = "manager"  # started / stopped / journal_gap (records the journal lost)
+
+
+class Vocab:
+    """Outcomes and attribute keys that one module writes and explain reads."""
+
+    # Stage.CONTROLLER, at build: one per watch, naming the kind the controller waits for.
+    WATCHING = "watching"
+    # Stage.MANAGER: records that never reached the journal (attrs COUNT, FIRST_TIME,
+    # LAST_TIME; the reason says why: buffer full, write error).
+    JOURNAL_GAP = "journal_gap"
+    COUNT = "count"
+    FIRST_TIME = "first_time"
+    LAST_TIME = "last_time"
+    # Stage.EVENT, only on objects being deleted / holding finalizers: the deletionTimestamp
+    # as the API server wrote it, and the finalizers' names joined by commas (no bodies).
+    DELETION_TIMESTAMP = "deletion_timestamp"
+    FINALIZERS = "finalizers"
+    # Stage.RECONCILE with an error the API server answered: its HTTP status, reason and the
+    # request's method (GET is a read).
+    API_STATUS = "api_status"
+    API_REASON = "api_reason"
+    API_METHOD = "api_method"
+    # Stage.DISPATCH: a predicate or map function raised; the value is the exception's type.
+    RAISED = "raised"
 
 
 @dataclass(frozen=True, slots=True)

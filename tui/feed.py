@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ctrltrace.explain import Code, Explanation, explain
+from ctrltrace.evidence import explain_from_journal
+from ctrltrace.explain import Code, Explanation
 from ctrltrace.journal import Journal, JournalError
 from ctrltrace.records import Record, Stage
 
@@ -265,25 +266,14 @@ def explain_object(
 ) -> Explanation:
     """What ``ctrltrace explain`` says about ``target``, from the journal, as of ``until``."""
     with Journal(path) as journal:
-        about = journal.about(target.namespace, target.name, kind=target.kind)
-        watches = journal.watch_records()
-        leases = journal.lease_records()
-        lifecycle = journal.controller_records()
-    if until is not None:
-        about, watches, leases, lifecycle = (
-            [record for record in records if record.time <= until]
-            for records in (about, watches, leases, lifecycle)
+        return explain_from_journal(
+            journal,
+            namespace=target.namespace,
+            name=target.name,
+            kind=target.kind,
+            until=until,
+            now=now,
         )
-    return explain(
-        about,
-        namespace=target.namespace,
-        name=target.name,
-        kind=target.kind,
-        watch_records=watches,
-        lease_records=leases,
-        controller_records=lifecycle,
-        now=now,
-    )
 
 
 # -- the model ---------------------------------------------------------------------------------
