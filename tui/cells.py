@@ -10,6 +10,7 @@ Pure functions of the model: no Textual (the data side is tested without a termi
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -194,8 +195,18 @@ _LIFECYCLE = {
 }
 
 
-def controller_cells(controller: ControllerState, now: float) -> Cells:
+def controller_cells(
+    controller: ControllerState, now: float, blocking: Sequence[WatchState] = ()
+) -> Cells:
+    """``blocking``: the watches its workers wait for that failed (``ViewState.blocking``)."""
     state, style = _LIFECYCLE.get(controller.lifecycle, ("· not started", "dim"))
+    if blocking:
+        named = ", ".join(
+            f"{watch.kind} {watch.last_error.outcome}"
+            for watch in blocking
+            if watch.last_error is not None
+        )
+        state, style = f"✗ blocked by {named}", "red"
     running = controller.running
     oldest = min((start for start, _ in running.values()), default=None)
     in_flight = str(len(running)) + (f" (oldest {span(now - oldest)})" if oldest else "")
@@ -356,10 +367,12 @@ def watch_detail(watch: WatchState) -> Text:
 
 
 def feed_status(state: ViewState, now: float) -> Text:
-    """Live, or idle since the newest record: a journal that stops growing is not an error."""
+    """Live, or idle since the newest record: a journal that stops growing is not an error.
+    Records the journal lost are said either way: what is shown may be incomplete."""
     if state.newest is None:
         return Text("⏳ waiting for records", "yellow")
+    gaps = f" · ⚠ {state.gaps} journal gap(s)" if state.gaps else ""
     if now - state.newest <= IDLE_AFTER_S:
-        return Text("● live", "green")
+        return Text(f"● live{gaps}", "green")
     stopped = " · manager stopped" if state.manager == "stopped" else ""
-    return Text(f"◌ idle since {clock(state.newest)}{stopped}", "yellow")
+    return Text(f"◌ idle since {clock(state.newest)}{stopped}{gaps}", "yellow")
