@@ -106,12 +106,19 @@ class Controller:
             self._dispatch(watch, event, ref, event_id)
 
         watch.informer.add_listener(on_event)
-        # Which kinds this controller's workers wait for: explain names the one that blocks.
+        # Which kinds this controller's workers wait for (explain names the one that blocks),
+        # and what the cache holds of them (a label selector, some namespaces).
         self._emit(
             Stage.CONTROLLER,
             Vocab.WATCHING,
             f"{watch.role} {kind}",
-            attrs={"kind": kind.kind, "api_version": kind.api_version, "role": watch.role},
+            attrs={
+                "kind": kind.kind,
+                "api_version": kind.api_version,
+                "role": watch.role,
+                Vocab.LABEL_SELECTOR: watch.informer.label_selector,
+                Vocab.NAMESPACES: ",".join(watch.informer.namespaces),
+            },
         )
 
     def _dispatch(self, watch: Watch, event: Event, ref: ObjectRef, event_id: int) -> None:
@@ -122,7 +129,7 @@ class Controller:
             verdict = Verdict(
                 False, _raising(watch.predicates, event), f"raised {type(error).__name__}: {error}"
             )
-            raised[Vocab.RAISED] = type(error).__name__
+            raised = _raised(error)
         if verdict is not None:
             self._emit_dispatch(
                 "dropped_by_predicate",
@@ -136,7 +143,7 @@ class Controller:
             mapped = watch.handler.map(event)
         except Exception as error:  # a custom handler failing maps nothing, not crashes
             mapped = MapResult((), f"raised {type(error).__name__}: {error}")
-            raised[Vocab.RAISED] = type(error).__name__
+            raised = _raised(error)
         if not mapped.requests:
             self._emit_dispatch(
                 "not_mapped",
@@ -367,6 +374,15 @@ class Controller:
         )
         self._recorder.emit(record)
         return record.id
+
+
+def _raised(error: Exception) -> dict[str, str | int | float | bool]:
+    """The exception's type and the function that raised it, for explain to name."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = frame.tb_frame.f_code.co_qualname if frame is not None else ""
+    return {Vocab.RAISED: type(error).__name__, Vocab.RAISED_IN: where}
 
 
 def _raising(predicates: Sequence[Predicate], event: Event) -> str:

@@ -1185,9 +1185,49 @@ class _Decision:
         }
         covering = {kind: records for kind, records in covering.items() if records}
         if not covering:
-            return self._not_watched(kinds)
+            return self._filtered(self._not_watched(kinds), kinds)
         verdicts = [self._watch_state(kind, records) for kind, records in covering.items()]
-        return min(verdicts, key=lambda verdict: _WATCH_ORDER.index(verdict.code))
+        verdict = min(verdicts, key=lambda verdict: _WATCH_ORDER.index(verdict.code))
+        return self._filtered(verdict, kinds) if verdict.code is Code.NO_EVENTS else verdict
+
+    def _filtered(self, verdict: Verdict, kinds: Mapping[str, list[Record]]) -> Verdict:
+        """The cache holds only part of the kind (a label selector, some namespaces): name
+        the filter and the kubectl command that shows whether the object passes it."""
+        target = self.target
+        filters: dict[str, tuple[str, list[str]]] = {}
+        for record in self.health.lifecycle:  # the latest watch of each kind says
+            kind = str(record.attrs.get("kind", ""))
+            if record.outcome == Vocab.WATCHING and target.kind in (None, kind):
+                listed = str(record.attrs.get(Vocab.NAMESPACES, "")).split(",")
+                filters[kind] = (
+                    str(record.attrs.get(Vocab.LABEL_SELECTOR, "")),
+                    [namespace for namespace in listed if namespace],
+                )
+        problems, fixes = [], []
+        where = f" -n {target.namespace}" if target.namespace else ""
+        for kind, (selector, namespaces) in sorted(filters.items()):
+            resources = [str(r.attrs.get("resource", "")) for r in kinds.get(kind, ())]
+            get = f"kubectl get {next(filter(None, resources), kind.lower())} {target.name}{where}"
+            if selector:
+                problems.append(f"the cache of {kind} holds only objects with labels {selector}")
+                fixes.append(
+                    f"{get} -l '{selector}' shows whether {target.key} matches it (no output: it "
+                    "does not; change its labels or the manager's label selector)."
+                )
+            if namespaces and target.namespace not in namespaces:
+                problems.append(f"{kind} is cached only in namespaces {', '.join(namespaces)}")
+                fixes.append(
+                    f"{get} shows the object exists there; add {target.namespace} to the "
+                    "manager's namespaces to watch it."
+                )
+        if not problems:
+            return verdict
+        return replace(
+            verdict,
+            message=f"{verdict.message}; " + "; ".join(problems),
+            fix=" ".join(fixes),
+            details={**verdict.details, "filters": problems},
+        )
 
     def _not_watched(self, kinds: Mapping[str, list[Record]]) -> Verdict:
         target = self.target
@@ -1297,16 +1337,19 @@ def _raised(dispatch: Record) -> Verdict | None:
         "exception": raised,
         "error": dispatch.reason,
     }
+    where = str(dispatch.attrs.get(Vocab.RAISED_IN, ""))
     if dispatch.outcome == "dropped_by_predicate" and Vocab.RAISED in dispatch.attrs:
         name = str(dispatch.attrs.get("predicate", "a predicate"))
+        function = where or name
+        within = f" (in {where})" if where and where != name else ""
         return Verdict(
             Code.DROPPED_BY_PREDICATE,
-            f"{controller}: predicate {name} {dispatch.reason} on the {event} event, so the "
-            "event was dropped",
-            f"Fix {name}: a predicate that raises drops the event (it counts as a no). Make it "
-            f"return a verdict for every {event} event it can be given (missing fields, no old "
-            "object) instead of raising.",
-            details | {"predicate": name, "function": name},
+            f"{controller}: predicate {name}{within} {dispatch.reason} on the {event} event, "
+            "so the event was dropped",
+            f"Fix {function}: a predicate that raises drops the event (it counts as a no). "
+            f"Make it return a verdict for every {event} event it can be given (missing "
+            "fields, no old object) instead of raising.",
+            details | {"predicate": name, "function": function},
         )
     if dispatch.outcome == "not_mapped" and raised:
         handler = str(dispatch.attrs.get("handler", "the map function"))
@@ -1491,8 +1534,8 @@ def _not_served_words(kind: str, record: Record) -> tuple[str, str, dict[str, An
     api_version = str(record.attrs.get("api_version", ""))
     return (
         f"{kind} ({api_version}) is not served by the API server: {record.reason}",
-        f"Install the CRD that defines {kind} (kubectl get crd), or correct the apiVersion "
-        "and kind in the watch.",
+        f"Install the CRD that defines {kind} (kubectl get crd) or serve this version in it, "
+        "or correct the apiVersion and kind in the watch to what the server serves (above).",
         {"api_version": api_version},
     )
 

@@ -39,8 +39,12 @@ class Stage(enum.StrEnum):
 class Vocab:
     """Outcomes and attribute keys that one module writes and explain reads."""
 
-    # Stage.CONTROLLER, at build: one per watch, naming the kind the controller waits for.
+    # Stage.CONTROLLER, at build: one per watch, naming the kind the controller waits for
+    # (attrs kind, api_version, role) and what its cache holds: LABEL_SELECTOR ("" for every
+    # object) and NAMESPACES (comma-separated, "" for every namespace).
     WATCHING = "watching"
+    LABEL_SELECTOR = "label_selector"
+    NAMESPACES = "namespaces"
     # Stage.MANAGER: records that never reached the journal (attrs COUNT, FIRST_TIME,
     # LAST_TIME; the reason says why: buffer full, write error).
     JOURNAL_GAP = "journal_gap"
@@ -56,8 +60,10 @@ class Vocab:
     API_STATUS = "api_status"
     API_REASON = "api_reason"
     API_METHOD = "api_method"
-    # Stage.DISPATCH: a predicate or map function raised; the value is the exception's type.
+    # Stage.DISPATCH: a predicate or map function raised: the exception's type, and the
+    # qualified name of the function it was raised in (the innermost frame of user code).
     RAISED = "raised"
+    RAISED_IN = "raised_in"
 
 
 @dataclass(frozen=True, slots=True)

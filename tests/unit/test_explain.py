@@ -1065,3 +1065,26 @@ def test_a_function_that_raised_is_named_and_never_blamed_on_owner_references(
     assert "event was dropped" in verdict.message
     assert fix in verdict.fix
     assert "controller: true" not in verdict.fix and "ownerReference" not in verdict.fix
+
+
+def test_no_events_under_a_label_selector_names_it_and_the_kubectl_to_check() -> None:
+    story = Story(synced=False)
+    story.controller("watching", kind="ConfigMap", api_version="v1", label_selector="app=web")
+    story.watch("listed", resource="configmaps")
+    story.watch("synced", resource="configmaps")
+    verdict = story.explain("other", kind="ConfigMap").verdict
+    assert verdict.code == "no_events"
+    assert "holds only objects with labels app=web" in verdict.message
+    assert "kubectl get configmaps other -n shop -l 'app=web'" in verdict.fix
+
+
+def test_not_watched_in_this_namespace_names_the_namespaces_cached() -> None:
+    story = Story(synced=False)
+    story.controller("watching", kind="ConfigMap", api_version="v1", namespaces="a,b")
+    story.watch("listed", namespace="a", resource="configmaps")
+    story.watch("synced", namespace="b", resource="configmaps")
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "not_watched"
+    assert "cached only in namespaces a, b" in verdict.message
+    assert "kubectl get configmaps web -n shop" in verdict.fix
+    assert "add shop to the manager's namespaces" in verdict.fix
