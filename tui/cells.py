@@ -248,11 +248,17 @@ def work_rows(
     scheduled: list[tuple[float, WorkKey, Cells]] = []
     for controller in state.controllers.values():
         name = controller.name
+        blocking = state.blocking(controller)
+        queued = (
+            Text(f"⏳ blocked by {blocking[0].kind}", "red")
+            if blocking
+            else Text("⏳ queued", "yellow")
+        )
         for request, (start, rid) in controller.running.items():
             cells = (Text("▶ reconciling", "cyan"), Text(span(now - start)), Text(rid, "dim"))
             running.append((start, (name, request, "running"), cells))
         for request, since in controller.waiting.items():
-            cells = (Text("⏳ queued", "yellow"), Text(span(now - since)), Text(""))
+            cells = (queued, Text(span(now - since)), Text(""))
             waiting.append((since, (name, request, "waiting"), cells))
         for request, item in controller.scheduled.items():
             cells = (Text("⟳ scheduled", "yellow"), Text(_due_words(item, now)), Text(""))

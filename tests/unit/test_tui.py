@@ -1009,6 +1009,8 @@ def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch()
         cell.plain for cell in cells.controller_cells(widget, story.time, state.blocking(widget))
     ]
     assert text[1] == "✗ blocked by ConfigMap forbidden"
+    work = {key: [cell.plain for cell in row] for key, row in cells.work_rows(state, story.time)}
+    assert work["widget", "shop/a", "waiting"][2] == "⏳ blocked by ConfigMap"
     story.controller("started")  # the caches synced after all: no longer blocked
     state.apply(story.records[-1:])
     assert state.blocking(widget) == []
