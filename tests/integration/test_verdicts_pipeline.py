@@ -34,6 +34,25 @@ async def _noop(ctx: Context, request: Request) -> None:
     return None
 
 
+async def _started(
+    factory: ManagerFactory,
+    sink: JournalWriter,
+    build: Callable[[Manager], object],
+    *,
+    ready: str = "synced",
+    count: int = 1,
+    **options: Any,
+) -> Running:
+    """A manager with ``build``'s controllers, journaling to ``sink``, once ``count`` informer
+    records ``ready`` came (every watch synced, or the failure a test is about)."""
+    mgr = factory(**options)
+    mgr.add_sink(sink)
+    build(mgr)
+    run = await start(mgr)
+    await run.until(lambda: len(run.records.where(Stage.WATCH, ready)) >= count)
+    return run
+
+
 def _ends(run: Running, key: str) -> list[Record]:
     return [record for record in run.records.where(Stage.RECONCILE) if record.request == key]
 
@@ -63,16 +82,16 @@ def test_a_controller_blocked_by_a_forbidden_watch_is_cache_not_synced_naming_it
     )
 
     async def scenario() -> dict[str, Any]:
-        mgr = manager_factory(namespaces=[kube_namespace], kubeconfig=str(identity.kubeconfig))
-        mgr.add_sink(journal)
-        mgr.controller().for_(widget_crd, "Widget").owns("v1", "ConfigMap").complete(_noop)
-        run = await start(mgr)
-        await run.until(
-            lambda: (
-                bool(run.records.where(Stage.WATCH, "forbidden"))
-                and bool(run.records.where(Stage.WATCH, "synced"))
-            )
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: (
+                mgr.controller().for_(widget_crd, "Widget").owns("v1", "ConfigMap").complete(_noop)
+            ),
+            namespaces=[kube_namespace],
+            kubeconfig=str(identity.kubeconfig),
         )
+        await run.until(lambda: bool(run.records.where(Stage.WATCH, "forbidden")))
         control_plane.request(
             "POST",
             f"/apis/example.com/v1/namespaces/{kube_namespace}/widgets",
@@ -114,11 +133,14 @@ def test_a_watch_that_may_list_but_not_watch_warns_on_a_reconciled_object(
     )
 
     async def scenario() -> dict[str, Any]:
-        mgr = manager_factory(namespaces=[kube_namespace], kubeconfig=str(identity.kubeconfig))
-        mgr.add_sink(journal)
-        mgr.controller().for_("v1", "ConfigMap").complete(_noop)
-        run = await start(mgr)
-        await run.until(lambda: bool(run.records.where(Stage.WATCH, "forbidden")))
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            ready="forbidden",
+            namespaces=[kube_namespace],
+            kubeconfig=str(identity.kubeconfig),
+        )
         configmap(control_plane, kube_namespace, "relisted")
         # Only a re-list after a refused watch brings it in.
         await run.until(lambda: bool(_ends(run, f"{kube_namespace}/relisted")), within=60)
@@ -146,11 +168,12 @@ def test_queued_names_the_busy_request_and_in_progress_its_usual_durations(
             await release.wait()
 
     async def scenario() -> tuple[dict[str, Any], ...]:
-        mgr = manager_factory(namespaces=[kube_namespace])
-        mgr.add_sink(journal)
-        mgr.controller().for_("v1", "ConfigMap").complete(reconcile)  # one worker
-        run = await start(mgr)
-        await run.until(lambda: bool(run.records.where(Stage.WATCH, "synced")))
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(reconcile),  # 1 worker
+            namespaces=[kube_namespace],
+        )
         configmap(control_plane, kube_namespace, "quick-1")
         configmap(control_plane, kube_namespace, "quick-2")
         await run.until(lambda: len(run.records.where(Stage.RECONCILE)) == 2)
@@ -199,11 +222,12 @@ def test_finalizers_left_after_reconciles_are_deletion_blocked_then_deleted(
     key = f"{kube_namespace}/doomed"
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
-        mgr = manager_factory(namespaces=[kube_namespace])
-        mgr.add_sink(journal)
-        mgr.controller().for_("v1", "ConfigMap").complete(_noop)  # never removes the finalizer
-        run = await start(mgr)
-        await run.until(lambda: bool(run.records.where(Stage.WATCH, "synced")))
+        run = await _started(  # its reconciler never removes the finalizer
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            namespaces=[kube_namespace],
+        )
         configmap(control_plane, kube_namespace, "doomed", finalizers=["example.com/cleanup"])
         await run.until(lambda: len(_ends(run, key)) == 1)
         control_plane.request("DELETE", path)
@@ -262,11 +286,13 @@ def test_reconcile_errors_get_the_fix_for_what_the_api_server_said(
     names = ("conflict", "gone", "denied", "invalid")
 
     async def scenario() -> dict[str, dict[str, Any]]:
-        mgr = manager_factory(namespaces=[kube_namespace], kubeconfig=str(identity.kubeconfig))
-        mgr.add_sink(journal)
-        mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
-        run = await start(mgr)
-        await run.until(lambda: bool(run.records.where(Stage.WATCH, "synced")))
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(reconcile),
+            namespaces=[kube_namespace],
+            kubeconfig=str(identity.kubeconfig),
+        )
         for name in names:
             configmap(control_plane, kube_namespace, name)
         await run.until(lambda: all(len(_ends(run, f"{kube_namespace}/{n}")) >= 3 for n in names))
@@ -309,16 +335,15 @@ def test_a_predicate_or_map_function_that_raises_is_named(
         raise ValueError("no owner label")
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
-        mgr = manager_factory(namespaces=[kube_namespace])
-        mgr.add_sink(journal)
-        mgr.controller().for_("v1", "ConfigMap", predicates.funcs(create=only_big)).named(
-            "filtered"
-        ).complete(_noop)
-        mgr.controller().for_("v1", "Service").watches(
-            "v1", "Secret", handlers.map_to(secret_owner)
-        ).named("mapped").complete(_noop)
-        run = await start(mgr)
-        await run.until(lambda: len(run.records.where(Stage.WATCH, "synced")) == 3)
+        def build(mgr: Manager) -> None:
+            mgr.controller().for_("v1", "ConfigMap", predicates.funcs(create=only_big)).named(
+                "filtered"
+            ).complete(_noop)
+            mgr.controller().for_("v1", "Service").watches(
+                "v1", "Secret", handlers.map_to(secret_owner)
+            ).named("mapped").complete(_noop)
+
+        run = await _started(manager_factory, journal, build, count=3, namespaces=[kube_namespace])
         configmap(control_plane, kube_namespace, "plain")
         control_plane.request(
             "POST", f"/api/v1/namespaces/{kube_namespace}/secrets", {"metadata": {"name": "s"}}
@@ -351,12 +376,18 @@ def test_kind_not_found_says_what_the_group_serves(
     journal: JournalWriter,
 ) -> None:
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
-        mgr = manager_factory(namespaces=[kube_namespace])
-        mgr.add_sink(journal)
-        mgr.controller().for_("example.com/v2", "Widget").named("v2").complete(_noop)
-        mgr.controller().for_(widget_crd, "Widgit").named("typo").complete(_noop)
-        run = await start(mgr)
-        await run.until(lambda: len(run.records.where(Stage.WATCH, "kind_not_found")) >= 2)
+        def build(mgr: Manager) -> None:
+            mgr.controller().for_("example.com/v2", "Widget").named("v2").complete(_noop)
+            mgr.controller().for_(widget_crd, "Widgit").named("typo").complete(_noop)
+
+        run = await _started(
+            manager_factory,
+            journal,
+            build,
+            ready="kind_not_found",
+            count=2,
+            namespaces=[kube_namespace],
+        )
         await stop(run)
         return (
             explain(journal, f"{kube_namespace}/any", "--kind", "widget"),
@@ -377,11 +408,13 @@ def test_no_events_under_a_label_selector_names_it_and_how_to_check(
     journal: JournalWriter,
 ) -> None:
     async def scenario() -> dict[str, Any]:
-        mgr = manager_factory(namespaces=[kube_namespace], label_selectors={"ConfigMap": "app=web"})
-        mgr.add_sink(journal)
-        mgr.controller().for_("v1", "ConfigMap").complete(_noop)
-        run = await start(mgr)
-        await run.until(lambda: bool(run.records.where(Stage.WATCH, "synced")))
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            namespaces=[kube_namespace],
+            label_selectors={"ConfigMap": "app=web"},
+        )
         configmap(control_plane, kube_namespace, "unlabelled")
         await asyncio.sleep(0.5)  # an event would have come by now; none does
         await stop(run)
@@ -405,11 +438,12 @@ def test_records_the_journal_lost_make_a_journal_gap_warning(
     )
 
     async def scenario() -> dict[str, Any]:
-        mgr = manager_factory(namespaces=[kube_namespace])
-        mgr.add_sink(lossy)
-        mgr.controller().for_("v1", "ConfigMap").complete(_noop)
-        run = await start(mgr)
-        await run.until(lambda: bool(run.records.where(Stage.WATCH, "synced")))
+        run = await _started(
+            manager_factory,
+            lossy,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            namespaces=[kube_namespace],
+        )
         for index in range(100):
             configmap(control_plane, kube_namespace, f"many-{index}")
         await run.until(lambda: len(run.records.where(Stage.RECONCILE)) >= 100)
