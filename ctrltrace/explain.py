@@ -572,6 +572,17 @@ class _Health:
         ]
         return states[-1] if states and states[-1].outcome == "cache_not_synced" else None
 
+    def latest(self, default: float) -> float:
+        """The time of the newest informer, lease or lifecycle record."""
+        return max(
+            (
+                records[-1].time
+                for records in (self.watches, self.leases, self.lifecycle)
+                if records
+            ),
+            default=default,
+        )
+
     def run_of(self, at: float) -> tuple[float, float]:
         """The manager run ``at`` falls in, as (after, until): between two MANAGER stops.
 
@@ -746,7 +757,6 @@ class _Decision:
         start = self.chains.next_start(dispatch)
         if start is None:
             return self._waiting(dispatch)
-        attempts = 1
         ends: list[Record] = []
         while True:
             end = self.chains.ends.get(start.reconcile_id)
@@ -757,7 +767,7 @@ class _Decision:
             following = None if requeue is None else self.chains.next_start(requeue)
             if requeue is None or following is None:
                 return self._ended(end, requeue, ends)
-            start, attempts = following, attempts + 1
+            start = following
 
     def _dropped(self, dispatch: Record) -> Verdict:
         predicate = str(dispatch.attrs.get("predicate", "a predicate"))
@@ -1074,7 +1084,9 @@ class _Decision:
     def _warnings(self, trigger: Record | None, verdict: Verdict) -> tuple[PipelineWarning, ...]:
         """Conditions around the object, whatever the verdict: its watch, the lease, gaps."""
         target = self.target
-        after, until = self.health.run_of(trigger.time if trigger is not None else self.now)
+        # Without an event, the latest run the journal holds (not the empty one after it).
+        at = trigger.time if trigger is not None else self.health.latest(self.now)
+        after, until = self.health.run_of(at)
         kinds = (
             {target.kind}
             if target.kind

@@ -1088,3 +1088,16 @@ def test_not_watched_in_this_namespace_names_the_namespaces_cached() -> None:
     assert "cached only in namespaces a, b" in verdict.message
     assert "kubectl get configmaps web -n shop" in verdict.fix
     assert "add shop to the manager's namespaces" in verdict.fix
+
+
+def test_without_events_the_gap_of_the_run_that_ended_is_still_warned_of() -> None:
+    story = Story()
+    story._make(
+        Stage.MANAGER,
+        "journal_gap",
+        reason="buffer full",
+        attrs={"count": 9, "first_time": T0, "last_time": story.time},
+    )
+    story._make(Stage.MANAGER, "stopped", reason="stopped")
+    warnings = story.explain("lost", kind="ConfigMap").verdict.warnings
+    assert [str(warning.code) for warning in warnings] == ["journal_gap"]
