@@ -485,12 +485,12 @@ class _Blocker:
             details["status"] = failure.attrs["status"]
         if failure.outcome == "forbidden":
             problem, fix, more = _forbidden_words(self.kind, failure)
-            return f"{self.kind}: {problem}", fix, details | more
+            return problem, fix, details | more
         if failure.outcome == "kind_not_found":
             problem, fix, more = _not_served_words(self.kind, failure)
-            return f"{self.kind}: {problem}", fix, details | more
+            return problem, fix, details | more
         return (
-            f"{self.kind}: the watch failed ({failure.outcome}): {failure.reason}",
+            f"the watch for {self.kind} failed ({failure.outcome}): {failure.reason}",
             "Check the connection from the controller to the API server (address, "
             "certificates, network policy); the informer keeps retrying.",
             details,

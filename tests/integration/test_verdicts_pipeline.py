@@ -7,6 +7,7 @@ matters) and explained from a real journal through the CLI's ``--json``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from ctrltrace.envtest.pytest_plugin import MintIdentity
 from ctrltrace.events import Event
 from ctrltrace.journal import JournalWriter
 from ctrltrace.records import Obj
+from ctrltrace.tui import cells
+from ctrltrace.tui.feed import Target, explain_object, replay
 
 from . import test_verdicts as base
 from .conftest import Running, start, stop, widget
@@ -103,6 +106,16 @@ def test_a_controller_blocked_by_a_forbidden_watch_is_cache_not_synced_naming_it
         return answer
 
     verdict = asyncio.run(scenario())["verdict"]
+    # The TUI, reading the same journal, shows the controller blocked by that watch, and its
+    # object view gives the same verdict.
+    now = time.time()
+    state = replay(journal.path, now)
+    assert state is not None
+    (controller,) = state.controllers.values()
+    shown = cells.controller_cells(controller, now, state.blocking(controller))
+    assert shown[1].plain == "✗ blocked by ConfigMap forbidden"
+    target = Target(kube_namespace, "blocked", "Widget")
+    assert explain_object(journal.path, target, now=now).verdict.code == verdict["code"]
     assert verdict["code"] == "cache_not_synced"
     assert "waiting for a worker" not in verdict["message"]
     assert "max_concurrent_reconciles" not in verdict["fix"]
