@@ -396,6 +396,7 @@ def explain(
     import time
 
     from ctrltrace import explain as explaining
+    from ctrltrace.evidence import explain_from_journal
     from ctrltrace.journal import Journal, JournalError
 
     namespace, _, name = target.rpartition("/")
@@ -409,16 +410,13 @@ def explain(
     try:
         with Journal(journal_path) as journal:
             watches = journal.watch_records(since=since_time)
-            kind_name = explaining.resolve_kind(kind, watches) if kind else None
-            explanation = explaining.explain(
-                journal.about(namespace, name, kind=kind_name, since=since_time),
+            explanation = explain_from_journal(
+                journal,
                 namespace=namespace,
                 name=name,
-                kind=kind_name,
+                kind=explaining.resolve_kind(kind, watches) if kind else None,
                 controller=controller,
-                watch_records=watches,
-                lease_records=journal.lease_records(since=since_time),
-                controller_records=journal.controller_records(since=since_time),
+                since=since_time,
                 now=now,
             )
     except JournalError as error:

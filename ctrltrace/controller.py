@@ -23,14 +23,15 @@ from ctrltrace.client import Client
 from ctrltrace.clock import Clock
 from ctrltrace.context import Context
 from ctrltrace.events import Event, EventType
-from ctrltrace.handlers import EventHandler, map_event
+from ctrltrace.handlers import EventHandler, MapResult
 from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.predicates import Predicate, Verdict, first_refusal
 from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
 from ctrltrace.reconcile import Action, Reconciler, Result, as_result, settle
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
+from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, Vocab, next_id
 from ctrltrace.request import Request
 from ctrltrace.source import Informer
+from ctrltrace.transport import ApiError
 
 ReconcileCall = Callable[[Context, Request], Awaitable[Result | None]]
 
@@ -124,29 +125,52 @@ class Controller:
             self._dispatch(watch, event, ref, event_id)
 
         watch.informer.add_listener(on_event)
+        # Which kinds this controller's workers wait for (explain names the one that blocks),
+        # and what the cache holds of them (a label selector, some namespaces).
+        self._emit(
+            Stage.CONTROLLER,
+            Vocab.WATCHING,
+            f"{watch.role} {kind}",
+            attrs={
+                "kind": kind.kind,
+                "api_version": kind.api_version,
+                "role": watch.role,
+                Vocab.LABEL_SELECTOR: watch.informer.label_selector,
+                Vocab.NAMESPACES: ",".join(watch.informer.namespaces),
+            },
+        )
 
     def _dispatch(self, watch: Watch, event: Event, ref: ObjectRef, event_id: int) -> None:
+        raised: dict[str, str | int | float | bool] = {}
         try:
             verdict = first_refusal(watch.predicates, event)
         except Exception as error:  # a user predicate failing drops, not crashes
-            verdict = Verdict(False, "error", f"a predicate raised {type(error).__name__}: {error}")
+            verdict = Verdict(
+                False, _raising(watch.predicates, event), f"raised {type(error).__name__}: {error}"
+            )
+            raised = _raised(error)
         if verdict is not None:
             self._emit_dispatch(
                 "dropped_by_predicate",
                 verdict.reason,
                 ref,
                 event_id,
-                {"predicate": verdict.predicate, "event_type": str(event.type)},
+                {"predicate": verdict.predicate, "event_type": str(event.type), **raised},
             )
             return
-        mapped = map_event(watch.handler, event)
+        try:
+            mapped = watch.handler.map(event)
+        except Exception as error:  # a custom handler failing maps nothing, not crashes
+            reason = f"{watch.handler.describe()} raised {type(error).__name__}: {error}"
+            mapped = MapResult((), reason)
+            raised = _raised(error)
         if not mapped.requests:
             self._emit_dispatch(
                 "not_mapped",
                 mapped.reason,
                 ref,
                 event_id,
-                {"handler": watch.handler.describe(), "event_type": str(event.type)},
+                {"handler": watch.handler.describe(), "event_type": str(event.type), **raised},
             )
             return
         for request in mapped.requests:
@@ -344,6 +368,13 @@ class Controller:
         reason = ""
         if error is not None:
             attrs["error_type"] = type(error).__name__
+            if isinstance(error, ApiError):  # what the API server said, for explain's fix
+                attrs |= {
+                    Vocab.API_STATUS: error.status,
+                    Vocab.API_REASON: error.reason,
+                    # ApiError's text starts with the request's method (it keeps no field).
+                    Vocab.API_METHOD: str(error).partition(" ")[0],
+                }
             reason = f"{type(error).__name__}: {error}"
             if result is not None:
                 reason += " (the Result returned with it is ignored)"
@@ -416,6 +447,26 @@ def _cancelling() -> bool:
     CancelledError that user code raised or let escape."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _raised(error: Exception) -> dict[str, str | int | float | bool]:
+    """The exception's type and the function that raised it, for explain to name."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = frame.tb_frame.f_code.co_qualname if frame is not None else ""
+    return {Vocab.RAISED: type(error).__name__, Vocab.RAISED_IN: where}
+
+
+def _raising(predicates: Sequence[Predicate], event: Event) -> str:
+    """The name of the first predicate that raises on ``event`` (predicates are pure, so
+    asking again finds it; this runs only after one raised)."""
+    for predicate in predicates:
+        try:
+            predicate.check(event)
+        except Exception:  # the one we are looking for
+            return predicate.name
+    return "a predicate"
 
 
 def _as_async(reconciler: Reconciler) -> ReconcileCall:

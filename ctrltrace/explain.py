@@ -20,13 +20,21 @@ The decision procedure, in order:
    RECONCILE_START naming it as a cause (or, should that link be missing, the next start of
    the same request in the same controller: the queue coalesced it into that one), then along
    the chain start → RECONCILE → REQUEUE → next start, to the chain's end: a start without an
-   end is ``in_progress``; an end ``success`` is ``reconciled``, ``error`` is
-   ``reconcile_failed`` (with the retry's attempt and due time), ``terminal_error`` is
-   ``terminal_error``, ``requeue``/``requeue_after`` are ``requeue_scheduled`` (due time).
+   end is ``in_progress`` (running for how long, against the controller's p50/p99 from
+   ``activity``); an end ``success`` is ``reconciled``, ``error`` is ``reconcile_failed``
+   (with the retry's attempt and due time), ``terminal_error`` is ``terminal_error``,
+   ``requeue``/``requeue_after`` are ``requeue_scheduled`` (due time). A failure the API
+   server answered (``api_status``: 409, 404, 403, 422, 429, 5xx) or a timeout gets the fix
+   for that status; only other errors get "fix the error in the reconciler". A dispatch
+   whose predicate or map function raised is a verdict about that function.
 4. A dispatch with no start yet: ``not_leader`` if the latest lease transition (acquired,
-   standby, lost, released) is not ``acquired`` (naming the holder), else
-   ``cache_not_synced`` if the controller's latest lifecycle record is ``cache_not_synced``,
-   else ``queued``.
+   standby, lost, released) is not ``acquired`` (naming the holder). Else, if the controller
+   has no ``started`` record in the manager run of the dispatch (runs end at MANAGER
+   ``stopped``), its workers never started: ``cache_not_synced`` naming each of its watches
+   (its ``watching`` records) that failed without syncing, with the API server's error and
+   the fix; ``queued`` without workers while they are only listing. With workers:
+   ``queued``, held by the same key's running reconcile (``requeued_after_processing``) or
+   waiting for a worker, naming the reconciles running now (from ``activity``).
 5. With several dispatches, the one that got furthest is the verdict: reaching Reconcile beats
    waiting, which beats not_mapped and dropped_by_predicate; among those that reached
    Reconcile, failures come first. The others are listed in the verdict's details. Then, if
@@ -38,6 +46,15 @@ The decision procedure, in order:
    ``forbidden`` → ``watch_forbidden``; ``kind_not_found`` → ``kind_not_found``; never
    ``synced`` → ``cache_not_synced``; otherwise ``no_events``. Across several kinds the
    first of that order wins.
+7. Deletion: if the object's latest event is DELETED, the message says so (and that
+   Reconcile then ran). If it carries a deletionTimestamp and finalizers, and reconciles ran
+   since the first event that carried it, a verdict that reached Reconcile becomes
+   ``deletion_blocked`` (which finalizers, since when, how many reconciles).
+8. Warnings, whatever the verdict, from the manager run of the trigger: the object's kind's
+   watch is failing now (``watch_disconnected``) or its latest failure is a 403
+   (``watch_forbidden``, unless that is the verdict); this replica's latest lease transition
+   is ``lost`` (``lease_lost``); a MANAGER ``journal_gap`` overlaps the time from the first
+   record about the object until now (``journal_gap``: the answer may be incomplete).
 
 Record ids are unique only within one process run. Every link is therefore looked up in the
 direction of time (a cause is the latest record with that id before its effect, an effect the
@@ -49,6 +66,7 @@ from __future__ import annotations
 import datetime
 import enum
 import io
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -59,7 +77,8 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table
 from rich.text import Text
 
-from ctrltrace.records import AttrValue, Record, Stage
+from ctrltrace import remedies
+from ctrltrace.records import AttrValue, Record, Stage, Vocab
 
 
 class Code(enum.StrEnum):
@@ -79,7 +98,17 @@ class Code(enum.StrEnum):
     NOT_LEADER = "not_leader"
     CACHE_NOT_SYNCED = "cache_not_synced"
     SELF_TRIGGERED = "self_triggered"
+    DELETION_BLOCKED = "deletion_blocked"
     NO_EVENTS = "no_events"
+
+
+class WarningCode(enum.StrEnum):
+    """Conditions around the object that bear on any verdict; closed like ``Code``."""
+
+    WATCH_FORBIDDEN = "watch_forbidden"  # changes reach the cache only by re-listing
+    WATCH_DISCONNECTED = "watch_disconnected"  # the informer cannot reach the API server
+    LEASE_LOST = "lease_lost"  # this replica lost the leader lease: the manager stopped
+    JOURNAL_GAP = "journal_gap"  # records were lost on their way to the journal
 
 
 _SUCCESS = frozenset({Code.RECONCILED, Code.REQUEUE_SCHEDULED})
@@ -109,10 +138,12 @@ _CONTROLLER_STAGES = frozenset(
     {Stage.DISPATCH, Stage.RECONCILE_START, Stage.RECONCILE, Stage.REQUEUE}
 )
 _LEASE_TRANSITIONS = frozenset({"acquired", "standby", "lost", "released"})
-_FORBIDDEN = re.compile(
-    r'User "(?P<user>[^"]+)" cannot (?P<verb>\w+) resource "(?P<resource>[^"]+)"'
-    r'(?: in API group "(?P<group>[^"]*)")?'
+_REACHED = frozenset(
+    {Code.RECONCILED, Code.REQUEUE_SCHEDULED, Code.RECONCILE_FAILED, Code.TERMINAL_ERROR}
 )
+_FAILURES = frozenset({"forbidden", "kind_not_found", "disconnected", "error"})
+_HUNG_FACTOR = 10.0  # a reconcile running this many times its p99 (and over a second) looks hung
+_REPEATED = 3  # the same API status this many runs in a row is a pattern, not bad luck
 
 
 @dataclass(frozen=True)
@@ -159,11 +190,22 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
+class PipelineWarning:
+    code: WarningCode
+    message: str
+    fix: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": str(self.code), "message": self.message, "fix": self.fix}
+
+
+@dataclass(frozen=True)
 class Verdict:
     code: Code
     message: str  # one line, with the specifics
     fix: str  # what the user can do about it
     details: Mapping[str, Any] = field(default_factory=dict)  # JSON values
+    warnings: tuple[PipelineWarning, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +234,7 @@ class Explanation:
                 "message": self.verdict.message,
                 "fix": self.verdict.fix,
                 "details": dict(self.verdict.details),
+                "warnings": [warning.to_json() for warning in self.verdict.warnings],
             },
         }
 
@@ -245,6 +288,11 @@ class Explanation:
             ),
             Text.assemble(("fix: ", "bold"), self.verdict.fix),
         ]
+        for warning in self.verdict.warnings:
+            parts += [
+                Text.assemble((f"⚠ {warning.code}", "bold yellow"), "  ", warning.message),
+                Text.assemble(("  fix: ", "bold"), warning.fix),
+            ]
         yield Group(*parts)
 
 
@@ -258,14 +306,19 @@ def explain(
     watch_records: Sequence[Record] = (),
     lease_records: Sequence[Record] = (),
     controller_records: Sequence[Record] = (),
+    activity: Sequence[Record] = (),
     now: float,
     timeline_limit: int = _TIMELINE_LIMIT,
 ) -> Explanation:
-    """Decide what happened to the object's latest event (see the module docstring)."""
+    """Decide what happened to the object's latest event (see the module docstring).
+
+    ``activity`` is the recent RECONCILE_START and RECONCILE records of every request (not
+    only this object's): what the workers are doing, and how long reconciles usually take.
+    """
     target = Target(namespace, name, kind, controller)
     chains = _Chains(_with_own_writes_paired(object_records), controller)
     health = _Health(watch_records, lease_records, controller_records, controller)
-    decision = _Decision(target, chains, health, now)
+    decision = _Decision(target, chains, health, _Activity(activity), now)
     verdict = decision.decide()
     shown = chains.records[-timeline_limit:] if timeline_limit > 0 else []
     shown_ids = {id(record) for record in shown}
@@ -360,6 +413,9 @@ class _Chains:
     def after(self, record: Record) -> Iterator[Record]:
         return iter(self.records[self._position[id(record)] + 1 :])
 
+    def position(self, record: Record) -> int:
+        return self._position[id(record)]
+
     def next_start(self, cause: Record) -> Record | None:
         """The reconcile that ``cause`` (a dispatch or a requeue) led to, if one started."""
         same = [
@@ -405,6 +461,74 @@ class _Chains:
         )
 
 
+@dataclass(frozen=True)
+class _Blocker:
+    """A watch whose cache has not synced, holding back its controller's workers."""
+
+    kind: str
+    api_version: str
+    failure: Record  # its latest failure
+
+    def words(self) -> tuple[str, str, dict[str, Any]]:
+        """(what is wrong, the fix, details) in the API server's words."""
+        failure = self.failure
+        details: dict[str, Any] = {
+            "kind": self.kind,
+            "api_version": self.api_version,
+            "outcome": failure.outcome,
+            "error": failure.reason,
+        }
+        if "status" in failure.attrs:
+            details["status"] = failure.attrs["status"]
+        if failure.outcome == "forbidden":
+            problem, fix, more = _forbidden_words(self.kind, failure)
+            return problem, fix, details | more
+        if failure.outcome == "kind_not_found":
+            problem, fix, more = _not_served_words(self.kind, failure)
+            return problem, fix, details | more
+        return (
+            f"the watch for {self.kind} failed ({failure.outcome}): {failure.reason}",
+            "Check the connection from the controller to the API server (address, "
+            "certificates, network policy); the informer keeps retrying.",
+            details,
+        )
+
+
+class _Activity:
+    """What every controller's workers did lately: reconciles running now, usual durations."""
+
+    def __init__(self, records: Iterable[Record]) -> None:
+        self.starts: list[Record] = []
+        self.ended: set[str] = set()
+        self.durations: defaultdict[str, list[float]] = defaultdict(list)
+        for record in sorted(records, key=lambda record: record.time):
+            if record.stage is Stage.RECONCILE_START:
+                self.starts.append(record)
+            elif record.stage is Stage.RECONCILE:
+                self.ended.add(record.reconcile_id)
+                duration = record.attrs.get("duration_s")
+                if isinstance(duration, int | float):
+                    self.durations[record.controller].append(float(duration))
+
+    def running(self, controller: str, after: float, until: float) -> list[Record]:
+        """Reconciles of ``controller`` that started in (after, until] and have not ended."""
+        return [
+            start
+            for start in self.starts
+            if start.controller == controller
+            and after < start.time <= until
+            and start.reconcile_id not in self.ended
+        ]
+
+    def usual(self, controller: str) -> tuple[float, float, int] | None:
+        """(p50, p99, runs) of the controller's reconcile durations, if any ended."""
+        durations = sorted(self.durations.get(controller, ()))
+        if not durations:
+            return None
+        last = len(durations) - 1
+        return durations[last // 2], durations[round(last * 0.99)], len(durations)
+
+
 class _Health:
     """The informer, lease and controller records: is the pipeline around the object alive?"""
 
@@ -445,6 +569,74 @@ class _Health:
         ]
         return states[-1] if states and states[-1].outcome == "cache_not_synced" else None
 
+    def latest(self, default: float) -> float:
+        """The time of the newest informer, lease or lifecycle record."""
+        return max(
+            (
+                records[-1].time
+                for records in (self.watches, self.leases, self.lifecycle)
+                if records
+            ),
+            default=default,
+        )
+
+    def run_of(self, at: float) -> tuple[float, float]:
+        """The manager run ``at`` falls in, as (after, until): between two MANAGER stops.
+
+        A run's build (its controllers' ``watching`` records) comes before its ``started``,
+        so runs are told apart by their ends.
+        """
+        stops = [
+            record.time
+            for record in self.lifecycle
+            if record.stage is Stage.MANAGER and record.outcome == "stopped"
+        ]
+        after = max((time for time in stops if time < at), default=-math.inf)
+        return after, min((time for time in stops if time >= at), default=math.inf)
+
+    def blockers(self, controller: str, at: float) -> list[_Blocker] | None:
+        """None when the controller's workers started in the run of ``at``; else the watches
+        whose caches have not synced because they failed (empty while they are listing)."""
+        after, until = self.run_of(at)
+        mine = [
+            record
+            for record in self.lifecycle
+            if record.controller == controller and after < record.time <= until
+        ]
+        if any(record.outcome == "started" for record in mine):
+            return None
+        watched = {
+            str(record.attrs.get("kind", "")): str(record.attrs.get("api_version", ""))
+            for record in mine
+            if record.outcome == Vocab.WATCHING
+        }
+        in_run = [record for record in self.watches if after < record.time <= until]
+        if not watched:  # a journal from before controllers named their watches
+            watched = {
+                str(r.attrs.get("kind", "")): str(r.attrs.get("api_version", "")) for r in in_run
+            }
+        blockers = []
+        for kind, api_version in watched.items():
+            records = [record for record in in_run if record.attrs.get("kind") == kind]
+            if any(record.outcome == "synced" for record in records):
+                continue
+            failures = [record for record in records if record.outcome in _FAILURES]
+            if failures:  # one still listing for the first time blocks nothing yet
+                blockers.append(_Blocker(kind, api_version, failures[-1]))
+        return blockers
+
+    def workers(self, controller: str, at: float) -> int:
+        """How many workers the controller started in the run of ``at`` (0 if none)."""
+        after, until = self.run_of(at)
+        started = [
+            record
+            for record in self.lifecycle
+            if record.controller == controller
+            and record.outcome == "started"
+            and after < record.time <= until
+        ]
+        return int(started[-1].attrs.get("max_concurrent_reconciles", 0)) if started else 0
+
     def stopped_after(self, record: Record) -> Record | None:
         return next(
             (
@@ -462,15 +654,22 @@ class _Health:
 
 
 class _Decision:
-    def __init__(self, target: Target, chains: _Chains, health: _Health, now: float) -> None:
+    def __init__(
+        self, target: Target, chains: _Chains, health: _Health, activity: _Activity, now: float
+    ) -> None:
         self.target = target
         self.chains = chains
         self.health = health
+        self.activity = activity
         self.now = now
         self.evidence: list[Record] = []  # records outside the object's that decided
 
     def decide(self) -> Verdict:
         trigger = self._trigger()
+        verdict = self._verdict(trigger)
+        return replace(verdict, warnings=self._warnings(trigger, verdict))
+
+    def _verdict(self, trigger: Record | None) -> Verdict:
         if trigger is None:
             return self._without_events()
         dispatches = self._dispatches(trigger)
@@ -486,6 +685,7 @@ class _Decision:
         loop = self._self_triggered(trigger, best, verdict)
         if loop is not None:
             verdict = loop
+        verdict = self._deletion(verdict)
         if others:
             listed = ", ".join(f"{other['controller']}: {other['code']}" for other in others)
             verdict = Verdict(
@@ -535,6 +735,9 @@ class _Decision:
     # steps 3 and 4
     def _follow(self, dispatch: Record) -> Verdict:
         controller = dispatch.controller
+        raised = _raised(dispatch)
+        if raised is not None:
+            return raised
         if dispatch.outcome == "dropped_by_predicate":
             return self._dropped(dispatch)
         if dispatch.outcome == "not_mapped":
@@ -551,16 +754,17 @@ class _Decision:
         start = self.chains.next_start(dispatch)
         if start is None:
             return self._waiting(dispatch)
-        attempts = 1
+        ends: list[Record] = []
         while True:
             end = self.chains.ends.get(start.reconcile_id)
             if end is None:
                 return self._in_progress(start)
+            ends.append(end)
             requeue = self.chains.requeues.get(start.reconcile_id)
             following = None if requeue is None else self.chains.next_start(requeue)
             if requeue is None or following is None:
-                return self._ended(end, requeue, attempts)
-            start, attempts = following, attempts + 1
+                return self._ended(end, requeue, ends)
+            start = following
 
     def _dropped(self, dispatch: Record) -> Verdict:
         predicate = str(dispatch.attrs.get("predicate", "a predicate"))
@@ -595,53 +799,165 @@ class _Decision:
                 "stop it; run with leader election off to debug locally.",
                 details,
             )
-        unsynced = self.health.unsynced(controller)
-        if unsynced is not None:
-            self.evidence.append(unsynced)
-            return Verdict(
-                Code.CACHE_NOT_SYNCED,
-                f"{queued}, but its workers wait for caches: {unsynced.reason}",
-                "An informer never finished its initial list: grant list and watch on that "
-                "kind, install its CRD, or check the connection to the API server.",
-                details | {"reason": unsynced.reason},
-            )
-        waiting = f"{queued} ({_span(self.now - dispatch.time)} ago), waiting for a worker"
+        blockers = self.health.blockers(controller, dispatch.time)
+        if blockers is not None:
+            return self._blocked(dispatch, queued, blockers, details)
         stopped = self.health.stopped_after(dispatch)
         if stopped is not None:
             self.evidence.append(stopped)
-            waiting += f"; the manager stopped at {_clock(stopped.time)} before one took it"
+            return Verdict(
+                Code.QUEUED,
+                f"{queued}; the manager stopped at {_clock(stopped.time)} before a worker took it",
+                "The request was still waiting when the process stopped; it is reconciled "
+                "after the next start (the initial list queues every object).",
+                details | {"queued_at": dispatch.time},
+            )
+        if dispatch.outcome == "requeued_after_processing":
+            held = self._held(dispatch, queued, details)
+            if held is not None:
+                return held
+        return self._busy(dispatch, queued, details)
+
+    def _blocked(
+        self,
+        dispatch: Record,
+        queued: str,
+        blockers: list[_Blocker],
+        details: dict[str, Any],
+    ) -> Verdict:
+        """Queued in a controller whose workers never started: name the watches to blame."""
+        unsynced = self.health.unsynced(dispatch.controller)
+        if unsynced is not None:
+            self.evidence.append(unsynced)
+        if not blockers:
+            if unsynced is not None:  # an older journal, without the watches' names
+                return Verdict(
+                    Code.CACHE_NOT_SYNCED,
+                    f"{queued}, but its workers wait for caches: {unsynced.reason}",
+                    "An informer never finished its initial list: grant list and watch on "
+                    "that kind, install its CRD, or check the connection to the API server.",
+                    details | {"reason": unsynced.reason},
+                )
+            return Verdict(
+                Code.QUEUED,
+                f"{queued} ({_span(self.now - dispatch.time)} ago); its workers start once "
+                "every watch has listed, and no watch has failed so far",
+                "Nothing to fix yet: the caches are still being listed.",
+                details | {"queued_at": dispatch.time, "workers": 0},
+            )
+        words = [blocker.words() for blocker in blockers]
+        self.evidence += [blocker.failure for blocker in blockers]
+        return Verdict(
+            Code.CACHE_NOT_SYNCED,
+            f"{queued}, but its workers have not started: they wait until every watch has "
+            "synced, and " + "; ".join(problem for problem, _, _ in words),
+            " ".join(fix for _, fix, _ in words),
+            details | {"blocking": [more for _, _, more in words], "workers": 0},
+        )
+
+    def _held(self, dispatch: Record, queued: str, details: dict[str, Any]) -> Verdict | None:
+        """Queued again while the same key is being reconciled: the key waits for that run."""
+        running = [
+            start
+            for start in self.chains.records[: self.chains.position(dispatch)]
+            if start.stage is Stage.RECONCILE_START
+            and start.controller == dispatch.controller
+            and start.request == dispatch.request
+        ]
+        if not running or running[-1].reconcile_id in self.chains.ends:
+            return None
+        start = running[-1]
         return Verdict(
             Code.QUEUED,
-            waiting,
+            f"{queued}, held: {dispatch.request} is being reconciled right now (reconcile_id "
+            f"{start.reconcile_id}, running for {_span(self.now - start.time)}); a key is "
+            "never reconciled by two workers at once, so it runs again when that one ends",
+            "Nothing to fix unless the running reconcile hangs: find what it awaits in the "
+            f"logs with reconcile_id={start.reconcile_id}.",
+            details | {"queued_at": dispatch.time, "held_by": start.reconcile_id},
+        )
+
+    def _busy(self, dispatch: Record, queued: str, details: dict[str, Any]) -> Verdict:
+        """Waiting for a worker: say what the workers are doing right now."""
+        controller = dispatch.controller
+        after, until = self.health.run_of(dispatch.time)
+        running = self.activity.running(controller, after, until)
+        workers = self.health.workers(controller, dispatch.time)
+        usual = self.activity.usual(controller)
+        doing = ", ".join(
+            f"{start.request} for {_span(self.now - start.time)} "
+            f"(reconcile_id {start.reconcile_id})"
+            for start in running
+        )
+        of = f"of {workers} " if workers else ""
+        now_doing = f"; {len(running)} {of}worker(s) busy: {doing}" if running else ""
+        fix = (
             "If it waits long, every worker is busy: look for a slow reconcile of another "
-            "object, or raise max_concurrent_reconciles.",
-            details | {"queued_at": dispatch.time},
+            "object, or raise max_concurrent_reconciles."
+        )
+        if usual is not None and running:
+            p99 = usual[1]
+            slowest = running[0]  # the earliest start has run longest
+            if self.now - slowest.time > max(p99 * _HUNG_FACTOR, 1.0):
+                fix = (
+                    f"The reconcile of {slowest.request} has run for "
+                    f"{_span(self.now - slowest.time)}, far beyond this controller's p99 of "
+                    f"{_span(p99)}: find what it awaits in the logs with reconcile_id="
+                    f"{slowest.reconcile_id}; raise max_concurrent_reconciles only if "
+                    "reconciles are slow by design."
+                )
+        busy = [
+            {
+                "request": start.request,
+                "reconcile_id": start.reconcile_id,
+                "running_s": self.now - start.time,
+            }
+            for start in running
+        ]
+        return Verdict(
+            Code.QUEUED,
+            f"{queued} ({_span(self.now - dispatch.time)} ago), waiting for a worker{now_doing}",
+            fix,
+            details | {"queued_at": dispatch.time, "workers": workers, "busy": busy},
         )
 
     def _in_progress(self, start: Record) -> Verdict:
+        running = self.now - start.time
         message = (
             f"{start.controller} is reconciling {start.request}: started at "
-            f"{_clock(start.time)}, running for {_span(self.now - start.time)} "
+            f"{_clock(start.time)}, running for {_span(running)} "
             f"(reconcile_id {start.reconcile_id})"
         )
+        details: dict[str, Any] = {
+            "controller": start.controller,
+            "reconcile_id": start.reconcile_id,
+            "started_at": start.time,
+            "running_s": running,
+        }
+        fix = (
+            "If it runs much longer than usual it is stuck: find what it awaits in the logs "
+            f"with reconcile_id={start.reconcile_id}."
+        )
+        usual = self.activity.usual(start.controller)
+        if usual is not None:
+            p50, p99, runs = usual
+            details |= {"p50_s": p50, "p99_s": p99, "runs": runs}
+            message += f"; its reconciles take {_span(p50)} (p50), {_span(p99)} (p99) over {runs}"
+            if running > max(p99 * _HUNG_FACTOR, 1.0):
+                message += ": this one is far longer than usual and looks hung"
+                fix = (
+                    f"It has run far beyond this controller's p99 of {_span(p99)}: find what it "
+                    "awaits (a call without a timeout, a lock) in the logs with reconcile_id="
+                    f"{start.reconcile_id}."
+                )
         stopped = self.health.stopped_after(start)
         if stopped is not None:
             self.evidence.append(stopped)
             message += f"; the manager stopped at {_clock(stopped.time)} before it ended"
-        return Verdict(
-            Code.IN_PROGRESS,
-            message,
-            "If it runs much longer than usual it is stuck: find what it awaits in the logs "
-            f"with reconcile_id={start.reconcile_id}.",
-            {
-                "controller": start.controller,
-                "reconcile_id": start.reconcile_id,
-                "started_at": start.time,
-            },
-        )
+        return Verdict(Code.IN_PROGRESS, message, fix, details)
 
-    def _ended(self, end: Record, requeue: Record | None, attempts: int) -> Verdict:
-        controller, reconcile_id = end.controller, end.reconcile_id
+    def _ended(self, end: Record, requeue: Record | None, ends: list[Record]) -> Verdict:
+        controller, reconcile_id, attempts = end.controller, end.reconcile_id, len(ends)
         details: dict[str, Any] = {
             "controller": controller,
             "reconcile_id": reconcile_id,
@@ -666,13 +982,16 @@ class _Decision:
                 f"read its logs with reconcile_id={reconcile_id}.",
                 details,
             )
+        api = _api_words(end, ends)
+        meaning, api_fix, api_details = api if api is not None else ("", "", {})
         if end.outcome == "terminal_error":
             return Verdict(
                 Code.TERMINAL_ERROR,
-                f"{ran} failed terminally at {_clock(end.time)}: {end.reason}; no retry",
-                "A terminal error is not retried: fix its cause, then change the object to "
+                f"{ran} failed terminally at {_clock(end.time)}: {end.reason}{meaning}; no retry",
+                api_fix
+                or "A terminal error is not retried: fix its cause, then change the object to "
                 "trigger a new reconcile.",
-                details | {"error": end.reason},
+                details | {"error": end.reason} | api_details,
             )
         if end.outcome == "error":
             retry = (
@@ -680,10 +999,11 @@ class _Decision:
             )
             return Verdict(
                 Code.RECONCILE_FAILED,
-                f"{ran} failed at {_clock(end.time)}: {end.reason}; {retry}",
-                "Fix the error in the reconciler (logs with reconcile_id="
+                f"{ran} failed at {_clock(end.time)}: {end.reason}{meaning}; {retry}",
+                api_fix
+                or "Fix the error in the reconciler (logs with reconcile_id="
                 f"{reconcile_id}); it is retried with exponential back-off meanwhile.",
-                details | {"error": end.reason},
+                details | {"error": end.reason} | api_details,
             )
         return Verdict(
             Code.REQUEUE_SCHEDULED,
@@ -701,6 +1021,125 @@ class _Decision:
         if late > 1.0:  # it should have run; something else is wrong
             return f"was due at {_clock(due)}, {_span(late)} ago, and has not started"
         return f"due at {_clock(due)} (in {_span(max(-late, 0.0))})"
+
+    # step 7
+    def _deletion(self, verdict: Verdict) -> Verdict:
+        """Say when the object is gone, or being deleted with finalizers that stay."""
+        target = self.target
+        events = [
+            record
+            for record in self.chains.records
+            if record.stage is Stage.EVENT and target.is_object_of(record)
+        ]
+        if not events:
+            return verdict
+        latest = events[-1]
+        if latest.outcome == "DELETED":
+            ran = (
+                "; Reconcile then ran, normally finding it gone" if verdict.code in _REACHED else ""
+            )
+            return replace(
+                verdict,
+                message=f"{target.key} was deleted (DELETED event at {_clock(latest.time)})"
+                f"{ran}: {verdict.message}",
+                details={**verdict.details, "deleted_at": latest.time},
+            )
+        deleting = latest.attrs.get(Vocab.DELETION_TIMESTAMP)
+        finalizers = str(latest.attrs.get(Vocab.FINALIZERS, ""))
+        if not deleting or not finalizers or verdict.code not in _REACHED:
+            return verdict
+        first = next(e for e in events if e.attrs.get(Vocab.DELETION_TIMESTAMP) == deleting)
+        since = [record for record in self.chains.after(first) if record.stage is Stage.RECONCILE]
+        if not since:
+            return verdict
+        names = finalizers.split(",")
+        failing = ""
+        if verdict.code in (Code.RECONCILE_FAILED, Code.TERMINAL_ERROR):
+            failing = (
+                f" Its latest run failed ({verdict.details.get('error', '')}), so the clean-up "
+                "never finished: fix that first."
+            )
+        return Verdict(
+            Code.DELETION_BLOCKED,
+            f"{target.key} is being deleted since {deleting}, but finalizer(s) "
+            f"{', '.join(names)} remain after {len(since)} reconcile(s) since then (latest: "
+            f"{verdict.code})",
+            "Reconcile must remove its finalizer when its clean-up is done: when "
+            "metadata.deletionTimestamp is set, finish the clean-up, then remove "
+            f"{', '.join(names)} from metadata.finalizers (a patch); the API server deletes the "
+            "object once no finalizer is left." + failing,
+            {
+                **verdict.details,
+                "finalizers": names,
+                "deletion_timestamp": deleting,
+                "reconciles_since": len(since),
+                "latest_code": str(verdict.code),
+            },
+        )
+
+    # step 8
+    def _warnings(self, trigger: Record | None, verdict: Verdict) -> tuple[PipelineWarning, ...]:
+        """Conditions around the object, whatever the verdict: its watch, the lease, gaps."""
+        target = self.target
+        # Without an event, the latest run the journal holds (not the empty one after it).
+        at = trigger.time if trigger is not None else self.health.latest(self.now)
+        after, until = self.health.run_of(at)
+        kinds = (
+            {target.kind}
+            if target.kind
+            else {
+                record.object.kind
+                for record in self.chains.records
+                if record.object is not None and target.is_object_of(record)
+            }
+        )
+        warnings: list[PipelineWarning] = []
+        for kind in sorted(kinds):
+            records = [
+                record
+                for record in self.health.watches
+                if after < record.time <= until
+                and record.attrs.get("kind") == kind
+                and record.attrs.get("namespace", target.namespace) == target.namespace
+            ]
+            warning = _watch_warning(kind, records, verdict.code)
+            if warning is not None:
+                warnings.append(warning)
+        transitions = [
+            record
+            for record in self.health.leases
+            if record.outcome in _LEASE_TRANSITIONS and after < record.time <= until
+        ]
+        if transitions and transitions[-1].outcome == "lost" and verdict.code != Code.NOT_LEADER:
+            lost = transitions[-1]
+            warnings.append(
+                PipelineWarning(
+                    WarningCode.LEASE_LOST,
+                    f"this replica lost the leader lease {lost.attrs.get('lease', '')} at "
+                    f"{_clock(lost.time)} ({lost.reason}): it stopped reconciling then",
+                    "Find why the lease was not renewed in time (API server latency, a blocked "
+                    "event loop) in the logs; the leader now is whoever holds the Lease.",
+                )
+            )
+        start = self.chains.records[0].time if self.chains.records else after
+        for gap in self.health.lifecycle:
+            if gap.stage is not Stage.MANAGER or gap.outcome != Vocab.JOURNAL_GAP:
+                continue
+            first = float(gap.attrs.get(Vocab.FIRST_TIME, gap.time))
+            last = float(gap.attrs.get(Vocab.LAST_TIME, gap.time))
+            if last >= start and first <= self.now:
+                warnings.append(
+                    PipelineWarning(
+                        WarningCode.JOURNAL_GAP,
+                        f"the journal lost {gap.attrs.get(Vocab.COUNT, '?')} records between "
+                        f"{_clock(first)} and {_clock(last)} ({gap.reason}): this answer may "
+                        "be incomplete",
+                        "Records are lost when the journal's writer falls behind or a write "
+                        "fails: give it a faster disk or more room (--journal-max-size), and "
+                        "see the reason above.",
+                    )
+                )
+        return tuple(warnings)
 
     # step 5
     def _self_triggered(
@@ -755,9 +1194,49 @@ class _Decision:
         }
         covering = {kind: records for kind, records in covering.items() if records}
         if not covering:
-            return self._not_watched(kinds)
+            return self._filtered(self._not_watched(kinds), kinds)
         verdicts = [self._watch_state(kind, records) for kind, records in covering.items()]
-        return min(verdicts, key=lambda verdict: _WATCH_ORDER.index(verdict.code))
+        verdict = min(verdicts, key=lambda verdict: _WATCH_ORDER.index(verdict.code))
+        return self._filtered(verdict, kinds) if verdict.code is Code.NO_EVENTS else verdict
+
+    def _filtered(self, verdict: Verdict, kinds: Mapping[str, list[Record]]) -> Verdict:
+        """The cache holds only part of the kind (a label selector, some namespaces): name
+        the filter and the kubectl command that shows whether the object passes it."""
+        target = self.target
+        filters: dict[str, tuple[str, list[str]]] = {}
+        for record in self.health.lifecycle:  # the latest watch of each kind says
+            kind = str(record.attrs.get("kind", ""))
+            if record.outcome == Vocab.WATCHING and target.kind in (None, kind):
+                listed = str(record.attrs.get(Vocab.NAMESPACES, "")).split(",")
+                filters[kind] = (
+                    str(record.attrs.get(Vocab.LABEL_SELECTOR, "")),
+                    [namespace for namespace in listed if namespace],
+                )
+        problems, fixes = [], []
+        where = f" -n {target.namespace}" if target.namespace else ""
+        for kind, (selector, namespaces) in sorted(filters.items()):
+            resources = [str(r.attrs.get("resource", "")) for r in kinds.get(kind, ())]
+            get = f"kubectl get {next(filter(None, resources), kind.lower())} {target.name}{where}"
+            if selector:
+                problems.append(f"the cache of {kind} holds only objects with labels {selector}")
+                fixes.append(
+                    f"{get} -l '{selector}' shows whether {target.key} matches it (no output: it "
+                    "does not; change its labels or the manager's label selector)."
+                )
+            if namespaces and target.namespace not in namespaces:
+                problems.append(f"{kind} is cached only in namespaces {', '.join(namespaces)}")
+                fixes.append(
+                    f"{get} shows the object exists there; add {target.namespace} to the "
+                    "manager's namespaces to watch it."
+                )
+        if not problems:
+            return verdict
+        return replace(
+            verdict,
+            message=f"{verdict.message}; " + "; ".join(problems),
+            fix=" ".join(fixes),
+            details={**verdict.details, "filters": problems},
+        )
 
     def _not_watched(self, kinds: Mapping[str, list[Record]]) -> Verdict:
         target = self.target
@@ -784,14 +1263,8 @@ class _Decision:
         if latest.outcome == "forbidden":
             return _forbidden(kind, latest, details)
         if latest.outcome == "kind_not_found":
-            api_version = latest.attrs.get("api_version", "")
-            return Verdict(
-                Code.KIND_NOT_FOUND,
-                f"{kind} ({api_version}) is not served by the API server: {latest.reason}",
-                f"Install the CRD that defines {kind} (kubectl get crd), or correct the "
-                "apiVersion and kind in the watch.",
-                details | {"api_version": api_version},
-            )
+            problem, fix, more = _not_served_words(kind, latest)
+            return Verdict(Code.KIND_NOT_FOUND, problem, fix, details | more)
         if not any(record.outcome == "synced" for record in records):
             return Verdict(
                 Code.CACHE_NOT_SYNCED,
@@ -814,6 +1287,196 @@ class _Decision:
         )
 
 
+_TRANSIENT_TYPES = frozenset(
+    {
+        "TimeoutError",
+        "ServerTimeoutError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ClientConnectionError",
+    }
+)
+_INVALID_FIELD = re.compile(r"is invalid: (?P<field>[\w.\[\]-]+): (?P<message>.*)")
+
+
+def _watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarning | None:
+    """A warning about the object's own kind's watch: failing now, or refused (403)."""
+    failures = [record for record in records if record.outcome in _FAILURES]
+    if not failures:
+        return None
+    latest = records[-1]
+    if latest.outcome in ("disconnected", "error"):
+        since = latest
+        for record in reversed(records):
+            if record.outcome not in _FAILURES:
+                break
+            since = record
+        return PipelineWarning(
+            WarningCode.WATCH_DISCONNECTED,
+            f"the watch for {kind} has failed since {_clock(since.time)} ({latest.outcome}: "
+            f"{latest.reason}): changes made since have not reached the controller",
+            "Check the connection from the controller to the API server; the informer "
+            "retries with back-off and lists again when it reconnects.",
+        )
+    refused = failures[-1]
+    if refused.outcome != "forbidden" or code is Code.WATCH_FORBIDDEN:
+        return None
+    problem, fix, _ = _forbidden_words(kind, refused)
+    count = sum(record.outcome == "forbidden" for record in records)
+    return PipelineWarning(
+        WarningCode.WATCH_FORBIDDEN,
+        f"{problem} ({count} time(s), latest at {_clock(refused.time)}): changes reach the "
+        "cache only when the informer lists again after each refused watch, late and "
+        "without the states in between",
+        fix,
+    )
+
+
+_RAISED = re.compile(r"raised (?P<type>[A-Za-z_][\w.]*)")
+
+
+def _raised(dispatch: Record) -> Verdict | None:
+    """A predicate or map function that raised: the verdict is about that function."""
+    controller, event = dispatch.controller, _event_type(dispatch)
+    found = _RAISED.search(dispatch.reason)
+    raised = dispatch.attrs.get(Vocab.RAISED) or (found["type"] if found else None)
+    details: dict[str, Any] = {
+        "controller": controller,
+        "exception": raised,
+        "error": dispatch.reason,
+    }
+    where = str(dispatch.attrs.get(Vocab.RAISED_IN, ""))
+    if dispatch.outcome == "dropped_by_predicate" and Vocab.RAISED in dispatch.attrs:
+        name = str(dispatch.attrs.get("predicate", "a predicate"))
+        function = where or name
+        within = f" (in {where})" if where and where != name else ""
+        return Verdict(
+            Code.DROPPED_BY_PREDICATE,
+            f"{controller}: predicate {name}{within} {dispatch.reason} on the {event} event, "
+            "so the event was dropped",
+            f"Fix {function}: a predicate that raises drops the event (it counts as a no). "
+            f"Make it return a verdict for every {event} event it can be given (missing "
+            "fields, no old object) instead of raising.",
+            details | {"predicate": name, "function": function},
+        )
+    if dispatch.outcome == "not_mapped" and raised:
+        handler = str(dispatch.attrs.get("handler", "the map function"))
+        return Verdict(
+            Code.NOT_MAPPED,
+            f"{controller}: {handler} raised {raised} on the {event} event ({dispatch.reason}), "
+            "so the event was dropped: no request was queued",
+            f"Fix {handler}: it must return the requests to reconcile (an empty list for none) "
+            "for every object it can be given, not raise.",
+            details | {"handler": handler, "function": handler},
+        )
+    return None
+
+
+def _api_words(end: Record, ends: Sequence[Record]) -> tuple[str, str, dict[str, Any]] | None:
+    """What the API server's answer to a failed reconcile means, and the fix for that cause:
+    (words appended to the message, the fix, details). None for an error of user code."""
+    status = end.attrs.get(Vocab.API_STATUS)
+    if not isinstance(status, int):
+        if end.attrs.get("error_type") in _TRANSIENT_TYPES:
+            return (
+                " (a timeout or lost connection: transient)",
+                "Nothing to fix if it passes: the request is retried with back-off; if it "
+                "persists, check the API server's health and the network.",
+                {"transient": True},
+            )
+        return None
+    method = str(end.attrs.get(Vocab.API_METHOD, ""))
+    said = f"{status} {end.attrs.get(Vocab.API_REASON, '')}"
+    server = end.reason.partition(f"{said}: ")[2].removesuffix(
+        " (the Result returned with it is ignored)"
+    )
+    details: dict[str, Any] = {"api_status": status, "api_method": method, "api_message": server}
+    if status == 409:
+        conflicts = 0
+        for earlier in reversed(ends):
+            if earlier.attrs.get(Vocab.API_STATUS) != 409:
+                break
+            conflicts += 1
+        details["conflicts_in_a_row"] = conflicts
+        fix = (
+            "Re-read the object before each update (the cached copy was stale), or patch "
+            "instead of update: a merge patch carries no resourceVersion and cannot conflict."
+        )
+        if conflicts >= _REPEATED:
+            return (
+                f" (409 Conflict {conflicts} times in a row: the reconciler keeps writing a "
+                "stale copy; something else keeps changing the object, or it updates twice)",
+                fix,
+                details,
+            )
+        return (
+            " (409 Conflict: the object changed after it was read, a stale read; normal when "
+            "rare, and retried)",
+            fix,
+            details,
+        )
+    if status == 404:
+        if method == "GET":
+            return (
+                " (404 on a read: the object is gone)",
+                "Return without error when the object is not found: it was deleted, there is "
+                "nothing left to reconcile (use finalizers for clean-up that must run).",
+                details,
+            )
+        return (
+            f" (404 on a {method}: the object or its namespace is gone)",
+            "Return without error when the object being written is gone; re-create it only "
+            "if the reconciler owns it.",
+            details,
+        )
+    if status == 403:
+        found = remedies.FORBIDDEN.search(server)
+        if found is None:
+            return (
+                " (403 Forbidden)",
+                f"Grant the controller's identity what it asked: {server}",
+                details,
+            )
+        group = found["group"] or ""
+        namespace = re.search(r'in the namespace "(?P<ns>[^"]+)"', server)
+        holder = f"a Role in {namespace['ns']}" if namespace else "a ClusterRole"
+        rule = (
+            f"apiGroups [{group or chr(34) * 2}], resources [{found['resource']}], "
+            f"verbs [{found['verb']}]"
+        )
+        details["rule"] = {
+            "apiGroups": [group],
+            "resources": [found["resource"]],
+            "verbs": [found["verb"]],
+        }
+        return (
+            f" (403 on a {method}: {found['user']} may not {found['verb']} {found['resource']})",
+            f"grant {found['user']} this rule in {holder}: {rule} "
+            "(`ctrltrace rbac` prints every rule the manager needs)",
+            details,
+        )
+    if status == 422:
+        invalid = _INVALID_FIELD.search(server)
+        field_name = invalid["field"] if invalid else ""
+        details["field"] = field_name
+        where = f" in {field_name}" if field_name else ""
+        return (
+            f" (422 Invalid: the API server rejected the object{where})",
+            f"Fix what the reconciler writes{where}: the server said "
+            f"{invalid['message'] if invalid else server}. Retrying the same write fails again.",
+            details,
+        )
+    if status == 429 or status >= 500:
+        return (
+            f" ({said}: the API server is overloaded or failing: transient)",
+            "Nothing to fix if it passes: the request is retried with back-off; if it "
+            "persists, look at the API server's health.",
+            details | {"transient": True},
+        )
+    return None
+
+
 _WATCH_ORDER = (Code.WATCH_FORBIDDEN, Code.KIND_NOT_FOUND, Code.CACHE_NOT_SYNCED, Code.NO_EVENTS)
 
 _PREDICATE_FIXES = {
@@ -830,36 +1493,20 @@ _PREDICATE_FIXES = {
 
 
 def _forbidden(kind: str, record: Record, details: dict[str, Any]) -> Verdict:
-    found = _FORBIDDEN.search(record.reason)
-    namespace = str(record.attrs.get("namespace", ""))
-    if found is None:  # not the API server's usual wording: quote it
-        return Verdict(
-            Code.WATCH_FORBIDDEN,
-            f"the watch for {kind} is forbidden (403): {record.reason}",
-            f"Grant get, list and watch on {record.attrs.get('resource') or kind} to the "
-            "controller's identity.",
-            details | {"reason": record.reason},
-        )
-    user, verb = found["user"], found["verb"]
-    group = found["group"] or ""
-    resource = f"{found['resource']}.{group}" if group else found["resource"]
-    account = user.removeprefix("system:serviceaccount:")
-    subject = f"--user={user}" if account == user else f"--serviceaccount={account}"
-    role, binding, where = (
-        ("role", "rolebinding", f" -n {namespace}")
-        if namespace
-        else ("clusterrole", "clusterrolebinding", "")
-    )
-    name = f"ctrltrace-{found['resource']}"
-    return Verdict(
-        Code.WATCH_FORBIDDEN,
-        f"the watch for {kind} is forbidden (403): {user} cannot {verb} {resource}"
-        + (f" in namespace {namespace}" if namespace else ""),
-        f"Grant get, list and watch: kubectl create {role} {name}{where} "
-        f"--verb=get,list,watch --resource={resource}; kubectl create {binding} {name}{where} "
-        f"--{role}={name} {subject}",
-        details | {"user": user, "verb": verb, "resource": resource, "namespace": namespace},
-    )
+    problem, fix, more = _forbidden_words(kind, record)
+    return Verdict(Code.WATCH_FORBIDDEN, problem, fix, details | more)
+
+
+def _forbidden_words(kind: str, record: Record) -> tuple[str, str, dict[str, Any]]:
+    """A 403 on a list or watch: (what, the fix with the exact grant, details), in the words
+    the runtime's log uses too."""
+    remedy = remedies.forbidden(kind, record.reason, record.attrs)
+    return remedy.message, remedy.fix, remedy.details
+
+
+def _not_served_words(kind: str, record: Record) -> tuple[str, str, dict[str, Any]]:
+    remedy = remedies.kind_not_found(kind, record.reason, record.attrs)
+    return remedy.message, remedy.fix, remedy.details
 
 
 def _by_kind(records: Iterable[Record], kind: str | None) -> dict[str, list[Record]]:

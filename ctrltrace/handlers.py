@@ -35,16 +35,6 @@ class EventHandler(Protocol):
         ...
 
 
-def map_event(handler: EventHandler, event: Event) -> MapResult:
-    """``handler.map(event)``; if it raises, no requests and the exception as the reason, as
-    for a map function or a predicate: user code must not stop the informer that feeds
-    every controller."""
-    try:
-        return handler.map(event)
-    except Exception as err:  # reported as the reason, never raised
-        return MapResult((), f"{handler.describe()} raised {type(err).__name__}: {err}")
-
-
 class OwnerScope(Protocol):
     """Whether the owner kind is namespaced, from the REST mapping; None while unknown."""
 

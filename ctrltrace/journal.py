@@ -46,7 +46,7 @@ from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 from ctrltrace._picklerecords import dumps, seal
-from ctrltrace.records import ObjectRef, Record, Stage
+from ctrltrace.records import ObjectRef, Record, Stage, Vocab
 
 APPLICATION_ID = 0x63747274  # "ctrt": tells a ctrltrace journal from any other SQLite file
 SCHEMA_VERSION = 2
@@ -266,7 +266,9 @@ class JournalWriter:
     records wait), up to ``batch_size`` records per transaction, and pickles a short list
     itself when the caller has gone quiet. If more than ``max_pending`` records wait, the
     oldest are dropped and counted in ``dropped`` (as are records lost to a failed write;
-    ``last_error`` says why).
+    ``last_error`` says why). Every loss is journaled too, by the thread on its next pass: a
+    MANAGER ``journal_gap`` record with the count, the lost records' time range and why, so
+    that explain can say its evidence may be incomplete.
 
     Retention runs when the writer starts, every ``retention_interval_s`` and on close: batches
     whose newest record is more than ``max_age_s`` older than the newest record are deleted
@@ -315,6 +317,7 @@ class JournalWriter:
         self._written = 0
         self._lost = 0
         self._progress = threading.Condition()
+        self._gap: tuple[int, float, float, str] | None = None  # (count, first, last, why)
         # Opened here, not in the thread, so a bad path or a foreign file fails the caller.
         self._db = _open_for_writing(self.path)
         self._thread = threading.Thread(
@@ -347,30 +350,61 @@ class JournalWriter:
                 chunk = _seal(records)
             except Exception as error:  # a record that cannot be pickled must not stop us
                 self.last_error = f"{type(error).__name__}: {error}"
-                self._settle(len(records), written=False)
+                times = [record.time for record in records]
+                self._settle(len(records), written=False, span=(min(times), max(times)))
                 return
             sealed = self._sealed
             sealed.append(chunk)
             waiting = self._taken - self._written - self._overflowed - self._lost
             while waiting > self._max_pending and len(sealed) > 1:  # the newest chunk stays
-                waiting -= self._overflow(sealed.popleft().size)
+                waiting -= self._overflow(sealed.popleft())
         if len(sealed) == self._chunks_per_batch:  # Event.set() is dear: once per batch
             self._wake.set()
 
-    def _overflow(self, count: int) -> int:
+    def _overflow(self, chunk: _Chunk) -> int:
         with self._progress:
-            self._overflowed += count
+            self._overflowed += chunk.size
+            self._note_gap(chunk.size, (chunk.first_time, chunk.last_time), "buffer full")
             self._progress.notify_all()
-        return count
+        return chunk.size
 
-    def _settle(self, count: int, *, written: bool) -> int:
+    def _settle(self, count: int, *, written: bool, span: tuple[float, float] = (0.0, 0.0)) -> int:
         with self._progress:
             if written:
                 self._written += count
             else:
                 self._lost += count
+                self._note_gap(count, span, f"write failed: {self.last_error}")
             self._progress.notify_all()
         return count
+
+    def _note_gap(self, count: int, span: tuple[float, float], why: str) -> None:
+        """Widen the gap not yet recorded (under ``_progress``)."""
+        if self._gap is None:
+            self._gap = (count, *span, why)
+        else:
+            total, first, last, _ = self._gap
+            self._gap = (total + count, min(first, span[0]), max(last, span[1]), why)
+
+    def _record_gap(self) -> None:
+        """Journal the records lost so far, as a record of their own, sealed straight away:
+        it never counts against ``max_pending``, so it pushes out no other record. If its
+        write fails, the next gap counts it."""
+        with self._progress:
+            gap, self._gap = self._gap, None
+        if gap is None:
+            return
+        count, first, last, why = gap
+        record = Record(
+            time=last,
+            stage=Stage.MANAGER,
+            outcome=Vocab.JOURNAL_GAP,
+            reason=f"{count} records lost on their way to the journal: {why}",
+            attrs={Vocab.COUNT: count, Vocab.FIRST_TIME: first, Vocab.LAST_TIME: last},
+        )
+        with self._sealing:
+            self._taken += 1
+            self._sealed.append(_seal([record]))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every record appended so far is written; False if ``timeout_s`` passed."""
@@ -415,6 +449,7 @@ class JournalWriter:
                 closing = self._closed
                 while self._open:
                     self._seal_open()
+                self._record_gap()
                 self._write_pending()
                 if closing or time.monotonic() >= next_retention:
                     self._guarded(self._enforce_retention)
@@ -437,7 +472,8 @@ class JournalWriter:
                     count += batch[-1].size
             except IndexError:
                 pass
-            self._settle(count, written=self._guarded(self._insert, batch))
+            span = (min(c.first_time for c in batch), max(c.last_time for c in batch))
+            self._settle(count, written=self._guarded(self._insert, batch), span=span)
 
     def _insert(self, batch: Sequence[_Chunk]) -> None:
         # Four statements a batch, BEGIN and COMMIT included (five when health records came):
@@ -752,6 +788,29 @@ class Journal:
         )
         with self._errors():
             return [_record(_unpickle(body)) for (body,) in rows]
+
+    def reconciles(self, since: float | None = None, limit: int = 50_000) -> list[Record]:
+        """The latest RECONCILE_START and RECONCILE records of every controller, in time order:
+        what the workers are doing and how long reconciles take. Reads batches newest first
+        and stops after the batch that brings ``limit`` of them, or at ``since``."""
+        wanted = (Stage.RECONCILE_START.value, Stage.RECONCILE.value)
+        earliest = -float("inf") if since is None else since
+        found: list[Entry] = []
+        with self._errors():
+            batches = self._db.execute(
+                "SELECT seq, run, chunks, body FROM batches WHERE last_time >= ? ORDER BY seq DESC",
+                (earliest,),
+            )
+            for batch in batches:
+                found += (
+                    entry
+                    for entry in self._entries([batch])
+                    if entry[2][_STAGE] in wanted and entry[2][_TIME] >= earliest
+                )
+                if len(found) >= limit:
+                    break
+        found.sort(key=lambda entry: (entry[2][_TIME], entry[0]))
+        return [_record(entry) for _, _, entry in found[-limit:]]
 
     def window(self, t0: float, t1: float) -> list[Record]:
         """Every record with ``t0 <= time <= t1``."""

@@ -1,11 +1,13 @@
 """Kinds and the resources that serve them: apiVersion + kind → URL paths, via discovery.
 
 Owns the REST mapping (plural, scope) and its cache; a kind the server does not serve raises
-``KindNotFound``, which the caller records and retries (a CRD may be installed later).
+``KindNotFound``, which the caller records and retries (a CRD may be installed later). Its
+message says what the server serves instead: the group's versions, or the closest kinds.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from ctrltrace.transport import ApiError, Json, Transport
@@ -78,15 +80,37 @@ class RestMapper:
             listing: Json = await self._transport.request("GET", path)
         except ApiError as error:
             if error.status == 404:
+                served = await self._served_versions(kind.group) if kind.group else []
                 raise KindNotFound(
-                    kind.api_version, kind.kind, f"the server does not serve {kind.api_version}"
+                    kind.api_version,
+                    kind.kind,
+                    f"the server does not serve {kind.api_version}; "
+                    + (
+                        f"{kind.group} is served in {', '.join(served)} only"
+                        if served
+                        else f"it serves no API group {kind.group} (no CRD defines it)"
+                    ),
                 ) from error
             raise
+        kinds = []
         for entry in listing.get("resources", []):
             if entry.get("kind") == kind.kind and "/" not in entry.get("name", ""):
                 resource = Resource(kind, entry["name"], bool(entry.get("namespaced")))
                 self._resolved[kind] = resource
                 return resource
+            kinds.append(str(entry.get("kind", "")))
+        closest = difflib.get_close_matches(kind.kind, sorted(set(kinds)), n=3, cutoff=0.6)
         raise KindNotFound(
-            kind.api_version, kind.kind, f"{kind.api_version} has no kind {kind.kind}"
+            kind.api_version,
+            kind.kind,
+            f"{kind.api_version} has no kind {kind.kind}"
+            + (f"; closest: {', '.join(closest)}" if closest else ""),
         )
+
+    async def _served_versions(self, group: str) -> list[str]:
+        """The versions the server serves of ``group``: what a kind-not-found should name."""
+        try:
+            listing: Json = await self._transport.request("GET", f"/apis/{group}")
+        except ApiError:
+            return []
+        return [str(entry.get("version")) for entry in listing.get("versions", [])]

@@ -37,10 +37,43 @@ class Stage(enum.StrEnum):
     KUBE_EVENT = "kube_event"
     # attempting / acquired / renewed_late / lost / standby / released / error
     LEASE = "lease"
-    # starting (waiting for caches) / cache_sync_waiting / started (workers running) /
-    # cache_not_synced (timed out: the manager stops) / failed (workers gone: the same)
+    # watching (one per watch, at build: attrs kind, api_version, role) / starting (waiting
+    # for caches) / cache_sync_waiting / started (workers running) / cache_not_synced (timed
+    # out: the manager stops) / failed (workers gone: the same) / build_error
     CONTROLLER = "controller"
-    MANAGER = "manager"  # started / stopping / drained / drain_timed_out / stopped
+    # started / stopping / drained / drain_timed_out / stopped / journal_gap (records the
+    # journal lost)
+    MANAGER = "manager"
+
+
+class Vocab:
+    """Outcomes and attribute keys that one module writes and explain reads."""
+
+    # Stage.CONTROLLER, at build: one per watch, naming the kind the controller waits for
+    # (attrs kind, api_version, role) and what its cache holds: LABEL_SELECTOR ("" for every
+    # object) and NAMESPACES (comma-separated, "" for every namespace).
+    WATCHING = "watching"
+    LABEL_SELECTOR = "label_selector"
+    NAMESPACES = "namespaces"
+    # Stage.MANAGER: records that never reached the journal (attrs COUNT, FIRST_TIME,
+    # LAST_TIME; the reason says why: buffer full, write error).
+    JOURNAL_GAP = "journal_gap"
+    COUNT = "count"
+    FIRST_TIME = "first_time"
+    LAST_TIME = "last_time"
+    # Stage.EVENT, only on objects being deleted / holding finalizers: the deletionTimestamp
+    # as the API server wrote it, and the finalizers' names joined by commas (no bodies).
+    DELETION_TIMESTAMP = "deletion_timestamp"
+    FINALIZERS = "finalizers"
+    # Stage.RECONCILE with an error the API server answered: its HTTP status, reason and the
+    # request's method (GET is a read).
+    API_STATUS = "api_status"
+    API_REASON = "api_reason"
+    API_METHOD = "api_method"
+    # Stage.DISPATCH: a predicate or map function raised: the exception's type, and the
+    # qualified name of the function it was raised in (the innermost frame of user code).
+    RAISED = "raised"
+    RAISED_IN = "raised_in"
 
 
 @dataclass(frozen=True, slots=True)

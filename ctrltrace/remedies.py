@@ -10,26 +10,28 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ctrltrace.records import AttrValue
 
-_FORBIDDEN = re.compile(
+FORBIDDEN = re.compile(
     r'User "(?P<user>[^"]+)" cannot (?P<verb>\w+) resource "(?P<resource>[^"]+)"'
     r'(?: in API group "(?P<group>[^"]*)")?'
 )
+"""The API server's words for a 403: who may not do what to which resource."""
 
 
 @dataclass(frozen=True)
 class Remedy:
     message: str
     fix: str
-    details: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def forbidden(kind: str, reason: str, attrs: Mapping[str, AttrValue]) -> Remedy:
     """A 403 on a kind's list or watch: who may not do what, and the rule to grant."""
     namespace = str(attrs.get("namespace", ""))
-    found = _FORBIDDEN.search(reason)
+    found = FORBIDDEN.search(reason)
     if found is None:  # not the API server's usual wording: quote it
         return Remedy(
             f"the watch for {kind} is forbidden (403): {reason}",
@@ -54,7 +56,17 @@ def forbidden(kind: str, reason: str, attrs: Mapping[str, AttrValue]) -> Remedy:
         f"Grant get, list and watch: kubectl create {role} {name}{where} "
         f"--verb=get,list,watch --resource={resource}; kubectl create {binding} {name}{where} "
         f"--{role}={name} {subject}",
-        {"user": user, "verb": verb, "resource": resource, "namespace": namespace},
+        {
+            "user": user,
+            "verb": verb,
+            "resource": resource,
+            "namespace": namespace,
+            "rule": {
+                "apiGroups": [group],
+                "resources": [found["resource"]],
+                "verbs": ["get", "list", "watch"],
+            },
+        },
     )
 
 
@@ -62,8 +74,8 @@ def kind_not_found(kind: str, reason: str, attrs: Mapping[str, AttrValue]) -> Re
     api_version = str(attrs.get("api_version", ""))
     return Remedy(
         f"{kind} ({api_version}) is not served by the API server: {reason}",
-        f"Install the CRD that defines {kind} (kubectl get crd), or correct the "
-        "apiVersion and kind in the watch.",
+        f"Install the CRD that defines {kind} (kubectl get crd) or serve this version in it, "
+        "or correct the apiVersion and kind in the watch to what the server serves.",
         {"api_version": api_version},
     )
 

@@ -29,7 +29,7 @@ import structlog
 
 from ctrltrace.clock import Clock
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
+from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, Vocab, next_id
 from ctrltrace.transport import ApiError, Json, Transport, WatchExpired, api_error
 
 _LIST_PAGE = 500
@@ -487,6 +487,16 @@ class Informer:
     def _record_event(self, watch_type: str, obj: Obj, ref: ObjectRef) -> int:
         event_id = next_id()
         write_id = self._writes.event_seen(ref.resource_version, event_id)
+        attrs: dict[str, str | bool] = {
+            # A deletion leaves no trace in managedFields: its writer is unknown.
+            "writer": last_writer(obj) if watch_type != "DELETED" else "",
+            "self_caused": write_id is not None,
+        }
+        meta = obj["metadata"]
+        deleting = meta.get("deletionTimestamp")
+        if deleting:  # rare: only then are the finalizers' names worth a record
+            attrs[Vocab.DELETION_TIMESTAMP] = deleting
+            attrs[Vocab.FINALIZERS] = ",".join(meta.get("finalizers") or ())
         self._recorder.emit(
             Record(
                 time=self._clock.wall(),
@@ -495,11 +505,7 @@ class Informer:
                 object=ref,
                 reason="the controller's own write coming back" if write_id else "",
                 cause_ids=(write_id,) if write_id else (),
-                # A deletion leaves no trace in managedFields: its writer is unknown.
-                attrs={
-                    "writer": last_writer(obj) if watch_type != "DELETED" else "",
-                    "self_caused": write_id is not None,
-                },
+                attrs=attrs,
                 id=event_id,
             )
         )

@@ -423,7 +423,7 @@ class TraceApp(App[None]):
         controllers = sorted(state.controllers.values(), key=lambda controller: controller.name)
         _sync(
             self.query_one("#controllers", LiveTable),
-            [(c.name, cells.controller_cells(c, now)) for c in controllers],
+            [(c.name, cells.controller_cells(c, now, state.blocking(c))) for c in controllers],
         )
         self.query_one("#work", LiveTable).replace_rows(cells.work_rows(state, now))
         self.query_one("#lease-summary", Static).update(cells.lease_summary(state.lease))

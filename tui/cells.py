@@ -10,6 +10,7 @@ Pure functions of the model: no Textual (the data side is tested without a termi
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -200,8 +201,18 @@ _LIFECYCLE = {
 }
 
 
-def controller_cells(controller: ControllerState, now: float) -> Cells:
+def controller_cells(
+    controller: ControllerState, now: float, blocking: Sequence[WatchState] = ()
+) -> Cells:
+    """``blocking``: the watches its workers wait for that failed (``ViewState.blocking``)."""
     state, style = _LIFECYCLE.get(controller.lifecycle, ("· not started", "dim"))
+    if blocking:
+        named = ", ".join(
+            f"{watch.kind} {watch.last_error.outcome}"
+            for watch in blocking
+            if watch.last_error is not None
+        )
+        state, style = f"✗ blocked by {named}", "red"
     running = controller.running
     oldest = min((start for start, _ in running.values()), default=None)
     in_flight = str(len(running)) + (f" (oldest {span(now - oldest)})" if oldest else "")
@@ -243,11 +254,17 @@ def work_rows(
     scheduled: list[tuple[float, WorkKey, Cells]] = []
     for controller in state.controllers.values():
         name = controller.name
+        blocking = state.blocking(controller)
+        queued = (
+            Text(f"⏳ blocked by {blocking[0].kind}", "red")
+            if blocking
+            else Text("⏳ queued", "yellow")
+        )
         for request, (start, rid) in controller.running.items():
             cells = (Text("▶ reconciling", "cyan"), Text(span(now - start)), Text(rid, "dim"))
             running.append((start, (name, request, "running"), cells))
         for request, since in controller.waiting.items():
-            cells = (Text("⏳ queued", "yellow"), Text(span(now - since)), Text(""))
+            cells = (queued, Text(span(now - since)), Text(""))
             waiting.append((since, (name, request, "waiting"), cells))
         for request, item in controller.scheduled.items():
             cells = (Text("⟳ scheduled", "yellow"), Text(_due_words(item, now)), Text(""))
@@ -362,10 +379,12 @@ def watch_detail(watch: WatchState) -> Text:
 
 
 def feed_status(state: ViewState, now: float) -> Text:
-    """Live, or idle since the newest record: a journal that stops growing is not an error."""
+    """Live, or idle since the newest record: a journal that stops growing is not an error.
+    Records the journal lost are said either way: what is shown may be incomplete."""
     if state.newest is None:
         return Text("⏳ waiting for records", "yellow")
+    gaps = f" · ⚠ {state.gaps} journal gap(s)" if state.gaps else ""
     if now - state.newest <= IDLE_AFTER_S:
-        return Text("● live", "green")
+        return Text(f"● live{gaps}", "green")
     stopped = " · manager stopped" if state.manager == "stopped" else ""
-    return Text(f"◌ idle since {clock(state.newest)}{stopped}", "yellow")
+    return Text(f"◌ idle since {clock(state.newest)}{stopped}{gaps}", "yellow")

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ctrltrace.explain import Code, Explanation, explain
+from ctrltrace.evidence import explain_from_journal
+from ctrltrace.explain import Code, Explanation
 from ctrltrace.journal import Journal, JournalError
-from ctrltrace.records import Record, Stage
+from ctrltrace.records import Record, Stage, Vocab
 
 Notify = Callable[[], None]
 
@@ -265,25 +266,14 @@ def explain_object(
 ) -> Explanation:
     """What ``ctrltrace explain`` says about ``target``, from the journal, as of ``until``."""
     with Journal(path) as journal:
-        about = journal.about(target.namespace, target.name, kind=target.kind)
-        watches = journal.watch_records()
-        leases = journal.lease_records()
-        lifecycle = journal.controller_records()
-    if until is not None:
-        about, watches, leases, lifecycle = (
-            [record for record in records if record.time <= until]
-            for records in (about, watches, leases, lifecycle)
+        return explain_from_journal(
+            journal,
+            namespace=target.namespace,
+            name=target.name,
+            kind=target.kind,
+            until=until,
+            now=now,
         )
-    return explain(
-        about,
-        namespace=target.namespace,
-        name=target.name,
-        kind=target.kind,
-        watch_records=watches,
-        lease_records=leases,
-        controller_records=lifecycle,
-        now=now,
-    )
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -358,6 +348,7 @@ class ControllerState:
     name: str
     lifecycle: str = ""  # started / cache_not_synced / stopped (the manager's)
     workers: int = 0  # max_concurrent_reconciles, once started
+    watched: set[str] = field(default_factory=set)  # kinds its workers wait for, this run
     waiting: dict[str, float] = field(default_factory=dict)  # request → queued at
     dirty: set[str] = field(default_factory=set)  # queued again while running
     running: dict[str, tuple[float, str]] = field(default_factory=dict)  # → (start, rid)
@@ -468,6 +459,7 @@ class ViewState:
         self.watches: dict[str, WatchState] = {}
         self.newest: float | None = None  # time of the newest record applied
         self.manager = ""  # started / stopped: the latest manager record
+        self.gaps = 0  # journal_gap records: records lost on their way to the journal
         self.applied = 0
         self._next_key = 1
         self._changed: set[int] = set()
@@ -711,16 +703,24 @@ class ViewState:
 
     def _on_controller(self, record: Record) -> None:
         controller = self._controller(record.controller)
+        if record.outcome == Vocab.WATCHING:
+            controller.watched.add(str(record.attrs.get("kind", "")))
+            return
         controller.lifecycle = record.outcome
         if record.outcome == "started":
             controller.workers = int(record.attrs.get("max_concurrent_reconciles", 0))
 
     def _on_manager(self, record: Record) -> None:
+        if record.outcome == Vocab.JOURNAL_GAP:  # the journal's, not the process's life
+            self.gaps += 1
+            return
         self.manager = record.outcome
         # A new process or the end of one: queues, caches and leadership start from nothing.
         for controller in self.controllers.values():
             controller.reset_work()
             controller.lifecycle = "stopped" if record.outcome == "stopped" else ""
+            if record.outcome == "stopped":  # the next run names its watches again
+                controller.watched.clear()
         if record.outcome == "started":
             for watch in self.watches.values():
                 watch.synced_at = None
@@ -730,6 +730,19 @@ class ViewState:
         if controller is None:
             controller = self.controllers[name] = ControllerState(name)
         return controller
+
+    def blocking(self, controller: ControllerState) -> list[WatchState]:
+        """The watches holding back a controller whose workers have not started: failed
+        without syncing (what ``explain`` calls ``cache_not_synced``)."""
+        if controller.lifecycle in ("started", "stopped"):
+            return []
+        return [
+            watch
+            for kind in sorted(controller.watched)
+            if (watch := self.watches.get(kind)) is not None
+            and watch.synced_at is None
+            and watch.last_error is not None
+        ]
 
     def _watch(self, kind: str, api_version: str) -> WatchState:
         watch = self.watches.get(kind)

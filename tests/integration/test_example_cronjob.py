@@ -100,9 +100,9 @@ def test_jobs_run_on_schedule_within_history_limits_and_the_concurrency_policy(
         },
     )
     born = datetime.datetime.fromisoformat(created["metadata"]["creationTimestamp"])
-    # One minute boundary lies between creation and now: exactly one missed run to start.
-    clock = FakeClock(start=0.0, wall_offset=born.timestamp() + 61)
     first = int(born.timestamp()) // 60 * 60 + 60
+    # Half a minute past the first minute boundary after creation: exactly one missed run.
+    clock = FakeClock(start=0.0, wall_offset=first + 30)
     path = f"{_cronjobs(kube_namespace)}/tick"
     pokes = 0
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from ctrltrace.explain import Code, Explanation, exit_code, explain
+from ctrltrace.explain import Code, Explanation, Verdict, WarningCode, exit_code, explain
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 
@@ -54,9 +54,9 @@ class Story:
         attrs = {"lease": "ops/widgets", "identity": "pod-a", "holder": holder}
         return self._make(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
 
-    def controller(self, outcome: str, reason: str = "") -> Record:
+    def controller(self, outcome: str, reason: str = "", **attrs: AttrValue) -> Record:
         return self._make(
-            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap"
+            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap", attrs=attrs
         )
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -70,6 +70,7 @@ class Story:
         generation: int = 1,
         writer: str = "kubectl-edit",
         owned_write: Record | None = None,
+        extra: dict[str, AttrValue] | None = None,
     ) -> Record:
         self.rv += 1
         api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
@@ -80,7 +81,7 @@ class Story:
             object=ref,
             reason="the controller's own write coming back" if owned_write else "",
             cause_ids=(owned_write.id,) if owned_write else (),
-            attrs={"writer": writer, "self_caused": owned_write is not None},
+            attrs={"writer": writer, "self_caused": owned_write is not None, **(extra or {})},
         )
 
     def dispatch(
@@ -120,8 +121,10 @@ class Story:
             attrs={"queue_wait_s": 0.002, "retries": retries},
         )
 
-    def end(self, start: Record, outcome: str = "success", reason: str = "") -> Record:
-        attrs: dict[str, AttrValue] = {"duration_s": 0.042, "metric_result": outcome}
+    def end(
+        self, start: Record, outcome: str = "success", reason: str = "", **extra: AttrValue
+    ) -> Record:
+        attrs: dict[str, AttrValue] = {"duration_s": 0.042, "metric_result": outcome, **extra}
         if reason:
             attrs["error_type"] = reason.split(":", maxsplit=1)[0]
         return self._make(
@@ -179,6 +182,7 @@ class Story:
             watch_records=stage(Stage.WATCH),
             lease_records=stage(Stage.LEASE),
             controller_records=stage(Stage.CONTROLLER, Stage.MANAGER),
+            activity=stage(Stage.RECONCILE_START, Stage.RECONCILE),
             now=self.time + later,
             **options,
         )
@@ -652,7 +656,8 @@ def test_json_has_the_object_the_timeline_and_a_verdict_from_the_vocabulary() ->
         "key": "shop/web",
     }
     assert document["verdict"]["code"] == "reconciled"
-    assert set(document["verdict"]) == {"code", "message", "fix", "details"}
+    assert set(document["verdict"]) == {"code", "message", "fix", "details", "warnings"}
+    assert document["verdict"]["warnings"] == []
     entry = document["timeline"][0]
     assert set(entry) == {"time", "at", "stage", "outcome", "what", "controller", "details"}
     assert entry["at"].endswith("Z")
@@ -706,7 +711,14 @@ def test_the_vocabulary_is_closed_and_exit_codes_follow_it() -> None:
         "not_leader",
         "cache_not_synced",
         "self_triggered",
+        "deletion_blocked",
         "no_events",
+    }
+    assert {str(code) for code in WarningCode} == {
+        "watch_forbidden",
+        "watch_disconnected",
+        "lease_lost",
+        "journal_gap",
     }
     assert {code for code in Code if exit_code(code) == 0} == {"reconciled", "requeue_scheduled"}
     assert all(
@@ -769,3 +781,323 @@ def test_a_child_read_from_the_journal_is_followed_through_its_owners_retries(
     verdict = explain(records, namespace="shop", name="web-config", now=story.time).verdict
     assert verdict.code == "reconciled"
     assert "Reconcile of shop/web in widget succeeded after 2 runs" in verdict.message
+
+
+# -- the pipeline around the object (issue 14) ------------------------------------------------
+
+WATCH_FORBIDDEN_CONFIGMAPS = (
+    'configmaps is forbidden: User "widget-operator" cannot watch resource "configmaps" in API '
+    'group "" in the namespace "shop"'
+)
+
+
+def _blocked_story(outcome: str, reason: str) -> Story:
+    """A Widget controller that also owns ConfigMaps: Widgets sync, ConfigMaps do not."""
+    story = Story(synced=False)
+    story.controller("watching", kind="Widget", api_version="example.com/v1", role="for_")
+    story.controller("watching", kind="ConfigMap", api_version="v1", role="owns")
+    story.watch("listed", kind="Widget")
+    story.watch("synced", kind="Widget")
+    story.watch(outcome, reason, kind="ConfigMap", namespace="shop", status=403)
+    story.dispatch(story.event(kind="Widget"))
+    return story
+
+
+def test_a_request_in_a_controller_blocked_by_a_forbidden_watch_names_that_watch() -> None:
+    verdict = _blocked_story("forbidden", WATCH_FORBIDDEN_CONFIGMAPS).explain().verdict
+    assert verdict.code == "cache_not_synced"
+    assert "waiting for a worker" not in verdict.message
+    assert "workers have not started" in verdict.message
+    assert "ConfigMap" in verdict.message
+    assert "widget-operator cannot watch configmaps" in verdict.message
+    assert "--verb=get,list,watch --resource=configmaps" in verdict.fix
+    (blocking,) = verdict.details["blocking"]
+    assert blocking["kind"] == "ConfigMap"
+    assert blocking["error"] == WATCH_FORBIDDEN_CONFIGMAPS
+    assert blocking["rule"] == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "verbs": ["get", "list", "watch"],
+    }
+
+
+def test_a_controller_blocked_by_a_kind_not_served_says_to_install_it() -> None:
+    story = _blocked_story("kind_not_found", "example.com/v1 does not serve kind ConfigMap")
+    verdict = story.explain().verdict
+    assert verdict.code == "cache_not_synced"
+    assert "Install the CRD that defines ConfigMap" in verdict.fix
+
+
+def test_a_controller_whose_caches_are_still_listing_is_queued_without_workers() -> None:
+    story = Story(synced=False)
+    story.controller("watching", kind="ConfigMap", api_version="v1", role="for_")
+    story.dispatch(story.event())
+    verdict = story.explain().verdict
+    assert verdict.code == "queued"
+    assert "waiting for a worker" not in verdict.message
+    assert verdict.details["workers"] == 0
+
+
+def test_workers_started_in_an_earlier_run_do_not_count() -> None:
+    story = _blocked_story("forbidden", WATCH_FORBIDDEN_CONFIGMAPS)
+    story.records.insert(0, Record(T0 - 10, Stage.CONTROLLER, "started", controller="configmap"))
+    story.records.insert(1, Record(T0 - 5, Stage.MANAGER, "stopped"))
+    assert story.explain().verdict.code == "cache_not_synced"
+
+
+def test_queued_says_what_the_busy_workers_are_doing() -> None:
+    story = Story()
+    story.reconciled(story.event("earlier"))  # a usual duration: 42 ms
+    busy = story.start(story.dispatch(story.event("slow")))
+    story.dispatch(story.event())
+    verdict = story.explain(later=60).verdict
+    assert verdict.code == "queued"
+    assert "waiting for a worker" in verdict.message
+    assert "shop/slow" in verdict.message
+    assert busy.reconcile_id in verdict.message
+    assert verdict.details["busy"][0]["reconcile_id"] == busy.reconcile_id
+    assert busy.reconcile_id in verdict.fix  # it has run far beyond the p99: look at it
+
+
+def test_queued_again_while_the_same_key_is_reconciled_is_held_by_that_run() -> None:
+    story = Story()
+    event = story.event()
+    running = story.start(story.dispatch(event))
+    story.dispatch(story.event(), "requeued_after_processing")
+    verdict = story.explain().verdict
+    assert verdict.code == "queued"
+    assert "held" in verdict.message
+    assert verdict.details["held_by"] == running.reconcile_id
+
+
+def test_in_progress_compares_with_the_controllers_usual_durations() -> None:
+    story = Story()
+    for name in ("a", "b", "c"):
+        story.reconciled(story.event(name))
+    start = story.start(story.dispatch(story.event()))
+    verdict = story.explain(later=30).verdict
+    assert verdict.code == "in_progress"
+    assert "(p50)" in verdict.message and "(p99)" in verdict.message
+    assert "looks hung" in verdict.message
+    assert verdict.details["p99_s"] == pytest.approx(0.042)
+    assert start.reconcile_id in verdict.fix
+
+
+def test_a_reconciled_object_whose_watch_is_forbidden_carries_a_warning() -> None:
+    story = Story()
+    story.reconciled(story.event())
+    story.watch("forbidden", WATCH_FORBIDDEN_CONFIGMAPS, namespace="shop", status=403)
+    story.watch("listed", namespace="shop")  # it may still list: changes arrive by re-list
+    explanation = story.explain(kind="ConfigMap")
+    assert explanation.verdict.code == "reconciled"
+    (warning,) = explanation.verdict.warnings
+    assert warning.code == "watch_forbidden"
+    assert "only when the informer lists again" in warning.message
+    assert "--verb=get,list,watch" in warning.fix
+    document = explanation.to_json()
+    assert document["verdict"]["warnings"][0]["code"] == "watch_forbidden"
+    assert "⚠ watch_forbidden" in explanation.render()
+
+
+def test_a_watch_failing_now_lease_lost_and_journal_gap_are_warnings() -> None:
+    story = Story()
+    story.lease("acquired", "pod-a")
+    event = story.event()
+    story.reconciled(event)
+    story._make(
+        Stage.MANAGER,
+        "journal_gap",
+        reason="the writer's buffer was full",
+        attrs={"count": 128, "first_time": event.time, "last_time": story.time},
+    )
+    story.watch("disconnected", "connection failed: refused")
+    story.lease("lost", "pod-b")
+    warnings = {str(w.code): w for w in story.explain(kind="ConfigMap").verdict.warnings}
+    assert set(warnings) == {"watch_disconnected", "lease_lost", "journal_gap"}
+    assert "refused" in warnings["watch_disconnected"].message
+    assert "128 records" in warnings["journal_gap"].message
+    assert "may be incomplete" in warnings["journal_gap"].message
+
+
+def test_a_gap_outside_the_evidence_is_no_warning() -> None:
+    story = Story()
+    story._make(
+        Stage.MANAGER,
+        "journal_gap",
+        reason="write failed",
+        attrs={"count": 5, "first_time": T0 - 100, "last_time": T0 - 90},
+    )
+    story.reconciled(story.event())
+    assert story.explain().verdict.warnings == ()
+
+
+def test_finalizers_that_stay_after_reconciles_block_the_deletion() -> None:
+    story = Story()
+    deleting: dict[str, AttrValue] = {
+        "deletion_timestamp": "2026-12-07T02:00:00Z",
+        "finalizers": "example.com/cleanup",
+    }
+    story.reconciled(story.event(extra=deleting))
+    story.reconciled(story.event(extra=deleting))
+    verdict = story.explain().verdict
+    assert verdict.code == "deletion_blocked"
+    assert "example.com/cleanup" in verdict.message
+    assert "2026-12-07T02:00:00Z" in verdict.message
+    assert verdict.details["reconciles_since"] == 2
+    assert "remove" in verdict.fix and "example.com/cleanup" in verdict.fix
+    assert exit_code(verdict.code) == 3
+
+
+def test_a_deleted_object_says_so_and_that_reconcile_ran() -> None:
+    story = Story()
+    story.reconciled(story.event())
+    story.reconciled(story.event(outcome="DELETED"))
+    verdict = story.explain().verdict
+    assert verdict.code == "reconciled"
+    assert "was deleted" in verdict.message
+    assert "Reconcile then ran" in verdict.message
+
+
+def _api_error(status: int, reason: str, message: str, method: str = "PUT") -> Verdict:
+    story = Story()
+    text = (
+        f"ApiError: {method} /api/v1/namespaces/shop/configmaps/web: {status} {reason}: {message}"
+    )
+    attrs: dict[str, AttrValue] = {"api_status": status, "api_reason": reason, "api_method": method}
+    story.end(story.start(story.dispatch(story.event())), "error", text, **attrs)
+    return story.explain().verdict
+
+
+def test_a_conflict_is_a_stale_read_with_its_own_fix() -> None:
+    verdict = _api_error(409, "Conflict", "the object has been modified")
+    assert verdict.code == "reconcile_failed"
+    assert "stale read" in verdict.message
+    assert "patch instead of update" in verdict.fix
+    assert "Fix the error in the reconciler" not in verdict.fix
+
+
+def test_conflicts_in_a_row_are_flagged() -> None:
+    story = Story()
+    attrs: dict[str, AttrValue] = {"api_status": 409, "api_reason": "Conflict", "api_method": "PUT"}
+    end = story.end(story.start(story.dispatch(story.event())), "error", "409 Conflict: x", **attrs)
+    for _ in range(2):
+        end = story.end(story.start(story.requeue(end)), "error", "409 Conflict: x", **attrs)
+    story.requeue(end)
+    verdict = story.explain().verdict
+    assert "3 times in a row" in verdict.message
+    assert verdict.details["conflicts_in_a_row"] == 3
+
+
+def test_not_found_on_a_read_means_return_without_error() -> None:
+    verdict = _api_error(404, "NotFound", 'configmaps "web" not found', method="GET")
+    assert "object is gone" in verdict.message
+    assert "Return without error" in verdict.fix
+
+
+def test_forbidden_on_a_write_names_the_missing_rule_in_doctors_words() -> None:
+    message = (
+        'configmaps "web" is forbidden: User "widget-operator" cannot update resource '
+        '"configmaps" in API group "" in the namespace "shop"'
+    )
+    verdict = _api_error(403, "Forbidden", message)
+    assert verdict.fix.startswith(
+        'grant widget-operator this rule in a Role in shop: apiGroups [""], resources '
+        "[configmaps], verbs [update]"
+    )
+
+
+def test_invalid_names_the_field_and_the_servers_message() -> None:
+    message = 'ConfigMap "web" is invalid: metadata.labels: Invalid value: "a b": must be valid'
+    verdict = _api_error(422, "Invalid", message)
+    assert verdict.details["field"] == "metadata.labels"
+    assert "metadata.labels" in verdict.fix and "must be valid" in verdict.fix
+
+
+@pytest.mark.parametrize(("status", "reason"), [(429, "TooManyRequests"), (503, "Unavailable")])
+def test_throttling_and_server_errors_are_transient(status: int, reason: str) -> None:
+    verdict = _api_error(status, reason, "try again")
+    assert "transient" in verdict.message
+    assert verdict.details["transient"] is True
+
+
+def test_a_timeout_is_transient_and_user_errors_keep_the_generic_fix() -> None:
+    story = Story()
+    story.end(story.start(story.dispatch(story.event())), "error", "TimeoutError: read")
+    assert "transient" in story.explain().verdict.message
+    assert "Fix the error in the reconciler" in _failing_reconcile_fix()
+
+
+def _failing_reconcile_fix() -> str:
+    story = Story()
+    story.end(story.start(story.dispatch(story.event())), "error", "KeyError: 'spec'")
+    return story.explain().verdict.fix
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attrs", "said", "fix"),
+    [
+        (
+            "dropped_by_predicate",
+            {"predicate": "only_big", "reason": "raised KeyError: 'size'", "raised": "KeyError"},
+            "predicate only_big raised KeyError",
+            "Fix only_big",
+        ),
+        (
+            "not_mapped",
+            {
+                "handler": "map function widgets_of",
+                "reason": "map function raised ValueError: no owner label",
+            },
+            "map function widgets_of raised ValueError",
+            "Fix map function widgets_of",
+        ),
+    ],
+    ids=["predicate", "map_function"],
+)
+def test_a_function_that_raised_is_named_and_never_blamed_on_owner_references(
+    outcome: str, attrs: dict[str, str], said: str, fix: str
+) -> None:
+    story = Story()
+    story.dispatch(story.event(), outcome, **attrs)
+    verdict = story.explain().verdict
+    assert verdict.code == outcome
+    assert said in verdict.message
+    assert "event was dropped" in verdict.message
+    assert fix in verdict.fix
+    assert "controller: true" not in verdict.fix and "ownerReference" not in verdict.fix
+
+
+def test_no_events_under_a_label_selector_names_it_and_the_kubectl_to_check() -> None:
+    story = Story(synced=False)
+    story.controller("watching", kind="ConfigMap", api_version="v1", label_selector="app=web")
+    story.watch("listed", resource="configmaps")
+    story.watch("synced", resource="configmaps")
+    verdict = story.explain("other", kind="ConfigMap").verdict
+    assert verdict.code == "no_events"
+    assert "holds only objects with labels app=web" in verdict.message
+    assert "kubectl get configmaps other -n shop -l 'app=web'" in verdict.fix
+
+
+def test_not_watched_in_this_namespace_names_the_namespaces_cached() -> None:
+    story = Story(synced=False)
+    story.controller("watching", kind="ConfigMap", api_version="v1", namespaces="a,b")
+    story.watch("listed", namespace="a", resource="configmaps")
+    story.watch("synced", namespace="b", resource="configmaps")
+    verdict = story.explain(kind="ConfigMap").verdict
+    assert verdict.code == "not_watched"
+    assert "cached only in namespaces a, b" in verdict.message
+    assert "kubectl get configmaps web -n shop" in verdict.fix
+    assert "add shop to the manager's namespaces" in verdict.fix
+
+
+def test_without_events_the_gap_of_the_run_that_ended_is_still_warned_of() -> None:
+    story = Story()
+    story._make(
+        Stage.MANAGER,
+        "journal_gap",
+        reason="buffer full",
+        attrs={"count": 9, "first_time": T0, "last_time": story.time},
+    )
+    story._make(Stage.MANAGER, "stopped", reason="stopped")
+    warnings = story.explain("lost", kind="ConfigMap").verdict.warnings
+    assert [str(warning.code) for warning in warnings] == ["journal_gap"]

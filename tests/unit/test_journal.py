@@ -165,10 +165,17 @@ def test_an_overflowing_buffer_drops_the_oldest_and_counts_them(tmp_path: Path) 
         tmp_path / "j.db", records, max_pending=10, flush_interval_s=60.0, batch_size=10_000
     )
     with Journal(tmp_path / "j.db") as journal:
-        kept = journal.window(T0, T0 + 1_000)
+        kept = [r for r in journal.window(T0, T0 + 1_000) if r.stage is Stage.EVENT]
+        (gap,) = [r for r in journal.controller_records() if r.outcome == "journal_gap"]
     assert writer.dropped > 0
     assert writer.dropped + len(kept) == 1_000
     assert kept[-1] == records[-1]
+    # The loss is journaled: how many, and the time span they covered (the oldest first).
+    assert gap.stage is Stage.MANAGER
+    assert gap.attrs["count"] == writer.dropped
+    assert gap.attrs["first_time"] == T0
+    assert gap.attrs["last_time"] == T0 + writer.dropped - 1
+    assert "buffer full" in gap.reason
 
 
 def test_records_appended_after_close_are_counted_as_dropped(tmp_path: Path) -> None:
@@ -535,4 +542,7 @@ def test_a_batch_that_cannot_be_written_is_counted_and_journaling_goes_on(tmp_pa
     assert writer.dropped == 1
     assert writer.last_error == "RuntimeError: no text for this value"
     with Journal(tmp_path / "j.db") as journal:
-        assert [record.time for record in journal.window(0, T0 * 2)] == [T0 + 1]
+        records = journal.window(0, T0 * 2)
+    assert [(r.time, r.outcome) for r in records] == [(T0, "journal_gap"), (T0 + 1, "MODIFIED")]
+    assert records[0].attrs == {"count": 1, "first_time": T0, "last_time": T0}
+    assert "no text for this value" in records[0].reason

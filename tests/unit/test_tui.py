@@ -1068,3 +1068,38 @@ def test_an_ended_recorder_feed_hands_over_what_is_left_then_says_it_ended() -> 
     batch = feed.take()
     assert wakeups == [1] and batch.ended and batch.records == story.records
     feed.stop()
+
+
+def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch() -> None:
+    story = Story()
+    for kind, role in (("Widget", "for_"), ("ConfigMap", "owns")):
+        attrs = {"kind": kind, "api_version": "v1", "role": role}
+        story.add(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
+    story.manager()
+    story.watch("listed")
+    story.watch("synced")
+    story.watch("forbidden", "ConfigMap", "cannot watch configmaps", status=403)
+    story.dispatch(story.event("a"))
+    state = ViewState()
+    state.apply(story.records)
+    widget = state.controllers["widget"]
+    assert widget.lifecycle == ""  # a watching record is no lifecycle
+    assert [watch.kind for watch in state.blocking(widget)] == ["ConfigMap"]
+    text = [
+        cell.plain for cell in cells.controller_cells(widget, story.time, state.blocking(widget))
+    ]
+    assert text[1] == "✗ blocked by ConfigMap forbidden"
+    work = {key: [cell.plain for cell in row] for key, row in cells.work_rows(state, story.time)}
+    assert work["widget", "shop/a", "waiting"][2] == "⏳ blocked by ConfigMap"
+    story.controller("started")  # the caches synced after all: no longer blocked
+    state.apply(story.records[-1:])
+    assert state.blocking(widget) == []
+
+
+def test_a_journal_gap_is_said_in_the_feed_status_and_is_not_the_managers_life() -> None:
+    story = demo()
+    story.add(Stage.MANAGER, "journal_gap", reason="buffer full", attrs={"count": 3})
+    state = ViewState()
+    state.apply(story.records)
+    assert state.manager == "started"
+    assert "⚠ 1 journal gap(s)" in cells.feed_status(state, story.time).plain
