@@ -397,6 +397,7 @@ def explain(
 
     from ctrltrace import explain as explaining
     from ctrltrace.evidence import explain_from_journal
+    from ctrltrace.explain_text import render_text
     from ctrltrace.journal import Journal, JournalError
 
     namespace, _, name = target.rpartition("/")
@@ -426,7 +427,7 @@ def explain(
     else:
         # A terminal narrower than 100 columns gets its width; a pipe or file gets 100.
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
-        click.echo(explanation.render(width=min(100, width)))
+        click.echo(render_text(explanation, width=min(100, width)))
     sys.exit(explaining.exit_code(explanation.verdict.code))
 
 

@@ -1,12 +1,13 @@
 """Explain: why did (or didn't) the latest event for an object reach Reconcile?
 
-Owns the decision procedure over records, the closed vocabulary of verdict codes with their
-one-line messages and fixes, the timeline, and the two ways an explanation is shown: JSON for
-scripts and text (or a rich renderable) that reads without colour in 100 columns.
+Owns the decision procedure over records, the closed vocabularies of verdict and warning
+codes with their one-line messages and fixes, the timeline, and the JSON scripts read.
+``ctrltrace.explain_text`` renders an explanation as text; nothing here renders.
 
-Pure logic: no I/O and no journal. Callers pass the records: those about the object (as
-``Journal.about`` returns them, or filtered from a ``Collect`` sink), and the informer, lease
-and controller records that say whether the pipeline around it was healthy.
+Pure logic: no I/O and no journal. Callers pass the records (``ctrltrace.evidence`` reads
+them from a journal): those about the object (as ``Journal.about`` returns them, or filtered
+from a ``Collect`` sink), the informer, lease and controller records that say whether the
+pipeline around it was healthy, and the recent reconciles of every request.
 
 The decision procedure, in order:
 
@@ -65,17 +66,12 @@ from __future__ import annotations
 
 import datetime
 import enum
-import io
 import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
-from rich.table import Table
-from rich.text import Text
 
 from ctrltrace import remedies
 from ctrltrace.records import AttrValue, Record, Stage, Vocab
@@ -237,63 +233,6 @@ class Explanation:
                 "warnings": [warning.to_json() for warning in self.verdict.warnings],
             },
         }
-
-    def render(self, width: int = 100) -> str:
-        """Plain text, no colour or escape codes, no line wider than ``width``."""
-        buffer = io.StringIO()
-        console = Console(
-            file=buffer,
-            width=width,
-            color_system=None,
-            force_terminal=False,
-            no_color=True,
-            highlight=False,
-            emoji=False,
-        )
-        console.print(self)
-        # Rich pads table cells to the column width; trailing blanks only get in the way.
-        return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        target = self.target
-        title = Text.assemble(
-            ("explain ", "bold"),
-            (f"{target.kind} " if target.kind else "", "bold"),
-            (target.key, "bold cyan"),
-            f"  controller {target.controller}" if target.controller else "",
-            f"  at {_local(self.now)}",
-        )
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        table.add_column("time", no_wrap=True)
-        table.add_column("stage", no_wrap=True)
-        table.add_column("controller", overflow="fold", max_width=20)
-        table.add_column("what happened", overflow="fold", ratio=1)
-        for entry in self.timeline:
-            mark, style = _mark(entry.stage, entry.outcome)
-            table.add_row(
-                _clock(entry.time),
-                Text(f"{mark} {_STAGE_LABELS.get(entry.stage, entry.stage)}", style=style),
-                entry.controller,
-                entry.what,
-            )
-        parts: list[RenderableType] = [title]
-        if self.omitted:
-            parts.append(Text(f"… {self.omitted} earlier records not shown", style="dim"))
-        parts.append(table if self.timeline else Text("no records about this object", "dim"))
-        mark, style = _VERDICT_MARKS.get(self.verdict.code, ("✗", "red"))
-        parts += [
-            Text(""),
-            Text.assemble(
-                (f"{mark} {self.verdict.code}", f"bold {style}"), "  ", self.verdict.message
-            ),
-            Text.assemble(("fix: ", "bold"), self.verdict.fix),
-        ]
-        for warning in self.verdict.warnings:
-            parts += [
-                Text.assemble((f"⚠ {warning.code}", "bold yellow"), "  ", warning.message),
-                Text.assemble(("  fix: ", "bold"), warning.fix),
-            ]
-        yield Group(*parts)
 
 
 def explain(
@@ -725,7 +664,7 @@ class _Decision:
         which = f"controller {self.target.controller}" if self.target.controller else "controller"
         return Verdict(
             Code.NOT_WATCHED,
-            f"the informer saw {_event_words(event)} at {_clock(event.time)}, but no {which} "
+            f"the informer saw {_event_words(event)} at {clock(event.time)}, but no {which} "
             "dispatched it",
             "Register a watch for this kind on the controller: .for_(), .owns() or "
             ".watches() in the builder; check the controller name given to explain.",
@@ -784,7 +723,7 @@ class _Decision:
     def _waiting(self, dispatch: Record) -> Verdict:
         controller = dispatch.controller
         details: dict[str, Any] = {"controller": controller, "request": dispatch.request}
-        queued = f"{controller} queued {dispatch.request} at {_clock(dispatch.time)}"
+        queued = f"{controller} queued {dispatch.request} at {clock(dispatch.time)}"
         lease = self.health.not_leader()
         if lease is not None:
             self.evidence.append(lease)
@@ -794,7 +733,7 @@ class _Decision:
             return Verdict(
                 Code.NOT_LEADER,
                 f"{queued}, but this replica is not the leader: {name} is held by {holder} "
-                f"({lease.outcome} at {_clock(lease.time)}: {lease.reason})",
+                f"({lease.outcome} at {clock(lease.time)}: {lease.reason})",
                 f"Only the leader reconciles: look at the leader ({holder}) and its logs, or "
                 "stop it; run with leader election off to debug locally.",
                 details,
@@ -807,7 +746,7 @@ class _Decision:
             self.evidence.append(stopped)
             return Verdict(
                 Code.QUEUED,
-                f"{queued}; the manager stopped at {_clock(stopped.time)} before a worker took it",
+                f"{queued}; the manager stopped at {clock(stopped.time)} before a worker took it",
                 "The request was still waiting when the process stopped; it is reconciled "
                 "after the next start (the initial list queues every object).",
                 details | {"queued_at": dispatch.time},
@@ -925,7 +864,7 @@ class _Decision:
         running = self.now - start.time
         message = (
             f"{start.controller} is reconciling {start.request}: started at "
-            f"{_clock(start.time)}, running for {_span(running)} "
+            f"{clock(start.time)}, running for {_span(running)} "
             f"(reconcile_id {start.reconcile_id})"
         )
         details: dict[str, Any] = {
@@ -953,7 +892,7 @@ class _Decision:
         stopped = self.health.stopped_after(start)
         if stopped is not None:
             self.evidence.append(stopped)
-            message += f"; the manager stopped at {_clock(stopped.time)} before it ended"
+            message += f"; the manager stopped at {clock(stopped.time)} before it ended"
         return Verdict(Code.IN_PROGRESS, message, fix, details)
 
     def _ended(self, end: Record, requeue: Record | None, ends: list[Record]) -> Verdict:
@@ -977,7 +916,7 @@ class _Decision:
         if end.outcome == "success":
             return Verdict(
                 Code.RECONCILED,
-                f"{ran} succeeded{after} at {_clock(end.time)}",
+                f"{ran} succeeded{after} at {clock(end.time)}",
                 "Nothing failed; if the object still looks wrong, the reconciler decided so: "
                 f"read its logs with reconcile_id={reconcile_id}.",
                 details,
@@ -987,7 +926,7 @@ class _Decision:
         if end.outcome == "terminal_error":
             return Verdict(
                 Code.TERMINAL_ERROR,
-                f"{ran} failed terminally at {_clock(end.time)}: {end.reason}{meaning}; no retry",
+                f"{ran} failed terminally at {clock(end.time)}: {end.reason}{meaning}; no retry",
                 api_fix
                 or "A terminal error is not retried: fix its cause, then change the object to "
                 "trigger a new reconcile.",
@@ -999,7 +938,7 @@ class _Decision:
             )
             return Verdict(
                 Code.RECONCILE_FAILED,
-                f"{ran} failed at {_clock(end.time)}: {end.reason}{meaning}; {retry}",
+                f"{ran} failed at {clock(end.time)}: {end.reason}{meaning}; {retry}",
                 api_fix
                 or "Fix the error in the reconciler (logs with reconcile_id="
                 f"{reconcile_id}); it is retried with exponential back-off meanwhile.",
@@ -1007,7 +946,7 @@ class _Decision:
             )
         return Verdict(
             Code.REQUEUE_SCHEDULED,
-            f"{ran} asked to run again ({end.outcome}) at {_clock(end.time)}; next run {next_run}",
+            f"{ran} asked to run again ({end.outcome}) at {clock(end.time)}; next run {next_run}",
             "Nothing to fix: the reconciler asked for this requeue; return no requeue when "
             "the object needs no more work.",
             details,
@@ -1019,8 +958,8 @@ class _Decision:
             return f"in {requeue.attrs.get('delay_s', '?')}s"
         late = self.now - due
         if late > 1.0:  # it should have run; something else is wrong
-            return f"was due at {_clock(due)}, {_span(late)} ago, and has not started"
-        return f"due at {_clock(due)} (in {_span(max(-late, 0.0))})"
+            return f"was due at {clock(due)}, {_span(late)} ago, and has not started"
+        return f"due at {clock(due)} (in {_span(max(-late, 0.0))})"
 
     # step 7
     def _deletion(self, verdict: Verdict) -> Verdict:
@@ -1040,7 +979,7 @@ class _Decision:
             )
             return replace(
                 verdict,
-                message=f"{target.key} was deleted (DELETED event at {_clock(latest.time)})"
+                message=f"{target.key} was deleted (DELETED event at {clock(latest.time)})"
                 f"{ran}: {verdict.message}",
                 details={**verdict.details, "deleted_at": latest.time},
             )
@@ -1116,7 +1055,7 @@ class _Decision:
                 PipelineWarning(
                     WarningCode.LEASE_LOST,
                     f"this replica lost the leader lease {lost.attrs.get('lease', '')} at "
-                    f"{_clock(lost.time)} ({lost.reason}): it stopped reconciling then",
+                    f"{clock(lost.time)} ({lost.reason}): it stopped reconciling then",
                     "Find why the lease was not renewed in time (API server latency, a blocked "
                     "event loop) in the logs; the leader now is whoever holds the Lease.",
                 )
@@ -1132,7 +1071,7 @@ class _Decision:
                     PipelineWarning(
                         WarningCode.JOURNAL_GAP,
                         f"the journal lost {gap.attrs.get(Vocab.COUNT, '?')} records between "
-                        f"{_clock(first)} and {_clock(last)} ({gap.reason}): this answer may "
+                        f"{clock(first)} and {clock(last)} ({gap.reason}): this answer may "
                         "be incomplete",
                         "Records are lost when the journal's writer falls behind or a write "
                         "fails: give it a faster disk or more room (--journal-max-size), and "
@@ -1269,7 +1208,7 @@ class _Decision:
             return Verdict(
                 Code.CACHE_NOT_SYNCED,
                 f"the informer for {kind} has not finished its initial list; latest: "
-                f"{latest.outcome} at {_clock(latest.time)}: {latest.reason}",
+                f"{latest.outcome} at {clock(latest.time)}: {latest.reason}",
                 "Wait for the list or find why it fails: RBAC list/watch on the kind, the "
                 "CRD, the connection to the API server.",
                 details,
@@ -1314,7 +1253,7 @@ def _watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarn
             since = record
         return PipelineWarning(
             WarningCode.WATCH_DISCONNECTED,
-            f"the watch for {kind} has failed since {_clock(since.time)} ({latest.outcome}: "
+            f"the watch for {kind} has failed since {clock(since.time)} ({latest.outcome}: "
             f"{latest.reason}): changes made since have not reached the controller",
             "Check the connection from the controller to the API server; the informer "
             "retries with back-off and lists again when it reconnects.",
@@ -1326,7 +1265,7 @@ def _watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarn
     count = sum(record.outcome == "forbidden" for record in records)
     return PipelineWarning(
         WarningCode.WATCH_FORBIDDEN,
-        f"{problem} ({count} time(s), latest at {_clock(refused.time)}): changes reach the "
+        f"{problem} ({count} time(s), latest at {clock(refused.time)}): changes reach the "
         "cache only when the informer lists again after each refused watch, late and "
         "without the states in between",
         fix,
@@ -1561,7 +1500,7 @@ def _what(record: Record) -> str:
         case Stage.REQUEUE:
             attempt = f"retry attempt {attrs['attempt']}, " if "attempt" in attrs else ""
             due = attrs.get("due")
-            when = f" at {_clock(due)}" if isinstance(due, int | float) else ""
+            when = f" at {clock(due)}" if isinstance(due, int | float) else ""
             delay = _span(float(attrs.get("delay_s", 0.0)))
             return f"{outcome}: {attempt}next run in {delay}{when}"
         case Stage.WRITE:
@@ -1605,59 +1544,10 @@ def _event_type(dispatch: Record) -> str:
     return str(dispatch.attrs.get("event_type", "watch"))
 
 
-_MARKS = {
-    (Stage.DISPATCH, "dropped_by_predicate"): ("✗", "red"),
-    (Stage.DISPATCH, "not_mapped"): ("✗", "red"),
-    (Stage.RECONCILE, "success"): ("✓", "green"),
-    (Stage.RECONCILE, "error"): ("✗", "red"),
-    (Stage.RECONCILE, "terminal_error"): ("✗", "red"),
-    (Stage.RECONCILE, "requeue"): ("⟳", "yellow"),
-    (Stage.RECONCILE, "requeue_after"): ("⟳", "yellow"),
-    (Stage.WATCH, "synced"): ("✓", "green"),
-    (Stage.WATCH, "forbidden"): ("✗", "red"),
-    (Stage.WATCH, "kind_not_found"): ("✗", "red"),
-    (Stage.WATCH, "error"): ("✗", "red"),
-    (Stage.WATCH, "disconnected"): ("✗", "red"),
-    (Stage.LEASE, "acquired"): ("✓", "green"),
-    (Stage.LEASE, "standby"): ("⏳", "yellow"),
-    (Stage.LEASE, "lost"): ("✗", "red"),
-    (Stage.LEASE, "error"): ("✗", "red"),
-    (Stage.CONTROLLER, "started"): ("✓", "green"),
-    (Stage.CONTROLLER, "cache_not_synced"): ("⏳", "yellow"),
-    (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
-    (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
-}
-_STAGE_MARKS = {
-    Stage.EVENT: ("●", "cyan"),
-    Stage.DISPATCH: ("→", ""),
-    Stage.RECONCILE_START: ("▶", ""),
-    Stage.REQUEUE: ("⟳", "yellow"),
-    Stage.WRITE: ("✎", ""),
-    Stage.KUBE_EVENT: ("⚑", ""),
-}
-_VERDICT_MARKS = {
-    Code.RECONCILED: ("✓", "green"),
-    Code.REQUEUE_SCHEDULED: ("⟳", "yellow"),
-} | dict.fromkeys(
-    (Code.QUEUED, Code.IN_PROGRESS, Code.NOT_LEADER, Code.CACHE_NOT_SYNCED), ("⏳", "yellow")
-)
-
-
-_STAGE_LABELS = {Stage.RECONCILE_START: "start", Stage.KUBE_EVENT: "Event"}
-
-
-def _mark(stage: Stage, outcome: str) -> tuple[str, str]:
-    return _MARKS.get((stage, outcome)) or _STAGE_MARKS.get(stage, ("·", ""))
-
-
-def _clock(seconds: float) -> str:
-    """A wall time as HH:MM:SS.mmm, local time."""
+def clock(seconds: float) -> str:
+    """A wall time as HH:MM:SS.mmm, local time, as explain words it."""
     moment = datetime.datetime.fromtimestamp(seconds).astimezone()
     return moment.strftime("%H:%M:%S.%f")[:-3]
-
-
-def _local(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _iso(seconds: float) -> str:

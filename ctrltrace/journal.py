@@ -789,25 +789,31 @@ class Journal:
         with self._errors():
             return [_record(_unpickle(body)) for (body,) in rows]
 
-    def reconciles(self, since: float | None = None, limit: int = 50_000) -> list[Record]:
+    def reconciles(
+        self, since: float | None = None, limit: int = 50_000, scan: int = 1_000_000
+    ) -> list[Record]:
         """The latest RECONCILE_START and RECONCILE records of every controller, in time order:
         what the workers are doing and how long reconciles take. Reads batches newest first
-        and stops after the batch that brings ``limit`` of them, or at ``since``."""
+        and stops after the batch that brings ``limit`` of them or ``scan`` records in all
+        (a journal of events that mostly never reach Reconcile), or at ``since``."""
         wanted = (Stage.RECONCILE_START.value, Stage.RECONCILE.value)
         earliest = -float("inf") if since is None else since
         found: list[Entry] = []
+        scanned = 0
         with self._errors():
             batches = self._db.execute(
-                "SELECT seq, run, chunks, body FROM batches WHERE last_time >= ? ORDER BY seq DESC",
+                "SELECT seq, run, chunks, body, count FROM batches WHERE last_time >= ? "
+                "ORDER BY seq DESC",
                 (earliest,),
             )
-            for batch in batches:
+            for *batch, count in batches:
                 found += (
                     entry
-                    for entry in self._entries([batch])
+                    for entry in self._entries([tuple(batch)])
                     if entry[2][_STAGE] in wanted and entry[2][_TIME] >= earliest
                 )
-                if len(found) >= limit:
+                scanned += count
+                if len(found) >= limit or scanned >= scan:
                     break
         found.sort(key=lambda entry: (entry[2][_TIME], entry[0]))
         return [_record(entry) for _, _, entry in found[-limit:]]

@@ -34,6 +34,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from ctrltrace.explain_text import ExplanationView
 from ctrltrace.journal import JournalError
 from ctrltrace.tui import cells
 from ctrltrace.tui.feed import (
@@ -254,7 +255,9 @@ class ObjectScreen(Screen[None]):
     def _explain(self, journal: Path, now: float) -> None:
         content: RenderableType
         try:
-            content = explain_object(journal, self.target, now=now, until=self._until)
+            content = ExplanationView(
+                explain_object(journal, self.target, now=now, until=self._until)
+            )
         except JournalError as error:
             content = Text(f"✗ {error}", "red")
         self.post_message(Explained(content))

@@ -133,6 +133,39 @@ def test_a_controller_blocked_by_a_forbidden_watch_is_cache_not_synced_naming_it
     assert f"--user={identity.name}" in verdict["fix"]
 
 
+def test_a_controller_blocked_by_a_kind_not_served_names_it_and_the_crd(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    manager_factory: ManagerFactory,
+    journal: JournalWriter,
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: (
+                mgr.controller()
+                .for_("v1", "ConfigMap")
+                .owns("gadgets.example.org/v1", "Gadget")
+                .complete(_noop)
+            ),
+            ready="kind_not_found",
+            namespaces=[kube_namespace],
+        )
+        configmap(control_plane, kube_namespace, "waits")
+        await run.until(lambda: bool(run.records.where(Stage.DISPATCH, "queued")))
+        await stop(run)
+        return explain(journal, f"{kube_namespace}/waits", "--kind", "configmap")
+
+    verdict = asyncio.run(scenario())["verdict"]
+    assert verdict["code"] == "cache_not_synced"
+    assert "Gadget (gadgets.example.org/v1) is not served" in verdict["message"]
+    assert "serves no API group gadgets.example.org" in verdict["message"]
+    (blocking,) = verdict["details"]["blocking"]
+    assert (blocking["kind"], blocking["outcome"]) == ("Gadget", "kind_not_found")
+    assert "Install the CRD that defines Gadget" in verdict["fix"]
+
+
 def test_a_watch_that_may_list_but_not_watch_warns_on_a_reconciled_object(
     control_plane: ControlPlane,
     kube_namespace: str,

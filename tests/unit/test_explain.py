@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from ctrltrace.explain import Code, Explanation, Verdict, WarningCode, exit_code, explain
+from ctrltrace.explain_text import ExplanationView, render_text
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 
@@ -666,12 +667,12 @@ def test_json_has_the_object_the_timeline_and_a_verdict_from_the_vocabulary() ->
 
 def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
     for explanation in (_failing_story().explain(), Story(synced=False).explain()):
-        text = explanation.render(width=100)
+        text = render_text(explanation, width=100)
         lines = text.splitlines()
         assert "\x1b" not in text
         assert all(len(line) <= 100 for line in lines), max(lines, key=len)
         assert len(lines) <= 45  # one screen
-    text = _failing_story().explain().render()
+    text = render_text(_failing_story().explain())
     assert "explain shop/web" in text
     assert "✓ reconciled" in text and "fix:" in text
     assert "✗ dispatch" in text and "✗ reconcile" in text and "⟳ requeue" in text
@@ -681,14 +682,14 @@ def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
 def test_a_long_message_wraps_instead_of_overflowing() -> None:
     story = Story()
     story.reconciled(story.event(), "terminal_error", "TerminalError: " + "very long " * 40)
-    lines = story.explain().render(width=80).splitlines()
+    lines = render_text(story.explain(), width=80).splitlines()
     assert all(len(line) <= 80 for line in lines)
 
 
 def test_a_colour_terminal_gets_colour() -> None:
     buffer = io.StringIO()
     console = Console(file=buffer, width=100, force_terminal=True, color_system="standard")
-    console.print(_failing_story().explain())
+    console.print(ExplanationView(_failing_story().explain()))
     assert "\x1b[" in buffer.getvalue()
 
 
@@ -896,7 +897,7 @@ def test_a_reconciled_object_whose_watch_is_forbidden_carries_a_warning() -> Non
     assert "--verb=get,list,watch" in warning.fix
     document = explanation.to_json()
     assert document["verdict"]["warnings"][0]["code"] == "watch_forbidden"
-    assert "⚠ watch_forbidden" in explanation.render()
+    assert "⚠ watch_forbidden" in render_text(explanation)
 
 
 def test_a_watch_failing_now_lease_lost_and_journal_gap_are_warnings() -> None:

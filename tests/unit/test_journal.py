@@ -546,3 +546,28 @@ def test_a_batch_that_cannot_be_written_is_counted_and_journaling_goes_on(tmp_pa
     assert [(r.time, r.outcome) for r in records] == [(T0, "journal_gap"), (T0 + 1, "MODIFIED")]
     assert records[0].attrs == {"count": 1, "first_time": T0, "last_time": T0}
     assert "no text for this value" in records[0].reason
+
+
+def test_reconciles_are_the_latest_starts_and_ends_in_time_order(tmp_path: Path) -> None:
+    records = []
+    for i in range(300):
+        request, rid = f"shop/cm-{i}", f"r{i}"
+        records += [
+            event(f"cm-{i}", T0 + i),
+            Record(
+                T0 + i + 0.1, Stage.RECONCILE_START, "started", request=request, reconcile_id=rid
+            ),
+            Record(T0 + i + 0.2, Stage.RECONCILE, "success", request=request, reconcile_id=rid),
+        ]
+    write_all(tmp_path / "j.db", records, batch_size=128)  # several batches
+    with Journal(tmp_path / "j.db") as journal:
+        everything = journal.reconciles()
+        latest = journal.reconciles(limit=100)
+        recent = journal.reconciles(since=T0 + 250)
+        scanned = journal.reconciles(scan=200)
+    assert len(everything) == 600
+    assert [r.stage for r in everything[:2]] == [Stage.RECONCILE_START, Stage.RECONCILE]
+    assert [r.time for r in everything] == sorted(r.time for r in everything)
+    assert len(latest) == 100 and latest[-1].reconcile_id == "r299"
+    assert {r.reconcile_id for r in recent} == {f"r{i}" for i in range(250, 300)}
+    assert 0 < len(scanned) < 600 and scanned[-1].reconcile_id == "r299"

@@ -29,6 +29,7 @@ from textual.widgets import Input
 from ctrltrace import BuildError, Manager
 from ctrltrace.cli import ExitCode
 from ctrltrace.explain import Code, explain
+from ctrltrace.explain_text import render_text
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 from ctrltrace.tui import cells
@@ -686,7 +687,7 @@ def test_the_object_view_shows_the_events_a_reconcile_emitted(tmp_path: Path) ->
     shown = explain_object(path, Target("shop", "a", "Widget"), now=story.time)
     [entry] = [entry for entry in shown.timeline if entry.stage is Stage.KUBE_EVENT]
     assert entry.what == "counted: Normal Synced: Widget synced (count 2)"
-    assert "⚑ Event" in shown.render()
+    assert "⚑ Event" in render_text(shown)
     assert shown.verdict.code is Code.RECONCILED
 
 

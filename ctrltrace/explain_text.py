@@ -1,0 +1,131 @@
+"""How an explanation reads: plain text that fits 100 columns without colour for the terminal
+and CI logs, or a rich renderable (with colour) for a terminal and the TUI's object view.
+
+Owns the layout (title, timeline table, verdict, fix, one line per warning) and the marks of
+each stage and verdict. It decides nothing: ``ctrltrace.explain`` does, without rendering.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+from ctrltrace.explain import Code, Explanation, clock
+from ctrltrace.records import Stage
+
+
+def render_text(explanation: Explanation, width: int = 100) -> str:
+    """Plain text, no colour or escape codes, no line wider than ``width``."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        color_system=None,
+        force_terminal=False,
+        no_color=True,
+        highlight=False,
+        emoji=False,
+    )
+    console.print(ExplanationView(explanation))
+    # Rich pads table cells to the column width; trailing blanks only get in the way.
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+class ExplanationView:
+    """An explanation as a rich renderable."""
+
+    def __init__(self, explanation: Explanation) -> None:
+        self.explanation = explanation
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        explanation = self.explanation
+        target, verdict = explanation.target, explanation.verdict
+        title = Text.assemble(
+            ("explain ", "bold"),
+            (f"{target.kind} " if target.kind else "", "bold"),
+            (target.key, "bold cyan"),
+            f"  controller {target.controller}" if target.controller else "",
+            f"  at {_local(explanation.now)}",
+        )
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        table.add_column("time", no_wrap=True)
+        table.add_column("stage", no_wrap=True)
+        table.add_column("controller", overflow="fold", max_width=20)
+        table.add_column("what happened", overflow="fold", ratio=1)
+        for entry in explanation.timeline:
+            mark, style = _mark(entry.stage, entry.outcome)
+            table.add_row(
+                clock(entry.time),
+                Text(f"{mark} {_STAGE_LABELS.get(entry.stage, entry.stage)}", style=style),
+                entry.controller,
+                entry.what,
+            )
+        parts: list[RenderableType] = [title]
+        if explanation.omitted:
+            parts.append(Text(f"… {explanation.omitted} earlier records not shown", style="dim"))
+        parts.append(table if explanation.timeline else Text("no records about this object", "dim"))
+        mark, style = _VERDICT_MARKS.get(verdict.code, ("✗", "red"))
+        parts += [
+            Text(""),
+            Text.assemble((f"{mark} {verdict.code}", f"bold {style}"), "  ", verdict.message),
+            Text.assemble(("fix: ", "bold"), verdict.fix),
+        ]
+        for warning in verdict.warnings:
+            parts += [
+                Text.assemble((f"⚠ {warning.code}", "bold yellow"), "  ", warning.message),
+                Text.assemble(("  fix: ", "bold"), warning.fix),
+            ]
+        yield Group(*parts)
+
+
+_MARKS = {
+    (Stage.DISPATCH, "dropped_by_predicate"): ("✗", "red"),
+    (Stage.DISPATCH, "not_mapped"): ("✗", "red"),
+    (Stage.RECONCILE, "success"): ("✓", "green"),
+    (Stage.RECONCILE, "error"): ("✗", "red"),
+    (Stage.RECONCILE, "terminal_error"): ("✗", "red"),
+    (Stage.RECONCILE, "requeue"): ("⟳", "yellow"),
+    (Stage.RECONCILE, "requeue_after"): ("⟳", "yellow"),
+    (Stage.WATCH, "synced"): ("✓", "green"),
+    (Stage.WATCH, "forbidden"): ("✗", "red"),
+    (Stage.WATCH, "kind_not_found"): ("✗", "red"),
+    (Stage.WATCH, "error"): ("✗", "red"),
+    (Stage.WATCH, "disconnected"): ("✗", "red"),
+    (Stage.LEASE, "acquired"): ("✓", "green"),
+    (Stage.LEASE, "standby"): ("⏳", "yellow"),
+    (Stage.LEASE, "lost"): ("✗", "red"),
+    (Stage.LEASE, "error"): ("✗", "red"),
+    (Stage.CONTROLLER, "started"): ("✓", "green"),
+    (Stage.CONTROLLER, "cache_not_synced"): ("⏳", "yellow"),
+    (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
+    (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
+}
+_STAGE_MARKS = {
+    Stage.EVENT: ("●", "cyan"),
+    Stage.DISPATCH: ("→", ""),
+    Stage.RECONCILE_START: ("▶", ""),
+    Stage.REQUEUE: ("⟳", "yellow"),
+    Stage.WRITE: ("✎", ""),
+    Stage.KUBE_EVENT: ("⚑", ""),
+}
+_VERDICT_MARKS = {
+    Code.RECONCILED: ("✓", "green"),
+    Code.REQUEUE_SCHEDULED: ("⟳", "yellow"),
+} | dict.fromkeys(
+    (Code.QUEUED, Code.IN_PROGRESS, Code.NOT_LEADER, Code.CACHE_NOT_SYNCED), ("⏳", "yellow")
+)
+
+
+_STAGE_LABELS = {Stage.RECONCILE_START: "start", Stage.KUBE_EVENT: "Event"}
+
+
+def _mark(stage: Stage, outcome: str) -> tuple[str, str]:
+    return _MARKS.get((stage, outcome)) or _STAGE_MARKS.get(stage, ("·", ""))
+
+
+def _local(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
