@@ -5,8 +5,10 @@
 Starts one kube-apiserver + etcd, runs a manager with a no-op reconcile in this process, and
 has a separate writer process create N ConfigMaps as fast as the API server accepts them,
 then update each once. Reports, per phase, the time from the first write until every
-object's last event has been reconciled, and events/s. Then measures the manager's RSS with
-``--cached`` ConfigMaps of about 1 KiB in its cache.
+object's last event has been reconciled, and events/s. Then measures a manager's RSS with
+``--cached`` ConfigMaps of about 1 KiB in its cache, once per cache shape, each in a fresh
+process (``--probe SHAPE``): whole objects, ``managedFields`` dropped (the default), and
+metadata only.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +26,14 @@ from bench._harness import peak_rss_mib, rss_mib
 from bench._writer import command
 from ctrltrace import Context, Manager, Record, Request, Stage
 from ctrltrace.envtest import ControlPlane
+from ctrltrace.source import drop_managed_fields
+
+# How a probe's manager shapes its cache: Manager keyword arguments.
+SHAPES: dict[str, dict[str, object]] = {
+    "whole objects": {"cache_transform": None},
+    "no managedFields (default)": {"cache_transform": drop_managed_fields},
+    "metadata only": {"metadata_only": ["ConfigMap"]},
+}
 
 
 @dataclass
@@ -112,26 +123,58 @@ async def _run(objects: int, cached: int) -> dict[str, object]:
             {**asdict(p), "events_per_second": round(p.events_per_second)} for p in phases
         ]
 
-        # Memory: a second manager caching `cached` ConfigMaps of about 1 KiB each.
+        # Memory: a manager caching `cached` ConfigMaps of about 1 KiB each, per cache shape,
+        # each in its own process so that one shape's freed memory cannot hide another's.
         await _populate(plane, "cache", cached)
-        memory = Manager(
-            kubeconfig=str(plane.kubeconfig), namespaces=["cache"], health_probe_bind_address="0"
-        )
-        memory.controller().for_("v1", "ConfigMap").complete(reconcile)
-        before = rss_mib()
-        task = asyncio.create_task(memory.start())
-        await _until(lambda: _synced(memory))
-        cached_objects = sum(len(i.store) for i in memory.informers.values())
-        after = rss_mib()
-        memory.stop()
-        await task
-        results["memory"] = {
-            "cached_objects": cached_objects,
-            "rss_before_mib": round(before, 1),
-            "rss_after_mib": round(after, 1),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-        }
+        results["memory"] = {shape: await _probe_in_a_process(plane, shape) for shape in SHAPES}
         return results
+
+
+async def _probe_in_a_process(plane: ControlPlane, shape: str) -> dict[str, float]:
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.controlplane",
+        "--probe",
+        shape,
+        "--kubeconfig",
+        str(plane.kubeconfig),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await probe.communicate()
+    if probe.returncode != 0:
+        raise SystemExit(f"the memory probe for {shape!r} failed")
+    measured: dict[str, float] = json.loads(output)
+    return measured
+
+
+async def _probe(kubeconfig: str, shape: str) -> dict[str, float]:
+    """RSS of this process before and after a manager's cache of namespace "cache" synced."""
+
+    async def reconcile(ctx: Context, request: Request) -> None:
+        return None
+
+    memory = Manager(
+        kubeconfig=kubeconfig,
+        namespaces=["cache"],
+        health_probe_bind_address="0",
+        **SHAPES[shape],  # type: ignore[arg-type]
+    )
+    memory.controller().for_("v1", "ConfigMap").complete(reconcile)
+    before = rss_mib()
+    task = asyncio.create_task(memory.start())
+    await _until(lambda: _synced(memory))
+    cached_objects = sum(len(i.store) for i in memory.informers.values())
+    after = rss_mib()
+    memory.stop()
+    await task
+    return {
+        "cached_objects": cached_objects,
+        "rss_before_mib": round(before, 1),
+        "rss_after_mib": round(after, 1),
+        "cache_mib": round(after - before, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 async def _populate(plane: ControlPlane, namespace: str, count: int) -> None:
@@ -160,7 +203,12 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=5000)
     parser.add_argument("--cached", type=int, default=10000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--probe", choices=SHAPES, help=argparse.SUPPRESS)
+    parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(asyncio.run(_probe(args.kubeconfig, args.probe))))
+        return
     results = asyncio.run(_run(args.objects, args.cached))
     print(f"control plane ready in {results['control_plane_startup_s']} s")
     print(f"{'phase':<8} {'objects':>8} {'seconds':>9} {'events':>8} {'events/s':>9}")
@@ -169,8 +217,12 @@ def main() -> None:
             f"{phase['name']:<8} {phase['objects']:>8} {phase['seconds']:>9.2f} "
             f"{phase['events']:>8} {phase['events_per_second']:>9}"
         )
-    memory = results["memory"]
-    print(f"memory: {json.dumps(memory)}")
+    print(f"{'cache shape':<28} {'objects':>8} {'RSS before':>11} {'after':>8} {'cache':>8}")
+    for shape, memory in results["memory"].items():  # type: ignore[attr-defined]
+        print(
+            f"{shape:<28} {memory['cached_objects']:>8} {memory['rss_before_mib']:>7} MiB "
+            f"{memory['rss_after_mib']:>4} MiB {memory['cache_mib']:>4} MiB"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -212,7 +212,7 @@ async def run_once(config: Config, events: int, objects: int, batch: int, second
     client = Client(
         cast(Transport, offline),
         cast(RestMapper, offline),
-        {KIND: informer}.get,
+        {KIND: informer},
         recorder=recorder,
         clock=clock,
         writes=WriteLog(),

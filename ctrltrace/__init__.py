@@ -9,7 +9,7 @@ The public API is what ``__all__`` lists; every other module is private.
 from ctrltrace import handlers, predicates
 from ctrltrace._version import __version__
 from ctrltrace.builder import Builder, BuildError
-from ctrltrace.client import Client
+from ctrltrace.client import Client, NotCached, OperationResult, Propagation, Reader
 from ctrltrace.clock import Clock, FakeClock, SystemClock
 from ctrltrace.context import Context
 from ctrltrace.kubeevents import EventRecorder
@@ -32,9 +32,18 @@ from ctrltrace.objects import (
 from ctrltrace.reconcile import Result, TerminalError
 from ctrltrace.records import Collect, ObjectRef, Record, Recorder, Stage
 from ctrltrace.request import Request
-from ctrltrace.transport import ApiError, ConfigError, NotFound
+from ctrltrace.transport import (
+    AlreadyExists,
+    ApiError,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+)
 
 __all__ = [
+    "AlreadyExists",
     "AlreadyOwnedError",
     "ApiError",
     "BuildError",
@@ -43,14 +52,21 @@ __all__ = [
     "Clock",
     "Collect",
     "ConfigError",
+    "Conflict",
     "Context",
     "EventRecorder",
     "FakeClock",
+    "Forbidden",
+    "Invalid",
     "LeaderLost",
     "LeaseTiming",
     "Manager",
+    "NotCached",
     "NotFound",
     "ObjectRef",
+    "OperationResult",
+    "Propagation",
+    "Reader",
     "Record",
     "Recorder",
     "Request",

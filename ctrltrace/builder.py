@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Protocol, Self
 
 from ctrltrace.controller import ControllerOptions
 from ctrltrace.handlers import EventHandler, for_object, for_owner
 from ctrltrace.kinds import Kind
 from ctrltrace.predicates import Predicate
 from ctrltrace.reconcile import Reconciler
+
+
+class Scopes(Protocol):
+    """Which kinds are namespaced, as the REST mapping knows them (None: not known yet)."""
+
+    def namespaced(self, kind: Kind) -> bool | None: ...
 
 
 class BuildError(Exception):
@@ -28,8 +34,9 @@ class WatchSpec:
     kind: Kind
     role: str  # "for", "owns" or "watches"
     predicates: tuple[Predicate, ...]
-    # Owner mappings need the for_ kind, known only once the whole builder is read.
-    handler: Callable[[Kind | None], EventHandler]
+    # Owner mappings need the for_ kind, known only once the whole builder is read, and its
+    # scope, known from the REST mapping once the manager runs.
+    handler: Callable[[Kind | None, Scopes], EventHandler]
     owns_match_every_owner: bool = False
 
 
@@ -99,7 +106,7 @@ class Builder:
     def for_(self, api_version: str, kind: str, *predicates: Predicate) -> Self:
         """Watch ``kind`` and reconcile each object of it."""
         self._for = Kind(api_version, kind)
-        self._watches.append(WatchSpec(self._for, "for", predicates, lambda _: for_object()))
+        self._watches.append(WatchSpec(self._for, "for", predicates, lambda *_: for_object()))
         return self
 
     def owns(
@@ -107,10 +114,14 @@ class Builder:
     ) -> Self:
         """Watch ``kind`` and reconcile the for_ object that controls each of its objects."""
 
-        def owner(for_kind: Kind | None) -> EventHandler:
+        def owner(for_kind: Kind | None, scopes: Scopes) -> EventHandler:
             assert for_kind is not None  # validated before any handler is built
             return for_owner(
-                for_kind.api_version, for_kind.kind, match_every_owner=match_every_owner
+                for_kind.api_version,
+                for_kind.kind,
+                match_every_owner=match_every_owner,
+                # A cluster-scoped owner's request has no namespace, whatever the child's.
+                owner_namespaced=lambda: scopes.namespaced(for_kind),
             )
 
         self._watches.append(
@@ -123,7 +134,7 @@ class Builder:
     ) -> Self:
         """Watch ``kind`` and let ``handler`` say which requests each event means."""
         self._watches.append(
-            WatchSpec(Kind(api_version, kind), "watches", predicates, lambda _: handler)
+            WatchSpec(Kind(api_version, kind), "watches", predicates, lambda *_: handler)
         )
         return self
 

@@ -23,11 +23,11 @@ from ctrltrace.client import Client
 from ctrltrace.clock import Clock
 from ctrltrace.context import Context
 from ctrltrace.events import Event, EventType
-from ctrltrace.handlers import EventHandler
+from ctrltrace.handlers import EventHandler, map_event
 from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.predicates import Predicate, Verdict, first_refusal
 from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
-from ctrltrace.reconcile import Action, Reconciler, Result, settle
+from ctrltrace.reconcile import Action, Reconciler, Result, as_result, settle
 from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
 from ctrltrace.request import Request
 from ctrltrace.source import Informer
@@ -76,7 +76,6 @@ class ControllerOptions:
     # controller-runtime's default CacheSyncTimeout: after it, the controller fails and the
     # manager stops (CacheSyncTimeout), so that the process exits instead of idling.
     cache_sync_timeout: float = 120.0
-    recover_panic: bool = True
 
 
 @dataclass
@@ -140,7 +139,7 @@ class Controller:
                 {"predicate": verdict.predicate, "event_type": str(event.type)},
             )
             return
-        mapped = watch.handler.map(event)
+        mapped = map_event(watch.handler, event)
         if not mapped.requests:
             self._emit_dispatch(
                 "not_mapped",
@@ -261,15 +260,25 @@ class Controller:
                 wait.cancel()
 
     async def _worker(self, client: Client) -> None:
-        while True:
-            try:
-                request, waited = await self.queue.get()
-            except QueueShutDown:
-                return
-            try:
-                await self._reconcile_one(client, request, waited)
-            finally:
-                self.queue.done(request)
+        """Reconcile until the queue shuts down. Only cancelling the worker ends it otherwise:
+        a CancelledError that nobody asked for is an error, so no worker ends unnoticed."""
+        try:
+            while True:
+                try:
+                    request, waited = await self.queue.get()
+                except QueueShutDown:
+                    return
+                try:
+                    await self._reconcile_one(client, request, waited)
+                finally:
+                    self.queue.done(request)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            raise RuntimeError(
+                f"a worker of controller {self.name} ended with CancelledError "
+                "that nobody asked for"
+            ) from None
 
     async def _reconcile_one(self, client: Client, request: Request, waited: float) -> None:
         causes = tuple(self._causes.pop(request, ()))
@@ -298,9 +307,11 @@ class Controller:
         result: Result | None = None
         error: BaseException | None = None
         try:
-            result = await self._reconcile(ctx, request)
-        except asyncio.CancelledError:
-            raise
+            result = as_result(await self._reconcile(ctx, request))
+        except asyncio.CancelledError as cancelled:
+            if _cancelling():
+                raise
+            error = cancelled  # raised by the reconciler itself, not a shutdown
         except Exception as raised:  # user code failing is an outcome, not a crash
             error = raised
         finally:
@@ -336,6 +347,11 @@ class Controller:
             reason = f"{type(error).__name__}: {error}"
             if result is not None:
                 reason += " (the Result returned with it is ignored)"
+        requeues = settlement.action in (Action.AFTER, Action.RATE_LIMITED)
+        if requeues and self.queue.shut_down:
+            # The queue would ignore the requeue: say so instead of recording it as scheduled.
+            attrs["not_requeued"] = "the queue is shut down"
+            reason = f"{reason or settlement.outcome}; not requeued: the queue is shut down"
         done = self._emit(
             Stage.RECONCILE,
             settlement.outcome,
@@ -348,7 +364,7 @@ class Controller:
         if settlement.action is Action.FORGET:
             self.queue.forget(request)
             return
-        if settlement.action is Action.NONE:
+        if settlement.action is Action.NONE or self.queue.shut_down:
             return
         extra: dict[str, str | int | float | bool] = {}
         if settlement.action is Action.AFTER:
@@ -393,6 +409,13 @@ class Controller:
         )
         self._recorder.emit(record)
         return record.id
+
+
+def _cancelling() -> bool:
+    """Whether someone asked to cancel the running task (shutdown), as opposed to a
+    CancelledError that user code raised or let escape."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _as_async(reconciler: Reconciler) -> ReconcileCall:

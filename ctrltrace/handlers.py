@@ -35,6 +35,22 @@ class EventHandler(Protocol):
         ...
 
 
+def map_event(handler: EventHandler, event: Event) -> MapResult:
+    """``handler.map(event)``; if it raises, no requests and the exception as the reason, as
+    for a map function or a predicate: user code must not stop the informer that feeds
+    every controller."""
+    try:
+        return handler.map(event)
+    except Exception as err:  # reported as the reason, never raised
+        return MapResult((), f"{handler.describe()} raised {type(err).__name__}: {err}")
+
+
+class OwnerScope(Protocol):
+    """Whether the owner kind is namespaced, from the REST mapping; None while unknown."""
+
+    def __call__(self) -> bool | None: ...
+
+
 class MapFunc(Protocol):
     """Maps one object to the requests it should trigger, as EnqueueRequestsFromMapFunc's fn."""
 
@@ -105,7 +121,10 @@ class ForOwner:
 
     References match on group (from their apiVersion; the version is ignored) and kind. Only
     the controller reference counts unless ``match_every_owner``. The request takes the
-    object's namespace, or none for a cluster-scoped owner (``owner_namespaced=False``).
+    object's namespace, or none for a cluster-scoped owner: ``owner_namespaced`` says which,
+    or asks the REST mapping (``owns()`` does that, as controller-runtime does). While the
+    mapping does not know the owner kind, events map to nothing: the kind is then not yet
+    listed, and its list reconciles every owner anyway.
     """
 
     __slots__ = (
@@ -124,7 +143,7 @@ class ForOwner:
         kind: str,
         *,
         match_every_owner: bool = False,
-        owner_namespaced: bool = True,
+        owner_namespaced: bool | OwnerScope = True,
     ) -> None:
         self._group = _group(api_version)
         self._kind = kind
@@ -132,7 +151,9 @@ class ForOwner:
         self._owner_namespaced = owner_namespaced
         self._owner = _group_kind(self._group, kind)
         self._role = "owner" if match_every_owner else "controller owner"
-        scope = "" if owner_namespaced else ", cluster-scoped"
+        scope = "" if owner_namespaced is True else ", cluster-scoped"
+        if callable(owner_namespaced):
+            scope = ", scope from the REST mapping"
         which = "every matching owner" if match_every_owner else "controller only"
         # Built once: the controller records it with every dispatch.
         self._description = f"for owner {self._owner} ({which}{scope})"
@@ -141,10 +162,18 @@ class ForOwner:
         return self._description
 
     def map(self, event: Event) -> MapResult:
+        scope = self._owner_namespaced
+        namespaced = scope() if callable(scope) else scope
+        if namespaced is None:
+            return MapResult(
+                (),
+                f"the scope of {self._owner} is not known yet (its kind is not listed "
+                "yet); listing it reconciles every owner",
+            )
         objects = _objects(event)
-        requests = self._requests(event.object)
+        requests = self._requests(event.object, namespaced)
         # Owners only the object before an update named: it no longer points at them.
-        dropped = () if len(objects) == 1 else self._requests(objects[0])
+        dropped = () if len(objects) == 1 else self._requests(objects[0], namespaced)
         if dropped:
             dropped = tuple(r for r in dropped if r not in requests)
         if not (requests or dropped):
@@ -152,9 +181,9 @@ class ForOwner:
         names = [r.name for r in requests] + [f"{r.name} (before the update)" for r in dropped]
         return MapResult(requests + dropped, f"{self._role} {self._owner} {', '.join(names)}")
 
-    def _requests(self, obj: Obj) -> tuple[Request, ...]:
+    def _requests(self, obj: Obj, namespaced: bool) -> tuple[Request, ...]:
         namespace, refs = _owner_refs(obj)
-        if not self._owner_namespaced:
+        if not namespaced:
             namespace = ""
         if self._match_every_owner:
             found = (Request(namespace, ref.get("name", "")) for ref in refs if self._matches(ref))
@@ -207,7 +236,7 @@ def for_owner(
     kind: str,
     *,
     match_every_owner: bool = False,
-    owner_namespaced: bool = True,
+    owner_namespaced: bool | OwnerScope = True,
 ) -> ForOwner:
     return ForOwner(
         api_version,

@@ -65,6 +65,11 @@ class RestMapper:
         self._transport = transport
         self._resolved: dict[Kind, Resource] = {}
 
+    def namespaced(self, kind: Kind) -> bool | None:
+        """Whether ``kind`` is namespaced, if it was resolved already (no request)."""
+        found = self._resolved.get(kind)
+        return None if found is None else found.namespaced
+
     async def resolve(self, kind: Kind) -> Resource:
         if (found := self._resolved.get(kind)) is not None:
             return found

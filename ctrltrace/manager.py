@@ -36,7 +36,7 @@ from ctrltrace.leaderelection import (
 )
 from ctrltrace.narrator import Narrator
 from ctrltrace.records import AttrValue, Record, Recorder, Sink, Stage
-from ctrltrace.source import Informer, WriteLog
+from ctrltrace.source import IndexFunc, Informer, Transform, WriteLog, drop_managed_fields
 from ctrltrace.transport import Transport, load_configuration
 
 
@@ -65,6 +65,8 @@ class ManagerOptions:
     graceful_shutdown_timeout: float = 30.0
     kubeconfig: str | None = None
     context: str | None = None
+    metadata_only: Sequence[str] = ()  # "Kind[.group]": cache metadata, not bodies
+    cache_transform: Transform | None = drop_managed_fields  # None keeps objects whole
 
 
 class Manager:
@@ -91,6 +93,8 @@ class Manager:
         context: str | None = None,
         recorder: Recorder | None = None,
         clock: Clock | None = None,
+        metadata_only: Sequence[str] = (),
+        cache_transform: Transform | None = drop_managed_fields,
     ) -> None:
         self.name = name
         self.options = ManagerOptions(
@@ -106,6 +110,8 @@ class Manager:
             graceful_shutdown_timeout=graceful_shutdown_timeout,
             kubeconfig=kubeconfig,
             context=context,
+            metadata_only=tuple(metadata_only),
+            cache_transform=cache_transform,
         )
         self.recorder = recorder or Recorder()
         self.clock: Clock = clock or SystemClock()
@@ -114,6 +120,7 @@ class Manager:
         self._events = EventBroadcaster(recorder=self.recorder, clock=self.clock)
         self._registry = _Registry()
         self._runnables: list[Runnable] = []
+        self._indexes: dict[Kind, dict[str, IndexFunc]] = {}
         self.informers: dict[Kind, Informer] = {}
         self.controllers: list[Controller] = []
         self.elector: LeaderElector | None = None
@@ -136,6 +143,16 @@ class Manager:
 
     def add_sink(self, sink: Sink) -> None:
         self.recorder.add(sink)
+
+    def index_field(self, api_version: str, kind: str, name: str, func: IndexFunc) -> None:
+        """Index the cache of ``kind`` as ``name`` (a field path, by convention): ``func`` gives
+        each object's values, and ``client.list(..., matching_fields={name: value})`` finds
+        them without a scan
+        (controller-runtime's ``IndexField``). A kind no controller watches is cached for it."""
+        indexes = self._indexes.setdefault(Kind(api_version, kind), {})
+        if name in indexes:
+            raise ValueError(f"{kind} already has an index named {name!r}")
+        indexes[name] = func
 
     def add(self, runnable: Runnable) -> None:
         """Run ``runnable`` from start-up to shutdown (controller-runtime's ``mgr.Add``)."""
@@ -221,7 +238,7 @@ class Manager:
         client = Client(
             transport,
             mapper,
-            self.informers.get,
+            self.informers,
             recorder=self.recorder,
             clock=self.clock,
             writes=writes,
@@ -281,6 +298,8 @@ class Manager:
                     writes=writes,
                     namespaces=self.options.namespaces,
                     label_selector=self._selector(kind),
+                    transform=self.options.cache_transform,
+                    metadata_only=_names_kind(self.options.metadata_only, kind),
                 )
             return self.informers[kind]
 
@@ -298,12 +317,15 @@ class Manager:
                 controller.watch(
                     Watch(
                         informer(watch.kind),
-                        watch.handler(spec.for_kind),
+                        watch.handler(spec.for_kind, mapper),
                         watch.predicates + spec.global_predicates,
                         watch.role,
                     )
                 )
             self.controllers.append(controller)
+        for kind, indexes in self._indexes.items():
+            for name, func in indexes.items():
+                informer(kind).add_index(name, func)
 
     def _selector(self, kind: Kind) -> str:
         selectors = self.options.label_selectors
@@ -448,3 +470,7 @@ class Manager:
                 attrs=attrs,
             )
         )
+
+
+def _names_kind(names: Sequence[str], kind: Kind) -> bool:
+    return str(kind) in names or kind.kind in names

@@ -1,9 +1,13 @@
-"""The work queue between event handlers and reconcile workers, with client-go's semantics.
+"""The work queue between event handlers and reconcile workers.
 
-Owns which keys are waiting, being processed or delayed: a waiting key is never queued twice,
-a key being processed is never handed to a second worker (an add meanwhile marks it dirty and
-``done`` queues it again, once), and ``add_after`` keeps the earliest time. It neither records
-nor logs (callers record the returned ``AddOutcome``) and decides no retries. No I/O.
+Owns which keys are waiting, being processed or delayed, with client-go's semantics while it
+runs: a waiting key is never queued twice, a key being processed is never handed to a second
+worker (an add meanwhile marks it dirty and ``done`` queues it again, once), and
+``add_after`` keeps the earliest time. Shutdown is controller-runtime's priority queue's, not
+client-go's: ``shutdown()`` drops the keys still waiting or delayed (client-go's ``ShutDown``
+hands waiting keys out until none is left) and refuses later adds; keys being processed
+finish. It neither records nor logs (callers record the returned ``AddOutcome``) and decides
+no retries. No I/O.
 
 There is no background task. A getter with nothing to take waits for an add; one of the
 waiting getters, the timekeeper, also sleeps on the clock until the earliest delayed key is
@@ -40,7 +44,8 @@ class QueueShutDown(Exception):
 
 
 class WorkQueue(Generic[T]):
-    """client-go's rate-limited delaying work queue, for asyncio.
+    """client-go's rate-limited delaying work queue, for asyncio (with the shutdown of
+    controller-runtime's priority queue: waiting keys are dropped).
 
     Not thread-safe: use it from the event loop that runs its getters.
     """
@@ -92,10 +97,18 @@ class WorkQueue(Generic[T]):
         return AddOutcome.DELAYED
 
     def add_rate_limited(self, item: T) -> float:
-        """Add ``item`` after its back-off delay, counting one more failure; return the delay."""
+        """Add ``item`` after its back-off delay, counting one more failure; return the delay.
+
+        After shutdown the add is ignored (see ``shut_down``).
+        """
         delay = self._rate_limiter.when(item)
         self.add_after(item, delay)
         return delay
+
+    @property
+    def shut_down(self) -> bool:
+        """Whether ``shutdown()`` was called: every add is then ignored."""
+        return self._shut_down
 
     def forget(self, item: T) -> None:
         self._rate_limiter.forget(item)

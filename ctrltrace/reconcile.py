@@ -1,8 +1,8 @@
 """What a reconciler is given and may return, and what each outcome does to the queue.
 
-Owns ``Result``, ``TerminalError``, the ``Reconciler`` protocols and ``settle``: the one
-function that maps a reconcile outcome to a queue action and to the metric label
-controller-runtime uses. No I/O.
+Owns ``Result``, ``TerminalError``, the ``Reconciler`` protocols, ``as_result`` (what a
+reconciler may return) and ``settle``: the one function that maps a reconcile outcome to a
+queue action and to the metric label controller-runtime uses. No I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctrltrace.request import Request
@@ -18,13 +19,34 @@ if TYPE_CHECKING:
     from ctrltrace.context import Context
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Result:
-    """``requeue_after`` > 0 runs the request again after that many seconds (back-off
-    forgotten); ``requeue`` runs it again after the per-item back-off."""
+    """``requeue_after`` > 0 (seconds, or a ``timedelta``) runs the request again after that
+    long (back-off forgotten); ``requeue`` runs it again after the per-item back-off."""
 
-    requeue_after: float = 0.0
-    requeue: bool = False
+    requeue_after: float
+    requeue: bool
+
+    def __init__(self, requeue_after: float | timedelta = 0.0, requeue: bool = False) -> None:
+        if isinstance(requeue_after, timedelta):
+            requeue_after = requeue_after.total_seconds()
+        elif isinstance(requeue_after, bool) or not isinstance(requeue_after, int | float):
+            raise TypeError(f"requeue_after must be seconds or a timedelta, not {requeue_after!r}")
+        object.__setattr__(self, "requeue_after", float(requeue_after))
+        object.__setattr__(self, "requeue", bool(requeue))
+
+
+class InvalidResult(TypeError):
+    """Reconcile returned something that is neither a Result nor None: a reconcile error."""
+
+
+def as_result(returned: object) -> Result | None:
+    """What Reconcile returned, checked: a Result or None, else InvalidResult saying what."""
+    if returned is None or isinstance(returned, Result):
+        return returned
+    raise InvalidResult(
+        f"Reconcile returned {returned!r} ({type(returned).__name__}), not a Result or None"
+    )
 
 
 class TerminalError(Exception):

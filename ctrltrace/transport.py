@@ -25,17 +25,53 @@ Json = dict[str, Any]
 
 
 class ApiError(Exception):
-    """A non-2xx answer, with the Status the apiserver sent."""
+    """A non-2xx answer, with the Status the apiserver sent.
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    ``details`` is the Status's ``details`` (name, group, kind, and for 422 the ``causes``:
+    which field is wrong and why), empty when the server sent none.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        method: str,
+        path: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.details: Mapping[str, Any] = details or {}
+
+    @property
+    def causes(self) -> list[Mapping[str, Any]]:
+        """The Status's ``details.causes``: for 422, one entry per invalid field."""
+        return list(self.details.get("causes") or ())
 
 
 class NotFound(ApiError):
     """404: the object (or the kind) does not exist."""
+
+
+class Conflict(ApiError):
+    """409 Conflict: the object changed since it was read (stale resourceVersion); read it
+    again and retry."""
+
+
+class AlreadyExists(ApiError):
+    """409 AlreadyExists: a create found an object of that name."""
+
+
+class Invalid(ApiError):
+    """422: the object fails validation; ``causes`` says which fields and why."""
+
+
+class Forbidden(ApiError):
+    """403: RBAC (or an admission policy) refuses the request."""
 
 
 class ConfigError(Exception):
@@ -132,8 +168,9 @@ class Transport:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Json:
-        headers = {"Accept": "application/json", **await self._auth_headers()}
+        headers = {"Accept": accept, **await self._auth_headers()}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -161,10 +198,12 @@ class Transport:
         path: str,
         params: Mapping[str, str],
         opened: Callable[[], None] | None = None,
+        *,
+        accept: str = "application/json",
     ) -> AsyncIterator[Json]:
         """Yield each watch event ({"type", "object"}) until the server ends the stream;
         ``opened`` is called once the server has accepted the watch, before any event."""
-        headers = {"Accept": "application/json", **await self._auth_headers()}
+        headers = {"Accept": accept, **await self._auth_headers()}
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeouts.connect, sock_read=self.timeouts.watch_inactivity
         )
@@ -201,11 +240,38 @@ def _ssl_context(configuration: Configuration) -> ssl.SSLContext:
     return context
 
 
+_ERRORS: dict[tuple[int, str], type[ApiError]] = {
+    (409, "AlreadyExists"): AlreadyExists,
+}
+_ERRORS_BY_STATUS: dict[int, type[ApiError]] = {
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: WatchExpired,
+    422: Invalid,
+}
+
+
+def api_error(status: int, status_body: Json, method: str, path: str) -> ApiError:
+    """The typed error for a Status the server sent (in an answer or a watch ERROR event)."""
+    reason = str(status_body.get("reason") or status)
+    kind = _ERRORS.get((status, reason)) or _ERRORS_BY_STATUS.get(status, ApiError)
+    details = status_body.get("details")
+    return kind(
+        status,
+        reason,
+        str(status_body.get("message", "")),
+        method,
+        path,
+        details=details if isinstance(details, Mapping) else None,
+    )
+
+
 def _api_error(status: int, payload: bytes, method: str, path: str) -> ApiError:
     try:
         body = json.loads(payload)
-        reason, message = body.get("reason", ""), body.get("message", "")
-    except (json.JSONDecodeError, AttributeError):
-        reason, message = "", payload.decode(errors="replace")[:300]
-    kind = {404: NotFound, 410: WatchExpired}.get(status, ApiError)
-    return kind(status, reason or str(status), message, method, path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):  # not a Status: a proxy's page, say
+        body = {"message": payload.decode(errors="replace")[:300]}
+    return api_error(status, body, method, path)

@@ -36,10 +36,14 @@ class CountingTransport(Transport):
         return await super().request(method, path, params=params, **rest)
 
     async def watch(
-        self, path: str, params: Mapping[str, str], opened: Callable[[], None] | None = None
+        self,
+        path: str,
+        params: Mapping[str, str],
+        opened: Callable[[], None] | None = None,
+        **rest: Any,
     ) -> AsyncIterator[Json]:
         self.watches.append(dict(params))
-        async for event in super().watch(path, params, opened):
+        async for event in super().watch(path, params, opened, **rest):
             yield event
 
 
