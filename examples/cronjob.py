@@ -4,7 +4,8 @@ A ``CronJob`` (``batch.tutorial.kubebuilder.io/v1``, CRD in ``examples/cronjob-c
 runs its ``spec.jobTemplate`` as a ``batch/v1`` Job at each time of its ``spec.schedule``
 (five-field cron). As the tutorial's controller does, each reconcile:
 
-1. lists the Jobs the CronJob controls and sorts them into active, successful and failed;
+1. finds the Jobs the CronJob controls (through a field index, as the tutorial does) and sorts
+   them into active, successful and failed;
 2. records the active ones and the latest scheduled time in ``status``;
 3. deletes the oldest finished Jobs beyond ``successfulJobsHistoryLimit`` (default 3) and
    ``failedJobsHistoryLimit`` (default 1);
@@ -31,6 +32,7 @@ import ctrltrace as ct
 GROUP = "batch.tutorial.kubebuilder.io"
 API_VERSION = f"{GROUP}/v1"
 SCHEDULED_AT = f"{GROUP}/scheduled-at"  # annotation on each Job: the run it was made for
+JOB_OWNER = ".metadata.controller"  # the index of Jobs by the CronJob that controls them
 MAX_MISSED = 100  # more missed runs than this means a wrong clock, not a slow controller
 _UTC = datetime.UTC
 
@@ -189,12 +191,14 @@ class CronJobReconciler:
             cronjob = await ctx.client.get(API_VERSION, "CronJob", req.name, req.namespace)
         except ct.NotFound:
             return None  # deleted: its Jobs go with it (owner references)
-        cronjob = dict(cronjob)
         spec = cronjob.get("spec") or {}
         now = datetime.datetime.fromtimestamp(self._clock.wall(), _UTC)
+        children = await ctx.client.list(
+            "batch/v1", "Job", req.namespace, matching_fields={JOB_OWNER: req.name}
+        )
         jobs = [
-            dict(job)
-            for job in await ctx.client.list("batch/v1", "Job", req.namespace)
+            job
+            for job in children
             # A Job being deleted is neither running nor history any more.
             if ct.is_controlled_by(job, cronjob) and not job["metadata"].get("deletionTimestamp")
         ]
@@ -316,16 +320,33 @@ class CronJobReconciler:
     ) -> None:
         name = job["metadata"]["name"]
         try:
-            await ctx.client.delete("batch/v1", "Job", name, job["metadata"]["namespace"])
+            # Background: the Job's Pods go with it (the server's default for Jobs orphans them).
+            await ctx.client.delete(
+                "batch/v1",
+                "Job",
+                name,
+                job["metadata"]["namespace"],
+                propagation=ct.Propagation.BACKGROUND,
+            )
         except ct.NotFound:
             return
         ctx.events.normal(cronjob, "SuccessfulDelete", f"Deleted job {name} ({why})")
+
+
+def _controlling_cronjob(job: Mapping[str, Any]) -> list[str]:
+    """The name of the CronJob controlling ``job``: what ``JOB_OWNER`` indexes it under."""
+    owner = ct.controller_of(job)
+    if owner is None or owner.get("kind") != "CronJob" or owner.get("apiVersion") != API_VERSION:
+        return []
+    return [str(owner["name"])]
 
 
 def make_manager(clock: ct.Clock | None = None, **options: Any) -> ct.Manager:
     """The manager with the CronJob controller; ``options`` go to ``ct.Manager``."""
     clock = clock or ct.SystemClock()
     manager = ct.Manager(name="cronjob", **options)
+    # A CronJob's Jobs are found through this index, not by scanning the namespace.
+    manager.index_field("batch/v1", "Job", JOB_OWNER, _controlling_cronjob)
     (
         manager.controller()
         .for_(API_VERSION, "CronJob")

@@ -50,27 +50,41 @@ def test_the_same_event_three_times_is_one_event_with_count_3_and_explain_shows_
             "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {"metadata": {"name": "c"}}
         )
         await run.until(lambda: len(run.records.where(Stage.KUBE_EVENT)) == 3)
+        # The manager's recorder for a component of its own, outside any reconcile.
+        cm = control_plane.request("GET", f"/api/v1/namespaces/{kube_namespace}/configmaps/c")
+        mgr.event_recorder("janitor").warning(cm | {"apiVersion": "v1", "kind": "ConfigMap"},
+                                              "Stale", "nobody cleaned this up")  # fmt: skip
+        await run.until(lambda: len(run.records.where(Stage.KUBE_EVENT)) == 4)
         await stop(run)
 
     asyncio.run(scenario())
     listing = control_plane.request("GET", f"/api/v1/namespaces/{kube_namespace}/events")
-    ours = [e for e in listing["items"] if e["involvedObject"]["kind"] == "ConfigMap"]
-    assert len(ours) == 1
-    [event] = ours
+    ours = {
+        e["source"]["component"]: e
+        for e in listing["items"]
+        if e["involvedObject"]["kind"] == "ConfigMap"
+    }
+    assert sorted(ours) == ["janitor", "seer"]
+    assert (ours["janitor"]["type"], ours["janitor"]["count"]) == ("Warning", 1)
+    event = ours["seer"]
     assert (event["count"], event["reason"], event["type"]) == (3, "Seen", "Normal")
     assert event["involvedObject"]["name"] == "c"
     assert event["involvedObject"]["uid"]
-    assert event["source"]["component"] == "seer"
 
     assert journal.flush()
     result = CliRunner().invoke(
         main, ["explain", f"{kube_namespace}/c", "--journal", str(journal.path), "--json"]
     )
     answer: dict[str, Any] = json.loads(result.output)
-    sent = [entry for entry in answer["timeline"] if entry["stage"] == "kube_event"]
-    assert [entry["outcome"] for entry in sent] == ["created", "counted", "counted"]
-    assert sent[-1]["what"] == "counted: Normal Seen: the controller saw this ConfigMap (count 3)"
-    assert {entry["controller"] for entry in sent} == {"seer"}
+    sent = [
+        (entry["controller"], entry["outcome"])
+        for entry in answer["timeline"]
+        if entry["stage"] == "kube_event"
+    ]
+    # The janitor's Event came from no reconcile: no controller is named.
+    assert sent == [("seer", "created"), ("seer", "counted"), ("seer", "counted"), ("", "created")]
+    counted = [entry["what"] for entry in answer["timeline"] if entry["outcome"] == "counted"]
+    assert counted[-1] == "counted: Normal Seen: the controller saw this ConfigMap (count 3)"
     text = CliRunner().invoke(
         main, ["explain", f"{kube_namespace}/c", "--journal", str(journal.path)]
     )
