@@ -72,6 +72,8 @@ class ControllerSpec:
             found.append(f"{label}: complete() was never called with a reconciler")
         if self.options.max_concurrent_reconciles < 1:
             found.append(f"{label}: max_concurrent_reconciles must be at least 1")
+        if not self.options.cache_sync_timeout > 0:
+            found.append(f"{label}: cache_sync_timeout must be more than 0 seconds")
         if any(not (write.resources and write.verbs) for write in self.writes):
             found.append(f"{label}: writes() needs at least one resource and one verb")
         return found

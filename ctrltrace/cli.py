@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+import structlog
 
 from ctrltrace._version import __version__
 from ctrltrace.cli_app import (
@@ -37,8 +38,10 @@ __all__ = ["CommandError", "ExitCode", "main"]
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
+    from ctrltrace.clock import Clock
     from ctrltrace.exporters.tracing import DropCounter, SpanSink
     from ctrltrace.journal import JournalWriter
+    from ctrltrace.manager import Manager
 
 
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -214,8 +217,10 @@ def run(  # click passes every parameter by keyword
     if metrics is not None:
         manager.add_sink(metrics)
         manager.add(MetricsEndpoint(metrics, options.metrics_bind_address))
+    losses = tracing[2] if tracing is not None else None
+    manager.add(_LossWatch(journal, losses, manager.clock))
     with contextlib.ExitStack() as stack:
-        stack.callback(journal.close)
+        stack.callback(_close_journal, journal, manager)
         if tracing is not None:
             _, spans, losses = tracing
             manager.add_sink(spans)
@@ -229,6 +234,64 @@ def run(  # click passes every parameter by keyword
                 run_with_tui(manager, journal_path)
             else:
                 manager.run()
+
+
+class _LossWatch:
+    """Says, while the run goes on, when records stop reaching the journal or spans the
+    collector: once, then a reminder with the count at the narrator's slow interval."""
+
+    _EVERY = 15.0  # seconds between two looks at the counters
+
+    def __init__(self, journal: JournalWriter, spans: DropCounter | None, clock: Clock) -> None:
+        from ctrltrace.narrator import Reminders
+
+        self._journal = journal
+        self._spans = spans
+        self._clock = clock
+        self._reminders = Reminders(clock)
+        self._seen: dict[str, int] = {}
+
+    async def __call__(self) -> None:
+        while True:
+            await self._clock.sleep(self._EVERY)
+            journal = self._journal
+            self._check(
+                "Journal records dropped",
+                journal.dropped,
+                journal=str(journal.path),
+                error=journal.last_error or None,
+                fix="Records arrive faster than the disk takes them, or writes fail (see "
+                "error); explain says when a verdict's evidence may be incomplete.",
+            )
+            if (spans := self._spans) is not None:
+                self._check(
+                    "Spans dropped",
+                    spans.dropped + spans.failed,
+                    queue_full_or_unsent=spans.dropped,
+                    failed=spans.failed,
+                    fix="The OTLP collector is slow or unreachable; losses are counted in "
+                    "ctrltrace_spans_dropped_total and the journal keeps every record.",
+                )
+
+    def _check(self, event: str, lost: int, **fields: object) -> None:
+        if lost <= self._seen.get(event, 0):
+            return
+        self._seen[event] = lost
+        if (reminder := self._reminders.report((event,), "lost")) is not None:
+            structlog.get_logger("ctrltrace").warning(event, lost=lost, **fields, **reminder)
+
+
+def _close_journal(journal: JournalWriter, manager: Manager) -> None:
+    journal.close()
+    if not manager.ran:  # nothing to say beside the one-line error that stopped start-up
+        return
+    log = structlog.get_logger("ctrltrace")
+    if journal.dropped:
+        log.warning(
+            "Journal flushed with losses", journal=str(journal.path), dropped=journal.dropped
+        )
+    else:
+        log.info("Journal flushed", journal=str(journal.path))
 
 
 def _open_journal(path: Path, max_age: str, max_size_mib: int) -> JournalWriter:
@@ -266,8 +329,6 @@ def _tracing(
 def _settle_spans(losses: DropCounter) -> None:
     """Send what the run's spans left queued, and say so when some never reached the collector
     (/metrics counts them too, when it is on)."""
-    import structlog
-
     losses.shutdown()
     if losses.dropped or losses.failed:
         structlog.get_logger("ctrltrace").warning(

@@ -18,6 +18,7 @@ import aiohttp
 import click
 
 from ctrltrace.builder import BuildError
+from ctrltrace.controller import CacheSyncTimeout, ControllerFailed
 from ctrltrace.leaderelection import LeaderLost
 from ctrltrace.loader import AppError, AppSpecError, load_manager
 from ctrltrace.manager import Manager, ManagerOptions, Unreachable
@@ -40,6 +41,8 @@ class ExitCode(enum.IntEnum):
     KUBECONFIG = 7
     UNREACHABLE = 8  # the API server does not answer
     LEADERSHIP_LOST = 9
+    CACHE_SYNC_TIMEOUT = 10  # a controller's watches did not sync within cache_sync_timeout
+    CONTROLLER_FAILED = 11  # a controller's workers stopped outside shutdown
 
 
 class CommandError(click.ClickException):
@@ -149,6 +152,10 @@ def command_errors() -> Iterator[None]:
         raise CommandError(f"cannot start: {error}", ExitCode.APP) from error
     except LeaderLost as error:
         raise CommandError(str(error), ExitCode.LEADERSHIP_LOST) from error
+    except CacheSyncTimeout as error:
+        raise CommandError(str(error), ExitCode.CACHE_SYNC_TIMEOUT) from error
+    except ControllerFailed as error:
+        raise CommandError(str(error), ExitCode.CONTROLLER_FAILED) from error
 
 
 @contextlib.contextmanager

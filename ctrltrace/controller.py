@@ -43,6 +43,22 @@ def next_reconcile_id() -> str:
     return f"{_RECONCILE_PREFIX}-{next(_reconcile_counter):x}"
 
 
+_CACHE_SYNC_PATIENCE = 10.0  # seconds before a controller says its workers wait for caches
+
+
+class ControllerFailed(Exception):
+    """A controller stopped reconciling for good; the manager stops with this error."""
+
+    def __init__(self, controller: str, reason: str) -> None:
+        super().__init__(f"controller {controller}: {reason}")
+        self.controller = controller
+        self.reason = reason
+
+
+class CacheSyncTimeout(ControllerFailed):
+    """A controller's watches did not all sync within its cache sync timeout."""
+
+
 @dataclass(frozen=True)
 class Watch:
     """One registered watch: a kind's informer, the handler mapping its events, predicates."""
@@ -56,7 +72,8 @@ class Watch:
 @dataclass
 class ControllerOptions:
     max_concurrent_reconciles: int = 1
-    # controller-runtime's default CacheSyncTimeout: after it, the wait is recorded as a failure.
+    # controller-runtime's default CacheSyncTimeout: after it, the controller fails and the
+    # manager stops (CacheSyncTimeout), so that the process exits instead of idling.
     cache_sync_timeout: float = 120.0
 
 
@@ -173,7 +190,18 @@ class Controller:
     # -- workers -----------------------------------------------------------------------------
 
     async def run(self, client: Client) -> None:
-        """Wait for this controller's caches, then reconcile until cancelled or shut down."""
+        """Wait for this controller's caches, then reconcile until cancelled or shut down.
+
+        Raises CacheSyncTimeout when a watch has not synced within the options' timeout, as
+        controller-runtime does, so that the manager stops instead of idling without workers.
+        """
+        kinds = ", ".join(sorted({str(watch.informer.kind) for watch in self.watches}))
+        self._emit(
+            Stage.CONTROLLER,
+            "starting",
+            f"waiting for the caches of {kinds}",
+            attrs={"watches": kinds},
+        )
         await self._wait_for_caches()
         self.started = True
         self._emit(
@@ -186,30 +214,44 @@ class Controller:
             async with asyncio.TaskGroup() as workers:
                 for _ in range(self.options.max_concurrent_reconciles):
                     workers.create_task(self._worker(client))
-        except BaseExceptionGroup as died:
-            # A worker died (a bug of ours: user code cannot kill one): end with its error.
-            raise died.exceptions[0] from None
+        except BaseExceptionGroup as dead:  # name what killed a worker, not the task group
+            first = dead.exceptions[0]
+            raise ControllerFailed(
+                self.name, f"a worker died: {type(first).__name__}: {first}"
+            ) from first
         finally:
             self.queue.shutdown()
 
+    def unsynced(self) -> list[str]:
+        """Each watch whose cache has not synced, with why, as "Kind (last error)"."""
+        return sorted(
+            f"{informer.kind} ({informer.last_error or 'no answer yet'})"
+            for informer in {watch.informer for watch in self.watches}
+            if not informer.synced.is_set()
+        )
+
     async def _wait_for_caches(self) -> None:
-        pending = {watch.informer for watch in self.watches}
-        waits = [asyncio.ensure_future(informer.synced.wait()) for informer in pending]
+        waits = [
+            asyncio.ensure_future(informer.synced.wait())
+            for informer in {watch.informer for watch in self.watches}
+        ]
+        timeout = self.options.cache_sync_timeout
+        # Well before the timeout, say which watch holds the workers back (once).
+        patience = min(_CACHE_SYNC_PATIENCE, timeout / 4)
         try:
-            _, not_done = await asyncio.wait(waits, timeout=self.options.cache_sync_timeout)
-            if not_done:
-                unsynced = sorted(
-                    f"{informer.kind} ({informer.last_error or 'no answer yet'})"
-                    for informer in pending
-                    if not informer.synced.is_set()
-                )
+            _, pending = await asyncio.wait(waits, timeout=patience)
+            if pending:
                 self._emit(
                     Stage.CONTROLLER,
-                    "cache_not_synced",
-                    f"caches not synced after {self.options.cache_sync_timeout:.0f}s: "
-                    + ", ".join(unsynced),
+                    "cache_sync_waiting",
+                    f"workers not started: caches not synced after {patience:g}s: "
+                    + ", ".join(self.unsynced()),
                 )
-                await asyncio.wait(not_done)
+                _, pending = await asyncio.wait(pending, timeout=timeout - patience)
+            if pending:
+                reason = f"caches not synced after {timeout:g}s: " + ", ".join(self.unsynced())
+                self._emit(Stage.CONTROLLER, "cache_not_synced", reason)
+                raise CacheSyncTimeout(self.name, reason)
         finally:
             for wait in waits:
                 wait.cancel()

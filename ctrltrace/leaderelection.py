@@ -116,6 +116,7 @@ class LeaderElector:
 
     async def acquire(self) -> None:
         """Return once this replica holds the lease."""
+        self._emit("attempting", f"{self.identity} tries to acquire {self.namespace}/{self.name}")
         while not await self._try_acquire_or_renew():
             await self._clock.sleep(self.timing.retry_period * random.uniform(1.0, 1.2))  # noqa: S311
         self.is_leader.set()
@@ -124,7 +125,9 @@ class LeaderElector:
         """Renew until the lease cannot be renewed within the renew deadline (LeaderLost)."""
         try:
             while True:
-                deadline = self._clock.monotonic() + self.timing.renew_deadline
+                began = self._clock.monotonic()
+                deadline = began + self.timing.renew_deadline
+                attempts = 1
                 while not await self._try_acquire_or_renew():
                     if self._clock.monotonic() + self.timing.retry_period > deadline:
                         self.is_leader.clear()
@@ -133,6 +136,14 @@ class LeaderElector:
                         )
                         raise LeaderLost(f"lost the lease {self.namespace}/{self.name}")
                     await self._clock.sleep(self.timing.retry_period)
+                    attempts += 1
+                if attempts > 1:
+                    took = self._clock.monotonic() - began
+                    self._emit(
+                        "renewed_late",
+                        f"renewed after {attempts} attempts, {took:.1f}s of the "
+                        f"{self.timing.renew_deadline:g}s renew deadline",
+                    )
                 await self._clock.sleep(self.timing.retry_period)
         except asyncio.CancelledError:
             if self._release_on_cancel and self.is_leader.is_set():

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
+import structlog
 from aiohttp import web
 
+from ctrltrace import logs
 from ctrltrace.builder import Builder, BuildError, _Registry
 from ctrltrace.client import Client
 from ctrltrace.clock import Clock, SystemClock
-from ctrltrace.controller import Controller, Watch
+from ctrltrace.controller import CacheSyncTimeout, Controller, ControllerFailed, Watch
 from ctrltrace.kinds import Kind, RestMapper
 from ctrltrace.leaderelection import (
     LeaderElector,
@@ -31,7 +33,8 @@ from ctrltrace.leaderelection import (
     lease_namespace,
     validate_lease_name,
 )
-from ctrltrace.records import Record, Recorder, Sink, Stage
+from ctrltrace.narrator import Narrator
+from ctrltrace.records import AttrValue, Record, Recorder, Sink, Stage
 from ctrltrace.source import IndexFunc, Informer, Transform, WriteLog, drop_managed_fields
 from ctrltrace.transport import Transport, load_configuration
 
@@ -111,6 +114,8 @@ class Manager:
         )
         self.recorder = recorder or Recorder()
         self.clock: Clock = clock or SystemClock()
+        # First of the sinks: the runtime says what happens to it before anything else runs.
+        self.recorder.add(Narrator(self.clock))
         self._registry = _Registry()
         self._runnables: list[Runnable] = []
         self._indexes: dict[Kind, dict[str, IndexFunc]] = {}
@@ -119,6 +124,8 @@ class Manager:
         self.elector: LeaderElector | None = None
         self.health_port: int | None = None
         self._stop_requested = False
+        self._stop_reason = "stop requested"
+        self.ran = False  # connected and started its informers at least once
         self._stop: asyncio.Event | None = None  # made in start(): events bind to a loop
 
     # -- building ----------------------------------------------------------------------------
@@ -158,30 +165,37 @@ class Manager:
     def run(self) -> None:
         """Run until SIGINT or SIGTERM (blocking), as the process's main program.
 
-        Owning the process, it also sets aside everything start-up created (modules, classes,
+        Owning the process, it sets up logging to stderr unless the program did (structlog),
+        and sets aside everything start-up created (modules, classes,
         the user's own globals) from the garbage collector (``gc.freeze``): every full
         collection during the run would otherwise trace all of it again.
         """
+        if not structlog.is_configured():  # as ``ctrltrace run`` does: console lines on stderr
+            logs.configure()
         # A controller's full collections come with its growing caches; tracing the start-up
-        # heap in each was about half of what the journal added in bench.compare's W1.
+        # heap in each would otherwise trace all of it again.
         gc.freeze()
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self.stop, f"received {sig.name}")
             await self.start()
 
         asyncio.run(main())
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "stop requested") -> None:
         """Ask a running (or starting) manager to shut down gracefully."""
+        if not self._stop_requested:
+            self._stop_reason = reason
         self._stop_requested = True
         if self._stop is not None:
             self._stop.set()
 
     async def start(self, transport: Transport | None = None) -> None:
-        """Run until ``stop()``; raises BuildError, LeaderLost, or a connection error."""
+        """Run until ``stop()``; raises BuildError, LeaderLost, ControllerFailed (its subclass
+        CacheSyncTimeout when a controller's caches did not sync in time), or a connection
+        error."""
         if problems := self.problems():
             raise BuildError("; ".join(problems))
         self._stop = asyncio.Event()
@@ -209,6 +223,7 @@ class Manager:
             ) from error
 
     async def _run(self, transport: Transport) -> None:
+        self.ran = True
         mapper = RestMapper(transport)
         writes = WriteLog()
         self._build(transport, mapper, writes)
@@ -243,6 +258,11 @@ class Manager:
                 with contextlib.suppress(asyncio.CancelledError, LeaderLost):
                     await leadership
             stop.cancel()
+            self._emit(
+                "stopping",
+                str(lost) if lost else self._stop_reason,
+                in_flight=sum(len(c.stats.in_flight) for c in self.controllers),
+            )
             await self._drain(workers)
         finally:
             for task in background + workers:
@@ -316,14 +336,51 @@ class Manager:
                 release_on_cancel=self.options.leader_election_release_on_cancel,
             )
             await self.elector.acquire()
-        workers.extend(
-            asyncio.create_task(controller.run(client), name=f"controller {controller.name}")
+        controllers = {
+            asyncio.create_task(controller.run(client), name=f"controller {controller.name}"): (
+                controller
+            )
             for controller in self.controllers
-        )
-        if self.elector is not None:
-            await self.elector.hold()
+        }
+        workers.extend(controllers)
+        holding = asyncio.create_task(self.elector.hold()) if self.elector is not None else None
+        try:
+            # Until the lease is lost or a controller ends: either stops the manager.
+            done, _ = await asyncio.wait(
+                [*controllers, *([holding] if holding else [])],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if holding is not None and not holding.done():
+                holding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaderLost):
+                    await holding
+        ended = done.pop()
+        if ended is holding:
+            ended.result()  # raises LeaderLost
+        self._controller_ended(controllers[ended], ended)
+
+    def _controller_ended(self, controller: Controller, task: asyncio.Task[None]) -> None:
+        """A controller ended outside shutdown: say why, and stop the manager with it."""
+        error = task.exception()
+        if isinstance(error, CacheSyncTimeout):  # recorded and told by the controller
+            raise error
+        if isinstance(error, ControllerFailed):
+            reason = error.reason
+        elif error is not None:
+            reason = f"{type(error).__name__}: {error}"
         else:
-            await asyncio.Event().wait()
+            reason = "its workers stopped"
+        self.recorder.emit(
+            Record(
+                time=self.clock.wall(),
+                stage=Stage.CONTROLLER,
+                outcome="failed",
+                reason=reason,
+                controller=controller.name,
+            )
+        )
+        raise ControllerFailed(controller.name, reason) from error
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         """Stop taking work and give in-flight reconciles the graceful timeout to finish."""
@@ -335,7 +392,17 @@ class Manager:
             else:  # still waiting for its caches: nothing in flight to wait for
                 task.cancel()
         if draining:
-            await asyncio.wait(draining, timeout=self.options.graceful_shutdown_timeout)
+            timeout = self.options.graceful_shutdown_timeout
+            _, unfinished = await asyncio.wait(draining, timeout=timeout)
+            in_flight = sum(len(c.stats.in_flight) for c in self.controllers)
+            if unfinished:
+                self._emit(
+                    "drain_timed_out",
+                    f"reconciles still running after the graceful timeout of {timeout:g}s",
+                    in_flight=in_flight,
+                )
+                return
+        self._emit("drained", "no reconcile in flight", in_flight=0)
 
     async def _serve_health(self) -> web.AppRunner | None:
         address = self.options.health_probe_bind_address
@@ -356,18 +423,42 @@ class Manager:
         return web.Response(text="ok")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        waiting = [
-            f"{informer.kind}: {informer.last_error or 'not synced'}"
-            for informer in self.informers.values()
-            if not informer.synced.is_set()
-        ]
-        if waiting:
-            return web.Response(status=503, text="caches not synced:\n" + "\n".join(waiting))
-        return web.Response(text="ok")
+        """Ready once every cache has synced. The body names each check, the API server's
+        way (``[+]`` passing, ``[-]`` failing, with why); the lease is reported, not checked:
+        a standby replica is ready to take over."""
+        lines, ready = [], True
+        for informer in self.informers.values():
+            if informer.synced.is_set():
+                lines.append(f"[+]cache {informer.kind} synced")
+            else:
+                ready = False
+                lines.append(
+                    f"[-]cache {informer.kind} not synced: {informer.last_error or 'no answer yet'}"
+                )
+        for controller in self.controllers:
+            if not controller.started and (unsynced := controller.unsynced()):
+                lines.append(f"[-]controller {controller.name} waiting for " + ", ".join(unsynced))
+        if self.elector is not None:
+            lines.append(f"[+]lease {self.elector.namespace}/{self.elector.name}: {self._role()}")
+        lines.append("readyz check passed" if ready else "readyz check failed")
+        return web.Response(status=200 if ready else 503, text="\n".join(lines) + "\n")
 
-    def _emit(self, outcome: str, reason: str) -> None:
+    def _role(self) -> str:
+        assert self.elector is not None
+        if self.elector.is_leader.is_set():
+            return "leader"
+        holder = self.elector.holder
+        return f"standby, held by {holder}" if holder else "not acquired yet"
+
+    def _emit(self, outcome: str, reason: str, **attrs: AttrValue) -> None:
         self.recorder.emit(
-            Record(time=self.clock.wall(), stage=Stage.MANAGER, outcome=outcome, reason=reason)
+            Record(
+                time=self.clock.wall(),
+                stage=Stage.MANAGER,
+                outcome=outcome,
+                reason=reason,
+                attrs=attrs,
+            )
         )
 
 

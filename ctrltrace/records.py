@@ -20,7 +20,9 @@ Obj = Mapping[str, Any]
 
 
 class Stage(enum.StrEnum):
-    WATCH = "watch"  # informer health: listed, synced, forbidden, kind_not_found, gone, error
+    # Informer health: started, listed, synced, resumed (a watch accepted after a failure),
+    # forbidden, kind_not_found, disconnected, error, gone (410: listing again)
+    WATCH = "watch"
     EVENT = "event"  # one watch event: ADDED, MODIFIED, DELETED
     # One per controller and event (per request when the handler maps to several):
     # dropped_by_predicate / not_mapped / queued / deduplicated / requeued_after_processing
@@ -29,9 +31,12 @@ class Stage(enum.StrEnum):
     RECONCILE = "reconcile"  # success / error / terminal_error / requeue / requeue_after
     REQUEUE = "requeue"  # rate_limited / after: when the next run is due
     WRITE = "write"  # a write made through ctrltrace's client, with the returned RV
-    LEASE = "lease"  # acquired / renewed / lost / standby / released / error
-    CONTROLLER = "controller"  # started / stopped / build_error
-    MANAGER = "manager"
+    # attempting / acquired / renewed_late / lost / standby / released / error
+    LEASE = "lease"
+    # starting (waiting for caches) / cache_sync_waiting / started (workers running) /
+    # cache_not_synced (timed out: the manager stops) / failed (workers gone: the same)
+    CONTROLLER = "controller"
+    MANAGER = "manager"  # started / stopping / drained / drain_timed_out / stopped
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,11 +34,31 @@ from ctrltrace.transport import ApiError, Json, Transport, WatchExpired, api_err
 
 _LIST_PAGE = 500
 _BACKOFF_START, _BACKOFF_CAP = 0.8, 30.0  # client-go's reflector back-off
+_BACKOFF_RESET = 120.0  # client-go forgets the back-off after this long without a failure
+_SHORT_WATCH = 1.0  # a stream that ends sooner with no event is a failure (client-go's rule)
 # What the API server turns a list or watch into when asked for metadata alone.
 _METADATA_ONLY = (
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
     "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
 )
+
+
+class _Backoff:
+    """client-go's reflector back-off: 0.8 s doubling to 30 s, with jitter. A list that
+    succeeds does not reset it (the watch after it may keep failing); two minutes without a
+    failure do."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._delay = 0.0
+        self._last = float("-inf")
+
+    def next(self) -> float:
+        now = self._clock.monotonic()
+        fresh = now - self._last > _BACKOFF_RESET
+        self._delay = _BACKOFF_START if fresh else min(self._delay * 2, _BACKOFF_CAP)
+        self._last = now
+        return self._delay * random.uniform(1.0, 1.2)  # noqa: S311
 
 
 class Listener(Protocol):
@@ -172,6 +192,7 @@ class Informer:
         )
         self._listeners: list[Listener] = []
         self._synced_namespaces: set[str] = set()
+        self._versions: dict[str, str] = {}  # namespace → the newest resourceVersion seen
         self._index_funcs: dict[str, IndexFunc] = {}
         # index name -> value -> keys of the objects indexed under it
         self._indexes: dict[str, dict[str, set[str]]] = {}
@@ -292,37 +313,68 @@ class Informer:
     # -- the reflector -----------------------------------------------------------------------
 
     async def _reflect(self, namespace: str) -> None:
-        delay = _BACKOFF_START
+        """client-go's reflector: list, then watch from the list's version for as long as the
+        server keeps that version; list again only when the watch cannot go on (410 Gone, a
+        refused watch, a failed list), served from the API server's cache unless after 410."""
+        backoff = _Backoff(self._clock)
+        self._record_watch("started", self._scope(namespace), namespace)
+        started = self._clock.monotonic()
+        must_list, quorum = True, True
+        failing = False  # a failure happened and no watch has been accepted since
         while True:
             try:
                 resource = await self._mapper.resolve(self.kind)
                 self.resource = resource
-                resource_version = await self._list(resource, namespace)
-                delay = _BACKOFF_START
-                while True:
-                    resource_version = await self._watch(resource, namespace, resource_version)
+                if must_list:
+                    since = "" if quorum else self._versions.get(namespace, "")
+                    await self._list(resource, namespace, since, started)
+                    must_list, quorum = False, False
+                opened = self._clock.monotonic()
+                delivered = await self._watch(resource, namespace, resumed=failing)
+                failing = False
+                if delivered or self._clock.monotonic() - opened >= _SHORT_WATCH:
+                    continue  # the server ended the stream on time: watch on, at once
+                self._record_failure(
+                    "disconnected", "the watch ended at once without an event", namespace
+                )
             except WatchExpired as error:
                 self._record_watch(
                     "gone", f"watch expired, listing again: {error.message}", namespace
                 )
+                must_list, quorum = True, True
                 continue
             except KindNotFound as error:
                 self._record_failure("kind_not_found", str(error), namespace)
+                must_list = True
             except ApiError as error:
                 outcome = "forbidden" if error.status == 403 else "error"
                 self._record_failure(outcome, error.message or str(error), namespace, error.status)
+                # Too many requests: the watch may go on later. Anything else the server
+                # refused (a forbidden watch above all) needs a fresh list first.
+                must_list = must_list or error.status != 429
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
                 detail = str(error) or type(error).__name__
                 self._record_failure("disconnected", f"connection failed: {detail}", namespace)
-            await self._clock.sleep(delay * random.uniform(1.0, 1.2))  # noqa: S311
-            delay = min(delay * 2, _BACKOFF_CAP)
+            failing = True
+            await self._clock.sleep(backoff.next())
+
+    def _scope(self, namespace: str) -> str:
+        where = f"namespace {namespace}" if namespace else "all namespaces"
+        selector = f", label selector {self.label_selector}" if self.label_selector else ""
+        return f"watching {self.kind} in {where}{selector}"
 
     def _params(self) -> dict[str, str]:
         return {"labelSelector": self.label_selector} if self.label_selector else {}
 
-    async def _list(self, resource: Resource, namespace: str) -> str:
+    async def _list(
+        self, resource: Resource, namespace: str, resource_version: str, started: float
+    ) -> None:
+        """List every page; from the API server's cache when ``resource_version`` is given
+        (any state at least that new will do), else a consistent read."""
         listed: dict[str, Obj] = {}
         params = {**self._params(), "limit": str(_LIST_PAGE)}
+        if resource_version:
+            params |= {"resourceVersion": resource_version, "resourceVersionMatch": "NotOlderThan"}
         while True:
             page: Json = await self._transport.request(
                 "GET", resource.path(namespace), params=params, **self._accept[0]
@@ -336,18 +388,26 @@ class Informer:
             continuation = page["metadata"].get("continue")
             if not continuation:
                 break
-            params["continue"] = continuation
+            # A continued list is pinned to its first page's version; naming one is an error.
+            params = {**self._params(), "limit": str(_LIST_PAGE), "continue": continuation}
         self._replace(listed, namespace)
         self.last_error = ""
         resource_version = str(page["metadata"].get("resourceVersion", ""))
+        self._versions[namespace] = resource_version
         self._record_watch(
             "listed", f"listed {len(listed)} at resourceVersion {resource_version}", namespace
         )
         self._synced_namespaces.add(namespace)
         if len(self._synced_namespaces) == len(self.namespaces) and not self.synced.is_set():
             self.synced.set()
-            self._record_watch("synced", f"cache synced: {len(self.store)} objects", namespace)
-        return resource_version
+            took = self._clock.monotonic() - started
+            self._record_watch(
+                "synced",
+                f"cache synced: {len(self.store)} objects in {took:.1f}s",
+                namespace,
+                objects=len(self.store),
+                seconds=round(took, 3),
+            )
 
     def _replace(self, listed: dict[str, Obj], namespace: str) -> None:
         """Adopt a fresh list, turning differences from the cache into events (after 410)."""
@@ -362,7 +422,11 @@ class Informer:
         for key in gone:
             self._apply("DELETED", self.store[key])
 
-    async def _watch(self, resource: Resource, namespace: str, resource_version: str) -> str:
+    async def _watch(self, resource: Resource, namespace: str, *, resumed: bool) -> int:
+        """Apply events from the newest version seen until the stream ends; how many arrived.
+        ``resumed``: a failure came before, so the server taking this watch ends it."""
+        versions = self._versions
+        resource_version = versions[namespace]
         params = {
             **self._params(),
             "resourceVersion": resource_version,
@@ -370,17 +434,24 @@ class Informer:
             # The server ends the stream after this; we then continue from the last version.
             "timeoutSeconds": str(random.randint(240, 300)),  # noqa: S311
         }
-        async for event in self._transport.watch(
-            resource.path(namespace), params, **self._accept[1]
-        ):
+        delivered = 0
+
+        def opened() -> None:  # the server took the watch: the failure is over
+            if resumed:
+                self._record_resumed(namespace, resource_version)
+
+        path = resource.path(namespace)
+        async for event in self._transport.watch(path, params, opened, **self._accept[1]):
             watch_type, obj = event.get("type", ""), event.get("object") or {}
             if watch_type == "ERROR":
                 code = int(obj.get("code", 500))
                 raise api_error(code, obj, "WATCH", resource.path())
-            resource_version = obj["metadata"].get("resourceVersion", resource_version)
+            # Kept as it arrives: a stream that breaks resumes from here.
+            versions[namespace] = obj["metadata"].get("resourceVersion", versions[namespace])
+            delivered += 1
             if watch_type != "BOOKMARK":
                 self._apply(watch_type, obj)
-        return resource_version
+        return delivered
 
     def _apply(self, watch_type: str, obj: Obj) -> None:
         if self.metadata_only:
@@ -421,10 +492,23 @@ class Informer:
         )
         return event_id
 
-    def _record_watch(self, outcome: str, reason: str, namespace: str, status: int = 0) -> None:
-        attrs: dict[str, str | int] = {"kind": self.kind.kind, "api_version": self.kind.api_version}
+    def _record_watch(
+        self,
+        outcome: str,
+        reason: str,
+        namespace: str,
+        status: int = 0,
+        **extra: str | int | float,
+    ) -> None:
+        attrs: dict[str, str | int | float] = {
+            "kind": self.kind.kind,
+            "api_version": self.kind.api_version,
+            **extra,
+        }
         if namespace:
             attrs["namespace"] = namespace
+        if self.label_selector:
+            attrs["label_selector"] = self.label_selector
         if status:
             attrs["status"] = status
         if self.resource is not None:
@@ -437,6 +521,12 @@ class Informer:
                 reason=reason,
                 attrs=attrs,
             )
+        )
+
+    def _record_resumed(self, namespace: str, resource_version: str) -> None:
+        self.last_error = ""
+        self._record_watch(
+            "resumed", f"watching again from resourceVersion {resource_version}", namespace
         )
 
     def _record_failure(self, outcome: str, reason: str, namespace: str, status: int = 0) -> None:

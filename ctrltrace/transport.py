@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,9 +194,15 @@ class Transport:
             return decoded
 
     async def watch(
-        self, path: str, params: Mapping[str, str], *, accept: str = "application/json"
+        self,
+        path: str,
+        params: Mapping[str, str],
+        opened: Callable[[], None] | None = None,
+        *,
+        accept: str = "application/json",
     ) -> AsyncIterator[Json]:
-        """Yield each watch event ({"type", "object"}) until the server ends the stream."""
+        """Yield each watch event ({"type", "object"}) until the server ends the stream;
+        ``opened`` is called once the server has accepted the watch, before any event."""
         headers = {"Accept": accept, **await self._auth_headers()}
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeouts.connect, sock_read=self.timeouts.watch_inactivity
@@ -210,6 +216,8 @@ class Transport:
         ) as response:
             if response.status >= 300:
                 raise _api_error(response.status, await response.read(), "WATCH", path)
+            if opened is not None:
+                opened()
             while line := await response.content.readline():
                 if line.strip():
                     yield json.loads(line)

@@ -11,6 +11,7 @@ from ctrltrace.envtest.controlplane import (
     Identity,
     PolicyRule,
 )
+from ctrltrace.envtest.faults import FaultProxy
 
 __all__ = [
     "ApiError",
@@ -18,6 +19,7 @@ __all__ = [
     "BinariesNotFoundError",
     "ControlPlane",
     "ControlPlaneError",
+    "FaultProxy",
     "Identity",
     "PolicyRule",
     "find_binaries",

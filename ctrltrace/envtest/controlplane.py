@@ -12,6 +12,7 @@ import base64
 import http.client
 import json
 import ssl
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from typing import Any
 from ctrltrace.envtest.binaries import Binaries, find_binaries
 from ctrltrace.envtest.pki import CertificateAuthority, KeyPair, service_account_signing_key
 from ctrltrace.envtest.servers import LoopbackServers, free_port
+
+UNCACHED_RESOURCE = "podtemplates"
+"""The one built-in kind the API server serves without its watch cache (from etcd)."""
 
 PolicyRule = Mapping[str, Sequence[str]]
 """An RBAC rule as the API takes it: ``{"apiGroups": [""], "resources": [...], "verbs": [...]}``."""
@@ -66,6 +70,7 @@ class ControlPlane(LoopbackServers):
         self._requested_kubeconfig = kubeconfig
         self._ca: CertificateAuthority | None = None
         self.server = ""
+        self.etcd_url = ""
         self.kubeconfig = Path()
 
     # -- start-up ----------------------------------------------------------------------------
@@ -121,6 +126,7 @@ class ControlPlane(LoopbackServers):
         )
         if not self._wait(etcd, lambda: _http_ok(f"{etcd_url}/health")):
             return False
+        self.etcd_url = etcd_url
         apiserver = self._spawn(
             "kube-apiserver",
             [
@@ -137,6 +143,9 @@ class ControlPlane(LoopbackServers):
                 "--authorization-mode=RBAC",
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
+                # One kind served straight from etcd, as when the watch cache is off: a watch
+                # resumed from a compacted version then gets 410 Gone (fault tests need one).
+                f"--watch-cache-sizes={UNCACHED_RESOURCE}#0",
                 f"--service-account-key-file={self._path('sa.crt')}",
                 f"--service-account-signing-key-file={self._path('sa.key')}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -192,12 +201,30 @@ class ControlPlane(LoopbackServers):
         """A JSON merge patch, as the admin."""
         return self.request("PATCH", path, patch, "application/merge-patch+json")
 
+    def compact(self, resource_version: str) -> None:
+        """Compact etcd's history up to ``resource_version``, as the API server's periodic
+        compaction does: a watch from an older version of an uncached kind gets 410 Gone."""
+        body = json.dumps({"revision": resource_version, "physical": True}).encode()
+        request = urllib.request.Request(  # noqa: S310  # our own etcd, on loopback
+            f"{self.etcd_url}/v3/kv/compaction", data=body, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            answer.read()
+
+    def admin_kubeconfig_via(self, server: str, path: Path) -> Path:
+        """The admin's kubeconfig with another address for the API server (a proxy's)."""
+        self._write_admin_kubeconfig(path, server)
+        return path
+
     def _write_kubeconfig(self) -> None:
-        admin = KeyPair(self._path("admin.crt").read_bytes(), self._path("admin.key").read_bytes())
         self.kubeconfig = self._requested_kubeconfig or self._path("admin.kubeconfig")
+        self._write_admin_kubeconfig(self.kubeconfig, self.server)
+
+    def _write_admin_kubeconfig(self, path: Path, server: str) -> None:
+        admin = KeyPair(self._path("admin.crt").read_bytes(), self._path("admin.key").read_bytes())
         _write_kubeconfig(
-            self.kubeconfig,
-            self.server,
+            path,
+            server,
             self._path("ca.crt").read_bytes(),
             "ctrltrace-admin",
             {

@@ -3,6 +3,8 @@
 ``control_plane`` is one kube-apiserver + etcd per test session; ``kube_namespace`` a fresh
 namespace per test (the control plane has no namespace controller, so namespaces are never
 deleted, only abandoned); ``mint_identity`` a kubeconfig restricted to given RBAC rules.
+``fault_proxy`` a proxy in front of the API server that cuts and refuses connections, and
+``control_plane.compact(rv)`` compacts etcd (a watch resumed from before then gets 410).
 ``jaeger`` and ``prometheus_server`` are one Jaeger and one Prometheus per session, on loopback.
 A server that cannot start fails the tests that need it; it never skips them.
 """
@@ -17,6 +19,7 @@ from typing import Protocol
 import pytest
 
 from ctrltrace.envtest.controlplane import ControlPlane, Identity, PolicyRule
+from ctrltrace.envtest.faults import FaultProxy
 from ctrltrace.envtest.observability import Jaeger, Prometheus
 
 CONTROL_PLANE_PIDS = pytest.StashKey[frozenset[int]]()
@@ -43,6 +46,15 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     with ControlPlane() as plane:
         _allow_for_the_session(request, plane.pids)
         yield plane
+
+
+@pytest.fixture
+def fault_proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
+    """A TCP proxy in front of the API server that can cut and refuse connections; point a
+    client at it with ``control_plane.admin_kubeconfig_via(f"https://{proxy.address}", path)``."""
+    host, port = control_plane.server.removeprefix("https://").rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        yield proxy
 
 
 @pytest.fixture

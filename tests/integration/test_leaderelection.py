@@ -8,6 +8,8 @@ import sys
 import textwrap
 from collections.abc import Callable
 
+import aiohttp
+
 from ctrltrace import Context, LeaseTiming, Manager, Request, Stage
 from ctrltrace.envtest import ControlPlane
 
@@ -50,6 +52,9 @@ def test_only_the_leader_reconciles_and_the_standby_says_who_leads(
         await first.until(lambda: bool(first.records.where(Stage.RECONCILE)))
         await second.until(lambda: bool(second.records.where(Stage.WATCH, "synced")))
         await asyncio.sleep(1.0)  # several retry periods: the standby must stay out
+        url = f"http://127.0.0.1:{second.manager.health_port}/readyz"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            ready_status, ready_text = response.status, await response.text()
         await stop(second)
         await stop(first)
 
@@ -58,6 +63,12 @@ def test_only_the_leader_reconciles_and_the_standby_says_who_leads(
         assert first.manager.elector is not None
         assert standby.attrs["holder"] == first.manager.elector.identity
         assert first.records.where(Stage.LEASE, "lost") == []
+        # A standby is ready (to take over); its readiness body says who leads.
+        assert ready_status == 200
+        assert (
+            f"[+]lease {kube_namespace}/pair.example.com: standby, held by "
+            f"{first.manager.elector.identity}"
+        ) in ready_text.splitlines()
 
     asyncio.run(scenario())
 

@@ -105,7 +105,10 @@ def test_run_serves_controller_runtime_metrics_and_probes(
             with contextlib.suppress(urllib.error.URLError, ConnectionError):
                 text = get(metrics_port, "/metrics")
             time.sleep(0.1)
-        assert get(health_port, "/readyz") == "ok"
+        assert get(health_port, "/readyz").splitlines() == [
+            "[+]cache ConfigMap synced",
+            "readyz check passed",
+        ]
         assert get(health_port, "/healthz") == "ok"
         assert 'workqueue_depth{controller="configmap",name="configmap"} 0.0' in text
         assert 'controller_runtime_max_concurrent_reconciles{controller="configmap"} 1.0' in text

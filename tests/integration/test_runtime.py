@@ -324,7 +324,11 @@ def test_a_forbidden_watch_is_recorded_and_keeps_the_manager_unready(
         assert forbidden.attrs["status"] == 403
         assert identity.name in forbidden.reason and "list" in forbidden.reason
         assert forbidden.attrs["namespace"] == kube_namespace
-        assert ready_status == 503 and "ConfigMap" in ready_text and "forbidden" in ready_text
+        assert ready_status == 503
+        lines = ready_text.splitlines()
+        assert lines[0].startswith(f"[-]cache ConfigMap not synced: forbidden: {forbidden.reason}")
+        assert lines[1].startswith("[-]controller configmap waiting for ConfigMap (forbidden: ")
+        assert lines[-1] == "readyz check failed"
 
     asyncio.run(scenario())
 

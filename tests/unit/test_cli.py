@@ -67,7 +67,10 @@ mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
 
 @pytest.mark.parametrize(
     ("address", "sinks"),
-    [("0", ["JournalWriter"]), ("127.0.0.1:0", ["JournalWriter", "PrometheusSink"])],
+    [
+        ("0", ["Narrator", "JournalWriter"]),
+        ("127.0.0.1:0", ["Narrator", "JournalWriter", "PrometheusSink"]),
+    ],
 )
 def test_run_keeps_metrics_only_when_it_serves_them(
     address: str, sinks: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -346,7 +346,7 @@ def test_a_metadata_only_informer_asks_for_metadata_and_names_the_real_kind() ->
 
     async def scenario() -> None:
         resource = await Mapper().resolve(CONFIGMAP)
-        await informer._list(resource, "")
+        await informer._list(resource, "", "", 0.0)
 
     asyncio.run(scenario())
     assert "as=PartialObjectMetadataList" in accepts[0]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
+
+import aiohttp
 
 from ctrltrace import Collect, FakeClock, Recorder, Stage
 from ctrltrace.kinds import Kind, Resource, RestMapper
@@ -26,16 +29,24 @@ class ScriptedTransport:
         self.lists = lists
         self.watches = watches
         self.watch_params: list[Mapping[str, str]] = []
+        self.list_params: list[Mapping[str, str]] = []
 
-    async def request(self, method: str, path: str, **_: Any) -> Any:
+    async def request(
+        self, method: str, path: str, params: Mapping[str, str] | None = None, **_: Any
+    ) -> Any:
+        self.list_params.append(params or {})
         answer = self.lists.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
+    async def watch(
+        self, path: str, params: Mapping[str, str], opened: Any = None
+    ) -> AsyncIterator[Any]:
         self.watch_params.append(params)
         script = self.watches.pop(0) if self.watches else None
+        if opened is not None and not (script and isinstance(script[0], ApiError)):
+            opened()
         if script is None:
             await asyncio.Event().wait()  # nothing more: block like an idle watch
             return
@@ -123,6 +134,8 @@ def test_410_gone_lists_again_and_turns_differences_into_events() -> None:
         ]
         gone = records.where(Stage.WATCH, "gone")
         assert len(gone) == 1 and "too old" in gone[0].reason
+        # After 410 the old version is useless: a consistent read, not one from the cache.
+        assert "resourceVersion" not in transport.list_params[1]
         assert sorted(informer.store) == ["ns/a", "ns/c"]
 
     asyncio.run(scenario())
@@ -146,5 +159,83 @@ def test_an_error_event_in_the_stream_and_a_dropped_stream_are_recorded_and_retr
         assert ("error", 500) in errors and ("forbidden", 403) in errors
         assert seen == [("ADDED", "a", "15")]
         assert informer.last_error == ""  # cleared by the successful list
+
+    asyncio.run(scenario())
+
+
+class ForbiddenWatch(ScriptedTransport):
+    """Lists always succeed; every watch is refused with 403, as for an identity that may
+    list a kind but not watch it."""
+
+    def __init__(self) -> None:
+        super().__init__([], [])
+
+    async def request(
+        self, method: str, path: str, params: Mapping[str, str] | None = None, **_: Any
+    ) -> Any:
+        self.list_params.append(params or {})
+        return listing("10", cm("a", "5"))
+
+    async def watch(
+        self, path: str, params: Mapping[str, str], opened: Any = None
+    ) -> AsyncIterator[Any]:
+        self.watch_params.append(params)
+        for _ in ():  # an async generator, like the real one, that yields nothing
+            yield {}
+        raise ApiError(403, "Forbidden", 'User "u" cannot watch resource "configmaps"', "GET", "/x")
+
+
+def test_a_forbidden_watch_backs_off_to_30s_and_relists_from_the_cache() -> None:
+    transport = ForbiddenWatch()
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        records = Collect()
+        informer = Informer(
+            cast(Transport, transport),
+            cast(RestMapper, StaticMapper()),
+            CONFIGMAP,
+            recorder=Recorder(records),
+            clock=clock,
+            writes=WriteLog(),
+            namespaces=["ns"],
+        )
+        task = asyncio.create_task(informer.run())
+        for _ in range(600):  # one minute in tenths of a second
+            await clock.advance(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # 0.8 s doubling (a list that succeeds does not reset it): 7 lists in a minute.
+        assert 5 <= len(transport.list_params) <= 8
+        lists = [r.time for r in records.where(Stage.WATCH, "listed")]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(lists)]
+        assert all(later > 1.5 * earlier for earlier, later in itertools.pairwise(gaps))
+        assert 0.8 <= gaps[0] <= 1.0
+        # The first list is a consistent read; the re-lists come from the API server's cache.
+        assert "resourceVersion" not in transport.list_params[0]
+        assert transport.list_params[1]["resourceVersion"] == "10"
+        assert transport.list_params[1]["resourceVersionMatch"] == "NotOlderThan"
+        assert informer.synced.is_set()
+        assert len(records.where(Stage.WATCH, "forbidden")) == len(transport.list_params)
+
+    asyncio.run(scenario())
+
+
+def test_a_dropped_stream_resumes_from_its_last_version_without_a_list() -> None:
+    dropped = aiohttp.ClientPayloadError("Response payload is not completed")
+    transport = ScriptedTransport(
+        [listing("10", cm("a", "5"))],
+        [[{"type": "MODIFIED", "object": cm("a", "12")}, dropped]],
+    )
+
+    async def scenario() -> None:
+        _, records, seen = await run_informer(
+            transport, lambda r: len(r.where(Stage.WATCH, "resumed")) == 1
+        )
+        assert len(transport.list_params) == 1
+        assert [p["resourceVersion"] for p in transport.watch_params] == ["10", "12"]
+        outcomes = [r.outcome for r in records.where(Stage.WATCH)]
+        assert outcomes == ["started", "listed", "synced", "disconnected", "resumed"]
+        assert seen == [("ADDED", "a", "5"), ("MODIFIED", "a", "12")]
 
     asyncio.run(scenario())

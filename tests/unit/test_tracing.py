@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
+from ctrltrace.clock import FakeClock
 from ctrltrace.exporters.otlp_json import encode_otlp_json, write_otlp_json
 from ctrltrace.exporters.otlp_proto import encode_spans
 from ctrltrace.exporters.tracing import (
@@ -44,7 +45,8 @@ from ctrltrace.exporters.tracing import (
     replay,
     trace_ids_processor,
 )
-from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+from ctrltrace.narrator import Narrator
+from ctrltrace.records import AttrValue, ObjectRef, Record, Recorder, Stage
 
 T0 = 1_700_000_000.0
 CONTROLLER = "configmap"
@@ -617,6 +619,25 @@ def test_memory_stays_bounded_over_100k_records() -> None:
     assert reconcile.parent.span_id == context_of(dispatch_span).span_id
     assert dispatch_span.parent is not None
     assert dispatch_span.parent.span_id == context_of(event_span).span_id
+
+
+def test_a_reconciler_error_is_logged_with_the_reconciles_trace_id(traced: Traced) -> None:
+    captured = structlog.testing.CapturingLogger()
+    logger = structlog.wrap_logger(
+        captured, processors=[trace_ids_processor(traced.sink), structlog.processors.JSONRenderer()]
+    )
+    # As the manager wires them: the narrator first, the span sink after it.
+    recorder = Recorder(Narrator(FakeClock(), logger), traced.sink)
+    added = event(T0)
+    queued = dispatch(added)
+    begin = start([queued], T0 + 1, reconcile_id="abc-2")
+    for record in (added, queued, begin, done(begin, T0 + 2, "error", "ValueError: no spec")):
+        recorder.emit(record)
+
+    (line,) = (json.loads(call.args[0]) for call in captured.calls)
+    span = context_of(traced.one("event ConfigMap"))  # the reconcile is in the event's trace
+    assert line["event"] == "Reconciler error" and line["reconcile_id"] == "abc-2"
+    assert line["trace_id"] == f"{span.trace_id:032x}" and line["error"] == "ValueError: no spec"
 
 
 def test_trace_ids_for_a_running_reconcile_and_the_structlog_processor(traced: Traced) -> None:

@@ -14,7 +14,7 @@ from ctrltrace import Collect, FakeClock, Recorder, Request, Result, Stage
 from ctrltrace.builder import Builder, _Registry
 from ctrltrace.client import Client
 from ctrltrace.context import Context
-from ctrltrace.controller import Controller, ControllerOptions, Watch
+from ctrltrace.controller import Controller, ControllerFailed, ControllerOptions, Watch
 from ctrltrace.events import Event, EventType
 from ctrltrace.handlers import MapResult, for_object
 from ctrltrace.kinds import Kind, RestMapper
@@ -149,7 +149,7 @@ class BrokenQueue(WorkQueue[Request]):
         raise RuntimeError("the queue broke")
 
 
-def test_a_worker_that_dies_ends_run_with_its_exception() -> None:
+def test_a_worker_that_dies_ends_run_with_its_exception_as_the_cause() -> None:
     async def reconcile(ctx: Context, request: Request) -> None:
         return None
 
@@ -159,8 +159,10 @@ def test_a_worker_that_dies_ends_run_with_its_exception() -> None:
         harness.start()
         harness.add("x")
         assert harness.task is not None
-        with pytest.raises(RuntimeError, match="the queue broke"):
+        with pytest.raises(ControllerFailed, match="a worker died") as failed:
             await asyncio.wait_for(harness.task, 5)
+        assert isinstance(failed.value.__cause__, RuntimeError)
+        assert str(failed.value.__cause__) == "the queue broke"
 
     asyncio.run(scenario())
 
