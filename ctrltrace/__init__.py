@@ -12,8 +12,23 @@ from ctrltrace.builder import Builder, BuildError
 from ctrltrace.client import Client, NotCached, OperationResult, Propagation, Reader
 from ctrltrace.clock import Clock, FakeClock, SystemClock
 from ctrltrace.context import Context
+from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.leaderelection import LeaderLost, LeaseTiming
 from ctrltrace.manager import Manager
+from ctrltrace.objects import (
+    AlreadyOwnedError,
+    add_finalizer,
+    contains_finalizer,
+    controller_of,
+    find_condition,
+    is_condition_true,
+    is_controlled_by,
+    remove_condition,
+    remove_finalizer,
+    set_condition,
+    set_controller_reference,
+    set_owner_reference,
+)
 from ctrltrace.reconcile import Result, TerminalError
 from ctrltrace.records import Collect, ObjectRef, Record, Recorder, Stage
 from ctrltrace.request import Request
@@ -29,6 +44,7 @@ from ctrltrace.transport import (
 
 __all__ = [
     "AlreadyExists",
+    "AlreadyOwnedError",
     "ApiError",
     "BuildError",
     "Builder",
@@ -38,6 +54,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "Context",
+    "EventRecorder",
     "FakeClock",
     "Forbidden",
     "Invalid",
@@ -58,6 +75,17 @@ __all__ = [
     "SystemClock",
     "TerminalError",
     "__version__",
+    "add_finalizer",
+    "contains_finalizer",
+    "controller_of",
+    "find_condition",
     "handlers",
+    "is_condition_true",
+    "is_controlled_by",
     "predicates",
+    "remove_condition",
+    "remove_finalizer",
+    "set_condition",
+    "set_controller_reference",
+    "set_owner_reference",
 ]

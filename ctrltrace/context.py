@@ -1,4 +1,5 @@
-"""What a reconcile receives besides its request: a client, a bound logger, its identity.
+"""What a reconcile receives besides its request: a client, an Event recorder, a bound logger,
+its identity.
 
 No I/O of its own.
 """
@@ -12,20 +13,23 @@ from typing import Any, TypeVar
 import structlog
 
 from ctrltrace.client import Client
+from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.request import Request
 
 T = TypeVar("T")
 
 
 class Context:
-    """Given to every reconcile. ``client`` and ``log`` are made on first use: a reconcile
-    that never logs or writes pays nothing for them."""
+    """Given to every reconcile. ``client``, ``events`` and ``log`` are made on first use: a
+    reconcile that never logs or writes pays nothing for them."""
 
     __slots__ = (
         "_client",
+        "_events",
         "_log",
         "_logger",
         "_shared_client",
+        "_shared_events",
         "controller",
         "loop",
         "reconcile_id",
@@ -41,8 +45,11 @@ class Context:
         reconcile_id: str,
         request: Request,
         loop: asyncio.AbstractEventLoop,
+        events: EventRecorder | None = None,
     ) -> None:
         self._shared_client = client
+        self._shared_events = events
+        self._events: EventRecorder | None = None
         self._logger = logger
         self._client: Client | None = None
         self._log: structlog.typing.FilteringBoundLogger | None = None
@@ -57,6 +64,18 @@ class Context:
         if self._client is None:
             self._client = self._shared_client.scoped(self.controller, self.reconcile_id)
         return self._client
+
+    @property
+    def events(self) -> EventRecorder:
+        """Emits Kubernetes Events about objects (``ctx.events.normal(obj, reason, message)``),
+        sent in the background, attributed to this reconcile in the records."""
+        if self._events is None:
+            if self._shared_events is None:
+                raise RuntimeError("no Event recorder: this controller does not run in a Manager")
+            self._events = self._shared_events.scoped(
+                self.controller, self.reconcile_id, self.request.key
+            )
+        return self._events
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:

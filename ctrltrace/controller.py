@@ -24,6 +24,7 @@ from ctrltrace.clock import Clock
 from ctrltrace.context import Context
 from ctrltrace.events import Event, EventType
 from ctrltrace.handlers import EventHandler, map_event
+from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.predicates import Predicate, Verdict, first_refusal
 from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
 from ctrltrace.reconcile import Action, Reconciler, Result, as_result, settle
@@ -92,8 +93,10 @@ class Controller:
         recorder: Recorder,
         clock: Clock,
         options: ControllerOptions | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.name = name
+        self.events = events  # the manager's recorder for this controller's Events
         self.options = options or ControllerOptions()
         self.watches: list[Watch] = []
         self.queue: WorkQueue[Request] = WorkQueue(clock=clock)
@@ -299,6 +302,7 @@ class Controller:
             reconcile_id=reconcile_id,
             request=request,
             loop=asyncio.get_running_loop(),
+            events=self.events,
         )
         result: Result | None = None
         error: BaseException | None = None

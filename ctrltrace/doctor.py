@@ -3,10 +3,11 @@
 Owns the checks and their words: start-up validation (the messages start-up prints), the
 leader election id and namespace, whether each watched kind is served, whether the running
 identity may do what ``rbac.make_plan`` says the manager needs (asked with
-SelfSubjectAccessReviews), who holds the Lease, and warnings for known traps (owning a kind
-that an intermediate owner controls, GenerationChanged where status or deletion matter, a
-namespace filter without the Lease's namespace). Also owns the checklist, its JSON and the
-exit code. Events are not checked: ctrltrace records none yet, so denying them breaks nothing.
+SelfSubjectAccessReviews; Events only warn, since a refused Event breaks no reconcile), who
+holds the Lease, and warnings for known traps (owning a kind that an intermediate owner
+controls, GenerationChanged where status or deletion matter, a namespace filter without the
+Lease's namespace), each with a code that ``--accept-trap`` acknowledges. Also owns the
+checklist, its JSON and the exit code.
 
 Loads the Manager but never starts it; writes nothing to the cluster.
 """
@@ -18,14 +19,14 @@ import datetime
 import enum
 import json
 import textwrap
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import aiohttp
 import click
 
-from ctrltrace.builder import WatchSpec
+from ctrltrace.builder import ControllerSpec, WatchSpec
 from ctrltrace.cli_app import (
     AppArgs,
     ExitCode,
@@ -45,6 +46,7 @@ from ctrltrace.rbac import (
     Purpose,
     Resolution,
     controller_specs,
+    guessed_resource,
     load_app,
     make_plan,
     resolve,
@@ -76,6 +78,7 @@ class Check:
     title: str
     detail: str = ""
     fix: str = ""
+    code: str = ""  # a known trap's code, which --accept-trap takes
 
 
 STARTUP = "Start-up validation"
@@ -84,9 +87,18 @@ KINDS = "Kinds served"
 ACCESS = {
     Purpose.WATCH: "Access: watched kinds",
     Purpose.WRITE: "Access: declared writes",
+    Purpose.EVENTS: "Access: Events",
     Purpose.LEASE: "Access: leader election Lease",
 }
 TRAPS = "Known traps"
+
+
+class Trap(enum.StrEnum):
+    """The known traps, by the code ``--accept-trap`` takes."""
+
+    OWNS_INTERMEDIATE = "owns-intermediate-owner"
+    GENERATION_CHANGED = "generation-changed"
+    LEASE_OUTSIDE_CACHE = "lease-outside-cache"
 
 
 @dataclass(frozen=True)
@@ -253,39 +265,78 @@ _NO_GENERATION = frozenset(
 )
 
 
-def trap_checks(manager: Manager) -> list[Check]:
-    """Warnings for builds that start and run but miss the events their authors expect."""
+def trap_checks(
+    manager: Manager,
+    *,
+    resolutions: Sequence[Resolution] = (),
+    accepted: Collection[str] = (),
+) -> list[Check]:
+    """Warnings for builds that start and run but miss the events their authors expect.
+
+    A trap whose code is in ``accepted`` is listed as ok, saying it was accepted. A controller
+    that declares (``writes()``) that it creates the kind it owns is not warned about owning
+    it: it makes itself the controller of what it creates. ``resolutions`` give the plurals
+    those declarations name (guessed without them).
+    """
     checks: list[Check] = []
     for spec in controller_specs(manager):
         for watch in spec.watches:
             if watch.role == "owns" and spec.for_kind is not None:
-                checks += _intermediate_owner(spec.name, spec.for_kind, watch.kind)
+                checks += _intermediate_owner(spec, spec.for_kind, watch.kind, resolutions)
             filters = [*watch.predicates, *spec.global_predicates]
             if any(_drops_by_generation(predicate) for predicate in filters):
                 checks.append(_generation_trap(spec.name, watch))
     checks += _lease_outside_cache(manager)
+    checks = [_accept(check, accepted) for check in checks]
     if not checks:
         checks.append(Check(Status.OK, TRAPS, "none of the known traps applies"))
     return checks
 
 
-def _intermediate_owner(controller: str, for_kind: Kind, owned: Kind) -> list[Check]:
+def _accept(check: Check, accepted: Collection[str]) -> Check:
+    if check.status is not Status.WARN or check.code not in accepted:
+        return check
+    return replace(
+        check,
+        status=Status.OK,
+        title=f"accepted ({check.code}): {check.title}",
+        detail="",
+        fix="",
+    )
+
+
+def _intermediate_owner(
+    spec: ControllerSpec, for_kind: Kind, owned: Kind, resolutions: Sequence[Resolution]
+) -> list[Check]:
     usual = _CONTROLLED_BY.get((owned.group, owned.kind))
     if usual is None or (for_kind.group, for_kind.kind) in usual:
         return []
-    names = _either([kind for _, kind in usual])
+    plurals = {r.resource.plural for r in resolutions if r.kind == owned}
+    plurals = plurals or {guessed_resource(owned).plural}
+    if any(
+        write.api_group == owned.group
+        and plurals & set(write.resources)
+        and "create" in write.verbs
+        for write in spec.writes
+    ):
+        return []
+    controller = spec.name
+    # Qualified by group: a CRD may share its name with the built-in kind (CronJob).
+    names = _either([f"{kind}.{group}" if group else kind for group, kind in usual])
     return [
         Check(
             Status.WARN,
             TRAPS,
             f"controller {controller} owns {owned}, but {owned.kind}s are usually controlled "
-            f"by a {names}, not by a {for_kind}",
+            f"by the built-in {names}, not by {for_kind}",
             f"owns() maps an object only to its controller owner (controller: true) of kind "
-            f"{for_kind}; a {owned.kind} made through a {names} names that as its "
+            f"{for_kind}; a {owned.kind} made through the built-in {names} names that as its "
             "controller, so its events map to nothing (explain says not_mapped)",
             f"own the direct child instead, or use watches() with a map function that walks "
-            f"up the owner chain; ignore this if Reconcile creates the {owned.kind}s itself "
-            "with controller: true",
+            f"up the owner chain. If Reconcile creates the {owned.kind}s itself with "
+            f"set_controller_reference, declare it (.writes({owned.group!r}, ..., 'create')) "
+            f"or pass --accept-trap {Trap.OWNS_INTERMEDIATE}",
+            Trap.OWNS_INTERMEDIATE,
         )
     ]
 
@@ -311,6 +362,7 @@ def _generation_trap(controller: str, watch: WatchSpec) -> Check:
             f"GenerationChanged {where} drops every update: {kind} has no metadata.generation",
             "only creates and deletes of it reach Reconcile",
             "remove GenerationChanged from this watch, or use ResourceVersionChanged",
+            Trap.GENERATION_CHANGED,
         )
     if watch.role == "for":
         return Check(
@@ -324,6 +376,7 @@ def _generation_trap(controller: str, watch: WatchSpec) -> Check:
             "if you need them, OR GenerationChanged with a predicate that passes them, e.g. "
             "GenerationChanged() | predicates.funcs(update=lambda e: "
             "bool(e.object['metadata'].get('deletionTimestamp')))",
+            Trap.GENERATION_CHANGED,
         )
     return Check(
         Status.WARN,
@@ -332,6 +385,7 @@ def _generation_trap(controller: str, watch: WatchSpec) -> Check:
         f"a {kind.kind}'s status (readiness, progress) changes without a new generation, so "
         "the owner is not reconciled when it changes",
         "remove GenerationChanged from this watch if Reconcile reads the status of these objects",
+        Trap.GENERATION_CHANGED,
     )
 
 
@@ -350,6 +404,7 @@ def _lease_outside_cache(manager: Manager) -> list[Check]:
             "waits for leadership forever",
             f"grant Lease access in {namespace} too (`ctrltrace rbac` does), or keep the "
             "Lease in a cached namespace",
+            Trap.LEASE_OUTSIDE_CACHE,
         )
     ]
 
@@ -523,6 +578,10 @@ def _access_check(need: Need, plan: Plan, identity: str, denied: dict[_Question,
         details.append(f"the plural of {guessed[0]} is a guess: discovery did not name it")
     holder = f"a Role in {need.namespace}" if need.namespace else "a ClusterRole"
     fix = f"grant {identity} this rule in {holder}: {rule} ({_RBAC_HINT})"
+    if need.purpose is Purpose.EVENTS:
+        # Reconciles run on; the API server refuses their Events (recorded as failed).
+        details.append("reconciles still run, but the Events they emit are refused")
+        return Check(Status.WARN, section, title, "; ".join(details), fix)
     return Check(Status.FAIL, section, title, "; ".join(details), fix)
 
 
@@ -577,7 +636,13 @@ async def whoami(transport: Transport) -> str:
     return str(answer.get("status", {}).get("userInfo", {}).get("username") or transport.user_hint)
 
 
-async def diagnose(app: App, transport: Transport, version: str, in_cluster: bool) -> Report:
+async def diagnose(
+    app: App,
+    transport: Transport,
+    version: str,
+    in_cluster: bool,
+    accepted_traps: Collection[str] = (),
+) -> Report:
     """Every check, in checklist order, against the cluster ``transport`` talks to."""
     manager = app.manager
     resolutions = await resolve(list(watch_uses(manager)), RestMapper(transport))
@@ -590,7 +655,7 @@ async def diagnose(app: App, transport: Transport, version: str, in_cluster: boo
         *await kind_checks(transport, resolutions),
         *await access_checks(transport, plan, identity, lease_name),
         *await lease_holder_check(transport, manager),
-        *trap_checks(manager),
+        *trap_checks(manager, resolutions=resolutions, accepted=accepted_traps),
     ]
     # Sections in checklist order, each check staying with its own section.
     order = [STARTUP, LEADER, KINDS, *ACCESS.values(), TRAPS]
@@ -598,11 +663,11 @@ async def diagnose(app: App, transport: Transport, version: str, in_cluster: boo
     return Report(app.spec, transport.host, version, identity, tuple(checks))
 
 
-async def _diagnose_app(app: App) -> Report:
+async def _diagnose_app(app: App, accepted_traps: Collection[str]) -> Report:
     in_cluster = kubeconfig_path(app.manager.options.kubeconfig) is None
     transport, version = await connect(app.manager.options)
     try:
-        return await diagnose(app, transport, version, in_cluster)
+        return await diagnose(app, transport, version, in_cluster, accepted_traps)
     finally:
         await transport.close()
 
@@ -610,19 +675,27 @@ async def _diagnose_app(app: App) -> Report:
 @click.command("doctor")
 @app_parameters
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor_command(args: AppArgs, *, as_json: bool) -> None:
+@click.option(
+    "--accept-trap",
+    "accepted_traps",
+    multiple=True,
+    type=click.Choice([trap.value for trap in Trap]),
+    help="A known trap that does not apply to this app: listed as accepted, not warned about.",
+)
+def doctor_command(args: AppArgs, *, as_json: bool, accepted_traps: tuple[str, ...]) -> None:
     """Check, without starting it, why the Manager APP (MODULE:ATTR) might never reconcile.
 
     Against the cluster of the kubeconfig (or --envtest): builder problems, the leader
     election id and namespace, that every watched kind is served, that this identity may
-    get/list/watch them, make its declared writes and take the Lease, and known traps.
+    get/list/watch them, make its declared writes, send Events and take the Lease, and known
+    traps (each with a code for --accept-trap).
     Exit code 0 all good, 1 warnings only, 3 any failure.
     """
 
     with command_errors():
         app = load_app(args)
         with cluster_for(args, app.manager.options):
-            report = asyncio.run(_diagnose_app(app))
+            report = asyncio.run(_diagnose_app(app, accepted_traps))
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:

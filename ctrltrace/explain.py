@@ -977,6 +977,8 @@ _MARKS = {
     (Stage.LEASE, "error"): ("✗", "red"),
     (Stage.CONTROLLER, "started"): ("✓", "green"),
     (Stage.CONTROLLER, "cache_not_synced"): ("⏳", "yellow"),
+    (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
+    (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
 }
 _STAGE_MARKS = {
     Stage.EVENT: ("●", "cyan"),
@@ -984,6 +986,7 @@ _STAGE_MARKS = {
     Stage.RECONCILE_START: ("▶", ""),
     Stage.REQUEUE: ("⟳", "yellow"),
     Stage.WRITE: ("✎", ""),
+    Stage.KUBE_EVENT: ("⚑", ""),
 }
 _VERDICT_MARKS = {
     Code.RECONCILED: ("✓", "green"),
@@ -993,7 +996,7 @@ _VERDICT_MARKS = {
 )
 
 
-_STAGE_LABELS = {Stage.RECONCILE_START: "start"}
+_STAGE_LABELS = {Stage.RECONCILE_START: "start", Stage.KUBE_EVENT: "Event"}
 
 
 def _mark(stage: Stage, outcome: str) -> tuple[str, str]:
@@ -1030,12 +1033,18 @@ def resolve_kind(text: str, watch_records: Iterable[Record]) -> str:
     """The kind a user means by ``KIND[.GROUP]``, kubectl-style: case-insensitive, singular or
     plural, matched against the kinds the journal saw watched. Unknown input is kept as typed
     (it then explains as ``not_watched``)."""
-    wanted, _, group = text.lower().partition(".")
     for record in watch_records:
         kind = str(record.attrs.get("kind", ""))
         api_version = str(record.attrs.get("api_version", ""))
         plural = str(record.attrs.get("resource", "")).partition(".")[0]
-        names = {kind.lower(), f"{kind.lower()}s", plural} - {""}
-        if wanted in names and group in ("", api_version.rpartition("/")[0].lower()):
+        if names_kind(text, kind, api_version, plural):
             return kind
     return text
+
+
+def names_kind(text: str, kind: str, api_version: str, plural: str = "") -> bool:
+    """Whether ``KIND[.GROUP]`` names ``kind`` of ``api_version`` as kubectl reads it: the
+    whole name in any case, singular or plural (``job`` is not ``CronJob``)."""
+    wanted, _, group = text.lower().partition(".")
+    names = {kind.lower(), f"{kind.lower()}s", plural} - {""}
+    return wanted in names and group in ("", api_version.rpartition("/")[0].lower())

@@ -25,6 +25,7 @@ from ctrltrace.client import Client
 from ctrltrace.clock import Clock, SystemClock
 from ctrltrace.controller import CacheSyncTimeout, Controller, ControllerFailed, Watch
 from ctrltrace.kinds import Kind, RestMapper
+from ctrltrace.kubeevents import EventBroadcaster, EventRecorder
 from ctrltrace.leaderelection import (
     LeaderElector,
     LeaderLost,
@@ -116,6 +117,7 @@ class Manager:
         self.clock: Clock = clock or SystemClock()
         # First of the sinks: the runtime says what happens to it before anything else runs.
         self.recorder.add(Narrator(self.clock))
+        self._events = EventBroadcaster(recorder=self.recorder, clock=self.clock)
         self._registry = _Registry()
         self._runnables: list[Runnable] = []
         self._indexes: dict[Kind, dict[str, IndexFunc]] = {}
@@ -132,6 +134,12 @@ class Manager:
 
     def controller(self) -> Builder:
         return Builder(self._registry)
+
+    def event_recorder(self, component: str) -> EventRecorder:
+        """Emits Kubernetes Events from ``component`` (controller-runtime's
+        ``GetEventRecorderFor``); sent while the manager runs. Each reconcile has its
+        controller's as ``ctx.events``."""
+        return self._events.recorder_for(component)
 
     def add_sink(self, sink: Sink) -> None:
         self.recorder.add(sink)
@@ -243,6 +251,7 @@ class Manager:
             asyncio.create_task(informer.run(), name=f"informer {informer.kind}")
             for informer in self.informers.values()
         ] + [asyncio.create_task(runnable()) for runnable in self._runnables]
+        background.append(asyncio.create_task(self._events.run(transport), name="Events"))
         health = await self._serve_health()
         workers: list[asyncio.Task[None]] = []
         lost: BaseException | None = None
@@ -302,6 +311,7 @@ class Manager:
                 recorder=self.recorder,
                 clock=self.clock,
                 options=spec.options,
+                events=self._events.recorder_for(spec.name),
             )
             for watch in spec.watches:
                 controller.watch(

@@ -81,6 +81,7 @@ class Narrator:
             Stage.WATCH: self._watch,
             Stage.CONTROLLER: self._controller,
             Stage.RECONCILE: self._reconcile,
+            Stage.KUBE_EVENT: self._kube_event,
             Stage.LEASE: self._lease,
             Stage.MANAGER: self._manager,
         }
@@ -188,6 +189,25 @@ class Narrator:
             terminal=record.outcome == "terminal_error",
             **fields,
         )
+
+    def _kube_event(self, record: Record) -> None:
+        """Events that could not be sent (refused, unreachable, dropped): once per controller
+        and outcome, then reminders; their end once they are sent again."""
+        controller = record.controller or "manager"
+        if record.outcome in ("created", "counted"):
+            for outcome in ("failed", "dropped"):
+                fields = self._reminders.clear(("kube_event", controller, outcome))
+                if fields is not None:
+                    self._log.info("Events are sent again", controller=controller, **fields)
+            return
+        fields = self._reminders.report(("kube_event", controller, record.outcome), "")
+        if fields is not None:
+            self._log.warning(
+                "Event not sent" if record.outcome == "failed" else "Event dropped",
+                controller=controller,
+                what=record.reason,
+                **fields,
+            )
 
     # -- leadership and the manager ----------------------------------------------------------
 

@@ -45,7 +45,7 @@ from ctrltrace.transport import ApiError, ConfigError
 
 READ_VERBS = ("get", "list", "watch")  # an informer lists and watches; the client gets
 LEASE_VERBS = ("get", "create", "update")  # what leaderelection.LeaderElector sends
-EVENT_VERBS = ("create",)
+EVENT_VERBS = ("create", "patch")  # kubeevents creates Events and patches their count
 WRITES_ATTRIBUTE = "RBAC_WRITES"
 _RBAC_API = "rbac.authorization.k8s.io"
 _WIDTH = 100  # header comments wrap here, like doctor's checklist
@@ -262,7 +262,7 @@ def make_plan(
 ) -> Plan:
     """The rules ``manager`` needs, given its kinds' resources and its declared writes."""
     options = manager.options
-    cache_scopes = tuple(options.namespaces) or ("",)
+    cache_scopes = tuple(dict.fromkeys(options.namespaces)) or ("",)
     uses = watch_uses(manager)
     needs: list[Need] = []
     # Two versions of a kind share one resource, and RBAC knows only resources.
@@ -276,15 +276,21 @@ def make_plan(
         scopes = cache_scopes if same[0].resource.namespaced else ("",)
         rule = Rule((group,), (plural,), READ_VERBS)
         needs.extend(Need(rule, scope, Purpose.WATCH, why) for scope in scopes)
+    events = Rule(("",), ("events",), EVENT_VERBS)
     for write in writes or ():
+        # Events are granted once, below: a declared Events write adds only what they lack.
         needs.extend(
-            Need(write.rule, scope, Purpose.WRITE, f"declared in {write.source}")
+            Need(rule, scope, Purpose.WRITE, f"declared in {write.source}")
+            for rule in _without(write.rule, events)
             for scope in cache_scopes
         )
-    events = Rule(("",), ("events",), EVENT_VERBS)
+    # An Event about a cluster-scoped object goes to "default", as client-go puts it there.
+    event_scopes = cache_scopes
+    if "" not in cache_scopes and any(not r.resource.namespaced for r in resolutions):
+        event_scopes = tuple(dict.fromkeys((*cache_scopes, "default")))
     needs.extend(
         Need(events, scope, Purpose.EVENTS, "Events about the objects it reconciles")
-        for scope in cache_scopes
+        for scope in event_scopes
     )
     if options.leader_election:
         namespace = lease_namespace(options.leader_election_namespace)
@@ -292,6 +298,21 @@ def make_plan(
         why = f"leader election: the Lease {namespace}/{options.leader_election_id}"
         needs.append(Need(lease, namespace, Purpose.LEASE, why))
     return Plan(tuple(needs), tuple(resolutions), writes is not None)
+
+
+def _without(rule: Rule, granted: Rule) -> list[Rule]:
+    """``rule`` less what ``granted`` (one group, one resource) grants: the rules that remain."""
+    [group], [resource] = granted.api_groups, granted.resources
+    if group not in rule.api_groups or resource not in rule.resources:
+        return [rule]
+    remaining = []
+    if others := tuple(r for r in rule.resources if r != resource):
+        remaining.append(Rule(rule.api_groups, others, rule.verbs))
+    if other_groups := tuple(g for g in rule.api_groups if g != group):
+        remaining.append(Rule(other_groups, (resource,), rule.verbs))
+    if extra := tuple(v for v in rule.verbs if v not in granted.verbs):
+        remaining.append(Rule((group,), (resource,), extra))
+    return remaining
 
 
 # -- rendering -------------------------------------------------------------------------------

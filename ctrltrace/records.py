@@ -31,6 +31,10 @@ class Stage(enum.StrEnum):
     RECONCILE = "reconcile"  # success / error / terminal_error / requeue / requeue_after
     REQUEUE = "requeue"  # rate_limited / after: when the next run is due
     WRITE = "write"  # a write made through ctrltrace's client, with the returned RV
+    # A Kubernetes Event the controller emitted about the object (ctx.events), once it was
+    # sent or dropped: created / counted (an existing Event's count went up) / dropped (queue
+    # full or rate-limited) / failed (the API server refused it, or could not be reached).
+    KUBE_EVENT = "kube_event"
     # attempting / acquired / renewed_late / lost / standby / released / error
     LEASE = "lease"
     # starting (waiting for caches) / cache_sync_waiting / started (workers running) /

@@ -36,11 +36,6 @@ _LIST_PAGE = 500
 _BACKOFF_START, _BACKOFF_CAP = 0.8, 30.0  # client-go's reflector back-off
 _BACKOFF_RESET = 120.0  # client-go forgets the back-off after this long without a failure
 _SHORT_WATCH = 1.0  # a stream that ends sooner with no event is a failure (client-go's rule)
-# What the API server turns a list or watch into when asked for metadata alone.
-_METADATA_ONLY = (
-    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
-    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
-)
 
 
 class _Backoff:
@@ -59,6 +54,13 @@ class _Backoff:
         self._delay = _BACKOFF_START if fresh else min(self._delay * 2, _BACKOFF_CAP)
         self._last = now
         return self._delay * random.uniform(1.0, 1.2)  # noqa: S311
+
+
+# What the API server turns a list or watch into when asked for metadata alone.
+_METADATA_ONLY = (
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
+)
 
 
 class Listener(Protocol):
@@ -149,10 +151,17 @@ def cache_key(obj: Obj) -> str:
 
 
 def last_writer(obj: Obj) -> str:
-    """The field manager of the newest managedFields entry: who wrote this version."""
+    """Who wrote this version, as far as managedFields tell: the field manager of the newest
+    entry; "one of X, Y" when several managers share the newest time (managedFields keep
+    whole seconds only); "" when there is no entry."""
     entries = obj["metadata"].get("managedFields") or ()
-    newest = max(entries, key=lambda entry: entry.get("time", ""), default=None)
-    return "" if newest is None else str(newest.get("manager", ""))
+    newest = max((entry.get("time", "") for entry in entries), default="")
+    managers = list(
+        dict.fromkeys(str(e.get("manager", "")) for e in entries if e.get("time", "") == newest)
+    )
+    if len(managers) > 1:
+        return "one of " + ", ".join(managers)
+    return managers[0] if managers else ""
 
 
 class Informer:
@@ -486,7 +495,11 @@ class Informer:
                 object=ref,
                 reason="the controller's own write coming back" if write_id else "",
                 cause_ids=(write_id,) if write_id else (),
-                attrs={"writer": last_writer(obj), "self_caused": write_id is not None},
+                # A deletion leaves no trace in managedFields: its writer is unknown.
+                attrs={
+                    "writer": last_writer(obj) if watch_type != "DELETED" else "",
+                    "self_caused": write_id is not None,
+                },
                 id=event_id,
             )
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from ctrltrace.explain import Code
+from ctrltrace.explain import Code, names_kind
 from ctrltrace.tui.feed import (
     IDLE_AFTER_S,
     MAX_WORK_ROWS,
@@ -48,10 +48,11 @@ _FIELDS = {
 class RowFilter:
     """What ``/`` typed: words that must all occur (case-insensitive) in an event row.
 
-    ``ns:``, ``name:``, ``kind:``, ``verdict:`` (or ``v:``) and ``controller:`` limit a word to
-    one field; a bare word may occur anywhere: kind, namespace, name, event type, controller,
-    verdict code (``dropped_by_predicate``, ``reconcile_failed``, …) or the outcome's words
-    (``merged``, the predicate's name, the error).
+    ``ns:``, ``name:``, ``verdict:`` (or ``v:``) and ``controller:`` limit a word to one field;
+    ``kind:`` names a kind as ``explain --kind`` does (``kind:job`` or ``kind:jobs.batch`` is
+    Job, never CronJob); a bare word may occur anywhere: kind, namespace, name, event type,
+    controller, verdict code (``dropped_by_predicate``, ``reconcile_failed``, …) or the
+    outcome's words (``merged``, the predicate's name, the error).
     """
 
     text: str = ""
@@ -75,7 +76,12 @@ class RowFilter:
         if not self.terms:
             return True
         fields = _searchable(row)
-        return all(value in fields[name] for name, value in self.terms)
+        return all(
+            names_kind(value, row.kind, row.api_version)
+            if name == "kind"
+            else value in fields[name]
+            for name, value in self.terms
+        )
 
 
 def _searchable(row: EventRow) -> dict[str, str]:

@@ -333,6 +333,8 @@ class EventRow:
     event_type: str
     self_caused: bool
     outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
+    api_version: str = ""
+    resource_version: str = ""
 
     @property
     def target(self) -> Target:
@@ -480,6 +482,7 @@ class ViewState:
             Stage.RECONCILE_START: self._on_start,
             Stage.RECONCILE: self._on_end,
             Stage.REQUEUE: self._on_requeue,
+            Stage.WRITE: self._on_write,
             Stage.WATCH: self._on_watch,
             Stage.LEASE: self._on_lease,
             Stage.CONTROLLER: self._on_controller,
@@ -527,6 +530,8 @@ class ViewState:
             ref.name,
             record.outcome,
             record.attrs.get("self_caused") is True,
+            api_version=ref.api_version,
+            resource_version=ref.resource_version,
         )
         self._event_rows[record.id] = key
         self._changed.add(key)
@@ -631,10 +636,25 @@ class ViewState:
         cells = self._by_reconcile.pop(record.reconcile_id, [])
         if not cells:
             return
-        self._by_requeue[record.id] = cells
+        # A retry still serves the events that failed; a requeue the reconcile asked for
+        # after succeeding is later work of the request, not of these events.
+        if record.outcome == "rate_limited":
+            self._by_requeue[record.id] = cells
         for outcome in self._outcomes(cells):
             outcome.due = due_at
             outcome.attempt = attempt
+
+    def _on_write(self, record: Record) -> None:
+        """Mark the event a write claims as its own (its answer came after the event), as
+        explain pairs them: the write names the event, and their resourceVersions match."""
+        event_id = record.attrs.get("event_id")
+        row_key = self._event_rows.get(event_id) if isinstance(event_id, int) else None
+        row = None if row_key is None else self.events.get(row_key)
+        if row is None or record.object is None:
+            return
+        if row.resource_version == record.object.resource_version and not row.self_caused:
+            row.self_caused = True
+            self._changed.add(row.key)
 
     def _outcomes(self, cells: Iterable[Cell]) -> Iterator[Outcome]:
         for row_key, slot in cells:

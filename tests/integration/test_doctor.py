@@ -24,6 +24,7 @@ from ctrltrace.envtest.pytest_plugin import MintIdentity
 
 READ = ["get", "list", "watch"]
 LEASES = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+EVENTS = {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}
 
 
 def _app(tmp_path: Path, body: str, writes: str = "RBAC_WRITES = []") -> str:
@@ -66,7 +67,8 @@ def test_a_clean_app_passes_every_check_and_exits_0(
     control_plane: ControlPlane, kube_namespace: str, mint_identity: MintIdentity, tmp_path: Path
 ) -> None:
     identity = mint_identity(
-        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ}], namespace=kube_namespace
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ}, EVENTS],
+        namespace=kube_namespace,
     )
     app = _app(tmp_path, CONFIGMAPS_APP)
     result = CliRunner().invoke(
@@ -74,7 +76,7 @@ def test_a_clean_app_passes_every_check_and_exits_0(
         [app, "--kubeconfig", str(identity.kubeconfig), "--namespace", kube_namespace],
     )
     assert result.exit_code == ExitCode.OK, result.output
-    assert result.stdout.splitlines()[-1] == "0 failed, 0 warnings, 5 ok"
+    assert result.stdout.splitlines()[-1] == "0 failed, 0 warnings, 6 ok"
     assert "as system:serviceaccount:" not in result.stdout  # a user, not a service account
     assert f"as {identity.name}" in result.stdout
     assert f"  ✓ may get, list, watch configmaps in namespace {kube_namespace}" in result.stdout
@@ -136,7 +138,8 @@ def test_watch_access_names_the_verbs_denied_and_passes_once_granted(
     assert "in a ClusterRole" in _check(report, _failed(report)[0])["fix"]
 
     reader = mint_identity(
-        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ}], namespace=kube_namespace
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ}, EVENTS],
+        namespace=kube_namespace,
     )
     code, report = _doctor(app, reader.kubeconfig, "--namespace", kube_namespace)
     assert code == ExitCode.OK
@@ -162,7 +165,7 @@ def test_declared_writes_are_checked_and_undeclared_ones_are_a_warning(
     assert denied["detail"] == "needed for declared in RBAC_WRITES"
 
     writer = mint_identity(
-        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create"]}],
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create"]}, EVENTS],
         namespace=kube_namespace,
     )
     code, report = _doctor(declared, writer.kubeconfig, "--namespace", kube_namespace)
@@ -182,6 +185,36 @@ mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
 """
 
 
+def test_events_are_checked_once_and_a_denial_is_a_warning(
+    kube_namespace: str, mint_identity: MintIdentity, tmp_path: Path
+) -> None:
+    events_write = (
+        'RBAC_WRITES = [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]'
+    )
+    app = _app(tmp_path, CONFIGMAPS_APP, events_write)
+    reader = mint_identity(
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ}],
+        namespace=kube_namespace,
+    )
+    code, report = _doctor(app, reader.kubeconfig, "--namespace", kube_namespace)
+    assert code == ExitCode.WARNINGS
+    about_events = [c for c in report["checks"] if "events" in c["title"]]
+    assert [(c["status"], c["section"], c["title"]) for c in about_events] == [
+        ("warn", "Access: Events", f"may not create, patch events in namespace {kube_namespace}")
+    ]
+    assert "reconciles still run" in about_events[0]["detail"]
+
+    sender = mint_identity(
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ}, EVENTS],
+        namespace=kube_namespace,
+    )
+    code, report = _doctor(app, sender.kubeconfig, "--namespace", kube_namespace)
+    assert code == ExitCode.OK, _failed(report)
+    assert [c["title"] for c in report["checks"] if "events" in c["title"]] == [
+        f"may create, patch events in namespace {kube_namespace}"
+    ]
+
+
 def test_lease_access_is_checked_in_the_lease_namespace(
     kube_namespace: str, mint_identity: MintIdentity, tmp_path: Path
 ) -> None:
@@ -198,7 +231,7 @@ def test_lease_access_is_checked_in_the_lease_namespace(
     # A rule limited to the Lease's name is enough for get and update; create needs no name.
     named = {**LEASES, "resourceNames": ["leader.example.com"], "verbs": ["get", "update"]}
     holder = mint_identity(
-        [configmaps, named, {**LEASES, "verbs": ["create"]}], namespace=kube_namespace
+        [configmaps, EVENTS, named, {**LEASES, "verbs": ["create"]}], namespace=kube_namespace
     )
     code, report = _doctor(app, holder.kubeconfig, *options)
     assert code == ExitCode.OK, _failed(report)
@@ -319,10 +352,17 @@ def test_known_traps_are_warnings_and_a_clean_build_has_none(
     assert warnings == [
         "GenerationChanged on for_(Deployment.apps) in controller deployment drops "
         "status-only updates and the update that sets deletionTimestamp",
-        "controller deployment owns Pod, but Pods are usually controlled by a ReplicaSet, "
-        "StatefulSet, DaemonSet or Job, not by a Deployment.apps",
+        "controller deployment owns Pod, but Pods are usually controlled by the built-in "
+        "ReplicaSet.apps, StatefulSet.apps, DaemonSet.apps or Job.batch, not by Deployment.apps",
         f"the Lease's namespace ops is not one the manager caches ({kube_namespace})",
     ]
+
+    accepted = [f"--accept-trap={code}" for code in {c["code"] for c in report["checks"]} - {""}]
+    code, report = _doctor(app, control_plane.kubeconfig, *options, *accepted)
+    assert code == ExitCode.OK
+    traps = [c for c in report["checks"] if c["section"] == "Known traps"]
+    assert [c["status"] for c in traps] == ["ok"] * 3
+    assert all(c["title"].startswith("accepted (") for c in traps)
 
     code, report = _doctor(_app(tmp_path, CONFIGMAPS_APP), control_plane.kubeconfig)
     assert code == ExitCode.OK

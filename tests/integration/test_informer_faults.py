@@ -40,10 +40,10 @@ class CountingTransport(Transport):
         path: str,
         params: Mapping[str, str],
         opened: Callable[[], None] | None = None,
-        **options: Any,
+        **rest: Any,
     ) -> AsyncIterator[Json]:
         self.watches.append(dict(params))
-        async for event in super().watch(path, params, opened, **options):
+        async for event in super().watch(path, params, opened, **rest):
             yield event
 
 

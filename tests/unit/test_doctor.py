@@ -119,9 +119,13 @@ def test_leader_election_off_needs_no_lease() -> None:
 
 
 def _traps(build: Any, **options: Any) -> list[tuple[Status, str]]:
+    return _statuses(trap_checks(_built(build, **options)))
+
+
+def _built(build: Any, **options: Any) -> Manager:
     mgr = Manager(**options)
     build(mgr.controller()).complete(_noop)
-    return _statuses(trap_checks(mgr))
+    return mgr
 
 
 NO_TRAPS = [(Status.OK, "none of the known traps applies")]
@@ -132,10 +136,42 @@ def test_owning_pods_of_a_deployment_warns_that_replica_sets_control_them() -> N
     assert found == [
         (
             Status.WARN,
-            "controller deployment owns Pod, but Pods are usually controlled by a ReplicaSet, "
-            "StatefulSet, DaemonSet or Job, not by a Deployment.apps",
+            "controller deployment owns Pod, but Pods are usually controlled by the built-in "
+            "ReplicaSet.apps, StatefulSet.apps, DaemonSet.apps or Job.batch, not by "
+            "Deployment.apps",
         )
     ]
+
+
+def _cronjobs(builder: Any) -> Any:
+    """kubebuilder's CronJob tutorial: a CRD named like the built-in kind, owning Jobs."""
+    return builder.for_("batch.tutorial.kubebuilder.io/v1", "CronJob").owns("batch/v1", "Job")
+
+
+def test_a_crd_named_like_the_built_in_owner_is_told_apart_by_its_group() -> None:
+    [check] = trap_checks(_built(_cronjobs))
+    assert check.title == (
+        "controller cronjob owns Job.batch, but Jobs are usually controlled by the built-in "
+        "CronJob.batch, not by CronJob.batch.tutorial.kubebuilder.io"
+    )
+    assert check.code == "owns-intermediate-owner"
+    assert "--accept-trap owns-intermediate-owner" in check.fix
+
+
+def test_a_controller_that_declares_it_creates_what_it_owns_is_not_warned() -> None:
+    mgr = _built(lambda b: _cronjobs(b).writes("batch", "jobs", ["create", "delete"]))
+    assert _statuses(trap_checks(mgr)) == NO_TRAPS
+    reading = _built(lambda b: _cronjobs(b).writes("batch", "jobs", ["delete"]))
+    assert [check.status for check in trap_checks(reading)] == [Status.WARN]
+
+
+def test_an_accepted_trap_is_listed_as_accepted_not_warned() -> None:
+    mgr = _built(_cronjobs)
+    [check] = trap_checks(mgr, accepted=["owns-intermediate-owner"])
+    assert check.status is Status.OK
+    assert check.title.startswith("accepted (owns-intermediate-owner): controller cronjob owns")
+    [other] = trap_checks(mgr, accepted=["generation-changed"])
+    assert other.status is Status.WARN
 
 
 def test_owning_the_direct_child_is_no_trap() -> None:
@@ -254,5 +290,5 @@ def test_the_json_has_every_check_and_the_overall_status() -> None:
     assert document["identity"] == "alice"
     assert document["cluster"] == {"server": "https://127.0.0.1:6443", "version": "v1.36.3"}
     assert [set(check) for check in document["checks"]] == [
-        {"status", "section", "title", "detail", "fix"}
+        {"status", "section", "title", "detail", "fix", "code"}
     ] * 2

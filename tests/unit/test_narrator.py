@@ -209,3 +209,13 @@ def test_records_and_spans_lost_are_told_when_they_grow_not_on_every_look(
     ]
     assert capture.entries[0]["error"] == "OperationalError: disk I/O error"
     assert all(e["log_level"] == "warning" for e in capture.entries)
+
+
+def test_events_that_cannot_be_sent_are_told_once_then_their_recovery() -> None:
+    def sent(outcome: str, reason: str) -> Record:
+        return Record(0.0, Stage.KUBE_EVENT, outcome, reason=reason, controller="foo")
+
+    refused = "Normal Synced: ok; not sent: 403 Forbidden: events is forbidden"
+    records = [sent("failed", refused)] * 3 + [sent("created", "Normal Synced: ok")] * 2
+    lines = [(e["event"], e["log_level"]) for e in told(records, FakeClock(), step=1.0)]
+    assert lines == [("Event not sent", "warning"), ("Events are sent again", "info")]

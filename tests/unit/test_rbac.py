@@ -70,7 +70,7 @@ def test_a_cluster_wide_manager_gets_a_cluster_role_and_a_lease_role_in_its_name
     assert _rules(plan, "") == [
         (Purpose.WATCH, Rule(("example.com",), ("widgets",), READ)),
         (Purpose.WATCH, Rule(("",), ("configmaps",), READ)),
-        (Purpose.EVENTS, Rule(("",), ("events",), ("create",))),
+        (Purpose.EVENTS, Rule(("",), ("events",), ("create", "patch"))),
     ]
     assert _rules(plan, "ops") == [
         (Purpose.LEASE, Rule(("coordination.k8s.io",), ("leases",), ("get", "create", "update")))
@@ -145,6 +145,42 @@ def test_declared_writes_are_granted_in_every_cached_namespace() -> None:
     for namespace in ("a", "b"):
         assert (Purpose.WRITE, CONFIGMAP_WRITES) in _rules(plan, namespace)
     assert plan.writes_declared and not plan.warnings()
+
+
+def test_events_are_granted_once_even_when_the_app_declares_them_too() -> None:
+    mgr = Manager(namespaces=["a", "a"])
+    mgr.controller().for_("example.com/v1", "Widget").writes("", "events", "create").complete(_noop)
+    mixed = Rule(("", "events.k8s.io"), ("events", "configmaps"), ("create", "delete"))
+    writes = (*(declared_writes(_module(), mgr) or ()), DeclaredWrite(mixed, "RBAC_WRITES"))
+    plan = make_plan(mgr, _served((WIDGET, "widgets", True)), writes)
+    assert list(plan.scopes()) == ["a"]
+    assert _rules(plan, "a") == [
+        (Purpose.WATCH, Rule(("example.com",), ("widgets",), READ)),
+        (Purpose.WRITE, Rule(("", "events.k8s.io"), ("configmaps",), ("create", "delete"))),
+        (Purpose.WRITE, Rule(("events.k8s.io",), ("events",), ("create", "delete"))),
+        (Purpose.WRITE, Rule(("",), ("events",), ("delete",))),
+        (Purpose.EVENTS, Rule(("",), ("events",), ("create", "patch"))),
+    ]
+    granted = [
+        (rule["apiGroups"], resource, verb)
+        for item in objects(plan, "widgets", SUBJECT)
+        for rule in item.get("rules", [])
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    ]
+    assert (
+        granted.count(([""], "events", "create"))
+        + granted.count((["", "events.k8s.io"], "events", "create"))
+        == 1
+    )
+
+
+def test_events_about_cluster_scoped_objects_of_a_namespaced_manager_go_to_default() -> None:
+    mgr = Manager(name="ns-watcher", namespaces=["a"])
+    mgr.controller().for_("v1", "Namespace").complete(_noop)
+    namespace = Kind("v1", "Namespace")
+    plan = make_plan(mgr, _served((namespace, "namespaces", False)), writes=None)
+    assert [purpose for purpose, _ in _rules(plan, "default")] == [Purpose.EVENTS]
 
 
 def test_undeclared_writes_are_a_warning() -> None:

@@ -12,7 +12,7 @@ import aiohttp
 from ctrltrace import Collect, FakeClock, Recorder, Stage
 from ctrltrace.kinds import Kind, Resource, RestMapper
 from ctrltrace.records import Obj, ObjectRef
-from ctrltrace.source import Informer, WriteLog
+from ctrltrace.source import Informer, WriteLog, last_writer
 from ctrltrace.transport import ApiError, Transport, WatchExpired
 
 CONFIGMAP = Kind("v1", "ConfigMap")
@@ -159,6 +159,40 @@ def test_an_error_event_in_the_stream_and_a_dropped_stream_are_recorded_and_retr
         assert ("error", 500) in errors and ("forbidden", 403) in errors
         assert seen == [("ADDED", "a", "15")]
         assert informer.last_error == ""  # cleared by the successful list
+
+    asyncio.run(scenario())
+
+
+def _fields(*entries: tuple[str, str]) -> dict[str, Any]:
+    managed = [{"manager": manager, "time": time} for manager, time in entries]
+    return {"metadata": {"name": "a", "namespace": "ns", "resourceVersion": "5",
+                         "managedFields": managed}}  # fmt: skip
+
+
+def test_the_writer_is_the_newest_manager_or_all_that_share_its_second() -> None:
+    newest_last = _fields(("kubectl", "2026-01-01T00:00:01Z"), ("ctl", "2026-01-01T00:00:02Z"))
+    newest_first = _fields(("ctl", "2026-01-01T00:00:02Z"), ("kubectl", "2026-01-01T00:00:01Z"))
+    assert last_writer(newest_last) == last_writer(newest_first) == "ctl"
+    same_second = _fields(
+        ("kubectl", "2026-01-01T00:00:02Z"),
+        ("ctl", "2026-01-01T00:00:02Z"),
+        ("ctl", "2026-01-01T00:00:02Z"),  # spec and status subresource: one manager
+        ("old", "2026-01-01T00:00:01Z"),
+    )
+    assert last_writer(same_second) == "one of kubectl, ctl"
+    assert last_writer({"metadata": {"name": "a"}}) == ""
+
+
+def test_a_deleted_event_names_no_writer_the_last_update_is_not_the_deleter() -> None:
+    obj = _fields(("kubectl", "2026-01-01T00:00:01Z"))
+    deleted = {"metadata": {**obj["metadata"], "resourceVersion": "6"}}
+    transport = ScriptedTransport([listing("10", obj)], [[{"type": "DELETED", "object": deleted}]])
+
+    async def scenario() -> None:
+        _, records, _ = await run_informer(transport, lambda r: len(r.where(Stage.EVENT)) == 2)
+        added, gone = records.where(Stage.EVENT)
+        assert (added.outcome, added.attrs["writer"]) == ("ADDED", "kubectl")
+        assert (gone.outcome, gone.attrs["writer"]) == ("DELETED", "")
 
     asyncio.run(scenario())
 

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +486,61 @@ def test_the_filter_matches_namespace_name_kind_verdict_and_controller() -> None
     assert not cells.RowFilter.parse("  ")
 
 
+def test_kind_filters_name_whole_kinds_as_explain_kind_does() -> None:
+    story = Story()
+    for api_version, kind in (("batch/v1", "Job"), ("batch.tutorial.kubebuilder.io/v1", "CronJob")):
+        ref = ObjectRef(api_version, kind, "shop", kind.lower(), "uid", "1", 1)
+        story.add(Stage.EVENT, "ADDED", object=ref, attrs={"self_caused": False})
+    state = ViewState()
+    state.apply(story.records)
+
+    def shown(text: str) -> list[str]:
+        row_filter = cells.RowFilter.parse(text)
+        return [row.kind for row in state.events.values() if row_filter.matches(row)]
+
+    assert shown("kind:job") == shown("kind:Jobs") == shown("kind:job.batch") == ["Job"]
+    assert shown("kind:cronjob") == ["CronJob"]
+    assert shown("kind:cronjob.batch") == []
+    assert shown("kind:cronjob.batch.tutorial.kubebuilder.io") == ["CronJob"]
+    assert shown("job") == ["Job", "CronJob"]  # a bare word still matches anywhere
+
+
+def test_an_own_write_is_marked_even_when_its_event_came_before_its_answer() -> None:
+    story = Story()
+    early = story.event("a", "MODIFIED")
+    other = story.event("b", "MODIFIED")
+    for event, version in ((early, ""), (other, "999")):
+        ref = event.object
+        assert ref is not None
+        story.add(
+            Stage.WRITE,
+            "update",
+            object=replace(ref, resource_version=version or ref.resource_version),
+            attrs={"event_id": event.id},
+        )
+    state = ViewState()
+    state.apply(story.records)
+    assert [cells.event_cells(row)[3].plain for row in state.events.values()] == [
+        "MODIFIED (own write)",
+        "MODIFIED",  # the write names the event, but another version: not this event's write
+    ]
+
+
+def test_a_row_keeps_its_own_outcome_when_the_request_runs_again_later() -> None:
+    story = Story()
+    first = story.dispatch(story.event("a"))
+    after = story.end(story.start(first), "requeue_after")
+    requeue = story.requeue(after, "after", 60.0)
+    second = story.dispatch(story.event("a", "MODIFIED"))
+    story.end(story.start(second, requeue), "error", "RuntimeError: boom")
+    state = ViewState()
+    state.apply(story.records)
+    assert words(state) == {
+        "Widget shop/a ADDED": "⟳ widget: reconciled, requeue at 22:14:20.040",
+        "Widget shop/a MODIFIED": "✗ widget: failed: RuntimeError: boom",
+    }
+
+
 def test_live_until_the_journal_stops_growing_then_idle_since_its_last_record() -> None:
     state = ViewState()
     assert cells.feed_status(state, T0).plain == "⏳ waiting for records"
@@ -608,6 +664,30 @@ def test_the_object_view_explains_as_explain_does(journal: Path) -> None:
     error = next(r for r in DEMO.records if r.stage is Stage.RECONCILE and r.outcome == "error")
     earlier = explain_object(journal, target, now=error.time, until=error.time + 0.005)
     assert earlier.verdict.code is Code.RECONCILE_FAILED
+
+
+def test_the_object_view_shows_the_events_a_reconcile_emitted(tmp_path: Path) -> None:
+    story = Story()
+    start = story.start(story.dispatch(story.event("a")))
+    ref = story.records[0].object
+    story.add(
+        Stage.KUBE_EVENT,
+        "counted",
+        reason="Normal Synced: Widget synced (count 2)",
+        controller="widget",
+        object=ref,
+        request="shop/a",
+        reconcile_id=start.reconcile_id,
+        attrs={"event": "shop/a.17a"},
+    )
+    story.end(start)
+    path = tmp_path / "journal.sqlite"
+    write_journal(path, story.records)
+    shown = explain_object(path, Target("shop", "a", "Widget"), now=story.time)
+    [entry] = [entry for entry in shown.timeline if entry.stage is Stage.KUBE_EVENT]
+    assert entry.what == "counted: Normal Synced: Widget synced (count 2)"
+    assert "⚑ Event" in shown.render()
+    assert shown.verdict.code is Code.RECONCILED
 
 
 def test_the_exit_code_for_an_unreadable_journal_is_explains() -> None:

@@ -149,7 +149,7 @@ class BrokenQueue(WorkQueue[Request]):
         raise RuntimeError("the queue broke")
 
 
-def test_a_worker_that_dies_ends_run_with_its_exception_as_the_cause() -> None:
+def test_a_worker_that_dies_ends_run_naming_its_exception() -> None:
     async def reconcile(ctx: Context, request: Request) -> None:
         return None
 
@@ -159,10 +159,8 @@ def test_a_worker_that_dies_ends_run_with_its_exception_as_the_cause() -> None:
         harness.start()
         harness.add("x")
         assert harness.task is not None
-        with pytest.raises(ControllerFailed, match="a worker died") as failed:
+        with pytest.raises(ControllerFailed, match="a worker died: RuntimeError: the queue broke"):
             await asyncio.wait_for(harness.task, 5)
-        assert isinstance(failed.value.__cause__, RuntimeError)
-        assert str(failed.value.__cause__) == "the queue broke"
 
     asyncio.run(scenario())
 
