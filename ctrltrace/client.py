@@ -386,8 +386,9 @@ class Client:
 
     async def create_or_update(self, obj: Obj, mutate: Mutate) -> tuple[Json, OperationResult]:
         """controllerutil.CreateOrUpdate: read the object named by ``obj`` (cache, or the API
-        if the kind is not cached); if it is missing, ``mutate`` ``obj`` and create it,
-        otherwise ``mutate`` the object read and update it if that changed anything.
+        if the kind is not cached or cached as metadata only); if it is missing, ``mutate``
+        ``obj`` and create it, otherwise ``mutate`` the object read and update it if that
+        changed anything.
         Returns what the server answered (or the object read, if unchanged) and what was
         done. Raises Conflict when the object changed meanwhile: return the error from
         Reconcile and the retry reads it again."""
@@ -431,9 +432,12 @@ class Client:
         meta = obj.get("metadata") or {}
         key = (meta.get("namespace", ""), meta["name"])
         api_version, kind = obj["apiVersion"], obj["kind"]
+        informer = self._informers.get(Kind(api_version, kind))
+        # A metadata-only cache has no body to update from: writing it back would wipe it.
+        reader = self.api_reader if informer is None or informer.metadata_only else self
         try:
             try:
-                current = await self.get(api_version, kind, key[1], key[0])
+                current = await reader.get(api_version, kind, key[1], key[0])
             except NotCached:
                 current = await self.api_reader.get(api_version, kind, key[1], key[0])
         except NotFound:

@@ -70,7 +70,9 @@ class Listener(Protocol):
 
 
 class Transform(Protocol):
-    """Shapes an object before the cache keeps it (it may change and return its argument)."""
+    """Shapes an object before the cache keeps it (it may change and return its argument).
+    What it returns must stay decoded JSON (dicts, lists, str, int, float, bool, None): the
+    client copies cached objects with marshal, which refuses anything else."""
 
     def __call__(self, obj: Obj, /) -> Obj: ...
 

@@ -28,6 +28,7 @@ from ctrltrace.transport import (
 
 from .conftest import start, stop
 
+pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 
 

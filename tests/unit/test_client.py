@@ -420,6 +420,21 @@ def test_create_or_update_creates_updates_or_leaves_alone() -> None:
     assert api.calls[1].body["metadata"]["resourceVersion"] == "1"  # a conditional update
 
 
+def test_create_or_update_of_a_metadata_only_kind_reads_the_whole_object_from_the_api() -> None:
+    def label(cm: dict[str, Any]) -> None:
+        cm["metadata"]["labels"] = {"seen": "yes"}
+
+    whole = obj("x", data={"keep": "me"})
+    api = FakeApi(whole, obj("x"))
+    informer = informer_of(CONFIGMAP, obj("x"), metadata_only=True)
+    client, _ = client_of(informer, api=api)
+    _, result = asyncio.run(client.create_or_update(obj("x"), label))
+    assert result is OperationResult.UPDATED
+    read, update = api.calls
+    assert (read.method, update.method) == ("GET", "PUT")
+    assert update.body["data"] == {"keep": "me"}  # not wiped by a metadata-only copy
+
+
 def test_create_or_update_refuses_a_mutate_that_renames() -> None:
     async def rename(cm: dict[str, Any]) -> None:
         cm["metadata"]["name"] = "other"
