@@ -378,6 +378,13 @@ def _since(text: str | None, now: float) -> float | None:
 @journal_option
 @click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+@click.option(
+    "--limit",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Timeline records shown: the latest, and as many of the object's own events; 0: all.",
+)
 def explain(
     *,
     target: str,
@@ -386,6 +393,7 @@ def explain(
     journal_path: Path,
     since: str | None,
     as_json: bool,
+    limit: int,
 ) -> None:
     """Say why the latest event for NAMESPACE/NAME (NAME if cluster-scoped) did or did not
     reach Reconcile. Reads the journal only: works offline and on a CI artifact.
@@ -419,6 +427,7 @@ def explain(
                 controller=controller,
                 since=since_time,
                 now=now,
+                timeline_limit=limit,
             )
     except JournalError as error:
         raise CommandError(str(error), ExitCode.JOURNAL) from error

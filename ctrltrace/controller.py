@@ -165,13 +165,10 @@ class Controller:
             mapped = MapResult((), reason)
             raised = _raised(error)
         if not mapped.requests:
-            self._emit_dispatch(
-                "not_mapped",
-                mapped.reason,
-                ref,
-                event_id,
-                {"handler": watch.handler.describe(), "event_type": str(event.type), **raised},
-            )
+            attrs = {"handler": watch.handler.describe(), "event_type": str(event.type), **raised}
+            if mapped.unmapped:
+                attrs[Vocab.UNMAPPED] = mapped.unmapped
+            self._emit_dispatch("not_mapped", mapped.reason, ref, event_id, attrs)
             return
         for request in mapped.requests:
             outcome = self.queue.add(request)

@@ -7,7 +7,7 @@ a moment in the past. It decides nothing: ``ctrltrace.explain`` does.
 
 from __future__ import annotations
 
-from ctrltrace.explain import Explanation, explain
+from ctrltrace.explain import TIMELINE_LIMIT, Explanation, explain
 from ctrltrace.journal import Journal
 
 
@@ -21,6 +21,7 @@ def explain_from_journal(
     since: float | None = None,
     until: float | None = None,
     now: float,
+    timeline_limit: int = TIMELINE_LIMIT,
 ) -> Explanation:
     """Explain the object from ``journal``, with records newer than ``since`` and, given
     ``until``, as of then (later records left out)."""
@@ -45,4 +46,5 @@ def explain_from_journal(
         controller_records=lifecycle,
         activity=activity,
         now=now,
+        timeline_limit=timeline_limit,
     )

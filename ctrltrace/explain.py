@@ -129,7 +129,7 @@ _PREFERENCE = (
     Code.TERMINAL_ERROR,
 )
 _LOOP_AFTER = 3  # reconciles in a row triggered by the controller's own writes
-_TIMELINE_LIMIT = 16  # entries shown, the latest: one screen with the verdict
+TIMELINE_LIMIT = 16  # records shown, the latest (and the object's own events): one screen
 _CONTROLLER_STAGES = frozenset(
     {Stage.DISPATCH, Stage.RECONCILE_START, Stage.RECONCILE, Stage.REQUEUE}
 )
@@ -247,7 +247,7 @@ def explain(
     controller_records: Sequence[Record] = (),
     activity: Sequence[Record] = (),
     now: float,
-    timeline_limit: int = _TIMELINE_LIMIT,
+    timeline_limit: int = TIMELINE_LIMIT,
 ) -> Explanation:
     """Decide what happened to the object's latest event (see the module docstring).
 
@@ -259,7 +259,7 @@ def explain(
     health = _Health(watch_records, lease_records, controller_records, controller)
     decision = _Decision(target, chains, health, _Activity(activity), now)
     verdict = decision.decide()
-    shown = chains.records[-timeline_limit:] if timeline_limit > 0 else []
+    shown = _within(chains.records, target, timeline_limit)
     shown_ids = {id(record) for record in shown}
     evidence = [record for record in decision.evidence if id(record) not in shown_ids]
     entries = sorted(shown + evidence, key=lambda record: record.time)
@@ -270,6 +270,21 @@ def explain(
         now,
         omitted=len(chains.records) - len(shown),
     )
+
+
+def _within(records: Sequence[Record], target: Target, limit: int) -> list[Record]:
+    """The latest ``limit`` records (all when 0), up to half of them kept for the object's own
+    events first: a child's ADDED and DELETED must not vanish behind the records of the
+    owner's reconciles that followed them."""
+    if limit <= 0 or len(records) <= limit:
+        return list(records)
+    own = [r for r in records if r.stage is Stage.EVENT and target.is_object_of(r)]
+    kept = {id(record) for record in own[-(limit // 2) :]}
+    for record in reversed(records):
+        if len(kept) >= limit:
+            break
+        kept.add(id(record))
+    return [record for record in records if id(record) in kept]
 
 
 # -- following chains ------------------------------------------------------------------------
@@ -681,14 +696,18 @@ class _Decision:
             return self._dropped(dispatch)
         if dispatch.outcome == "not_mapped":
             handler = str(dispatch.attrs.get("handler", "the handler"))
+            unmapped = str(dispatch.attrs.get(Vocab.UNMAPPED, ""))
             return Verdict(
                 Code.NOT_MAPPED,
                 f"{controller}: {handler} mapped the {_event_type(dispatch)} event to no "
                 f"request: {dispatch.reason}",
-                "Make the handler map it: set controller: true on the ownerReference that "
-                "owns() should follow (or use match_every_owner=True), or make the map "
-                "function return a request for this object.",
-                {"controller": controller, "handler": handler, "reason": dispatch.reason},
+                _UNMAPPED_FIXES.get(unmapped, _UNMAPPED_FIX).format(controller=controller),
+                {
+                    "controller": controller,
+                    "handler": handler,
+                    "reason": dispatch.reason,
+                    "unmapped": unmapped,
+                },
             )
         start = self.chains.next_start(dispatch)
         if start is None:
@@ -1417,6 +1436,36 @@ def _api_words(end: Record, ends: Sequence[Record]) -> tuple[str, str, dict[str,
 
 
 _WATCH_ORDER = (Code.WATCH_FORBIDDEN, Code.KIND_NOT_FOUND, Code.CACHE_NOT_SYNCED, Code.NO_EVENTS)
+
+# Not being mapped is often right: owns() follows only the controller owner, so an object
+# nobody (or something else) controls is not this controller's to reconcile.
+_UNMAPPED_FIXES = {
+    Vocab.NO_OWNER: (
+        "Nothing to fix if {controller} did not create this object: owns() reconciles an "
+        "object's controller owner, and it has none. If {controller} should manage it, give "
+        "it a controller reference to its owner (set_controller_reference) when creating it."
+    ),
+    Vocab.OTHER_OWNER: (
+        "Nothing to fix if this object is not {controller}'s: it belongs to another owner, "
+        "so owns() rightly leaves it alone. Do not add controller: true for {controller}: "
+        "an object has one controller. To react to it anyway, use .watches() with a map "
+        "function."
+    ),
+    Vocab.NOT_CONTROLLER: (
+        "Its ownerReference to the owner kind is not the controller reference: make it one "
+        "(set_controller_reference sets controller: true) if {controller} controls it, or "
+        "use owns(..., match_every_owner=True) to follow every owner of that kind."
+    ),
+    Vocab.MAP_EMPTY: (
+        "The map function returned no request for this object: return one if it should "
+        "trigger {controller}, or filter such events out with a predicate."
+    ),
+}
+_UNMAPPED_FIX = (
+    "Make the handler map it: set controller: true on the ownerReference that owns() should "
+    "follow (or use match_every_owner=True), or make the map function return a request for "
+    "this object."
+)
 
 _PREDICATE_FIXES = {
     "GenerationChanged": (

@@ -66,7 +66,12 @@ class ExplanationView:
             )
         parts: list[RenderableType] = [title]
         if explanation.omitted:
-            parts.append(Text(f"… {explanation.omitted} earlier records not shown", style="dim"))
+            parts.append(
+                Text(
+                    f"… {explanation.omitted} earlier records not shown (--limit 0 shows all)",
+                    style="dim",
+                )
+            )
         parts.append(table if explanation.timeline else Text("no records about this object", "dim"))
         mark, style = _VERDICT_MARKS.get(verdict.code, ("✗", "red"))
         parts += [

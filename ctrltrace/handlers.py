@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ctrltrace.events import Event, EventType
-from ctrltrace.records import Obj
+from ctrltrace.records import Obj, Vocab
 from ctrltrace.request import Request
 
 
@@ -25,6 +25,7 @@ class MapResult:
 
     requests: tuple[Request, ...]
     reason: str
+    unmapped: str = ""  # why none, as one of the Vocab codes, when the handler can tell
 
 
 class EventHandler(Protocol):
@@ -167,7 +168,7 @@ class ForOwner:
         if dropped:
             dropped = tuple(r for r in dropped if r not in requests)
         if not (requests or dropped):
-            return MapResult((), self._why_none(objects))
+            return self._why_none(objects)
         names = [r.name for r in requests] + [f"{r.name} (before the update)" for r in dropped]
         return MapResult(requests + dropped, f"{self._role} {self._owner} {', '.join(names)}")
 
@@ -186,19 +187,23 @@ class ForOwner:
     def _matches(self, ref: _OwnerRef) -> bool:
         return ref.get("kind") == self._kind and _group(ref.get("apiVersion", "")) == self._group
 
-    def _why_none(self, objects: Sequence[Obj]) -> str:
-        reasons = dict.fromkeys(self._why_not(obj) for obj in reversed(objects))
-        if len(reasons) == 1:
-            return next(iter(reasons))
-        now, before = reasons
-        return f"{now}; before the update: {before}"
+    def _why_none(self, objects: Sequence[Obj]) -> MapResult:
+        """Why no owner was found: in the object's current words (and its words before an
+        update, when they differ); the code is the current one's."""
+        reasons = dict(self._why_not(obj) for obj in reversed(objects))
+        (now, unmapped), *before = reasons.items()
+        text = f"{now}; before the update: {before[0][0]}" if before else now
+        return MapResult((), text, unmapped)
 
-    def _why_not(self, obj: Obj) -> str:
+    def _why_not(self, obj: Obj) -> tuple[str, str]:
         refs = _owner_refs(obj)[1]
         if not refs:
-            return f"no ownerReferences, so no {self._role} {self._owner} to enqueue"
+            return (
+                f"no ownerReferences, so no {self._role} {self._owner} to enqueue",
+                Vocab.NO_OWNER,
+            )
         if self._match_every_owner:
-            return f"owned by {_refs_text(refs)}, not {self._owner}"
+            return f"owned by {_refs_text(refs)}, not {self._owner}", Vocab.OTHER_OWNER
         controller = _controller_ref(refs)
         # Nothing mapped, so none of these is the controller reference.
         same_kind = [ref for ref in refs if self._matches(ref)]
@@ -207,18 +212,18 @@ class ForOwner:
                 return (
                     f"the ownerReference to {_refs_text(same_kind)} lacks controller: true; "
                     "set controller: true on it or use match_every_owner=True"
-                )
+                ), Vocab.NOT_CONTROLLER
             return (
                 f"owned by {_refs_text(refs)}, not {self._owner}, "
                 "and no ownerReference has controller: true"
-            )
+            ), Vocab.OTHER_OWNER
         controlled = f"controlled by {_ref_text(controller)}, not {self._owner}"
         if same_kind:
             return (
                 f"{controlled}; the ownerReference to {_refs_text(same_kind)} is not the "
                 "controller reference (there can be only one): use match_every_owner=True"
-            )
-        return controlled
+            ), Vocab.NOT_CONTROLLER
+        return controlled, Vocab.OTHER_OWNER
 
 
 def for_owner(
@@ -259,7 +264,7 @@ class MapTo:
         except Exception as err:  # reported as the reason, never raised
             return MapResult((), f"map function raised {type(err).__name__}: {err}")
         if not requests:
-            return MapResult((), "map function returned no requests")
+            return MapResult((), "map function returned no requests", Vocab.MAP_EMPTY)
         count = f"{len(requests)} request{'s' if len(requests) > 1 else ''}"
         return MapResult(requests, f"map function returned {count}")
 

@@ -74,6 +74,16 @@ class Vocab:
     # qualified name of the function it was raised in (the innermost frame of user code).
     RAISED = "raised"
     RAISED_IN = "raised_in"
+    # Stage.DISPATCH not_mapped: why the handler found no request, when it can tell: the
+    # object has no ownerReferences (NO_OWNER), is owned or controlled by something else
+    # (OTHER_OWNER: not this controller's to reconcile), has an ownerReference of the owner
+    # kind that is not the controller reference (NOT_CONTROLLER), or the map function
+    # returned nothing (MAP_EMPTY).
+    UNMAPPED = "unmapped"
+    NO_OWNER = "no_owner"
+    OTHER_OWNER = "other_owner"
+    NOT_CONTROLLER = "not_controller"
+    MAP_EMPTY = "map_empty"
 
 
 @dataclass(frozen=True, slots=True)
