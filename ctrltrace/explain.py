@@ -1263,6 +1263,8 @@ def _watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarn
     failures = [record for record in records if record.outcome in _FAILURES]
     if not failures:
         return None
+    if any(r.outcome == "resumed" for r in records if r.time >= failures[-1].time):
+        return None  # the server took a watch again after the last failure: it works now
     latest = records[-1]
     if latest.outcome in ("disconnected", "error"):
         since = latest
@@ -1275,7 +1277,8 @@ def _watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarn
             f"the watch for {kind} has failed since {clock(since.time)} ({latest.outcome}: "
             f"{latest.reason}): changes made since have not reached the controller",
             "Check the connection from the controller to the API server; the informer "
-            "retries with back-off and lists again when it reconnects.",
+            "retries with back-off and resumes from the last resourceVersion it saw (it "
+            "lists again only if the server no longer has it).",
         )
     refused = failures[-1]
     if refused.outcome != "forbidden" or code is Code.WATCH_FORBIDDEN:

@@ -201,6 +201,44 @@ def test_a_watch_that_may_list_but_not_watch_warns_on_a_reconciled_object(
     assert "--verb=get,list,watch --resource=configmaps" in warning["fix"]
 
 
+def test_once_the_watch_is_allowed_it_resumes_and_the_warning_goes(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    manager_factory: ManagerFactory,
+    mint_identity: MintIdentity,
+    journal: JournalWriter,
+) -> None:
+    identity = mint_identity(
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
+        namespace=kube_namespace,
+    )
+
+    async def scenario() -> dict[str, Any]:
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            ready="forbidden",
+            namespaces=[kube_namespace],
+            kubeconfig=str(identity.kubeconfig),
+        )
+        control_plane.grant(
+            identity.subject,
+            [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["watch"]}],
+            namespace=kube_namespace,
+            role_name=f"{identity.name}-watch",
+        )
+        await run.until(lambda: bool(run.records.where(Stage.WATCH, "resumed")), within=60)
+        configmap(control_plane, kube_namespace, "watched")
+        await run.until(lambda: bool(_ends(run, f"{kube_namespace}/watched")))
+        await stop(run)
+        return explain(journal, f"{kube_namespace}/watched", "--kind", "configmap")
+
+    answer = asyncio.run(scenario())
+    assert answer["verdict"]["code"] == "reconciled"
+    assert answer["verdict"]["warnings"] == []
+
+
 def test_queued_names_the_busy_request_and_in_progress_its_usual_durations(
     control_plane: ControlPlane,
     kube_namespace: str,

@@ -900,6 +900,25 @@ def test_a_reconciled_object_whose_watch_is_forbidden_carries_a_warning() -> Non
     assert "⚠ watch_forbidden" in render_text(explanation)
 
 
+@pytest.mark.parametrize(
+    ("failures", "reason"),
+    [
+        (("forbidden", "listed"), WATCH_FORBIDDEN_CONFIGMAPS),  # re-listed, watch refused
+        (("disconnected",), "connection failed: reset"),
+    ],
+)
+def test_a_watch_accepted_again_after_its_failures_is_no_warning(
+    failures: tuple[str, ...], reason: str
+) -> None:
+    story = Story()
+    story.reconciled(story.event())
+    for outcome in failures:
+        story.watch(outcome, reason, namespace="shop")
+    assert [str(w.code) for w in story.explain(kind="ConfigMap").verdict.warnings] != []
+    story.watch("resumed", "watching again from resourceVersion 7", namespace="shop")
+    assert story.explain(kind="ConfigMap").verdict.warnings == ()
+
+
 def test_a_watch_failing_now_lease_lost_and_journal_gap_are_warnings() -> None:
     story = Story()
     story.lease("acquired", "pod-a")
