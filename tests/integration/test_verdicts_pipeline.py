@@ -14,8 +14,18 @@ from typing import Any
 
 import pytest
 
-from ctrltrace import Context, Manager, Record, Request, Stage, handlers, predicates
-from ctrltrace.envtest import ControlPlane
+from ctrltrace import (
+    Context,
+    LeaderLost,
+    LeaseTiming,
+    Manager,
+    Record,
+    Request,
+    Stage,
+    handlers,
+    predicates,
+)
+from ctrltrace.envtest import ControlPlane, FaultProxy
 from ctrltrace.envtest.pytest_plugin import MintIdentity
 from ctrltrace.events import Event
 from ctrltrace.journal import JournalWriter
@@ -237,6 +247,80 @@ def test_once_the_watch_is_allowed_it_resumes_and_the_warning_goes(
     answer = asyncio.run(scenario())
     assert answer["verdict"]["code"] == "reconciled"
     assert answer["verdict"]["warnings"] == []
+
+
+def test_a_reconciled_object_whose_watch_is_cut_off_carries_a_disconnected_warning(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    manager_factory: ManagerFactory,
+    journal: JournalWriter,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    via_proxy = control_plane.admin_kubeconfig_via(
+        f"https://{fault_proxy.address}", tmp_path / "via-proxy.kubeconfig"
+    )
+
+    async def scenario() -> dict[str, Any]:
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            namespaces=[kube_namespace],
+            kubeconfig=str(via_proxy),
+        )
+        configmap(control_plane, kube_namespace, "before-the-cut")
+        await run.until(lambda: bool(_ends(run, f"{kube_namespace}/before-the-cut")))
+        with fault_proxy.refusing():  # the API server unreachable from here on
+            await run.until(lambda: bool(run.records.where(Stage.WATCH, "disconnected")))
+            answer = explain(journal, f"{kube_namespace}/before-the-cut", "--kind", "configmap")
+            await stop(run)
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer["verdict"]["code"] == "reconciled"
+    warning = _warnings(answer)["watch_disconnected"]
+    assert "the watch for ConfigMap has failed since" in warning["message"]
+    assert "changes made since have not reached the controller" in warning["message"]
+    assert "resumes from the last resourceVersion" in warning["fix"]
+
+
+def test_a_reconciled_object_of_a_replica_that_lost_its_lease_carries_a_warning(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    manager_factory: ManagerFactory,
+    journal: JournalWriter,
+) -> None:
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{kube_namespace}/leases/lost-lease"
+
+    async def scenario() -> dict[str, Any]:
+        run = await _started(
+            manager_factory,
+            journal,
+            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
+            namespaces=[kube_namespace],
+            leader_election=True,
+            leader_election_id="lost-lease",
+            leader_election_namespace=kube_namespace,
+            lease_timing=LeaseTiming(lease_duration=4, renew_deadline=3, retry_period=1),
+        )
+        configmap(control_plane, kube_namespace, "led")
+        await run.until(lambda: bool(_ends(run, f"{kube_namespace}/led")))
+        lease = control_plane.request("GET", lease_path)
+        renewed = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        lease["spec"] |= {"holderIdentity": "intruder", "leaseDurationSeconds": 60}
+        lease["spec"]["renewTime"] = renewed
+        control_plane.request("PUT", lease_path, lease)
+        assert run.task is not None
+        with pytest.raises(LeaderLost):
+            await asyncio.wait_for(run.task, 30)
+        return explain(journal, f"{kube_namespace}/led", "--kind", "configmap")
+
+    answer = asyncio.run(scenario())
+    assert answer["verdict"]["code"] == "reconciled"
+    warning = _warnings(answer)["lease_lost"]
+    assert f"lost the leader lease {kube_namespace}/lost-lease" in warning["message"]
+    assert "it stopped reconciling then" in warning["message"]
 
 
 def test_queued_names_the_busy_request_and_in_progress_its_usual_durations(
