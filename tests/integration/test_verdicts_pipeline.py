@@ -188,7 +188,7 @@ def test_a_watch_that_may_list_but_not_watch_warns_on_a_reconciled_object(
         namespace=kube_namespace,
     )
 
-    async def scenario() -> dict[str, Any]:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         run = await _started(
             manager_factory,
             journal,
@@ -200,38 +200,8 @@ def test_a_watch_that_may_list_but_not_watch_warns_on_a_reconciled_object(
         configmap(control_plane, kube_namespace, "relisted")
         # Only a re-list after a refused watch brings it in.
         await run.until(lambda: bool(_ends(run, f"{kube_namespace}/relisted")), within=60)
-        await stop(run)
-        return explain(journal, f"{kube_namespace}/relisted", "--kind", "configmap")
-
-    answer = asyncio.run(scenario())
-    assert answer["verdict"]["code"] == "reconciled"
-    warning = _warnings(answer)["watch_forbidden"]
-    assert f"{identity.name} cannot watch configmaps" in warning["message"]
-    assert "only when the informer lists again" in warning["message"]
-    assert "--verb=get,list,watch --resource=configmaps" in warning["fix"]
-
-
-def test_once_the_watch_is_allowed_it_resumes_and_the_warning_goes(
-    control_plane: ControlPlane,
-    kube_namespace: str,
-    manager_factory: ManagerFactory,
-    mint_identity: MintIdentity,
-    journal: JournalWriter,
-) -> None:
-    identity = mint_identity(
-        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
-        namespace=kube_namespace,
-    )
-
-    async def scenario() -> dict[str, Any]:
-        run = await _started(
-            manager_factory,
-            journal,
-            lambda mgr: mgr.controller().for_("v1", "ConfigMap").complete(_noop),
-            ready="forbidden",
-            namespaces=[kube_namespace],
-            kubeconfig=str(identity.kubeconfig),
-        )
+        refused = explain(journal, f"{kube_namespace}/relisted", "--kind", "configmap")
+        # Then the watch is granted: the informer's next try is accepted, the warning goes.
         control_plane.grant(
             identity.subject,
             [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["watch"]}],
@@ -242,11 +212,16 @@ def test_once_the_watch_is_allowed_it_resumes_and_the_warning_goes(
         configmap(control_plane, kube_namespace, "watched")
         await run.until(lambda: bool(_ends(run, f"{kube_namespace}/watched")))
         await stop(run)
-        return explain(journal, f"{kube_namespace}/watched", "--kind", "configmap")
+        return refused, explain(journal, f"{kube_namespace}/watched", "--kind", "configmap")
 
-    answer = asyncio.run(scenario())
-    assert answer["verdict"]["code"] == "reconciled"
-    assert answer["verdict"]["warnings"] == []
+    refused, watched = asyncio.run(scenario())
+    assert refused["verdict"]["code"] == "reconciled"
+    warning = _warnings(refused)["watch_forbidden"]
+    assert f"{identity.name} cannot watch configmaps" in warning["message"]
+    assert "only when the informer lists again" in warning["message"]
+    assert "--verb=get,list,watch --resource=configmaps" in warning["fix"]
+    assert watched["verdict"]["code"] == "reconciled"
+    assert watched["verdict"]["warnings"] == []
 
 
 def test_a_reconciled_object_whose_watch_is_cut_off_carries_a_disconnected_warning(

@@ -66,8 +66,10 @@ def listing(rv: str, *items: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_informer(
-    transport: ScriptedTransport, until: Any
+    transport: ScriptedTransport, until: Any, *, step: float = 1.0, steps: int = 200
 ) -> tuple[Informer, Collect, list[Any]]:
+    """Run an informer on the fake clock, ``step`` seconds at a time, until ``until(records)``
+    or ``steps`` steps."""
     records = Collect()
     clock = FakeClock()
     informer = Informer(
@@ -88,11 +90,11 @@ async def run_informer(
 
     informer.add_listener(listener)
     task = asyncio.create_task(informer.run())
-    for _ in range(200):
+    for _ in range(steps):
         await asyncio.sleep(0)
         if until(records):
             break
-        await clock.advance(1.0)  # lets back-off sleeps finish without real waiting
+        await clock.advance(step)  # lets back-off sleeps finish without real waiting
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return informer, records, seen
@@ -223,22 +225,8 @@ def test_a_forbidden_watch_backs_off_to_30s_and_relists_from_the_cache() -> None
     transport = ForbiddenWatch()
 
     async def scenario() -> None:
-        clock = FakeClock()
-        records = Collect()
-        informer = Informer(
-            cast(Transport, transport),
-            cast(RestMapper, StaticMapper()),
-            CONFIGMAP,
-            recorder=Recorder(records),
-            clock=clock,
-            writes=WriteLog(),
-            namespaces=["ns"],
-        )
-        task = asyncio.create_task(informer.run())
-        for _ in range(600):  # one minute in tenths of a second
-            await clock.advance(0.1)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # One minute, in tenths of a second.
+        informer, records, _ = await run_informer(transport, lambda _: False, step=0.1, steps=600)
         # 0.8 s doubling (a list that succeeds does not reset it): 7 lists in a minute.
         assert 5 <= len(transport.list_params) <= 8
         lists = [r.time for r in records.where(Stage.WATCH, "listed")]
