@@ -45,7 +45,6 @@ from ctrltrace.rbac import (
     Plan,
     Purpose,
     Resolution,
-    controller_specs,
     guessed_resource,
     load_app,
     make_plan,
@@ -180,7 +179,7 @@ def startup_checks(manager: Manager) -> list[Check]:
         )
         checks.append(Check(Status.FAIL, STARTUP, problem, fix=fix))
     if not checks:
-        count = len(controller_specs(manager))
+        count = len(manager.controller_specs)
         if count:
             title = (
                 "1 controller passes start-up validation"
@@ -279,7 +278,7 @@ def trap_checks(
     those declarations name (guessed without them).
     """
     checks: list[Check] = []
-    for spec in controller_specs(manager):
+    for spec in manager.controller_specs:
         for watch in spec.watches:
             if watch.role == "owns" and spec.for_kind is not None:
                 checks += _intermediate_owner(spec, spec.for_kind, watch.kind, resolutions)

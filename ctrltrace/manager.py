@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from ctrltrace import logs
-from ctrltrace.builder import Builder, BuildError, _Registry
+from ctrltrace.builder import Builder, BuildError, ControllerSpec, _Registry
 from ctrltrace.client import Client
 from ctrltrace.clock import Clock, SystemClock
 from ctrltrace.controller import CacheSyncTimeout, Controller, ControllerFailed, Watch
@@ -134,6 +134,12 @@ class Manager:
 
     def controller(self) -> Builder:
         return Builder(self._registry)
+
+    @property
+    def controller_specs(self) -> tuple[ControllerSpec, ...]:
+        """The controllers registered so far, as the builder described them (for tools that
+        read a manager without running it: ``rbac``, ``doctor``)."""
+        return tuple(self._registry.specs)
 
     def event_recorder(self, component: str) -> EventRecorder:
         """Emits Kubernetes Events from ``component`` (controller-runtime's

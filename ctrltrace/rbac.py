@@ -27,7 +27,6 @@ from typing import Any
 import aiohttp
 import click
 
-from ctrltrace.builder import ControllerSpec
 from ctrltrace.cli_app import (
     AppArgs,
     ExitCode,
@@ -146,16 +145,10 @@ class Plan:
 # -- reading the manager ---------------------------------------------------------------------
 
 
-def controller_specs(manager: Manager) -> list[ControllerSpec]:
-    """The controllers registered on ``manager``, as the builder described them."""
-    # The one place that reads the manager's registry: Manager has no public accessor yet.
-    return list(manager._registry.specs)
-
-
 def watch_uses(manager: Manager) -> dict[Kind, list[str]]:
     """Each watched kind, with every use of it in words ("owns() in controller widget")."""
     uses: dict[Kind, list[str]] = {}
-    for spec in controller_specs(manager):
+    for spec in manager.controller_specs:
         for watch in spec.watches:
             use = f"{_ROLE_FOR[watch.role]} in controller {spec.name or '(unnamed)'}"
             uses.setdefault(watch.kind, []).append(use)
@@ -179,7 +172,7 @@ def declared_writes(
     of PolicyRule mappings); an empty ``RBAC_WRITES`` declares that there are none.
     """
     found: list[DeclaredWrite] = []
-    for spec in controller_specs(manager) if manager is not None else ():
+    for spec in manager.controller_specs if manager is not None else ():
         source = f"writes() of controller {spec.name or '(unnamed)'}"
         found += (
             DeclaredWrite(Rule((write.api_group,), write.resources, write.verbs), source)
