@@ -1,0 +1,750 @@
+"""The decision procedure (written down in order in ``ctrltrace.explain``'s docstring, the
+contract its tests check), and ``explain()``, which runs it and builds the answer.
+
+Pure: no I/O. One procedure in one place on purpose: the walk is ordered, and splitting it
+across modules would hide that order; the words it needs live in ``fixes`` and ``words``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ctrltrace.explain.chains import Activity, Blocker, Chains, Health, with_own_writes_paired
+from ctrltrace.explain.fixes import (
+    PREDICATE_FIXES,
+    UNMAPPED_FIX,
+    UNMAPPED_FIXES,
+    WATCH_ORDER,
+    api_words,
+    by_kind,
+    forbidden_verdict,
+    not_served_words,
+    raised_verdict,
+    watch_warning,
+)
+from ctrltrace.explain.model import (
+    LEASE_TRANSITIONS,
+    TIMELINE_LIMIT,
+    Code,
+    Explanation,
+    PipelineWarning,
+    Target,
+    Verdict,
+    WarningCode,
+)
+from ctrltrace.explain.words import event_type_of, event_words, timeline_entry
+from ctrltrace.records import Record, Stage, Vocab
+from ctrltrace.timetext import clock, span
+
+# Step 5: how far a dispatch got, lowest first.
+_PREFERENCE = (
+    Code.DROPPED_BY_PREDICATE,
+    Code.NOT_MAPPED,
+    Code.QUEUED,
+    Code.CACHE_NOT_SYNCED,
+    Code.NOT_LEADER,
+    Code.IN_PROGRESS,
+    Code.RECONCILED,
+    Code.REQUEUE_SCHEDULED,
+    Code.RECONCILE_FAILED,
+    Code.TERMINAL_ERROR,
+)
+_LOOP_AFTER = 3  # reconciles in a row triggered by the controller's own writes
+_REACHED = frozenset(
+    {Code.RECONCILED, Code.REQUEUE_SCHEDULED, Code.RECONCILE_FAILED, Code.TERMINAL_ERROR}
+)
+_HUNG_FACTOR = 10.0  # a reconcile running this many times its p99 (and over a second) looks hung
+
+
+def explain(
+    object_records: Sequence[Record],
+    *,
+    namespace: str,
+    name: str,
+    kind: str | None = None,
+    controller: str | None = None,
+    watch_records: Sequence[Record] = (),
+    lease_records: Sequence[Record] = (),
+    controller_records: Sequence[Record] = (),
+    activity: Sequence[Record] = (),
+    now: float,
+    timeline_limit: int = TIMELINE_LIMIT,
+) -> Explanation:
+    """Decide what happened to the object's latest event (see the module docstring).
+
+    ``activity`` is the recent RECONCILE_START and RECONCILE records of every request (not
+    only this object's): what the workers are doing, and how long reconciles usually take.
+    """
+    target = Target(namespace, name, kind, controller)
+    chains = Chains(with_own_writes_paired(object_records), controller)
+    health = Health(watch_records, lease_records, controller_records, controller)
+    decision = _Decision(target, chains, health, Activity(activity), now)
+    verdict = decision.decide()
+    shown = _within(chains.records, target, timeline_limit)
+    shown_ids = {id(record) for record in shown}
+    evidence = [record for record in decision.evidence if id(record) not in shown_ids]
+    entries = sorted(shown + evidence, key=lambda record: record.time)
+    return Explanation(
+        target,
+        [timeline_entry(record) for record in entries],
+        verdict,
+        now,
+        omitted=len(chains.records) - len(shown),
+    )
+
+
+def _within(records: Sequence[Record], target: Target, limit: int) -> list[Record]:
+    """The latest ``limit`` records (all when 0), up to half of them kept for the object's own
+    events first: a child's ADDED and DELETED must not vanish behind the records of the
+    owner's reconciles that followed them."""
+    if limit <= 0 or len(records) <= limit:
+        return list(records)
+    own = [r for r in records if r.stage is Stage.EVENT and target.is_object_of(r)]
+    kept = {id(record) for record in own[-(limit // 2) :]}
+    for record in reversed(records):
+        if len(kept) >= limit:
+            break
+        kept.add(id(record))
+    return [record for record in records if id(record) in kept]
+
+
+# -- deciding --------------------------------------------------------------------------------
+
+
+class _Decision:
+    def __init__(
+        self, target: Target, chains: Chains, health: Health, activity: Activity, now: float
+    ) -> None:
+        self.target = target
+        self.chains = chains
+        self.health = health
+        self.activity = activity
+        self.now = now
+        self.evidence: list[Record] = []  # records outside the object's that decided
+
+    def decide(self) -> Verdict:
+        trigger = self._trigger()
+        verdict = self._verdict(trigger)
+        return replace(verdict, warnings=self._warnings(trigger, verdict))
+
+    def _verdict(self, trigger: Record | None) -> Verdict:
+        if trigger is None:
+            return self._without_events()
+        dispatches = self._dispatches(trigger)
+        if not dispatches:
+            return self._undispatched(trigger)
+        outcomes = [(dispatch, self._follow(dispatch)) for dispatch in dispatches]
+        best, verdict = max(outcomes, key=lambda pair: _PREFERENCE.index(pair[1].code))
+        others = [
+            {"controller": d.controller, "request": d.request, "code": str(v.code)}
+            for d, v in outcomes
+            if d is not best
+        ]
+        loop = self._self_triggered(trigger, best, verdict)
+        if loop is not None:
+            verdict = loop
+        verdict = self._deletion(verdict)
+        if others:
+            listed = ", ".join(f"{other['controller']}: {other['code']}" for other in others)
+            verdict = Verdict(
+                verdict.code,
+                f"{verdict.message} (other dispatches: {listed})",
+                verdict.fix,
+                {**verdict.details, "other_dispatches": others},
+            )
+        return verdict
+
+    # step 1
+    def _trigger(self) -> Record | None:
+        target = self.target
+        latest = None
+        for record in self.chains.records:
+            own_event = record.stage is Stage.EVENT and target.is_object_of(record)
+            mapped_child = (
+                record.stage is Stage.DISPATCH
+                and record.request == target.key
+                and not target.is_object_of(record)
+            )
+            if own_event or mapped_child:
+                latest = record
+        return latest
+
+    # step 2
+    def _dispatches(self, trigger: Record) -> list[Record]:
+        if trigger.stage is Stage.DISPATCH:
+            return [trigger]
+        return [
+            dispatch
+            for dispatch in self.chains.effects(trigger, Stage.DISPATCH)
+            if self.target.is_object_of(dispatch)
+        ]
+
+    def _undispatched(self, event: Record) -> Verdict:
+        which = f"controller {self.target.controller}" if self.target.controller else "controller"
+        return Verdict(
+            Code.NOT_WATCHED,
+            f"the informer saw {event_words(event)} at {clock(event.time)}, but no {which} "
+            "dispatched it",
+            "Register a watch for this kind on the controller: .for_(), .owns() or "
+            ".watches() in the builder; check the controller name given to explain.",
+            {"event_id": event.id},
+        )
+
+    # steps 3 and 4
+    def _follow(self, dispatch: Record) -> Verdict:
+        controller = dispatch.controller
+        raised = raised_verdict(dispatch)
+        if raised is not None:
+            return raised
+        if dispatch.outcome == "dropped_by_predicate":
+            return self._dropped(dispatch)
+        if dispatch.outcome == "not_mapped":
+            handler = str(dispatch.attrs.get("handler", "the handler"))
+            unmapped = str(dispatch.attrs.get(Vocab.UNMAPPED, ""))
+            return Verdict(
+                Code.NOT_MAPPED,
+                f"{controller}: {handler} mapped the {event_type_of(dispatch)} event to no "
+                f"request: {dispatch.reason}",
+                UNMAPPED_FIXES.get(unmapped, UNMAPPED_FIX).format(controller=controller),
+                {
+                    "controller": controller,
+                    "handler": handler,
+                    "reason": dispatch.reason,
+                    "unmapped": unmapped,
+                },
+            )
+        start = self.chains.next_start(dispatch)
+        if start is None:
+            return self._waiting(dispatch)
+        ends: list[Record] = []
+        while True:
+            end = self.chains.ends.get(start.reconcile_id)
+            if end is None:
+                return self._in_progress(start)
+            ends.append(end)
+            requeue = self.chains.requeues.get(start.reconcile_id)
+            following = None if requeue is None else self.chains.next_start(requeue)
+            if requeue is None or following is None:
+                return self._ended(end, requeue, ends)
+            start = following
+
+    def _dropped(self, dispatch: Record) -> Verdict:
+        predicate = str(dispatch.attrs.get("predicate", "a predicate"))
+        fix = PREDICATE_FIXES.get(
+            predicate,
+            f"If {dispatch.controller} must see this event, relax {predicate} in the watch's "
+            "predicates (.with_event_filter() or the predicates of .for_/.owns/.watches).",
+        )
+        return Verdict(
+            Code.DROPPED_BY_PREDICATE,
+            f"{dispatch.controller}: predicate {predicate} dropped the {event_type_of(dispatch)} "
+            f"event: {dispatch.reason}",
+            fix,
+            {"controller": dispatch.controller, "predicate": predicate, "reason": dispatch.reason},
+        )
+
+    def _waiting(self, dispatch: Record) -> Verdict:
+        controller = dispatch.controller
+        details: dict[str, Any] = {"controller": controller, "request": dispatch.request}
+        queued = f"{controller} queued {dispatch.request} at {clock(dispatch.time)}"
+        lease = self.health.not_leader()
+        if lease is not None:
+            self.evidence.append(lease)
+            holder = str(lease.attrs.get("holder") or "") or "nobody yet"
+            name = str(lease.attrs.get("lease", "the lease"))
+            details |= {"lease": name, "holder": holder, "lease_outcome": lease.outcome}
+            return Verdict(
+                Code.NOT_LEADER,
+                f"{queued}, but this replica is not the leader: {name} is held by {holder} "
+                f"({lease.outcome} at {clock(lease.time)}: {lease.reason})",
+                f"Only the leader reconciles: look at the leader ({holder}) and its logs, or "
+                "stop it; run with leader election off to debug locally.",
+                details,
+            )
+        blockers = self.health.blockers(controller, dispatch.time)
+        if blockers is not None:
+            return self._blocked(dispatch, queued, blockers, details)
+        stopped = self.health.stopped_after(dispatch)
+        if stopped is not None:
+            self.evidence.append(stopped)
+            return Verdict(
+                Code.QUEUED,
+                f"{queued}; the manager stopped at {clock(stopped.time)} before a worker took it",
+                "The request was still waiting when the process stopped; it is reconciled "
+                "after the next start (the initial list queues every object).",
+                details | {"queued_at": dispatch.time},
+            )
+        if dispatch.outcome == "requeued_after_processing":
+            held = self._held(dispatch, queued, details)
+            if held is not None:
+                return held
+        return self._busy(dispatch, queued, details)
+
+    def _blocked(
+        self,
+        dispatch: Record,
+        queued: str,
+        blockers: list[Blocker],
+        details: dict[str, Any],
+    ) -> Verdict:
+        """Queued in a controller whose workers never started: name the watches to blame."""
+        unsynced = self.health.unsynced(dispatch.controller)
+        if unsynced is not None:
+            self.evidence.append(unsynced)
+        if not blockers:
+            if unsynced is not None:  # an older journal, without the watches' names
+                return Verdict(
+                    Code.CACHE_NOT_SYNCED,
+                    f"{queued}, but its workers wait for caches: {unsynced.reason}",
+                    "An informer never finished its initial list: grant list and watch on "
+                    "that kind, install its CRD, or check the connection to the API server.",
+                    details | {"reason": unsynced.reason},
+                )
+            return Verdict(
+                Code.QUEUED,
+                f"{queued} ({span(self.now - dispatch.time)} ago); its workers start once "
+                "every watch has listed, and no watch has failed so far",
+                "Nothing to fix yet: the caches are still being listed.",
+                details | {"queued_at": dispatch.time, "workers": 0},
+            )
+        words = [blocker.words() for blocker in blockers]
+        self.evidence += [blocker.failure for blocker in blockers]
+        return Verdict(
+            Code.CACHE_NOT_SYNCED,
+            f"{queued}, but its workers have not started: they wait until every watch has "
+            "synced, and " + "; ".join(problem for problem, _, _ in words),
+            " ".join(fix for _, fix, _ in words),
+            details | {"blocking": [more for _, _, more in words], "workers": 0},
+        )
+
+    def _held(self, dispatch: Record, queued: str, details: dict[str, Any]) -> Verdict | None:
+        """Queued again while the same key is being reconciled: the key waits for that run."""
+        running = [
+            start
+            for start in self.chains.records[: self.chains.position(dispatch)]
+            if start.stage is Stage.RECONCILE_START
+            and start.controller == dispatch.controller
+            and start.request == dispatch.request
+        ]
+        if not running or running[-1].reconcile_id in self.chains.ends:
+            return None
+        start = running[-1]
+        return Verdict(
+            Code.QUEUED,
+            f"{queued}, held: {dispatch.request} is being reconciled right now (reconcile_id "
+            f"{start.reconcile_id}, running for {span(self.now - start.time)}); a key is "
+            "never reconciled by two workers at once, so it runs again when that one ends",
+            "Nothing to fix unless the running reconcile hangs: find what it awaits in the "
+            f"logs with reconcile_id={start.reconcile_id}.",
+            details | {"queued_at": dispatch.time, "held_by": start.reconcile_id},
+        )
+
+    def _busy(self, dispatch: Record, queued: str, details: dict[str, Any]) -> Verdict:
+        """Waiting for a worker: say what the workers are doing right now."""
+        controller = dispatch.controller
+        after, until = self.health.run_of(dispatch.time)
+        running = self.activity.running(controller, after, until)
+        workers = self.health.workers(controller, dispatch.time)
+        usual = self.activity.usual(controller)
+        doing = ", ".join(
+            f"{start.request} for {span(self.now - start.time)} (reconcile_id {start.reconcile_id})"
+            for start in running
+        )
+        of = f"of {workers} " if workers else ""
+        now_doing = f"; {len(running)} {of}worker(s) busy: {doing}" if running else ""
+        fix = (
+            "If it waits long, every worker is busy: look for a slow reconcile of another "
+            "object, or raise max_concurrent_reconciles."
+        )
+        if usual is not None and running:
+            p99 = usual[1]
+            slowest = running[0]  # the earliest start has run longest
+            if self.now - slowest.time > max(p99 * _HUNG_FACTOR, 1.0):
+                fix = (
+                    f"The reconcile of {slowest.request} has run for "
+                    f"{span(self.now - slowest.time)}, far beyond this controller's p99 of "
+                    f"{span(p99)}: find what it awaits in the logs with reconcile_id="
+                    f"{slowest.reconcile_id}; raise max_concurrent_reconciles only if "
+                    "reconciles are slow by design."
+                )
+        busy = [
+            {
+                "request": start.request,
+                "reconcile_id": start.reconcile_id,
+                "running_s": self.now - start.time,
+            }
+            for start in running
+        ]
+        return Verdict(
+            Code.QUEUED,
+            f"{queued} ({span(self.now - dispatch.time)} ago), waiting for a worker{now_doing}",
+            fix,
+            details | {"queued_at": dispatch.time, "workers": workers, "busy": busy},
+        )
+
+    def _in_progress(self, start: Record) -> Verdict:
+        running = self.now - start.time
+        message = (
+            f"{start.controller} is reconciling {start.request}: started at "
+            f"{clock(start.time)}, running for {span(running)} "
+            f"(reconcile_id {start.reconcile_id})"
+        )
+        details: dict[str, Any] = {
+            "controller": start.controller,
+            "reconcile_id": start.reconcile_id,
+            "started_at": start.time,
+            "running_s": running,
+        }
+        fix = (
+            "If it runs much longer than usual it is stuck: find what it awaits in the logs "
+            f"with reconcile_id={start.reconcile_id}."
+        )
+        usual = self.activity.usual(start.controller)
+        if usual is not None:
+            p50, p99, runs = usual
+            details |= {"p50_s": p50, "p99_s": p99, "runs": runs}
+            message += f"; its reconciles take {span(p50)} (p50), {span(p99)} (p99) over {runs}"
+            if running > max(p99 * _HUNG_FACTOR, 1.0):
+                message += ": this one is far longer than usual and looks hung"
+                fix = (
+                    f"It has run far beyond this controller's p99 of {span(p99)}: find what it "
+                    "awaits (a call without a timeout, a lock) in the logs with reconcile_id="
+                    f"{start.reconcile_id}."
+                )
+        stopped = self.health.stopped_after(start)
+        if stopped is not None:
+            self.evidence.append(stopped)
+            message += f"; the manager stopped at {clock(stopped.time)} before it ended"
+        return Verdict(Code.IN_PROGRESS, message, fix, details)
+
+    def _ended(self, end: Record, requeue: Record | None, ends: list[Record]) -> Verdict:
+        controller, reconcile_id, attempts = end.controller, end.reconcile_id, len(ends)
+        details: dict[str, Any] = {
+            "controller": controller,
+            "reconcile_id": reconcile_id,
+            "reconciles": attempts,
+            "duration_s": end.attrs.get("duration_s"),
+        }
+        ran = f"Reconcile of {end.request} in {controller}"
+        after = f" after {attempts} runs" if attempts > 1 else ""
+        next_run = "none recorded"
+        if requeue is not None:
+            next_run = self._due(requeue)
+            details |= {
+                "due": requeue.attrs.get("due"),
+                "delay_s": requeue.attrs.get("delay_s"),
+                "attempt": requeue.attrs.get("attempt"),
+            }
+        if end.outcome == "success":
+            return Verdict(
+                Code.RECONCILED,
+                f"{ran} succeeded{after} at {clock(end.time)}",
+                "Nothing failed; if the object still looks wrong, the reconciler decided so: "
+                f"read its logs with reconcile_id={reconcile_id}.",
+                details,
+            )
+        api = api_words(end, ends)
+        meaning, api_fix, api_details = api if api is not None else ("", "", {})
+        if end.outcome == "terminal_error":
+            return Verdict(
+                Code.TERMINAL_ERROR,
+                f"{ran} failed terminally at {clock(end.time)}: {end.reason}{meaning}; no retry",
+                api_fix
+                or "A terminal error is not retried: fix its cause, then change the object to "
+                "trigger a new reconcile.",
+                details | {"error": end.reason} | api_details,
+            )
+        if end.outcome == "error":
+            retry = (
+                f"retry attempt {details['attempt']} {next_run}" if requeue else "no retry recorded"
+            )
+            return Verdict(
+                Code.RECONCILE_FAILED,
+                f"{ran} failed at {clock(end.time)}: {end.reason}{meaning}; {retry}",
+                api_fix
+                or "Fix the error in the reconciler (logs with reconcile_id="
+                f"{reconcile_id}); it is retried with exponential back-off meanwhile.",
+                details | {"error": end.reason} | api_details,
+            )
+        return Verdict(
+            Code.REQUEUE_SCHEDULED,
+            f"{ran} asked to run again ({end.outcome}) at {clock(end.time)}; next run {next_run}",
+            "Nothing to fix: the reconciler asked for this requeue; return no requeue when "
+            "the object needs no more work.",
+            details,
+        )
+
+    def _due(self, requeue: Record) -> str:
+        due = requeue.attrs.get("due")
+        if not isinstance(due, int | float):
+            return f"in {requeue.attrs.get('delay_s', '?')}s"
+        late = self.now - due
+        if late > 1.0:  # it should have run; something else is wrong
+            return f"was due at {clock(due)}, {span(late)} ago, and has not started"
+        return f"due at {clock(due)} (in {span(max(-late, 0.0))})"
+
+    # step 7
+    def _deletion(self, verdict: Verdict) -> Verdict:
+        """Say when the object is gone, or being deleted with finalizers that stay."""
+        target = self.target
+        events = [
+            record
+            for record in self.chains.records
+            if record.stage is Stage.EVENT and target.is_object_of(record)
+        ]
+        if not events:
+            return verdict
+        latest = events[-1]
+        if latest.outcome == "DELETED":
+            ran = (
+                "; Reconcile then ran, normally finding it gone" if verdict.code in _REACHED else ""
+            )
+            return replace(
+                verdict,
+                message=f"{target.key} was deleted (DELETED event at {clock(latest.time)})"
+                f"{ran}: {verdict.message}",
+                details={**verdict.details, "deleted_at": latest.time},
+            )
+        deleting = latest.attrs.get(Vocab.DELETION_TIMESTAMP)
+        finalizers = str(latest.attrs.get(Vocab.FINALIZERS, ""))
+        if not deleting or not finalizers or verdict.code not in _REACHED:
+            return verdict
+        first = next(e for e in events if e.attrs.get(Vocab.DELETION_TIMESTAMP) == deleting)
+        since = [record for record in self.chains.after(first) if record.stage is Stage.RECONCILE]
+        if not since:
+            return verdict
+        names = finalizers.split(",")
+        failing = ""
+        if verdict.code in (Code.RECONCILE_FAILED, Code.TERMINAL_ERROR):
+            failing = (
+                f" Its latest run failed ({verdict.details.get('error', '')}), so the clean-up "
+                "never finished: fix that first."
+            )
+        return Verdict(
+            Code.DELETION_BLOCKED,
+            f"{target.key} is being deleted since {deleting}, but finalizer(s) "
+            f"{', '.join(names)} remain after {len(since)} reconcile(s) since then (latest: "
+            f"{verdict.code})",
+            "Reconcile must remove its finalizer when its clean-up is done: when "
+            "metadata.deletionTimestamp is set, finish the clean-up, then remove "
+            f"{', '.join(names)} from metadata.finalizers (a patch); the API server deletes the "
+            "object once no finalizer is left." + failing,
+            {
+                **verdict.details,
+                "finalizers": names,
+                "deletion_timestamp": deleting,
+                "reconciles_since": len(since),
+                "latest_code": str(verdict.code),
+            },
+        )
+
+    # step 8
+    def _warnings(self, trigger: Record | None, verdict: Verdict) -> tuple[PipelineWarning, ...]:
+        """Conditions around the object, whatever the verdict: its watch, the lease, gaps."""
+        target = self.target
+        # Without an event, the latest run the journal holds (not the empty one after it).
+        at = trigger.time if trigger is not None else self.health.latest(self.now)
+        after, until = self.health.run_of(at)
+        kinds = (
+            {target.kind}
+            if target.kind
+            else {
+                record.object.kind
+                for record in self.chains.records
+                if record.object is not None and target.is_object_of(record)
+            }
+        )
+        warnings: list[PipelineWarning] = []
+        for kind in sorted(kinds):
+            records = [
+                record
+                for record in self.health.watches
+                if after < record.time <= until
+                and record.attrs.get("kind") == kind
+                and record.attrs.get("namespace", target.namespace) == target.namespace
+            ]
+            warning = watch_warning(kind, records, verdict.code)
+            if warning is not None:
+                warnings.append(warning)
+        transitions = [
+            record
+            for record in self.health.leases
+            if record.outcome in LEASE_TRANSITIONS and after < record.time <= until
+        ]
+        if transitions and transitions[-1].outcome == "lost" and verdict.code != Code.NOT_LEADER:
+            lost = transitions[-1]
+            warnings.append(
+                PipelineWarning(
+                    WarningCode.LEASE_LOST,
+                    f"this replica lost the leader lease {lost.attrs.get('lease', '')} at "
+                    f"{clock(lost.time)} ({lost.reason}): it stopped reconciling then",
+                    "Find why the lease was not renewed in time (API server latency, a blocked "
+                    "event loop) in the logs; the leader now is whoever holds the Lease.",
+                )
+            )
+        start = self.chains.records[0].time if self.chains.records else after
+        for gap in self.health.lifecycle:
+            if gap.stage is not Stage.MANAGER or gap.outcome != Vocab.JOURNAL_GAP:
+                continue
+            first = float(gap.attrs.get(Vocab.FIRST_TIME, gap.time))
+            last = float(gap.attrs.get(Vocab.LAST_TIME, gap.time))
+            if last >= start and first <= self.now:
+                warnings.append(
+                    PipelineWarning(
+                        WarningCode.JOURNAL_GAP,
+                        f"the journal lost {gap.attrs.get(Vocab.COUNT, '?')} records between "
+                        f"{clock(first)} and {clock(last)} ({gap.reason}): this answer may "
+                        "be incomplete",
+                        "Records are lost when the journal's writer falls behind or a write "
+                        "fails: give it a faster disk or more room (--journal-max-size), and "
+                        "see the reason above.",
+                    )
+                )
+        return tuple(warnings)
+
+    # step 5
+    def _self_triggered(
+        self, trigger: Record, dispatch: Record, verdict: Verdict
+    ) -> Verdict | None:
+        if verdict.code in (Code.DROPPED_BY_PREDICATE, Code.NOT_MAPPED):
+            return None
+        event = self.chains.event_behind(trigger)
+        if event is None or event.attrs.get("self_caused") is not True:
+            return None
+        starts = [
+            record
+            for record in self.chains.records
+            if record.stage is Stage.RECONCILE_START
+            and record.request == dispatch.request
+            and record.controller == dispatch.controller
+        ]
+        loops = 0
+        for start in reversed(starts):
+            if not self.chains.self_triggered(start):
+                break
+            loops += 1
+        if loops < _LOOP_AFTER:
+            return None
+        write = self.chains.cause(event.cause_ids[0], event) if event.cause_ids else None
+        wrote = f"its own {write.outcome}" if write is not None else "its own writes"
+        return Verdict(
+            Code.SELF_TRIGGERED,
+            f"{dispatch.controller}: the last {loops} reconciles of {dispatch.request} were "
+            f"each triggered by {wrote} coming back as a watch event; it keeps reconciling "
+            f"itself (latest: {verdict.code})",
+            "Compare the desired state with the current one and skip writes that change "
+            "nothing; write status through the status subresource and add GenerationChanged() "
+            "so status and metadata updates do not trigger reconciles.",
+            {
+                "controller": dispatch.controller,
+                "loops": loops,
+                "latest_code": str(verdict.code),
+                "write": write.outcome if write is not None else "",
+            },
+        )
+
+    # step 6
+    def _without_events(self) -> Verdict:
+        target = self.target
+        kinds = by_kind(self.health.watches, target.kind)
+        covering = {
+            kind: [
+                r for r in records if r.attrs.get("namespace", target.namespace) == target.namespace
+            ]
+            for kind, records in kinds.items()
+        }
+        covering = {kind: records for kind, records in covering.items() if records}
+        if not covering:
+            return self._filtered(self._not_watched(kinds), kinds)
+        verdicts = [self._watch_state(kind, records) for kind, records in covering.items()]
+        verdict = min(verdicts, key=lambda verdict: WATCH_ORDER.index(verdict.code))
+        return self._filtered(verdict, kinds) if verdict.code is Code.NO_EVENTS else verdict
+
+    def _filtered(self, verdict: Verdict, kinds: Mapping[str, list[Record]]) -> Verdict:
+        """The cache holds only part of the kind (a label selector, some namespaces): name
+        the filter and the kubectl command that shows whether the object passes it."""
+        target = self.target
+        filters: dict[str, tuple[str, list[str]]] = {}
+        for record in self.health.lifecycle:  # the latest watch of each kind says
+            kind = str(record.attrs.get("kind", ""))
+            if record.outcome == Vocab.WATCHING and target.kind in (None, kind):
+                listed = str(record.attrs.get(Vocab.NAMESPACES, "")).split(",")
+                filters[kind] = (
+                    str(record.attrs.get(Vocab.LABEL_SELECTOR, "")),
+                    [namespace for namespace in listed if namespace],
+                )
+        problems, fixes = [], []
+        where = f" -n {target.namespace}" if target.namespace else ""
+        for kind, (selector, namespaces) in sorted(filters.items()):
+            resources = [str(r.attrs.get("resource", "")) for r in kinds.get(kind, ())]
+            get = f"kubectl get {next(filter(None, resources), kind.lower())} {target.name}{where}"
+            if selector:
+                problems.append(f"the cache of {kind} holds only objects with labels {selector}")
+                fixes.append(
+                    f"{get} -l '{selector}' shows whether {target.key} matches it (no output: it "
+                    "does not; change its labels or the manager's label selector)."
+                )
+            if namespaces and target.namespace not in namespaces:
+                problems.append(f"{kind} is cached only in namespaces {', '.join(namespaces)}")
+                fixes.append(
+                    f"{get} shows the object exists there; add {target.namespace} to the "
+                    "manager's namespaces to watch it."
+                )
+        if not problems:
+            return verdict
+        return replace(
+            verdict,
+            message=f"{verdict.message}; " + "; ".join(problems),
+            fix=" ".join(fixes),
+            details={**verdict.details, "filters": problems},
+        )
+
+    def _not_watched(self, kinds: Mapping[str, list[Record]]) -> Verdict:
+        target = self.target
+        what = target.kind or "this object's kind"
+        message = f"no informer watches {what}: no watch records for it"
+        if kinds:  # watched, but in other namespaces only
+            namespaces = {str(r.attrs.get("namespace")) for rs in kinds.values() for r in rs}
+            message = (
+                f"{what} is watched only in namespaces {', '.join(sorted(namespaces))}, not "
+                + (f"in {target.namespace}" if target.namespace else "cluster-wide")
+            )
+        return Verdict(
+            Code.NOT_WATCHED,
+            message,
+            "Add a watch for this kind (.for_(), .owns() or .watches() in the builder) and "
+            "make sure the manager's namespaces include this object's.",
+            {"kind": target.kind, "watched_kinds": sorted(kinds)},
+        )
+
+    def _watch_state(self, kind: str, records: list[Record]) -> Verdict:
+        latest = records[-1]
+        self.evidence.append(latest)
+        details: dict[str, Any] = {"kind": kind, "watch_outcome": latest.outcome}
+        if latest.outcome == "forbidden":
+            return forbidden_verdict(kind, latest, details)
+        if latest.outcome == "kind_not_found":
+            problem, fix, more = not_served_words(kind, latest)
+            return Verdict(Code.KIND_NOT_FOUND, problem, fix, details | more)
+        if not any(record.outcome == "synced" for record in records):
+            return Verdict(
+                Code.CACHE_NOT_SYNCED,
+                f"the informer for {kind} has not finished its initial list; latest: "
+                f"{latest.outcome} at {clock(latest.time)}: {latest.reason}",
+                "Wait for the list or find why it fails: RBAC list/watch on the kind, the "
+                "CRD, the connection to the API server.",
+                details,
+            )
+        failing = ""
+        if latest.outcome not in ("listed", "synced"):
+            failing = f"; the watch is now {latest.outcome}: {latest.reason}"
+        return Verdict(
+            Code.NO_EVENTS,
+            f"{kind} is watched and its cache synced, but no event for {self.target.key} was "
+            f"seen{failing}",
+            "Check the object exists in that namespace (kubectl get), that its labels match "
+            "the manager's label selector, and that the journal covers when it changed.",
+            details,
+        )
