@@ -39,11 +39,63 @@ class Stage(enum.StrEnum):
     LEASE = "lease"
     # watching (one per watch, at build: attrs kind, api_version, role) / starting (waiting
     # for caches) / cache_sync_waiting / started (workers running) / cache_not_synced (timed
-    # out: the manager stops) / failed (workers gone: the same) / build_error
+    # out: the manager stops) / failed (workers gone: the same)
     CONTROLLER = "controller"
     # started / stopping / drained / drain_timed_out / stopped / journal_gap (records the
     # journal lost)
     MANAGER = "manager"
+
+
+OUTCOMES: Mapping[Stage, frozenset[str]] = {
+    Stage.WATCH: frozenset(
+        {
+            "started",
+            "listed",
+            "synced",
+            "resumed",
+            "forbidden",
+            "kind_not_found",
+            "disconnected",
+            "error",
+            "gone",
+        }
+    ),
+    Stage.EVENT: frozenset({"ADDED", "MODIFIED", "DELETED"}),
+    Stage.DISPATCH: frozenset(
+        {
+            "dropped_by_predicate",
+            "not_mapped",
+            "queued",
+            "deduplicated",
+            "requeued_after_processing",
+            "delayed",
+            "shut_down",
+        }
+    ),
+    Stage.RECONCILE_START: frozenset({"started"}),
+    Stage.RECONCILE: frozenset({"success", "error", "terminal_error", "requeue", "requeue_after"}),
+    Stage.REQUEUE: frozenset({"rate_limited", "after"}),
+    Stage.WRITE: frozenset({"create", "update", "patch", "apply", "delete", "update_status"}),
+    Stage.KUBE_EVENT: frozenset({"created", "counted", "dropped", "failed"}),
+    Stage.LEASE: frozenset(
+        {"attempting", "acquired", "renewed_late", "lost", "standby", "released", "error"}
+    ),
+    Stage.CONTROLLER: frozenset(
+        {
+            "watching",
+            "starting",
+            "cache_sync_waiting",
+            "started",
+            "cache_not_synced",
+            "failed",
+        }
+    ),
+    Stage.MANAGER: frozenset(
+        {"started", "stopping", "drained", "drain_timed_out", "stopped", "journal_gap"}
+    ),
+}
+"""Every outcome each stage may record: the closed list producers keep to (the test suite
+fails on any other) and consumers can rely on."""
 
 
 class Vocab:

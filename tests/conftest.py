@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ctrltrace.envtest.pytest_plugin import CONTROL_PLANE_PIDS
+from ctrltrace.records import OUTCOMES, Record, Recorder
 
 
 def child_pids() -> set[int]:
@@ -49,6 +50,23 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
         time.sleep(0.05)
     assert not threads, f"test left threads running: {threads}"
     assert not children, f"test left child processes running: {sorted(children)}"
+
+
+@pytest.fixture(autouse=True)
+def outcomes_in_the_vocabulary(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every record any test makes a producer emit must carry an outcome the vocabulary
+    (``records.OUTCOMES``) lists for its stage: consumers rely on that closed list."""
+    unknown: list[str] = []
+    emit = Recorder.emit
+
+    def checked(self: Recorder, record: Record) -> None:
+        if record.outcome not in OUTCOMES[record.stage]:
+            unknown.append(f"{record.stage}: {record.outcome!r} ({record.reason})")
+        emit(self, record)
+
+    monkeypatch.setattr(Recorder, "emit", checked)
+    yield
+    assert not unknown, f"outcomes not in records.OUTCOMES: {unknown}"
 
 
 @pytest.fixture

@@ -110,3 +110,20 @@ async def stop(running: Running) -> None:
     running.manager.stop()
     assert running.task is not None
     await asyncio.wait_for(running.task, 30)
+
+
+def take_lease(plane: ControlPlane, path: str, holder: str = "intruder") -> None:
+    """Another replica takes the Lease at ``path`` over (for a minute), retrying when the
+    current holder's renewal wins the race for the same version (409)."""
+    while True:
+        lease = plane.request("GET", path)
+        renewed = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        lease["spec"] |= {"holderIdentity": holder, "leaseDurationSeconds": 60}
+        lease["spec"]["renewTime"] = renewed
+        try:
+            plane.request("PUT", path, lease)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        else:
+            return

@@ -34,7 +34,7 @@ from ctrltrace.tui import cells
 from ctrltrace.tui.feed import Target, explain_object, replay
 
 from . import test_verdicts as base
-from .conftest import Running, start, stop, widget
+from .conftest import Running, start, stop, take_lease, widget
 
 pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
@@ -281,11 +281,7 @@ def test_a_reconciled_object_of_a_replica_that_lost_its_lease_carries_a_warning(
         )
         configmap(control_plane, kube_namespace, "led")
         await run.until(lambda: bool(_ends(run, f"{kube_namespace}/led")))
-        lease = control_plane.request("GET", lease_path)
-        renewed = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-        lease["spec"] |= {"holderIdentity": "intruder", "leaseDurationSeconds": 60}
-        lease["spec"]["renewTime"] = renewed
-        control_plane.request("PUT", lease_path, lease)
+        take_lease(control_plane, lease_path)
         assert run.task is not None
         with pytest.raises(LeaderLost):
             await asyncio.wait_for(run.task, 30)
