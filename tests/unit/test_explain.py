@@ -4,196 +4,28 @@ import dataclasses
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from rich.console import Console
 
-from ctrltrace.explain import Code, Explanation, Verdict, WarningCode, exit_code, explain
+from ctrltrace.explain import Code, Verdict, WarningCode, exit_code, explain
 from ctrltrace.explain_text import ExplanationView, render_text
 from ctrltrace.journal import Journal, JournalWriter
-from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+from ctrltrace.records import AttrValue, Record, Stage
+from ctrltrace.testing import START, RunStory
 
-T0 = 1_700_000_000.0
+T0 = START
 FORBIDDEN = (
     'configmaps is forbidden: User "system:serviceaccount:ops:widget-controller" cannot list '
     'resource "configmaps" in API group "" in the namespace "shop"'
 )
-_HEALTH_STAGES = {Stage.WATCH, Stage.LEASE, Stage.CONTROLLER, Stage.MANAGER}
-
-
-class Story:
-    """Builds the records a real run emits, in order, on a clock that moves 10 ms a step."""
-
-    def __init__(self, *, synced: bool = True) -> None:
-        self.time = T0
-        self.records: list[Record] = []
-        self.rv = 100
-        if synced:
-            self.watch("listed")
-            self.watch("synced")
-            self.controller("started")
-
-    def _add(self, record: Record) -> Record:
-        self.records.append(record)
-        self.time += 0.01
-        return record
-
-    def _make(self, stage: Stage, outcome: str, **fields: Any) -> Record:
-        return self._add(Record(time=self.time, stage=stage, outcome=outcome, **fields))
-
-    # -- the health around the object ---------------------------------------------------------
-
-    def watch(
-        self, outcome: str, reason: str = "", kind: str = "ConfigMap", **attrs: AttrValue
-    ) -> Record:
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        attrs = {"kind": kind, "api_version": api_version, **attrs}
-        return self._make(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
-
-    def lease(self, outcome: str, holder: str) -> Record:
-        attrs = {"lease": "ops/widgets", "identity": "pod-a", "holder": holder}
-        return self._make(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
-
-    def controller(self, outcome: str, reason: str = "", **attrs: AttrValue) -> Record:
-        return self._make(
-            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap", attrs=attrs
-        )
-
-    # -- the pipeline ------------------------------------------------------------------------
-
-    def event(
-        self,
-        name: str = "web",
-        outcome: str = "MODIFIED",
-        *,
-        kind: str = "ConfigMap",
-        generation: int = 1,
-        writer: str = "kubectl-edit",
-        owned_write: Record | None = None,
-        extra: dict[str, AttrValue] | None = None,
-    ) -> Record:
-        self.rv += 1
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        ref = ObjectRef(api_version, kind, "shop", name, f"uid-{name}", str(self.rv), generation)
-        return self._make(
-            Stage.EVENT,
-            outcome,
-            object=ref,
-            reason="the controller's own write coming back" if owned_write else "",
-            cause_ids=(owned_write.id,) if owned_write else (),
-            attrs={"writer": writer, "self_caused": owned_write is not None, **(extra or {})},
-        )
-
-    def dispatch(
-        self,
-        event: Record,
-        outcome: str = "queued",
-        *,
-        controller: str = "configmap",
-        request: str | None = None,
-        reason: str = "the object itself",
-        **attrs: AttrValue,
-    ) -> Record:
-        assert event.object is not None
-        if "predicate" not in attrs:  # a dropped dispatch never reached the handler
-            attrs.setdefault("handler", "for the object itself")
-        return self._make(
-            Stage.DISPATCH,
-            outcome,
-            reason=reason,
-            controller=controller,
-            object=event.object,
-            request=request or event.object.key,
-            cause_ids=(event.id,),
-            attrs={**attrs, "event_type": "update"},
-        )
-
-    def start(self, *causes: Record, retries: int = 0) -> Record:
-        first = causes[0]
-        return self._make(
-            Stage.RECONCILE_START,
-            "started",
-            reason="waited 2.0 ms in the queue",
-            controller=first.controller,
-            request=first.request,
-            reconcile_id=f"rid-{len(self.records)}",
-            cause_ids=tuple(cause.id for cause in causes),
-            attrs={"queue_wait_s": 0.002, "retries": retries},
-        )
-
-    def end(
-        self, start: Record, outcome: str = "success", reason: str = "", **extra: AttrValue
-    ) -> Record:
-        attrs: dict[str, AttrValue] = {"duration_s": 0.042, "metric_result": outcome, **extra}
-        if reason:
-            attrs["error_type"] = reason.split(":", maxsplit=1)[0]
-        return self._make(
-            Stage.RECONCILE,
-            outcome,
-            reason=reason or outcome,
-            controller=start.controller,
-            request=start.request,
-            reconcile_id=start.reconcile_id,
-            cause_ids=(start.id,),
-            attrs=attrs,
-        )
-
-    def requeue(self, end: Record, outcome: str = "rate_limited", delay: float = 0.005) -> Record:
-        attrs: dict[str, AttrValue] = {"delay_s": delay, "due": self.time + delay}
-        if outcome == "rate_limited":
-            attrs["attempt"] = 1 + sum(r.stage is Stage.REQUEUE for r in self.records)
-        return self._make(
-            Stage.REQUEUE,
-            outcome,
-            reason=f"next run in {delay:.3f}s",
-            controller=end.controller,
-            request=end.request,
-            reconcile_id=end.reconcile_id,
-            cause_ids=(end.id,),
-            attrs=attrs,
-        )
-
-    def write(self, start: Record) -> Record:
-        """The reconcile's update_status of shop/web, with the resourceVersion it returned."""
-        self.rv += 1
-        ref = ObjectRef("v1", "ConfigMap", "shop", "web", "uid-web", str(self.rv), 1)
-        return self._make(
-            Stage.WRITE,
-            "update_status",
-            reason=f"update_status returned resourceVersion {self.rv}",
-            controller=start.controller,
-            reconcile_id=start.reconcile_id,
-            object=ref,
-        )
-
-    def reconciled(self, event: Record, outcome: str = "success", reason: str = "") -> Record:
-        return self.end(self.start(self.dispatch(event)), outcome, reason)
-
-    # -- explaining --------------------------------------------------------------------------
-
-    def explain(self, name: str = "web", *, later: float = 1.0, **options: Any) -> Explanation:
-        def stage(*stages: Stage) -> list[Record]:
-            return [r for r in self.records if r.stage in stages]
-
-        return explain(
-            [r for r in self.records if r.stage not in _HEALTH_STAGES],
-            namespace="shop",
-            name=name,
-            watch_records=stage(Stage.WATCH),
-            lease_records=stage(Stage.LEASE),
-            controller_records=stage(Stage.CONTROLLER, Stage.MANAGER),
-            activity=stage(Stage.RECONCILE_START, Stage.RECONCILE),
-            now=self.time + later,
-            **options,
-        )
 
 
 # -- one or more stories per verdict ---------------------------------------------------------
 
 
 def test_an_event_that_reached_a_successful_reconcile_is_reconciled() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event())
     verdict = story.explain().verdict
     assert verdict.code == "reconciled"
@@ -203,7 +35,7 @@ def test_an_event_that_reached_a_successful_reconcile_is_reconciled() -> None:
 
 
 def test_an_error_followed_by_a_successful_retry_is_reconciled_after_two_runs() -> None:
-    story = Story()
+    story = RunStory()
     failed = story.reconciled(story.event(), "error", "RuntimeError: flaky")
     retry = story.requeue(failed)
     story.end(story.start(retry, retries=1))
@@ -214,7 +46,7 @@ def test_an_error_followed_by_a_successful_retry_is_reconciled_after_two_runs() 
 
 
 def test_a_failed_reconcile_names_the_error_and_the_next_attempt() -> None:
-    story = Story()
+    story = RunStory()
     failed = story.reconciled(story.event(), "error", "RuntimeError: database is down")
     story.requeue(failed)
     verdict = story.explain(later=0.001).verdict
@@ -226,7 +58,7 @@ def test_a_failed_reconcile_names_the_error_and_the_next_attempt() -> None:
 
 
 def test_a_retry_long_overdue_is_reported_as_such() -> None:
-    story = Story()
+    story = RunStory()
     story.requeue(story.reconciled(story.event(), "error", "ValueError: bad spec"))
     verdict = story.explain(later=600.0).verdict
     assert verdict.code == "reconcile_failed"
@@ -234,7 +66,7 @@ def test_a_retry_long_overdue_is_reported_as_such() -> None:
 
 
 def test_a_terminal_error_is_not_retried() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event(), "terminal_error", "TerminalError: spec.size is negative")
     verdict = story.explain().verdict
     assert verdict.code == "terminal_error"
@@ -243,7 +75,7 @@ def test_a_terminal_error_is_not_retried() -> None:
 
 
 def test_a_requested_requeue_is_scheduled_with_its_due_time() -> None:
-    story = Story()
+    story = RunStory()
     done = story.reconciled(story.event(), "requeue_after")
     requeue = story.requeue(done, "after", delay=3600.0)
     explanation = story.explain()
@@ -255,7 +87,7 @@ def test_a_requested_requeue_is_scheduled_with_its_due_time() -> None:
 
 
 def test_a_periodic_requeue_is_followed_to_the_latest_run() -> None:
-    story = Story()
+    story = RunStory()
     done = story.reconciled(story.event(), "requeue_after")
     again = story.start(story.requeue(done, "after", delay=0.001))
     story.end(again, "error", "KeyError: 'x'")
@@ -265,7 +97,7 @@ def test_a_periodic_requeue_is_followed_to_the_latest_run() -> None:
 
 
 def test_an_enqueued_request_without_a_worker_yet_is_queued() -> None:
-    story = Story()
+    story = RunStory()
     story.dispatch(story.event())
     verdict = story.explain(later=3.0).verdict
     assert verdict.code == "queued"
@@ -276,16 +108,16 @@ def test_an_enqueued_request_without_a_worker_yet_is_queued() -> None:
 
 
 def test_queued_when_the_manager_stopped_before_a_worker_took_it() -> None:
-    story = Story()
+    story = RunStory()
     story.dispatch(story.event())
-    story._make(Stage.MANAGER, "stopped", reason="stopped")
+    story.record(Stage.MANAGER, "stopped", reason="stopped")
     verdict = story.explain().verdict
     assert verdict.code == "queued"
     assert "the manager stopped" in verdict.message
 
 
 def test_an_event_coalesced_into_the_next_reconcile_follows_that_reconcile() -> None:
-    story = Story()
+    story = RunStory()
     first = story.start(story.dispatch(story.event()))
     behind = story.dispatch(story.event(), "requeued_after_processing")
     story.end(first)
@@ -297,9 +129,9 @@ def test_an_event_coalesced_into_the_next_reconcile_follows_that_reconcile() -> 
 
 
 def test_a_missing_cause_link_falls_back_to_the_next_reconcile_of_the_request() -> None:
-    story = Story()
+    story = RunStory()
     story.dispatch(story.event(), "deduplicated")
-    story._make(
+    story.record(
         Stage.RECONCILE_START,
         "started",
         controller="configmap",
@@ -310,7 +142,7 @@ def test_a_missing_cause_link_falls_back_to_the_next_reconcile_of_the_request() 
 
 
 def test_a_running_reconcile_is_in_progress() -> None:
-    story = Story()
+    story = RunStory()
     start = story.start(story.dispatch(story.event()))
     verdict = story.explain(later=5.0).verdict
     assert verdict.code == "in_progress"
@@ -319,7 +151,7 @@ def test_a_running_reconcile_is_in_progress() -> None:
 
 
 def test_an_event_a_predicate_dropped_names_the_predicate_and_its_reason() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event())
     story.dispatch(
         story.event(),
@@ -336,7 +168,7 @@ def test_an_event_a_predicate_dropped_names_the_predicate_and_its_reason() -> No
 
 
 def test_a_user_predicate_gets_a_generic_fix() -> None:
-    story = Story()
+    story = RunStory()
     story.dispatch(
         story.event(),
         "dropped_by_predicate",
@@ -349,7 +181,7 @@ def test_a_user_predicate_gets_a_generic_fix() -> None:
 
 
 def test_a_child_without_controller_true_is_not_mapped() -> None:
-    story = Story()
+    story = RunStory()
     reason = (
         "the ownerReference to example.com/Widget shop lacks controller: true; set "
         "controller: true on it or use match_every_owner=True"
@@ -369,7 +201,7 @@ def test_a_child_without_controller_true_is_not_mapped() -> None:
 
 
 def test_a_child_event_mapped_to_its_owner_is_followed_to_the_owners_reconcile() -> None:
-    story = Story()
+    story = RunStory()
     child_event = story.event("web-config", "ADDED")
     mapped = story.dispatch(
         child_event, controller="widget", request="shop/web", reason="controller owner Widget web"
@@ -384,7 +216,7 @@ def test_a_child_event_mapped_to_its_owner_is_followed_to_the_owners_reconcile()
 
 
 def test_no_watch_for_the_kind_is_not_watched() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     verdict = story.explain(kind="Widget").verdict
     assert verdict.code == "not_watched"
     assert "no informer watches Widget" in verdict.message
@@ -392,7 +224,7 @@ def test_no_watch_for_the_kind_is_not_watched() -> None:
 
 
 def test_watched_only_in_other_namespaces_is_not_watched() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.watch("synced", namespace="staging")
     verdict = story.explain(kind="ConfigMap").verdict
     assert verdict.code == "not_watched"
@@ -400,7 +232,7 @@ def test_watched_only_in_other_namespaces_is_not_watched() -> None:
 
 
 def test_an_event_no_controller_dispatched_is_not_watched_by_that_controller() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event())
     verdict = story.explain(controller="widget").verdict
     assert verdict.code == "not_watched"
@@ -408,7 +240,7 @@ def test_an_event_no_controller_dispatched_is_not_watched_by_that_controller() -
 
 
 def test_a_forbidden_watch_names_the_user_verb_and_resource() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.watch("forbidden", FORBIDDEN, namespace="shop", status=403, resource="configmaps")
     verdict = story.explain(kind="ConfigMap").verdict
     assert verdict.code == "watch_forbidden"
@@ -422,7 +254,7 @@ def test_a_forbidden_watch_names_the_user_verb_and_resource() -> None:
 
 
 def test_a_watch_forbidden_after_it_synced_is_still_forbidden() -> None:
-    story = Story()
+    story = RunStory()
     story.watch("forbidden", 'secrets is forbidden: User "bob" cannot watch resource "secrets"')
     verdict = story.explain().verdict
     assert verdict.code == "watch_forbidden"
@@ -431,7 +263,7 @@ def test_a_watch_forbidden_after_it_synced_is_still_forbidden() -> None:
 
 
 def test_a_forbidden_message_in_other_words_is_quoted() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.watch("forbidden", "denied by a webhook", resource="configmaps")
     verdict = story.explain(kind="ConfigMap").verdict
     assert verdict.code == "watch_forbidden"
@@ -440,7 +272,7 @@ def test_a_forbidden_message_in_other_words_is_quoted() -> None:
 
 
 def test_a_kind_that_is_not_served_is_kind_not_found() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.watch("kind_not_found", "no resource for example.com/v1 Widget", kind="Widget")
     verdict = story.explain(kind="Widget").verdict
     assert verdict.code == "kind_not_found"
@@ -449,7 +281,7 @@ def test_a_kind_that_is_not_served_is_kind_not_found() -> None:
 
 
 def test_a_standby_replica_is_not_leader_and_names_the_holder() -> None:
-    story = Story()
+    story = RunStory()
     story.lease("standby", holder="widgets-7d9f-x2")
     story.dispatch(story.event())
     explanation = story.explain()
@@ -461,7 +293,7 @@ def test_a_standby_replica_is_not_leader_and_names_the_holder() -> None:
 
 
 def test_a_leader_with_a_queued_request_is_just_queued() -> None:
-    story = Story()
+    story = RunStory()
     story.lease("standby", holder="other")
     story.lease("acquired", holder="pod-a")
     story.dispatch(story.event())
@@ -469,7 +301,7 @@ def test_a_leader_with_a_queued_request_is_just_queued() -> None:
 
 
 def test_a_controller_waiting_for_caches_is_cache_not_synced() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.controller("cache_not_synced", "caches not synced after 120s: v1/Secret (forbidden)")
     story.dispatch(story.event())
     verdict = story.explain().verdict
@@ -478,7 +310,7 @@ def test_a_controller_waiting_for_caches_is_cache_not_synced() -> None:
 
 
 def test_an_informer_that_never_listed_is_cache_not_synced() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.watch("disconnected", "connection failed: connection refused")
     verdict = story.explain(kind="ConfigMap").verdict
     assert verdict.code == "cache_not_synced"
@@ -486,7 +318,7 @@ def test_an_informer_that_never_listed_is_cache_not_synced() -> None:
 
 
 def test_reconciles_triggered_by_their_own_writes_are_a_loop() -> None:
-    story = Story()
+    story = RunStory()
     event = story.event()
     for _ in range(4):
         start = story.start(story.dispatch(event))
@@ -503,7 +335,7 @@ def test_reconciles_triggered_by_their_own_writes_are_a_loop() -> None:
 
 
 def test_two_self_caused_reconciles_are_not_yet_a_loop() -> None:
-    story = Story()
+    story = RunStory()
     event = story.event()
     for _ in range(2):
         start = story.start(story.dispatch(event))
@@ -515,7 +347,7 @@ def test_two_self_caused_reconciles_are_not_yet_a_loop() -> None:
 
 
 def test_a_loop_broken_by_a_predicate_is_the_predicate() -> None:
-    story = Story()
+    story = RunStory()
     event = story.event()
     for _ in range(4):
         start = story.start(story.dispatch(event))
@@ -527,7 +359,7 @@ def test_a_loop_broken_by_a_predicate_is_the_predicate() -> None:
 
 
 def test_a_healthy_watch_without_events_for_the_object_is_no_events() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event("other"))
     verdict = story.explain(kind="ConfigMap").verdict
     assert verdict.code == "no_events"
@@ -536,7 +368,7 @@ def test_a_healthy_watch_without_events_for_the_object_is_no_events() -> None:
 
 
 def test_no_events_while_the_watch_is_reconnecting_says_so() -> None:
-    story = Story()
+    story = RunStory()
     story.watch("disconnected", "connection failed: reset by peer")
     verdict = story.explain().verdict
     assert verdict.code == "no_events"
@@ -544,7 +376,7 @@ def test_no_events_while_the_watch_is_reconnecting_says_so() -> None:
 
 
 def test_without_a_kind_a_failing_watch_of_any_kind_is_reported() -> None:
-    story = Story()
+    story = RunStory()
     story.watch("kind_not_found", "no resource for example.com/v1 Widget", kind="Widget")
     verdict = story.explain().verdict
     assert verdict.code == "kind_not_found"
@@ -554,7 +386,7 @@ def test_without_a_kind_a_failing_watch_of_any_kind_is_reported() -> None:
 
 
 def test_of_several_controllers_the_one_that_got_furthest_decides() -> None:
-    story = Story()
+    story = RunStory()
     event = story.event()
     story.dispatch(
         event, "dropped_by_predicate", controller="audit", predicate="LabelSelector", reason="no"
@@ -572,9 +404,9 @@ def test_of_several_controllers_the_one_that_got_furthest_decides() -> None:
 
 
 def test_ids_reused_by_a_later_run_do_not_join_its_chains_to_the_earlier_ones() -> None:
-    earlier = Story()
+    earlier = RunStory()
     earlier.reconciled(earlier.event(), "terminal_error", "TerminalError: old")
-    later = Story()
+    later = RunStory()
     later.time = earlier.time + 100
     later.dispatch(later.event())
     # Each process counts record ids from 1: both runs use the same ids for the same steps.
@@ -599,8 +431,8 @@ def _numbered_from_1(records: list[Record]) -> list[Record]:
 # -- the timeline and how it is shown --------------------------------------------------------
 
 
-def _failing_story() -> Story:
-    story = Story()
+def _failing_story() -> RunStory:
+    story = RunStory()
     event = story.event(generation=3, writer="kubectl-edit")
     story.dispatch(
         event,
@@ -636,7 +468,7 @@ def test_timeline_entries_say_what_each_stage_did() -> None:
 
 
 def test_the_timeline_keeps_the_latest_entries_and_counts_the_rest() -> None:
-    story = Story()
+    story = RunStory()
     for _ in range(30):
         story.reconciled(story.event())
     explanation = story.explain(timeline_limit=12)
@@ -666,7 +498,7 @@ def test_json_has_the_object_the_timeline_and_a_verdict_from_the_vocabulary() ->
 
 
 def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
-    for explanation in (_failing_story().explain(), Story(synced=False).explain()):
+    for explanation in (_failing_story().explain(), RunStory(synced=False).explain()):
         text = render_text(explanation, width=100)
         lines = text.splitlines()
         assert "\x1b" not in text
@@ -680,7 +512,7 @@ def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
 
 
 def test_a_long_message_wraps_instead_of_overflowing() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event(), "terminal_error", "TerminalError: " + "very long " * 40)
     lines = render_text(story.explain(), width=80).splitlines()
     assert all(len(line) <= 80 for line in lines)
@@ -755,7 +587,7 @@ def test_explaining_from_the_journal_gives_the_same_verdict(tmp_path: Path) -> N
 def test_a_child_read_from_the_journal_is_followed_through_its_owners_retries(
     tmp_path: Path,
 ) -> None:
-    story = Story()
+    story = RunStory()
     mapped = story.dispatch(
         story.event("web-config", "ADDED"),
         controller="widget",
@@ -792,9 +624,9 @@ WATCH_FORBIDDEN_CONFIGMAPS = (
 )
 
 
-def _blocked_story(outcome: str, reason: str) -> Story:
+def _blocked_story(outcome: str, reason: str) -> RunStory:
     """A Widget controller that also owns ConfigMaps: Widgets sync, ConfigMaps do not."""
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.controller("watching", kind="Widget", api_version="example.com/v1", role="for_")
     story.controller("watching", kind="ConfigMap", api_version="v1", role="owns")
     story.watch("listed", kind="Widget")
@@ -830,7 +662,7 @@ def test_a_controller_blocked_by_a_kind_not_served_says_to_install_it() -> None:
 
 
 def test_a_controller_whose_caches_are_still_listing_is_queued_without_workers() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.controller("watching", kind="ConfigMap", api_version="v1", role="for_")
     story.dispatch(story.event())
     verdict = story.explain().verdict
@@ -847,7 +679,7 @@ def test_workers_started_in_an_earlier_run_do_not_count() -> None:
 
 
 def test_queued_says_what_the_busy_workers_are_doing() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event("earlier"))  # a usual duration: 42 ms
     busy = story.start(story.dispatch(story.event("slow")))
     story.dispatch(story.event())
@@ -861,7 +693,7 @@ def test_queued_says_what_the_busy_workers_are_doing() -> None:
 
 
 def test_queued_again_while_the_same_key_is_reconciled_is_held_by_that_run() -> None:
-    story = Story()
+    story = RunStory()
     event = story.event()
     running = story.start(story.dispatch(event))
     story.dispatch(story.event(), "requeued_after_processing")
@@ -872,7 +704,7 @@ def test_queued_again_while_the_same_key_is_reconciled_is_held_by_that_run() -> 
 
 
 def test_in_progress_compares_with_the_controllers_usual_durations() -> None:
-    story = Story()
+    story = RunStory()
     for name in ("a", "b", "c"):
         story.reconciled(story.event(name))
     start = story.start(story.dispatch(story.event()))
@@ -885,7 +717,7 @@ def test_in_progress_compares_with_the_controllers_usual_durations() -> None:
 
 
 def test_a_reconciled_object_whose_watch_is_forbidden_carries_a_warning() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event())
     story.watch("forbidden", WATCH_FORBIDDEN_CONFIGMAPS, namespace="shop", status=403)
     story.watch("listed", namespace="shop")  # it may still list: changes arrive by re-list
@@ -910,7 +742,7 @@ def test_a_reconciled_object_whose_watch_is_forbidden_carries_a_warning() -> Non
 def test_a_watch_accepted_again_after_its_failures_is_no_warning(
     failures: tuple[str, ...], reason: str
 ) -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event())
     for outcome in failures:
         story.watch(outcome, reason, namespace="shop")
@@ -920,11 +752,11 @@ def test_a_watch_accepted_again_after_its_failures_is_no_warning(
 
 
 def test_a_watch_failing_now_lease_lost_and_journal_gap_are_warnings() -> None:
-    story = Story()
+    story = RunStory()
     story.lease("acquired", "pod-a")
     event = story.event()
     story.reconciled(event)
-    story._make(
+    story.record(
         Stage.MANAGER,
         "journal_gap",
         reason="the writer's buffer was full",
@@ -940,8 +772,8 @@ def test_a_watch_failing_now_lease_lost_and_journal_gap_are_warnings() -> None:
 
 
 def test_a_gap_outside_the_evidence_is_no_warning() -> None:
-    story = Story()
-    story._make(
+    story = RunStory()
+    story.record(
         Stage.MANAGER,
         "journal_gap",
         reason="write failed",
@@ -952,7 +784,7 @@ def test_a_gap_outside_the_evidence_is_no_warning() -> None:
 
 
 def test_finalizers_that_stay_after_reconciles_block_the_deletion() -> None:
-    story = Story()
+    story = RunStory()
     deleting: dict[str, AttrValue] = {
         "deletion_timestamp": "2026-12-07T02:00:00Z",
         "finalizers": "example.com/cleanup",
@@ -969,7 +801,7 @@ def test_finalizers_that_stay_after_reconciles_block_the_deletion() -> None:
 
 
 def test_a_deleted_object_says_so_and_that_reconcile_ran() -> None:
-    story = Story()
+    story = RunStory()
     story.reconciled(story.event())
     story.reconciled(story.event(outcome="DELETED"))
     verdict = story.explain().verdict
@@ -979,7 +811,7 @@ def test_a_deleted_object_says_so_and_that_reconcile_ran() -> None:
 
 
 def _api_error(status: int, reason: str, message: str, method: str = "PUT") -> Verdict:
-    story = Story()
+    story = RunStory()
     text = (
         f"ApiError: {method} /api/v1/namespaces/shop/configmaps/web: {status} {reason}: {message}"
     )
@@ -997,7 +829,7 @@ def test_a_conflict_is_a_stale_read_with_its_own_fix() -> None:
 
 
 def test_conflicts_in_a_row_are_flagged() -> None:
-    story = Story()
+    story = RunStory()
     attrs: dict[str, AttrValue] = {"api_status": 409, "api_reason": "Conflict", "api_method": "PUT"}
     end = story.end(story.start(story.dispatch(story.event())), "error", "409 Conflict: x", **attrs)
     for _ in range(2):
@@ -1041,14 +873,14 @@ def test_throttling_and_server_errors_are_transient(status: int, reason: str) ->
 
 
 def test_a_timeout_is_transient_and_user_errors_keep_the_generic_fix() -> None:
-    story = Story()
+    story = RunStory()
     story.end(story.start(story.dispatch(story.event())), "error", "TimeoutError: read")
     assert "transient" in story.explain().verdict.message
     assert "Fix the error in the reconciler" in _failing_reconcile_fix()
 
 
 def _failing_reconcile_fix() -> str:
-    story = Story()
+    story = RunStory()
     story.end(story.start(story.dispatch(story.event())), "error", "KeyError: 'spec'")
     return story.explain().verdict.fix
 
@@ -1077,7 +909,7 @@ def _failing_reconcile_fix() -> str:
 def test_a_function_that_raised_is_named_and_never_blamed_on_owner_references(
     outcome: str, attrs: dict[str, str], said: str, fix: str
 ) -> None:
-    story = Story()
+    story = RunStory()
     story.dispatch(story.event(), outcome, **attrs)
     verdict = story.explain().verdict
     assert verdict.code == outcome
@@ -1088,7 +920,7 @@ def test_a_function_that_raised_is_named_and_never_blamed_on_owner_references(
 
 
 def test_no_events_under_a_label_selector_names_it_and_the_kubectl_to_check() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.controller("watching", kind="ConfigMap", api_version="v1", label_selector="app=web")
     story.watch("listed", resource="configmaps")
     story.watch("synced", resource="configmaps")
@@ -1099,7 +931,7 @@ def test_no_events_under_a_label_selector_names_it_and_the_kubectl_to_check() ->
 
 
 def test_not_watched_in_this_namespace_names_the_namespaces_cached() -> None:
-    story = Story(synced=False)
+    story = RunStory(synced=False)
     story.controller("watching", kind="ConfigMap", api_version="v1", namespaces="a,b")
     story.watch("listed", namespace="a", resource="configmaps")
     story.watch("synced", namespace="b", resource="configmaps")
@@ -1111,13 +943,13 @@ def test_not_watched_in_this_namespace_names_the_namespaces_cached() -> None:
 
 
 def test_without_events_the_gap_of_the_run_that_ended_is_still_warned_of() -> None:
-    story = Story()
-    story._make(
+    story = RunStory()
+    story.record(
         Stage.MANAGER,
         "journal_gap",
         reason="buffer full",
         attrs={"count": 9, "first_time": T0, "last_time": story.time},
     )
-    story._make(Stage.MANAGER, "stopped", reason="stopped")
+    story.record(Stage.MANAGER, "stopped", reason="stopped")
     warnings = story.explain("lost", kind="ConfigMap").verdict.warnings
     assert [str(warning.code) for warning in warnings] == ["journal_gap"]

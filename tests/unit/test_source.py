@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -13,6 +13,7 @@ from ctrltrace import Collect, FakeClock, Recorder, Stage
 from ctrltrace.kinds import Kind, Resource, RestMapper
 from ctrltrace.records import Obj, ObjectRef
 from ctrltrace.source import Informer, WriteLog, last_writer
+from ctrltrace.testing import ScriptedTransport
 from ctrltrace.transport import ApiError, Transport, WatchExpired
 
 CONFIGMAP = Kind("v1", "ConfigMap")
@@ -20,40 +21,6 @@ CONFIGMAP = Kind("v1", "ConfigMap")
 
 def cm(name: str, rv: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}}
-
-
-class ScriptedTransport:
-    """Answers lists from a queue of pages and plays watch scripts in order."""
-
-    def __init__(self, lists: list[Any], watches: list[list[Any]]) -> None:
-        self.lists = lists
-        self.watches = watches
-        self.watch_params: list[Mapping[str, str]] = []
-        self.list_params: list[Mapping[str, str]] = []
-
-    async def request(
-        self, method: str, path: str, params: Mapping[str, str] | None = None, **_: Any
-    ) -> Any:
-        self.list_params.append(params or {})
-        answer = self.lists.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    async def watch(
-        self, path: str, params: Mapping[str, str], opened: Any = None
-    ) -> AsyncIterator[Any]:
-        self.watch_params.append(params)
-        script = self.watches.pop(0) if self.watches else None
-        if opened is not None and not (script and isinstance(script[0], ApiError)):
-            opened()
-        if script is None:
-            await asyncio.Event().wait()  # nothing more: block like an idle watch
-            return
-        for item in script:
-            if isinstance(item, Exception):
-                raise item
-            yield item
 
 
 class StaticMapper:
@@ -213,7 +180,11 @@ class ForbiddenWatch(ScriptedTransport):
         return listing("10", cm("a", "5"))
 
     async def watch(
-        self, path: str, params: Mapping[str, str], opened: Any = None
+        self,
+        path: str,
+        params: Mapping[str, str],
+        opened: Callable[[], None] | None = None,
+        **_: Any,
     ) -> AsyncIterator[Any]:
         self.watch_params.append(params)
         for _ in ():  # an async generator, like the real one, that yields nothing

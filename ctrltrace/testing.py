@@ -1,0 +1,237 @@
+"""What tests of controllers, and of ctrltrace itself, need in place of a real run and a real
+API server: the records a run emits, on a fake clock, and a transport that answers from a
+script.
+
+``RunStory`` builds records in the order a run emits them and explains an object from them;
+``ScriptedTransport`` answers list requests from pages and plays watch scripts, standing in for
+the API server under an informer. No I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from ctrltrace.explain import Explanation, explain
+from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+from ctrltrace.transport import ApiError
+
+START = 1_700_000_000.0
+"""Where a story's clock starts (seconds since the epoch)."""
+
+HEALTH_STAGES = frozenset({Stage.WATCH, Stage.LEASE, Stage.CONTROLLER, Stage.MANAGER})
+"""The stages that say how the pipeline around an object is, not what happened to it."""
+
+
+class RunStory:
+    """The records a real run emits, in order, on a clock that moves 10 ms a step: the health
+    around an object (watches, the lease, the controller) and its pipeline (events, dispatches,
+    reconciles, requeues, writes) in namespace ``shop``, controller ``configmap``, with
+    ``explain`` run over them. By default the ConfigMap cache has synced and the workers run.
+    """
+
+    def __init__(self, *, synced: bool = True, start: float = START) -> None:
+        self.time = start
+        self.records: list[Record] = []
+        self.rv = 100
+        if synced:
+            self.watch("listed")
+            self.watch("synced")
+            self.controller("started")
+
+    def add(self, record: Record) -> Record:
+        """Append ``record`` and move the clock on."""
+        self.records.append(record)
+        self.time += 0.01
+        return record
+
+    def record(self, stage: Stage, outcome: str, **fields: Any) -> Record:
+        """A record of ``stage`` and ``outcome`` at the story's time."""
+        return self.add(Record(time=self.time, stage=stage, outcome=outcome, **fields))
+
+    # -- the health around the object ---------------------------------------------------------
+
+    def watch(
+        self, outcome: str, reason: str = "", kind: str = "ConfigMap", **attrs: AttrValue
+    ) -> Record:
+        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
+        attrs = {"kind": kind, "api_version": api_version, **attrs}
+        return self.record(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
+
+    def lease(self, outcome: str, holder: str) -> Record:
+        attrs = {"lease": "ops/widgets", "identity": "pod-a", "holder": holder}
+        return self.record(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
+
+    def controller(self, outcome: str, reason: str = "", **attrs: AttrValue) -> Record:
+        return self.record(
+            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap", attrs=attrs
+        )
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def event(
+        self,
+        name: str = "web",
+        outcome: str = "MODIFIED",
+        *,
+        kind: str = "ConfigMap",
+        generation: int = 1,
+        writer: str = "kubectl-edit",
+        owned_write: Record | None = None,
+        extra: dict[str, AttrValue] | None = None,
+    ) -> Record:
+        self.rv += 1
+        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
+        ref = ObjectRef(api_version, kind, "shop", name, f"uid-{name}", str(self.rv), generation)
+        return self.record(
+            Stage.EVENT,
+            outcome,
+            object=ref,
+            reason="the controller's own write coming back" if owned_write else "",
+            cause_ids=(owned_write.id,) if owned_write else (),
+            attrs={"writer": writer, "self_caused": owned_write is not None, **(extra or {})},
+        )
+
+    def dispatch(
+        self,
+        event: Record,
+        outcome: str = "queued",
+        *,
+        controller: str = "configmap",
+        request: str | None = None,
+        reason: str = "the object itself",
+        **attrs: AttrValue,
+    ) -> Record:
+        assert event.object is not None
+        if "predicate" not in attrs:  # a dropped dispatch never reached the handler
+            attrs.setdefault("handler", "for the object itself")
+        return self.record(
+            Stage.DISPATCH,
+            outcome,
+            reason=reason,
+            controller=controller,
+            object=event.object,
+            request=request or event.object.key,
+            cause_ids=(event.id,),
+            attrs={**attrs, "event_type": "update"},
+        )
+
+    def start(self, *causes: Record, retries: int = 0) -> Record:
+        first = causes[0]
+        return self.record(
+            Stage.RECONCILE_START,
+            "started",
+            reason="waited 2.0 ms in the queue",
+            controller=first.controller,
+            request=first.request,
+            reconcile_id=f"rid-{len(self.records)}",
+            cause_ids=tuple(cause.id for cause in causes),
+            attrs={"queue_wait_s": 0.002, "retries": retries},
+        )
+
+    def end(
+        self, start: Record, outcome: str = "success", reason: str = "", **extra: AttrValue
+    ) -> Record:
+        attrs: dict[str, AttrValue] = {"duration_s": 0.042, "metric_result": outcome, **extra}
+        if reason:
+            attrs["error_type"] = reason.split(":", maxsplit=1)[0]
+        return self.record(
+            Stage.RECONCILE,
+            outcome,
+            reason=reason or outcome,
+            controller=start.controller,
+            request=start.request,
+            reconcile_id=start.reconcile_id,
+            cause_ids=(start.id,),
+            attrs=attrs,
+        )
+
+    def requeue(self, end: Record, outcome: str = "rate_limited", delay: float = 0.005) -> Record:
+        attrs: dict[str, AttrValue] = {"delay_s": delay, "due": self.time + delay}
+        if outcome == "rate_limited":
+            attrs["attempt"] = 1 + sum(r.stage is Stage.REQUEUE for r in self.records)
+        return self.record(
+            Stage.REQUEUE,
+            outcome,
+            reason=f"next run in {delay:.3f}s",
+            controller=end.controller,
+            request=end.request,
+            reconcile_id=end.reconcile_id,
+            cause_ids=(end.id,),
+            attrs=attrs,
+        )
+
+    def write(self, start: Record) -> Record:
+        """The reconcile's update_status of shop/web, with the resourceVersion it returned."""
+        self.rv += 1
+        ref = ObjectRef("v1", "ConfigMap", "shop", "web", "uid-web", str(self.rv), 1)
+        return self.record(
+            Stage.WRITE,
+            "update_status",
+            reason=f"update_status returned resourceVersion {self.rv}",
+            controller=start.controller,
+            reconcile_id=start.reconcile_id,
+            object=ref,
+        )
+
+    def reconciled(self, event: Record, outcome: str = "success", reason: str = "") -> Record:
+        return self.end(self.start(self.dispatch(event)), outcome, reason)
+
+    # -- explaining --------------------------------------------------------------------------
+
+    def explain(self, name: str = "web", *, later: float = 1.0, **options: Any) -> Explanation:
+        def stage(*stages: Stage) -> list[Record]:
+            return [r for r in self.records if r.stage in stages]
+
+        return explain(
+            [r for r in self.records if r.stage not in HEALTH_STAGES],
+            namespace="shop",
+            name=name,
+            watch_records=stage(Stage.WATCH),
+            lease_records=stage(Stage.LEASE),
+            controller_records=stage(Stage.CONTROLLER, Stage.MANAGER),
+            activity=stage(Stage.RECONCILE_START, Stage.RECONCILE),
+            now=self.time + later,
+            **options,
+        )
+
+
+class ScriptedTransport:
+    """Answers list requests from ``lists`` (a page, or an exception to raise) and plays the
+    ``watches`` scripts in order (events, or an exception to raise mid-stream); when the
+    scripts run out, a watch stays open and idle. Keeps the parameters of every request."""
+
+    def __init__(self, lists: list[Any], watches: list[list[Any]]) -> None:
+        self.lists = lists
+        self.watches = watches
+        self.watch_params: list[Mapping[str, str]] = []
+        self.list_params: list[Mapping[str, str]] = []
+
+    async def request(
+        self, method: str, path: str, params: Mapping[str, str] | None = None, **_: Any
+    ) -> Any:
+        self.list_params.append(params or {})
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def watch(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        opened: Callable[[], None] | None = None,
+        **_: Any,
+    ) -> AsyncIterator[Any]:
+        self.watch_params.append(params)
+        script = self.watches.pop(0) if self.watches else None
+        if opened is not None and not (script and isinstance(script[0], ApiError)):
+            opened()  # the server took the watch (a script that starts refusing it did not)
+        if script is None:
+            await asyncio.Event().wait()  # nothing more: block like an idle watch
+            return
+        for item in script:
+            if isinstance(item, Exception):
+                raise item
+            yield item
