@@ -27,7 +27,7 @@ import aiohttp
 import click
 
 from ctrltrace.builder import ControllerSpec, WatchSpec
-from ctrltrace.cli_app import (
+from ctrltrace.cli.app import (
     AppArgs,
     ExitCode,
     app_parameters,

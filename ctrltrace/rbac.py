@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import click
 
-from ctrltrace.cli_app import (
+from ctrltrace.cli.app import (
     AppArgs,
     ExitCode,
     app_parameters,

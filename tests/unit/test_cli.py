@@ -8,7 +8,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from structlog.testing import capture_logs
 
 from ctrltrace import Manager, __version__
-from ctrltrace.cli import ExitCode, _settle_spans, main
+from ctrltrace.cli import ExitCode, main
+from ctrltrace.cli.run import _settle_spans
 from ctrltrace.exporters.tracing import DropCounter
 
 

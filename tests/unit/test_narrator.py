@@ -174,7 +174,7 @@ def test_records_of_the_event_path_are_not_told() -> None:
 def test_records_and_spans_lost_are_told_when_they_grow_not_on_every_look(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ctrltrace import cli
+    from ctrltrace.cli.run import _LossWatch
 
     capture = LogCapture()
     logger = structlog.wrap_logger(
@@ -186,7 +186,7 @@ def test_records_and_spans_lost_are_told_when_they_grow_not_on_every_look(
     clock = FakeClock()
 
     async def scenario() -> None:
-        watch = cli._LossWatch(cast(Any, journal), cast(Any, spans), clock)
+        watch = _LossWatch(cast(Any, journal), cast(Any, spans), clock)
         task = asyncio.create_task(watch())
         await clock.advance(60)  # nothing lost: nothing said
         journal.dropped, journal.last_error = 128, "OperationalError: disk I/O error"

@@ -60,7 +60,7 @@ class CommandError(click.ClickException):
 def local_control_plane() -> Iterator[ControlPlane]:
     """A local kube-apiserver + etcd for one command, stopped when it ends."""
     # envtest is imported only with --envtest: most runs never need it.
-    from ctrltrace.envtest import (  # noqa: PLC0415
+    from ctrltrace.envtest import (
         BinariesNotFoundError,
         ControlPlane,
         ControlPlaneError,

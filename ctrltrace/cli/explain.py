@@ -1,0 +1,86 @@
+"""``ctrltrace explain``: why the latest event for an object did or did not reach Reconcile,
+from the journal."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from ctrltrace.cli.app import CommandError, ExitCode
+from ctrltrace.cli.group import main
+from ctrltrace.cli.options import journal_option, parse_since
+
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@main.command()
+@click.argument("target", metavar="NAMESPACE/NAME")
+@click.option("--kind", help="KIND[.GROUP], kubectl style: case-insensitive, plural accepted.")
+@click.option("--controller", help="Only this controller's view of the object.")
+@journal_option
+@click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+@click.option(
+    "--limit",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Timeline records shown: the latest, and as many of the object's own events; 0: all.",
+)
+def explain(
+    *,
+    target: str,
+    kind: str | None,
+    controller: str | None,
+    journal_path: Path,
+    since: str | None,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """Say why the latest event for NAMESPACE/NAME (NAME if cluster-scoped) did or did not
+    reach Reconcile. Reads the journal only: works offline and on a CI artifact.
+
+    Exits 0 when the verdict is reconciled or requeue_scheduled, 3 for any other verdict.
+    """
+    import json
+    import time
+
+    from ctrltrace import explain as explaining
+    from ctrltrace.evidence import explain_from_journal
+    from ctrltrace.explain_text import render_text
+    from ctrltrace.journal import Journal, JournalError
+
+    namespace, _, name = target.rpartition("/")
+    if not name or "/" in namespace or not _OBJECT_NAME.match(name):
+        raise CommandError(
+            f"{target!r} is not NAMESPACE/NAME (or NAME for a cluster-scoped object)",
+            ExitCode.USAGE,
+        )
+    now = time.time()
+    since_time = parse_since(since, now)
+    try:
+        with Journal(journal_path) as journal:
+            watches = journal.watch_records(since=since_time)
+            explanation = explain_from_journal(
+                journal,
+                namespace=namespace,
+                name=name,
+                kind=explaining.resolve_kind(kind, watches) if kind else None,
+                controller=controller,
+                since=since_time,
+                now=now,
+                timeline_limit=limit,
+            )
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    if as_json:
+        click.echo(json.dumps(explanation.to_json(), indent=2))
+    else:
+        # A terminal narrower than 100 columns gets its width; a pipe or file gets 100.
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
+        click.echo(render_text(explanation, width=min(100, width)))
+    sys.exit(explaining.exit_code(explanation.verdict.code))

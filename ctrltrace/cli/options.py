@@ -1,0 +1,56 @@
+"""Options and values several commands share: the journal, durations and ``--since``, and the
+epilog of exit codes. Defined once, here."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import click
+
+from ctrltrace.cli.app import CommandError, ExitCode
+
+DEFAULT_JOURNAL = Path(".ctrltrace") / "journal.sqlite"
+EPILOG = "Exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in ExitCode)
+
+journal_option = click.option(
+    "--journal",
+    "journal_path",
+    envvar="CTRLTRACE_JOURNAL",
+    default=DEFAULT_JOURNAL,
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
+)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``10m``, ``2h`` or ``1d`` as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        return float(number) * _UNITS[unit]
+    except ValueError:
+        raise CommandError(
+            f"{text!r} is not a duration (like 30s, 10m, 2h, 1d)", ExitCode.USAGE
+        ) from None
+
+
+def parse_since(text: str | None, now: float) -> float | None:
+    """A ``--since`` value: a duration back from now, or an ISO 8601 time."""
+    if text is None:
+        return None
+    if text[-1:] in _UNITS or text.replace(".", "", 1).isdigit():
+        return now - parse_duration(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"--since {text!r}: expected a duration (10m) or a time (2026-01-02T15:04:05)",
+            ExitCode.USAGE,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.timestamp()
