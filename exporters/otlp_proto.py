@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from ctrltrace.exporters._otlpwire import encode_attributes, encode_fields, encode_span
+from ctrltrace.exporters.otlpwire import encode_attributes, encode_fields, encode_span
 
 __all__ = ["encode_request", "encode_span", "encode_spans"]
 
