@@ -89,11 +89,11 @@ def wanted_protocol(
 class BatchSettings:
     """How spans wait for export and go out.
 
-    Every event makes about three spans (event, dispatch, reconcile), and span work caps one
-    core near 10,000 events a second, so 20,000 queued spans hold most of a second of the
-    fastest burst and minutes of ordinary traffic (the SDK's default, 2,048, drops most of a
-    burst), yet stay bounded when the collector is away: a finished span is about 3 KB, so
-    about 60 MB at most. Batches of 2,048 take a burst out in few requests, well under the
+    Every event makes about three spans (event, dispatch, reconcile), so 20,000 queued spans
+    hold most of a second of the fastest burst one core can trace (bench/README.md) and
+    minutes of ordinary traffic (the SDK's default, 2,048, drops most of a burst), yet stay
+    bounded when the collector is away: a finished span is about 3 KB, so about 60 MB at
+    most. Batches of 2,048 take a burst out in few requests, well under the
     collectors' request limits; half a second keeps traces near live in Jaeger; and a
     five-second export timeout keeps a collector that does not answer from holding the export
     thread, or shutdown, for long.

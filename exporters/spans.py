@@ -2,7 +2,7 @@
 
 Installed as ``ctrltrace.exporters.spans``.
 
-Owns the translation of records into spans (design §4): one span per watch event, one per
+Owns the translation of records into spans: one span per watch event, one per
 dispatch (predicate verdict, mapping and enqueue outcome as attributes) whose parent is the
 event, one per reconcile whose parent is the first dispatch that queued it and which links to
 every other dispatch de-duplicated into it (the messaging convention for batches), a link

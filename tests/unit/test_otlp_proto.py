@@ -178,3 +178,27 @@ def test_an_id_too_wide_for_its_field_is_refused() -> None:
     )
     with pytest.raises(OverflowError, match="out of range"):
         encode_spans([wide])
+
+
+def test_the_python_and_c_writers_write_the_same_span_bytes() -> None:
+    state = TraceState([("vendor", "value")])
+    parts = (
+        SpanContext(0xABC, 7, False, SAMPLED, state),
+        "reconcile configmap",
+        SpanKind.CONSUMER,
+        context(9, remote=True),
+        1_700_000_000_000_000_000,
+        1_700_000_000_000_500_000,
+        {"k": "v", "n": [1, 2.5, None, {"x": b"\x00"}], "big": -(2**63)},
+        [Event("write", {"verb": "patch"}, 5)],
+        [Link(SpanContext(0xDEF, 3, True, SAMPLED, state), {"ctrltrace.link": "dispatch"})],
+        Status(StatusCode.ERROR, "boom"),
+        (1, 2, 3),
+    )
+    assert otlpwire.pure_encode_span(*parts) == _otlpwire.encode_span(*parts)
+    attributes = {"service.name": "x", "count": 3}
+    assert otlpwire.pure_encode_attributes(0x0A, attributes) == _otlpwire.encode_attributes(
+        0x0A, attributes
+    )
+    payloads = [b"a", b"b" * 300]
+    assert otlpwire.pure_encode_fields(0x12, payloads) == _otlpwire.encode_fields(0x12, payloads)

@@ -1106,3 +1106,11 @@ def test_replay_does_not_follow_causes_across_runs_of_a_journal(
     tracing.provider.shutdown()
     parent = tracing.one("reconcile configmap").parent
     assert (parent is not None) is same_run
+
+
+def test_a_processor_or_queue_needs_an_sdk_provider_for_its_ids() -> None:
+    provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    processor = SimpleSpanProcessor(InMemorySpanExporter())
+    with pytest.raises(TypeError, match="TracerProvider"):
+        SpanSink(provider.get_tracer("ctrltrace"), processor=processor)
+    provider.shutdown()
