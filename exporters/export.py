@@ -28,10 +28,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
+from ctrltrace.exporters.builders import SCOPE
 from ctrltrace.exporters.config import BatchSettings, TracingConfigError
 from ctrltrace.exporters.otlp_http import OtlpHttpExporter
 from ctrltrace.exporters.otlp_proto import encode_request
-from ctrltrace.exporters.spans import SCOPE, SpanSink
+from ctrltrace.exporters.spans import SpanSink
 
 __all__ = ["DropCounter", "build_tracing"]
 

@@ -2,18 +2,17 @@
 
 Installed as ``ctrltrace.exporters.spans``.
 
-Owns the translation of records into spans: one span per watch event, one per
-dispatch (predicate verdict, mapping and enqueue outcome as attributes) whose parent is the
-event, one per reconcile whose parent is the first dispatch that queued it and which links to
-every other dispatch de-duplicated into it (the messaging convention for batches), a link
+Owns the translation of records into spans: one span per watch event, one per dispatch
+(predicate verdict, mapping and enqueue outcome as attributes) whose parent is the event, one
+per reconcile whose parent is the first dispatch that queued it and which links to every
+other dispatch de-duplicated into it (the messaging convention for batches), a link
 rather than a parent from a requeued reconcile to the one that asked for it, and spans for
 lease transitions and watch failures. Also the log correlation (``trace_ids_for`` and a
 structlog processor) and ``replay`` of recorded records.
 
-Where spans go is the caller's choice, through public interfaces only: any tracer (spans are
-started through the OpenTelemetry API), or an SDK tracer provider for ids, sampler and
-resource together with a span processor of the caller's (finished spans are built here and
-handed to its ``on_end``) or a queue of encoded spans (each encoded as it ends).
+Where spans go is the caller's choice, through public interfaces only: any tracer, or an SDK
+tracer provider together with a span processor of the caller's or a queue of encoded spans
+(``builders`` makes the spans each way).
 
 It may not: be imported by the runtime core (the CLI attaches the sink only when tracing is
 configured, so without it no span work is done at all); do I/O or block on the sink path;
@@ -21,33 +20,27 @@ raise into the recorder or a reconcile; or keep memory that grows with the numbe
 (span contexts are remembered in bounded maps).
 
 Spans get their times from the records, not from the clock, so a replayed journal gives the
-same spans as the live run did.
+same spans as the live run did. It is one module of some 500 lines because every record
+handler reads and writes the sink's bounded maps of remembered span contexts.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import (
     Link,
-    NonRecordingSpan,
     SpanContext,
     SpanKind,
     Status,
     StatusCode,
-    TraceFlags,
 )
 from opentelemetry.util.types import AttributeValue
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ctrltrace._version import __version__
 from ctrltrace.exporters.attributes import (
     CONTROLLER,
     DISPATCH_EVENT_TYPE,
@@ -82,10 +75,16 @@ from ctrltrace.exporters.attributes import (
     Attributes,
     object_attributes,
 )
-from ctrltrace.exporters.otlpwire import encode_span
+from ctrltrace.exporters.builders import (
+    MAX_LINKS,
+    UNSET,
+    EncodedSpans,
+    Spanning,
+    span_maker,
+)
 from ctrltrace.records import Record, Stage
 
-__all__ = ["SCOPE", "EncodedSpans", "SpanSink", "replay", "trace_ids_processor"]
+__all__ = ["SpanSink", "replay", "trace_ids_processor"]
 
 # Dispatch outcomes that put the request in the queue: only these can cause a reconcile.
 _ENQUEUED = frozenset({"queued", "deduplicated", "requeued_after_processing"})
@@ -96,24 +95,11 @@ _FAILED = frozenset({"error", "terminal_error"})
 _WATCH_SPANS = frozenset({"forbidden", "kind_not_found", "error", "disconnected", "gone"})
 _LEASE_ERRORS = frozenset({"lost", "error"})
 
-# The SDK keeps 128 links per span by default; making more only to have them dropped is waste.
-_MAX_LINKS = 128
 # A remembered context outlives at least half this many newer ones: over a second of queue
 # wait at the highest rate tracing sustains (two per event), far longer at ordinary rates.
 # One is about 300 bytes, so a full map is about 20 MB.
 _CAPACITY = 65_536
 
-SCOPE = InstrumentationScope("ctrltrace", __version__)
-"""The instrumentation scope of every span ctrltrace makes."""
-# The SDK's default limit of events per span; links are capped at _MAX_LINKS likewise.
-_MAX_EVENTS = 128
-_UNSET = Status(StatusCode.UNSET)
-_NONE_DROPPED = (0, 0, 0)  # dropped attributes, events and links: the sink counts none
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-
-# An empty context: a span started in it is a root whatever span is current in the caller.
-_ROOT = Context()
 _DISPATCH_LINK: Mapping[str, AttributeValue] = {LINK: "dispatch"}
 _REQUEUE_LINK: Mapping[str, AttributeValue] = {LINK: "requeue"}
 _WRITE_LINK: Mapping[str, AttributeValue] = {LINK: "write"}
@@ -168,340 +154,6 @@ class _Names(dict[str, str]):
         return name
 
 
-def _parented(parent: SpanContext | None) -> Context:
-    return _ROOT if parent is None else trace.set_span_in_context(NonRecordingSpan(parent), _ROOT)
-
-
-class _Spanning(Protocol):
-    """What the sink does with a span between its start and its end: a subset of ``Span``."""
-
-    def get_span_context(self) -> SpanContext: ...
-
-    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None: ...
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None: ...
-
-    def set_status(self, status: Status) -> None: ...
-
-    def add_event(
-        self, name: str, attributes: Mapping[str, AttributeValue], timestamp: int
-    ) -> None: ...
-
-    def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue]) -> None: ...
-
-    def end(self, end_time: int | None = None) -> None: ...
-
-
-class _ThroughApi:
-    """Spans started through the OpenTelemetry API: for any tracer, SDK or not."""
-
-    def __init__(self, tracer: trace.Tracer) -> None:
-        self._tracer = tracer
-
-    def start(
-        self,
-        name: str,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: Attributes,
-        *,
-        links: Sequence[Link],
-        start: int,
-    ) -> _Spanning:
-        return self._tracer.start_span(name, _parented(parent), kind, attributes, links, start)
-
-    def point(
-        self,
-        name: str,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: Attributes,
-        *,
-        links: Sequence[Link],
-        at: int,
-        status: Status,
-    ) -> SpanContext:
-        """A span that starts and ends at ``at``; its context."""
-        span = self.start(name, parent, kind, attributes, links=links, start=at)
-        if status is not _UNSET:
-            span.set_status(status)
-        span.end(at)
-        return span.get_span_context()
-
-
-class _Built:
-    """A span the sink builds itself, handed to the provider's processors when it ends."""
-
-    __slots__ = (
-        "_to",
-        "attributes",
-        "context",
-        "end_time",
-        "events",
-        "kind",
-        "links",
-        "name",
-        "parent",
-        "start",
-        "status",
-    )
-
-    def __init__(
-        self,
-        to: _Direct,
-        name: str,
-        context: SpanContext,
-        *,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: Attributes,
-        links: Sequence[Link],
-        start: int,
-    ) -> None:
-        self._to = to
-        self.name = name
-        self.context = context
-        self.parent = parent
-        self.kind = kind
-        self.attributes = attributes
-        self.links = list(links)
-        self.events: list[Event] = []
-        self.start = start
-        self.end_time = 0  # set when it ends
-        self.status = _UNSET
-
-    def get_span_context(self) -> SpanContext:
-        return self.context
-
-    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        self.attributes.update(attributes)
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes[key] = value
-
-    def set_status(self, status: Status) -> None:
-        self.status = status
-
-    def add_event(
-        self, name: str, attributes: Mapping[str, AttributeValue], timestamp: int
-    ) -> None:
-        if len(self.events) < _MAX_EVENTS:
-            self.events.append(Event(name, attributes, timestamp))
-
-    def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue]) -> None:
-        if len(self.links) < _MAX_LINKS:
-            self.links.append(Link(context, attributes))
-
-    def end(self, end_time: int | None = None) -> None:
-        self._to.finish(self, time.time_ns() if end_time is None else end_time)
-
-
-class EncodedSpans(Protocol):
-    """Where encoded spans go: ``offer`` takes one serialised OTLP ``Span`` and never blocks."""
-
-    def offer(self, span: bytes, /) -> None: ...
-
-
-# What a built span is handed on as: positional, as encode_span takes it, for speed.
-_Deliver = Callable[
-    [
-        SpanContext,
-        str,
-        SpanKind,
-        SpanContext | None,
-        int,
-        int,
-        Attributes,
-        Sequence[Event],
-        Sequence[Link],
-        Status,
-    ],
-    None,
-]
-
-
-class _Direct:
-    """Spans for an SDK tracer provider, built without the SDK's span machinery.
-
-    The SDK's ``start_span`` runs the sampler, copies attributes into a bounded, locked
-    mapping and takes a lock per change, which costs more than all the rest of the sink (see
-    bench/README.md). Here ids come from the provider's id generator, the provider's sampler
-    decides for each trace's root (children follow their parent, as the default parent-based
-    sampler does), and each sampled span, once ended, is delivered by the subclass. The
-    provider's own processors never see these spans: the SDK has no public way to hand them a
-    finished span, so the caller names where they go.
-    """
-
-    _deliver: _Deliver  # each subclass's: hands an ended, sampled span on
-
-    def __init__(self, provider: TracerProvider) -> None:
-        self._ids = provider.id_generator
-        self._sampler = provider.sampler
-        self._always = self._sampler is DEFAULT_ON or self._sampler is ALWAYS_ON
-
-    def _context(
-        self,
-        name: str,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: Attributes,
-        links: Sequence[Link],
-    ) -> SpanContext:
-        if parent is not None:
-            trace_id, flags = parent.trace_id, parent.trace_flags
-        else:
-            trace_id = self._ids.generate_trace_id()
-            sampled = (
-                self._always
-                or self._sampler.should_sample(
-                    None, trace_id, name, kind, attributes, links
-                ).decision
-                is Decision.RECORD_AND_SAMPLE
-            )
-            flags = _SAMPLED if sampled else _NOT_SAMPLED
-        return SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
-
-    def start(
-        self,
-        name: str,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: Attributes,
-        *,
-        links: Sequence[Link],
-        start: int,
-    ) -> _Spanning:
-        context = self._context(name, parent, kind, attributes, links)
-        return _Built(
-            self,
-            name,
-            context,
-            parent=parent,
-            kind=kind,
-            attributes=attributes,
-            links=links,
-            start=start,
-        )
-
-    def point(
-        self,
-        name: str,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: Attributes,
-        *,
-        links: Sequence[Link],
-        at: int,
-        status: Status,
-    ) -> SpanContext:
-        """A span that starts and ends at ``at``; its context. No ``_Built`` in between."""
-        context = self._context(name, parent, kind, attributes, links)
-        if context.trace_flags.sampled:
-            self._deliver(context, name, kind, parent, at, at, attributes, (), links, status)
-        return context
-
-    def finish(self, span: _Built, end: int) -> None:
-        context = span.context
-        if context.trace_flags.sampled:
-            span.end_time = end
-            self._deliver(
-                context,
-                span.name,
-                span.kind,
-                span.parent,
-                span.start,
-                end,
-                span.attributes,
-                span.events,
-                span.links,
-                span.status,
-            )
-
-
-class _ToProcessor(_Direct):
-    """Spans handed to a span processor of the caller's as ``ReadableSpan``s when they end.
-
-    They carry the provider's resource; the processor's ``on_start`` is not called.
-    """
-
-    def __init__(self, provider: TracerProvider, processor: SpanProcessor) -> None:
-        super().__init__(provider)
-        self._resource = provider.resource
-        self._processor = processor
-
-    def _deliver(  # noqa: PLR0917 - positional: called for every span, as encode_span is
-        self,
-        context: SpanContext,
-        name: str,
-        kind: SpanKind,
-        parent: SpanContext | None,
-        start: int,
-        end: int,
-        attributes: Attributes,
-        events: Sequence[Event],
-        links: Sequence[Link],
-        status: Status,
-    ) -> None:
-        """Hand an ended span to the processor, as a ``ReadableSpan``."""
-        self._processor.on_end(
-            ReadableSpan(
-                name=name,
-                context=context,
-                parent=parent,
-                resource=self._resource,
-                attributes=attributes,
-                events=events,
-                links=links,
-                kind=kind,
-                status=status,
-                start_time=start,
-                end_time=end,
-                instrumentation_scope=SCOPE,
-            )
-        )
-
-
-class _Encoded(_Direct):
-    """Spans encoded as they end (``otlpwire.encode_span``) and offered to a queue as bytes.
-
-    No ``ReadableSpan``, no processor chain, and nothing for the garbage collector to trace
-    while spans wait (bytes hold no references).
-    """
-
-    def __init__(self, provider: TracerProvider, queue: EncodedSpans) -> None:
-        super().__init__(provider)
-        self._queue = queue
-
-    def _deliver(  # noqa: PLR0917 - positional: called for every span, as encode_span is
-        self,
-        context: SpanContext,
-        name: str,
-        kind: SpanKind,
-        parent: SpanContext | None,
-        start: int,
-        end: int,
-        attributes: Attributes,
-        events: Sequence[Event],
-        links: Sequence[Link],
-        status: Status,
-    ) -> None:
-        self._queue.offer(
-            encode_span(
-                context,
-                name,
-                kind,
-                parent,
-                start,
-                end,
-                attributes,
-                events,
-                links,
-                status,
-                _NONE_DROPPED,
-            )
-        )
-
-
 class SpanSink:
     """A record sink that turns records into spans, with times and causes from the records.
 
@@ -529,25 +181,14 @@ class SpanSink:
         processor: SpanProcessor | None = None,
         queue: EncodedSpans | None = None,
     ):
-        spans: _Direct | _ThroughApi
-        if (processor is not None or queue is not None) and not isinstance(tracer, TracerProvider):
-            raise TypeError("a processor or queue needs the SDK's TracerProvider for its ids")
-        if queue is not None:
-            spans = _Encoded(tracer, queue)  # type: ignore[arg-type]  # checked just above
-        elif processor is not None:
-            spans = _ToProcessor(tracer, processor)  # type: ignore[arg-type]
-        elif isinstance(tracer, trace.TracerProvider):
-            spans = _ThroughApi(tracer.get_tracer("ctrltrace", __version__))
-        else:
-            spans = _ThroughApi(tracer)
-        self._spans = spans
+        self._spans = span_maker(tracer, processor, queue)
         self.capacity = capacity
         self._contexts: _Generations[int, SpanContext] = _Generations(capacity)
         self._requeues: _Generations[int, SpanContext] = _Generations(capacity)
-        self._open: dict[str, _Spanning] = {}  # reconcile id -> its span, from start to end
+        self._open: dict[str, Spanning] = {}  # reconcile id -> its span, from start to end
         # A reconcile that ended with a requeue: its span stays open for the REQUEUE record,
         # which the controller emits right after, in the same call.
-        self._settling: tuple[_Spanning, str, int] | None = None
+        self._settling: tuple[Spanning, str, int] | None = None
         self._event_names = _Names("event")
         self._dispatch_names = _Names("dispatch")
         self._reconcile_names = _Names("reconcile")
@@ -641,11 +282,11 @@ class SpanSink:
             dispatch = self._contexts.get(cause)
             if dispatch is None:
                 asked = self._requeues.get(cause)
-                if asked is not None and len(links) < _MAX_LINKS:
+                if asked is not None and len(links) < MAX_LINKS:
                     links.append(Link(asked, _REQUEUE_LINK))
             elif parent is None:
                 parent = dispatch
-            elif len(links) < _MAX_LINKS:
+            elif len(links) < MAX_LINKS:
                 links.append(Link(dispatch, _DISPATCH_LINK))
         attributes: Attributes = {
             CONTROLLER: record.controller,
@@ -795,7 +436,7 @@ class SpanSink:
         error: str | None = None,
     ) -> SpanContext:
         """A span that starts and ends at one record's time; its context."""
-        status = _UNSET if error is None else Status(StatusCode.ERROR, error)
+        status = UNSET if error is None else Status(StatusCode.ERROR, error)
         return self._spans.point(
             name, parent, kind, attributes, links=links, at=_ns(at), status=status
         )

@@ -4,9 +4,11 @@ Installed as ``ctrltrace.exporters.tracing``; the entry point the CLI and users 
 
 Owns ``configure_tracing``: tracing from ``--otlp-endpoint`` or the standard ``OTEL_*``
 variables (read by ``config``), exported over OTLP/HTTP (``otlp_http``) or gRPC through the
-counted pipeline of ``export``. The rest lives in one module per role, re-exported here:
-``attributes`` (the names spans carry), ``spans`` (the record sink, log correlation and
-replay), ``export`` (batches, queues and drop counting), ``config`` (the environment).
+counted pipeline of ``export``. The rest lives in one module per role, the public names
+re-exported here: ``attributes`` (the names spans carry), ``spans`` (the record sink, log
+correlation and replay), ``builders`` (how the sink's spans are made and handed on),
+``export`` (batches, queues and drop counting), ``otlp_http`` (the OTLP/HTTP exporter),
+``config`` (the environment).
 
 It may not be imported by the runtime core: the CLI attaches the sink only when tracing is
 configured, so without it no span work is done at all.
