@@ -1,21 +1,21 @@
-/* ctrltrace._picklerecords: records written as the journal's pickles, in C.
+/* ctrltrace._picklerecords: the journal's record pickler, in C (an optional accelerator).
  *
- * Owns the one encoding the journal stores: a record as a tuple of its fields in the order of
- * record_names below, its ObjectRef as a tuple of the ref's fields, its Stage (and any value that
- * is not a built-in scalar, tuple, list or dict) as its str(); written in pickle protocol 5
- * opcodes that the journal's restricted unpickler reads back. Strings and ObjectRefs are
- * memoised by identity within one pickle, as the pickle module does.
+ * Writes exactly the bytes of the Python writer in ctrltrace/picklerecords.py, which owns the
+ * encoding and documents it: a record as a tuple of its fields (RECORD_FIELDS there,
+ * record_names here), its ObjectRef as a tuple, its Stage and any other value that is not
+ * exactly a built-in scalar, tuple, list or dict as its str(); pickle protocol 5 opcodes
+ * without frames; non-empty strings and ObjectRefs memoised by identity within one pickle.
+ * tests/unit/test_picklerecords.py holds the two to the same bytes.
  *
- * Why C: sealing a chunk was a Python pass over every record (a fields tuple each, then a
- * Python callback from the pickler for every ObjectRef), and measured most of what the journal
- * cost per event on the event loop. Here a record's slots are read where its class's slot
- * descriptors say they are (the record's type is checked first) and written into one buffer.
+ * Why C: sealing a chunk runs on the event loop for every 128 records, and a Python pass over
+ * every field of every record is most of what the journal costs per event there. Fields are
+ * read through the public attribute protocol, by interned name, once the record's type is
+ * checked; nothing of CPython's internal structures is read.
  *
  * It may not: do I/O, keep state between calls, or write an opcode that names a class (the
  * reader refuses every global but str and tuple, and needs neither).
  */
 #include "_buffer.h"
-#include <structmember.h>
 
 /* Pickle opcodes used here. */
 #define OP_PROTO 0x80
@@ -51,7 +51,8 @@
 #define FIELD_REQUEST 7
 #define REF_NAME 3
 
-/* Record's fields in stored order, and ObjectRef's: journal._record reads them so. */
+/* Record's fields in stored order, and ObjectRef's: picklerecords.RECORD_FIELDS and
+ * REF_FIELDS. */
 static const char *record_names[RECORD_FIELDS] = {
     "id", "time", "stage", "outcome", "reason", "controller", "object", "request",
     "reconcile_id", "cause_ids", "attrs",
@@ -63,9 +64,9 @@ static const char *ref_names[REF_FIELDS] = {
 typedef struct {
     PyTypeObject *record_type;
     PyTypeObject *ref_type;
-    /* Where the classes' slots sit in an instance: read directly, as their descriptors do. */
-    Py_ssize_t record_slots[RECORD_FIELDS];
-    Py_ssize_t ref_slots[REF_FIELDS];
+    /* The fields' names, interned: attribute lookups by them hit the type's cache. */
+    PyObject *record_fields[RECORD_FIELDS];
+    PyObject *ref_fields[REF_FIELDS];
 } module_state;
 
 typedef struct {
@@ -260,20 +261,17 @@ static int save_items_as_tuple(writer *w, PyObject **items, Py_ssize_t count) {
     return put_op(w, count > 3 ? OP_TUPLE : (unsigned char)(OP_TUPLE1 + count - 1));
 }
 
-/* Read ``count`` slots of ``owner`` (new references); an unset one is an AttributeError. */
-static int read_slots(PyObject *owner, const Py_ssize_t *slots, PyObject **out,
-                      Py_ssize_t count) {
+/* Read ``count`` attributes ``names`` of ``owner`` (new references). */
+static int read_fields(PyObject *owner, PyObject *const *names, PyObject **out,
+                       Py_ssize_t count) {
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = *(PyObject **)((char *)owner + slots[i]);
-        if (value == NULL) {
+        out[i] = PyObject_GetAttr(owner, names[i]);
+        if (out[i] == NULL) {
             while (i-- > 0) {
                 Py_DECREF(out[i]);
             }
-            PyErr_Format(PyExc_AttributeError, "a %.100s without all its fields",
-                         Py_TYPE(owner)->tp_name);
             return -1;
         }
-        out[i] = Py_NewRef(value);
     }
     return 0;
 }
@@ -288,7 +286,7 @@ static int save_ref(writer *w, PyObject *ref) {
     int found = put_memoised(w, ref);
     if (found == 0) {
         PyObject *fields[REF_FIELDS];
-        found = read_slots(ref, w->state->ref_slots, fields, REF_FIELDS);
+        found = read_fields(ref, w->state->ref_fields, fields, REF_FIELDS);
         if (found == 0) {
             found = save_items_as_tuple(w, fields, REF_FIELDS);
             release(fields, REF_FIELDS);
@@ -399,7 +397,7 @@ static int save_record(writer *w, PyObject *record, PyObject **fields) {
                      Py_TYPE(record)->tp_name);
         return -1;
     }
-    if (read_slots(record, w->state->record_slots, fields, RECORD_FIELDS) < 0) {
+    if (read_fields(record, w->state->record_fields, fields, RECORD_FIELDS) < 0) {
         return -1;
     }
     if (save_items_as_tuple(w, fields, RECORD_FIELDS) < 0) {
@@ -462,11 +460,13 @@ static int add_keys(module_state *state, PyObject *keys, PyObject **fields) {
     if (Py_TYPE(ref) != state->ref_type) {
         return 0;
     }
-    PyObject *name = *(PyObject **)((char *)ref + state->ref_slots[REF_NAME]);
-    if (name != NULL && PyUnicode_Check(name) && PyUnicode_GET_LENGTH(name)) {
-        return PySet_Add(keys, name);
+    PyObject *name = PyObject_GetAttr(ref, state->ref_fields[REF_NAME]);
+    if (name == NULL) {
+        return -1;
     }
-    return 0;
+    int failed = PyUnicode_Check(name) && PyUnicode_GET_LENGTH(name) && PySet_Add(keys, name);
+    Py_DECREF(name);
+    return failed ? -1 : 0;
 }
 
 PyDoc_STRVAR(seal_doc,
@@ -539,21 +539,11 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The offsets of ``names``' slots in ``type``'s instances (object slots, from __slots__). */
-static int find_slots(PyTypeObject *type, const char **names, Py_ssize_t *slots, int count) {
+/* ``names`` as interned strings in ``out``. */
+static int intern_names(const char **names, PyObject **out, int count) {
     for (int i = 0; i < count; i++) {
-        PyObject *descriptor = PyObject_GetAttrString((PyObject *)type, names[i]);
-        if (descriptor == NULL) {
-            return -1;
-        }
-        int is_slot = Py_IS_TYPE(descriptor, &PyMemberDescr_Type) &&
-                      ((PyMemberDescrObject *)descriptor)->d_member->type == T_OBJECT_EX;
-        if (is_slot) {
-            slots[i] = ((PyMemberDescrObject *)descriptor)->d_member->offset;
-        }
-        Py_DECREF(descriptor);
-        if (!is_slot) {
-            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, names[i]);
+        out[i] = PyUnicode_InternFromString(names[i]);
+        if (out[i] == NULL) {
             return -1;
         }
     }
@@ -572,8 +562,8 @@ static int exec_module(PyObject *module) {
     if (state->record_type == NULL || state->ref_type == NULL) {
         return -1;
     }
-    if (find_slots(state->record_type, record_names, state->record_slots, RECORD_FIELDS) < 0 ||
-        find_slots(state->ref_type, ref_names, state->ref_slots, REF_FIELDS) < 0) {
+    if (intern_names(record_names, state->record_fields, RECORD_FIELDS) < 0 ||
+        intern_names(ref_names, state->ref_fields, REF_FIELDS) < 0) {
         return -1;
     }
     return 0;
@@ -590,6 +580,12 @@ static int clear(PyObject *module) {
     module_state *state = PyModule_GetState(module);
     Py_CLEAR(state->record_type);
     Py_CLEAR(state->ref_type);
+    for (int i = 0; i < RECORD_FIELDS; i++) {
+        Py_CLEAR(state->record_fields[i]);
+    }
+    for (int i = 0; i < REF_FIELDS; i++) {
+        Py_CLEAR(state->ref_fields[i]);
+    }
     return 0;
 }
 
@@ -601,7 +597,7 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ctrltrace._picklerecords",
-    .m_doc = "Records written as the journal's pickles, in C.",
+    .m_doc = "The journal's record pickler, in C: ctrltrace.picklerecords' accelerator.",
     .m_size = sizeof(module_state),
     .m_methods = methods,
     .m_slots = slots,

@@ -6,9 +6,9 @@ retention, and the reader that answers "everything about this object", the infor
 and controller health records, time windows and a live tail.
 
 It may not block the event loop: ``JournalWriter.__call__`` appends to a list and, every
-``_CHUNK`` records, pickles the list (``_picklerecords``, in C: tens of microseconds); the
-file is written only by the writer's own thread. It knows how records chain (to find
-everything about an object) but not what they mean: explain interprets them.
+``_CHUNK`` records, pickles the list (``picklerecords``); the file is written only by the
+writer's own thread. It knows how records chain (to find everything about an object) but not
+what they mean: explain interprets them.
 
 Storage is one row per batch, not per record: a row per record costs SQLite a B-tree insert
 per index and the writer a GIL hand-off per row, which measured several times the whole
@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
-from ctrltrace._picklerecords import dumps, seal
+from ctrltrace.picklerecords import dumps, seal
 from ctrltrace.records import ObjectRef, Record, Stage, Vocab
 
 APPLICATION_ID = 0x63747274  # "ctrt": tells a ctrltrace journal from any other SQLite file
@@ -79,9 +79,9 @@ PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# A record as stored: a tuple of its fields in the order of ``record_names`` in
-# _picklerecords.c (``_record`` and these indices follow it), with the ObjectRef as a tuple
-# (``ref_names``) and the Stage as its text.
+# A record as stored: a tuple of its fields in the order of ``picklerecords.RECORD_FIELDS``
+# (``_record`` and these indices follow it), with the ObjectRef as a tuple (``REF_FIELDS``)
+# and the Stage as its text.
 _ID, _TIME, _STAGE, _OBJECT, _REQUEST, _RECONCILE_ID, _CAUSE_IDS = 0, 1, 2, 6, 7, 8, 9
 _NAMESPACE, _NAME, _KIND = 2, 3, 1  # in the stored ObjectRef tuple
 

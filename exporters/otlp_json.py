@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, format_span_id, format_trace_id
 
-from ctrltrace.exporters.tracing import replay
+from ctrltrace.exporters.spans import replay
 from ctrltrace.records import Record
 
 __all__ = ["encode_otlp_json", "write_otlp_json"]
@@ -55,9 +55,8 @@ def write_otlp_json(
     provider = TracerProvider(
         resource=Resource({SERVICE_NAME: service_name}), sampler=ALWAYS_ON, shutdown_on_exit=False
     )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     try:
-        replay(records, provider)
+        replay(records, provider, processor=SimpleSpanProcessor(exporter))
         spans = exporter.get_finished_spans()
     finally:
         provider.shutdown()

@@ -6,11 +6,11 @@ Owns ``encode_spans``: the same ``ExportTraceServiceRequest`` the OpenTelemetry 
 builds (spans grouped by resource, then by instrumentation scope), serialised directly; and its
 two halves for spans that never become SDK objects: ``encode_span`` (one Span message, as a
 span ends) and ``encode_request`` (a batch of them, from one resource and scope). The SDK
-builds a protobuf message object per span, attribute and value first, which measured a third
-of everything tracing cost per event. The wire format itself is written in C by
-``_otlpwire``; this module nests its pieces into requests.
+builds a protobuf message object per span, attribute and value first, which costs more than
+everything else a span costs (bench/README.md). The wire format itself is written by
+``otlpwire`` (in C when the accelerator was built); this module nests its pieces into requests.
 
-It may not send anything or read the environment: the exporter in ``tracing`` does both. It
+It may not send anything or read the environment: ``otlp_http`` sends, ``config`` reads. It
 knows the wire format of the few OTLP messages it writes and nothing else of protobuf.
 """
 
@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from ctrltrace.exporters._otlpwire import encode_attributes, encode_fields, encode_span
+from ctrltrace.exporters.otlpwire import encode_attributes, encode_fields, encode_span
 
 __all__ = ["encode_request", "encode_span", "encode_spans"]
 

@@ -1,6 +1,6 @@
 # Sourced by scripts/test and scripts/demo: installs what they need, idempotently.
-#   - a C compiler (Debian's gcc, installed with apt when there is no `cc`) for ctrltrace's
-#     C extensions;
+#   - a C compiler when it can (Debian's gcc, installed with apt when there is no `cc`) for
+#     ctrltrace's optional C accelerators; without one they are skipped (pure-Python paths);
 #   - a virtualenv in .venv with ctrltrace installed (editable) and the extras named in $1;
 #   - the control-plane binaries (found, or built once with Go into the user cache);
 #   - Prometheus and promtool (Debian's prometheus package, installed with apt when missing);
@@ -49,15 +49,18 @@ apt_install() (
   fi
 )
 
-# ctrltrace's C extensions are compiled when pip installs it.
+# ctrltrace's C accelerators are compiled when pip installs it, if a compiler and Python's
+# headers are there; without them pip skips them and ctrltrace uses the pure-Python paths,
+# which write the same bytes more slowly. The unit tests compare the two, so they need both.
 if ! command -v cc >/dev/null 2>&1; then
-  apt_install gcc libc6-dev
+  apt_install gcc libc6-dev ||
+    echo "no C compiler: ctrltrace's C accelerators will not be built" \
+      "(the byte-for-byte unit tests need them)" >&2
 fi
 if ! "$python" -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
-  echo "$python has no C headers (Python.h), which ctrltrace's C extensions need:" \
-    "install its development package (Debian: python3-dev)" >&2
-  exit 4
+  echo "$python has no C headers (Python.h): ctrltrace's C accelerators will not be built" \
+    "(install its development package, Debian: python3-dev, to build them)" >&2
 fi
 
 if [ ! -x .venv/bin/python ]; then

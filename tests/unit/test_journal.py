@@ -231,7 +231,15 @@ def test_retention_keeps_the_file_near_max_bytes_and_the_newest_rows(tmp_path: P
 
 def test_a_journal_over_its_size_keeps_its_newest_batch(tmp_path: Path) -> None:
     records = [event(f"cm-{i}", T0 + i * 0.001, writer="w" * 50) for i in range(5_000)]
-    write_all(tmp_path / "j.db", records, max_bytes=64 * 2**10, retention_interval_s=0.0)
+    # Written at close, in one batch, however long the caller takes (the pure-Python pickler
+    # on a busy machine can outlast a flush interval, and two batches would be trimmed).
+    write_all(
+        tmp_path / "j.db",
+        records,
+        max_bytes=64 * 2**10,
+        retention_interval_s=0.0,
+        flush_interval_s=3600.0,
+    )
     with Journal(tmp_path / "j.db") as journal:
         assert journal.count() == 5_000  # one batch, alone bigger than max_bytes
 

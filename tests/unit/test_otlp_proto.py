@@ -1,4 +1,5 @@
-"""The hand-written OTLP encoder against the SDK's own: the same request, field for field."""
+"""The hand-written OTLP encoder against the SDK's own: the same request, field for field, from
+the Python wire writer and from the C accelerator alike."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from ctrltrace.exporters import _otlpwire, otlp_proto, otlpwire
 from ctrltrace.exporters.otlp_proto import encode_spans
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -50,6 +52,17 @@ def span(
         end_time=1_700_000_000_000_500_000 + span_id,
         **fields,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(autouse=True, params=["python", "c"])
+def wire(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs once per wire writer: otlp_proto nests the chosen one's pieces."""
+    # The C one imported directly, whatever CTRLTRACE_NO_ACCELERATORS says: the suite builds it.
+    chosen = otlpwire if request.param == "python" else _otlpwire
+    prefix = "pure_" if request.param == "python" else ""
+    for name in ("encode_span", "encode_attributes", "encode_fields"):
+        monkeypatch.setattr(otlp_proto, name, getattr(chosen, prefix + name))
+    return str(request.param)
 
 
 def assert_same_request(spans: Sequence[ReadableSpan]) -> None:
@@ -138,3 +151,54 @@ def test_a_value_otlp_cannot_carry_is_refused(
 ) -> None:
     with pytest.raises(error, match=message):
         encode_spans([span("a", 1, attributes={"bad": value})])
+
+
+@pytest.mark.parametrize(
+    "trace_id", [0, 2**128 - 1, 2**64, 2**64 - 1, 0x0123456789ABCDEF0123456789ABCDEF]
+)
+def test_ids_are_written_big_endian_over_their_whole_width(trace_id: int) -> None:
+    assert_same_request(
+        [
+            ReadableSpan(
+                name="a",
+                context=SpanContext(trace_id, 2**64 - 1, False, SAMPLED),
+                parent=SpanContext(trace_id, 1, True, SAMPLED),
+                resource=SERVICE,
+                instrumentation_scope=SCOPE,
+                start_time=1,
+                end_time=2,
+            )
+        ]
+    )
+
+
+def test_an_id_too_wide_for_its_field_is_refused() -> None:
+    wide = ReadableSpan(
+        name="a", context=SpanContext(2**128, 1, False, SAMPLED), resource=SERVICE, start_time=1
+    )
+    with pytest.raises(OverflowError, match="out of range"):
+        encode_spans([wide])
+
+
+def test_the_python_and_c_writers_write_the_same_span_bytes() -> None:
+    state = TraceState([("vendor", "value")])
+    parts = (
+        SpanContext(0xABC, 7, False, SAMPLED, state),
+        "reconcile configmap",
+        SpanKind.CONSUMER,
+        context(9, remote=True),
+        1_700_000_000_000_000_000,
+        1_700_000_000_000_500_000,
+        {"k": "v", "n": [1, 2.5, None, {"x": b"\x00"}], "big": -(2**63)},
+        [Event("write", {"verb": "patch"}, 5)],
+        [Link(SpanContext(0xDEF, 3, True, SAMPLED, state), {"ctrltrace.link": "dispatch"})],
+        Status(StatusCode.ERROR, "boom"),
+        (1, 2, 3),
+    )
+    assert otlpwire.pure_encode_span(*parts) == _otlpwire.encode_span(*parts)
+    attributes = {"service.name": "x", "count": 3}
+    assert otlpwire.pure_encode_attributes(0x0A, attributes) == _otlpwire.encode_attributes(
+        0x0A, attributes
+    )
+    payloads = [b"a", b"b" * 300]
+    assert otlpwire.pure_encode_fields(0x12, payloads) == _otlpwire.encode_fields(0x12, payloads)

@@ -211,16 +211,20 @@ class Traced:
     """A sink on an SDK provider that keeps every finished span in memory.
 
     ``through_api``: the sink gets a tracer, so it starts spans through the OpenTelemetry API
-    as it does for any tracer; given the provider itself it builds them directly.
+    as it does for any tracer; else it gets the provider and the processor, builds the spans
+    itself and hands them to the processor.
     """
 
     def __init__(self, *, through_api: bool = False) -> None:
         self.exporter = InMemorySpanExporter()
         # A fixed resource: the default one is detected on a pool of threads, for nothing here.
         self.provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.sink = SpanSink(
-            self.provider.get_tracer("ctrltrace") if through_api else self.provider
+        processor = SimpleSpanProcessor(self.exporter)
+        self.provider.add_span_processor(processor)
+        self.sink = (
+            SpanSink(self.provider.get_tracer("ctrltrace"))
+            if through_api
+            else SpanSink(self.provider, processor=processor)
         )
 
     def feed(self, *records: Record) -> None:
@@ -570,8 +574,13 @@ def test_writes_are_events_on_their_reconcile_and_the_event_they_cause_links_bac
 def test_the_providers_sampler_decides_for_a_whole_trace(through_api: bool) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=RESOURCE, sampler=ALWAYS_OFF, shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    sink = SpanSink(provider.get_tracer("ctrltrace") if through_api else provider)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    sink = (
+        SpanSink(provider.get_tracer("ctrltrace"))
+        if through_api
+        else SpanSink(provider, processor=processor)
+    )
     first = event(T0)
     queued = dispatch(first, "queued")
     begin = start([queued], T0 + 1)
@@ -600,8 +609,7 @@ def test_memory_stays_bounded_over_100k_records() -> None:
 
     exporter = KeepLast()
     provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    sink = SpanSink(provider, capacity=1_000)
+    sink = SpanSink(provider, capacity=1_000, processor=SimpleSpanProcessor(exporter))
     highest = 0
     for i in range(25_000):  # 4 records each: event, dispatch, start, end
         at = T0 + i
@@ -1098,3 +1106,11 @@ def test_replay_does_not_follow_causes_across_runs_of_a_journal(
     tracing.provider.shutdown()
     parent = tracing.one("reconcile configmap").parent
     assert (parent is not None) is same_run
+
+
+def test_a_processor_or_queue_needs_an_sdk_provider_for_its_ids() -> None:
+    provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    processor = SimpleSpanProcessor(InMemorySpanExporter())
+    with pytest.raises(TypeError, match="TracerProvider"):
+        SpanSink(provider.get_tracer("ctrltrace"), processor=processor)
+    provider.shutdown()
