@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from ctrltrace import _picklerecords, picklerecords
-from ctrltrace.journal import _HEALTH, _unpickle
+from ctrltrace.journal.format import _HEALTH
+from ctrltrace.journal.format import unpickle as _unpickle
 from ctrltrace.records import ObjectRef, Record, Stage
 
 REF = ObjectRef("v1", "ConfigMap", "default", "widget", "uid-1", "42", 3)
