@@ -285,7 +285,7 @@ def test_a_recorded_real_run_replays_in_every_view(
                 "✓ widget → demo/a: reconciled",
                 "✗ widget: not mapped: ",
                 "✗ widget: terminal error, no retry",
-                "⟳ widget: reconciled, requeue at",
+                "↻ widget: reconciled, requeue at",
             ):
                 assert outcome in text, outcome
             assert_snapshot(app, "real-events")

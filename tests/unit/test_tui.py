@@ -325,11 +325,11 @@ def test_each_event_row_merges_every_controllers_outcome_as_its_records_arrive()
         "Widget shop/a MODIFIED": "✗ widget: dropped by GenerationChanged",
         "Widget shop/b ADDED": "✓ widget: reconciled after 2 runs",
         "Widget shop/c ADDED": "✗ widget: terminal error, no retry: TerminalError: bad spec",
-        "ConfigMap shop/a-config ADDED": "⟳ widget → shop/a: reconciled, requeue at 22:18:20.320",
+        "ConfigMap shop/a-config ADDED": "↻ widget → shop/a: reconciled, requeue at 22:18:20.320",
         "ConfigMap shop/loose ADDED": "✗ widget: not mapped: no controller owner reference",
         "Widget shop/d ADDED": "▶ widget: reconciling",
         "Widget shop/d MODIFIED": "▶ widget: reconciling (merged)",
-        "Widget other/e ADDED": "⏳ widget: queued",
+        "Widget other/e ADDED": "◷ widget: queued",
     }
 
 
@@ -348,7 +348,7 @@ def test_a_row_follows_its_chain_step_by_step() -> None:
         seen.append(words(state)["Widget shop/b ADDED"])
     assert seen == [
         "· no dispatch recorded yet",
-        "⏳ widget: queued",
+        "◷ widget: queued",
         "▶ widget: reconciling",
         "✗ widget: failed: RuntimeError: boom",
         "✗ widget: failed, retry 1 at 22:13:20.045: RuntimeError: boom",
@@ -367,9 +367,9 @@ def test_a_merged_event_says_so_while_it_waits() -> None:
     state = ViewState()
     state.apply(story.records)
     assert [cells.event_cells(row)[-1].plain for row in state.events.values()] == [
-        "⏳ widget: queued",
+        "◷ widget: queued",
         "≡ widget: merged into a queued run",
-        "⏳ widget: queued: after the running reconcile",
+        "◷ widget: queued: after the running reconcile",
     ]
 
 
@@ -388,10 +388,10 @@ def test_controller_stats_queue_in_flight_errors_retries_and_next_requeue() -> N
         "3",
         "✗ 2",
         "1",
-        "⟳ shop/a in 4m57s (requeue)",
+        "↻ shop/a in 4m57s (requeue)",
     ]
     gadget = [cell.plain for cell in cells.controller_cells(state.controllers["gadget"], now)]
-    assert gadget[1] == "⏳ caches not synced"
+    assert gadget[1] == "◷ caches not synced"
     work = {key: [cell.plain for cell in row] for key, row in cells.work_rows(state, now)}
     assert [key[2] for key in work] == ["running", "waiting", "scheduled"]
     assert work["widget", "shop/d", "running"][2:4] == ["▶ reconciling", "2.0s"]
@@ -458,7 +458,7 @@ def test_ids_repeating_in_a_second_run_link_to_that_run() -> None:
     state = ViewState()
     state.apply(first.records + second.records)
     assert words(state) == {
-        "Widget shop/a ADDED": "⏳ widget: queued",
+        "Widget shop/a ADDED": "◷ widget: queued",
         "Widget shop/b ADDED": "✓ widget: reconciled",
     }
 
@@ -537,14 +537,14 @@ def test_a_row_keeps_its_own_outcome_when_the_request_runs_again_later() -> None
     state = ViewState()
     state.apply(story.records)
     assert words(state) == {
-        "Widget shop/a ADDED": "⟳ widget: reconciled, requeue at 22:14:20.040",
+        "Widget shop/a ADDED": "↻ widget: reconciled, requeue at 22:14:20.040",
         "Widget shop/a MODIFIED": "✗ widget: failed: RuntimeError: boom",
     }
 
 
 def test_live_until_the_journal_stops_growing_then_idle_since_its_last_record() -> None:
     state = ViewState()
-    assert cells.feed_status(state, T0).plain == "⏳ waiting for records"
+    assert cells.feed_status(state, T0).plain == "◷ waiting for records"
     state.apply(DEMO.records)
     assert cells.feed_status(state, END + 1).plain == "● live"
     assert cells.feed_status(state, END + 60).plain == "◌ idle since 22:13:20.410"
@@ -711,7 +711,7 @@ def test_the_event_stream_view(journal: Path) -> None:
                 "22:13:20.170 Widget    shop/b",
                 "✗ widget: dropped by GenerationChanged",
                 "✓ widget: reconciled after 2 runs",
-                "⏳ widget: queued",
+                "◷ widget: queued",
             ):
                 assert line in text
             assert_snapshot(app, "events")
@@ -728,8 +728,8 @@ def test_the_controllers_view(journal: Path) -> None:
             await pilot.pause()
             text = screen_text(app)
             assert "widget     ✓ running" in text and "1/2" in text
-            assert "gadget     ⏳ caches not synced" in text
-            assert "⟳ shop/a in 4m57s (requeue)" in text
+            assert "gadget     ◷ caches not synced" in text
+            assert "↻ shop/a in 4m57s (requeue)" in text
             assert "shop/d" in text and "▶ reconciling" in text and "rid-6" in text
             assert_snapshot(app, "controllers")
 
@@ -745,7 +745,7 @@ def test_the_leader_election_view(journal: Path) -> None:
             await pilot.pause()
             text = screen_text(app)
             assert "this replica  pod-a: ✓ leader since 22:13:20.080" in text
-            assert "⏳ standby" in text and "✓ leader" in text
+            assert "◷ standby" in text and "✓ leader" in text
             assert_snapshot(app, "leader")
 
     run(scenario)
@@ -850,7 +850,7 @@ def test_p_pauses_the_view_and_resumes_with_what_came_meanwhile(tmp_path: Path) 
             async with app.run_test(size=SIZE) as pilot:
                 await settled(pilot, half)
                 await pilot.press("p")
-                assert "⏸ paused at" in screen_text(app)
+                assert "‖ paused at" in screen_text(app)
                 for record in story.records[half:]:
                     writer(record)
                 writer.flush()
@@ -905,7 +905,7 @@ def test_the_time_cursor_replays_the_views_as_they_were(journal: Path) -> None:
             await pilot.pause(0.2)
             assert app.live.newest is not None
             assert app.cursor == pytest.approx(app.live.newest - 1)
-            assert "⏮ at 22:13:19.410" in screen_text(app)
+            assert "◀ at 22:13:19.410" in screen_text(app)
             assert app.query_one("#events", LiveTable).keys == []
             await pilot.press("right_square_bracket")  # back past the newest record: live
             await pilot.pause()
@@ -917,7 +917,7 @@ def test_the_time_cursor_replays_the_views_as_they_were(journal: Path) -> None:
             assert 0 < len(app.shown.events) < len(app.live.events)
             await pilot.press("g")
             await pilot.pause()
-            assert app.shown is app.live and "⏮" not in screen_text(app)
+            assert app.shown is app.live and "◀" not in screen_text(app)
 
     run(scenario)
 
@@ -1091,7 +1091,7 @@ def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch()
     ]
     assert text[1] == "✗ blocked by ConfigMap forbidden"
     work = {key: [cell.plain for cell in row] for key, row in cells.work_rows(state, story.time)}
-    assert work["widget", "shop/a", "waiting"][2] == "⏳ blocked by ConfigMap"
+    assert work["widget", "shop/a", "waiting"][2] == "◷ blocked by ConfigMap"
     story.controller("started")  # the caches synced after all: no longer blocked
     state.apply(story.records[-1:])
     assert state.blocking(widget) == []
