@@ -26,6 +26,7 @@ objects kept per drop, pending requests and seconds of history are capped.
 from __future__ import annotations
 
 import bisect
+import datetime
 import enum
 import math
 from collections import Counter, deque
@@ -68,6 +69,28 @@ AFTER: Mapping[Loss, Step] = {
     Loss.WAITING: Step.ENQUEUED,
     Loss.STOPPED: Step.ENQUEUED,
 }
+STEP_WORDS = {
+    Step.SEEN: "seen by its watches",
+    Step.PASSED: "passed its predicates",
+    Step.MAPPED: "mapped to a request",
+    Step.ENQUEUED: "enqueued",
+    Step.RECONCILED: "reconciled",
+}
+LOSS_WORDS = {
+    Loss.PREDICATE: "dropped by predicate",
+    Loss.NOT_MAPPED: "not mapped",
+    Loss.SHUT_DOWN: "queue shut down",
+    Loss.BLOCKED: "blocked",
+    Loss.WAITING: "still waiting",
+    Loss.STOPPED: "lost at stop",
+}
+_RESULT_LOOKS = (
+    ("success", "✓", "succeeded"),
+    ("error", "✗", "failed"),
+    ("terminal_error", "✗", "terminal"),
+    ("requeue", "↻", "requeued"),
+    ("requeue_after", "↻", "requeued after"),
+)
 _ENQUEUED = ("queued", "deduplicated", "requeued_after_processing")
 _FAILING = frozenset({"forbidden", "kind_not_found", "error", "disconnected"})
 _ERRORS = frozenset({"error", "terminal_error"})
@@ -128,21 +151,22 @@ class Drop:
 
 
 class Histogram:
-    """Latencies in log-spaced buckets: cheap to add and to merge, percentiles within 19 %."""
+    """Latencies in log-spaced buckets: cheap to add and to merge, percentiles within 19 %
+    (and exact at the ends: a percentile never lies outside the smallest and largest value)."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "high", "low", "total")
 
     def __init__(self) -> None:
         self.counts: Counter[int] = Counter()
         self.total = 0
+        self.low = math.inf
+        self.high = 0.0
 
     def add(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(_BOUNDS, seconds)] += 1
         self.total += 1
-
-    def merge(self, other: Histogram) -> None:
-        self.counts.update(other.counts)
-        self.total += other.total
+        self.low = min(self.low, seconds)
+        self.high = max(self.high, seconds)
 
     def percentile(self, fraction: float) -> float | None:
         """The upper bound of the bucket holding that fraction of the values (None if empty)."""
@@ -153,8 +177,9 @@ class Histogram:
         for index in sorted(self.counts):
             seen += self.counts[index]
             if seen >= rank:
-                return _BOUNDS[index] if index < len(_BOUNDS) else math.inf
-        return math.inf  # unreachable: the counts add up to total
+                bound = _BOUNDS[index] if index < len(_BOUNDS) else math.inf
+                return max(min(bound, self.high), self.low)
+        return self.high  # unreachable: the counts add up to total
 
 
 @dataclass(slots=True)
@@ -495,3 +520,61 @@ def _lost(time: float, ref: ObjectRef | None, request: str, reason: str = "") ->
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else value
+
+
+def enqueued_words(funnel: Funnel) -> str:
+    split = funnel.enqueued
+    return (
+        f"new {split['queued']} · merged into a waiting one {split['deduplicated']} · "
+        f"behind a running one {split['requeued_after_processing']}"
+    )
+
+
+def results_words(results: Mapping[str, int]) -> str:
+    return " · ".join(
+        f"{mark} {results[outcome]} {words}"
+        for outcome, mark, words in _RESULT_LOOKS
+        if results.get(outcome)
+    )
+
+
+def render_funnel(funnel: Funnel, bar_width: int = 30) -> str:
+    """The funnel as plain text, for a terminal, a script or a CI log."""
+    most = max(max((count for _, count in funnel.steps), default=0), funnel.runs, 1)
+
+    def row(label: str, count: str, value: int, detail: str) -> str:
+        bar = "#" * (round(bar_width * value / most) if value else 0)
+        return f"{label:<28}  {count:>7}  {bar:<{bar_width}}  {detail}".rstrip()
+
+    since = "" if funnel.since is None else f" from {_utc(funnel.since)}"
+    until = "" if funnel.until is None else f" to {_utc(funnel.until)}"
+    lines = [f"funnel of controller {funnel.controller}{since}{until}", ""]
+    for step, count in funnel.steps:
+        detail = enqueued_words(funnel) if step is Step.ENQUEUED and count else ""
+        lines.append(row(STEP_WORDS[step], str(count), count, detail))
+        for drop in funnel.drops_after(step):
+            label = f"  ✗ {LOSS_WORDS[drop.loss]}"
+            lines.append(row(label, f"-{drop.count}", drop.count, drop.reason))
+    lines.append(
+        row("reconcile runs", str(funnel.runs), funnel.runs, results_words(funnel.results))
+    )
+    for label, latency in (("queue wait", funnel.queue_wait), ("reconcile time", funnel.duration)):
+        if latency.count:
+            lines.append(
+                f"{label}: p50 {_seconds(latency.p50)}, p99 {_seconds(latency.p99)} "
+                f"({latency.count} runs)"
+            )
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "over 19 min"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _utc(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -35,7 +35,7 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from ctrltrace.explain_text import ExplanationView
-from ctrltrace.funnel import Drop, Funnel
+from ctrltrace.funnel import LOSS_WORDS, STEP_WORDS, Drop, Funnel
 from ctrltrace.journal import JournalError
 from ctrltrace.tui import cells
 from ctrltrace.tui.feed import (
@@ -323,8 +323,8 @@ class LostScreen(Screen[None]):
         yield Static(
             Text.assemble(
                 f"{self.controller}: ",
-                (f"✗ {drop.count} {cells.LOSS_WORDS[drop.loss]}", "red"),
-                f" after '{cells.STEP_WORDS[drop.after]}': {drop.reason}",
+                (f"✗ {drop.count} {LOSS_WORDS[drop.loss]}", "red"),
+                f" after '{STEP_WORDS[drop.after]}': {drop.reason}",
                 f" · the newest {len(self._lost)} · Enter opens one · Esc back",
             ),
             id="lost-title",

@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
 
 from ctrltrace.explain import Code, names_kind
-from ctrltrace.funnel import Drop, Funnel, Histogram, Latency, Loss, Lost, Second, Step
+from ctrltrace.funnel import (
+    LOSS_WORDS,
+    STEP_WORDS,
+    Drop,
+    Funnel,
+    Histogram,
+    Latency,
+    Loss,
+    Lost,
+    Second,
+    Step,
+    enqueued_words,
+    results_words,
+)
 from ctrltrace.tui.feed import (
     IDLE_AFTER_S,
     MAX_WORK_ROWS,
@@ -394,28 +407,6 @@ def feed_status(state: ViewState, now: float) -> Text:
 
 # -- the funnel and the time views -------------------------------------------------------------
 
-STEP_WORDS = {
-    Step.SEEN: "seen by its watches",
-    Step.PASSED: "passed its predicates",
-    Step.MAPPED: "mapped to a request",
-    Step.ENQUEUED: "enqueued",
-    Step.RECONCILED: "reconciled",
-}
-LOSS_WORDS = {
-    Loss.PREDICATE: "dropped by predicate",
-    Loss.NOT_MAPPED: "not mapped",
-    Loss.SHUT_DOWN: "queue shut down",
-    Loss.BLOCKED: "blocked",
-    Loss.WAITING: "still waiting",
-    Loss.STOPPED: "lost at stop",
-}
-_RESULT_LOOKS = (
-    ("success", "✓", "succeeded"),
-    ("error", "✗", "failed"),
-    ("terminal_error", "✗", "terminal"),
-    ("requeue", "↻", "requeued"),
-    ("requeue_after", "↻", "requeued after"),
-)
 BAR_WIDTH = 20
 FunnelKey = tuple[str, ...]  # ("step", step) / ("drop", loss, reason) / ("runs",)
 
@@ -423,22 +414,6 @@ FunnelKey = tuple[str, ...]  # ("step", step) / ("drop", loss, reason) / ("runs"
 def _bar(count: int, most: int, style: str) -> Text:
     filled = round(BAR_WIDTH * count / most) if most else 0
     return Text("█" * max(filled, 1 if count else 0), style)
-
-
-def enqueued_words(funnel: Funnel) -> str:
-    split = funnel.enqueued
-    return (
-        f"new {split['queued']} · merged into a waiting one {split['deduplicated']} · "
-        f"behind a running one {split['requeued_after_processing']}"
-    )
-
-
-def results_words(results: Mapping[str, int]) -> str:
-    return " · ".join(
-        f"{mark} {results[outcome]} {words}"
-        for outcome, mark, words in _RESULT_LOOKS
-        if results.get(outcome)
-    )
 
 
 def funnel_rows(funnel: Funnel) -> list[tuple[FunnelKey, Cells]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import os
 import sqlite3
 import time
@@ -28,12 +29,14 @@ from textual.widgets import Input
 
 from ctrltrace import BuildError, Manager
 from ctrltrace.cli import ExitCode
+from ctrltrace.cli import main as cli_main
 from ctrltrace.explain import Code, explain
 from ctrltrace.explain_text import render_text
+from ctrltrace.funnel import Funnel, Loss, Step
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 from ctrltrace.tui import cells
-from ctrltrace.tui.app import JOURNAL_EXIT, TraceApp
+from ctrltrace.tui.app import JOURNAL_EXIT, LostScreen, TraceApp
 from ctrltrace.tui.command import run_with_tui, tui_command
 from ctrltrace.tui.feed import (
     EventRow,
@@ -1104,3 +1107,199 @@ def test_a_journal_gap_is_said_in_the_feed_status_and_is_not_the_managers_life()
     state.apply(story.records)
     assert state.manager == "started"
     assert "⚠ 1 journal gap(s)" in cells.feed_status(state, story.time).plain
+
+
+# -- the funnel and the time views -------------------------------------------------------------
+
+
+def three_losses() -> Story:
+    """One controller losing events at three stages: a predicate, an unmapped child, and a
+    forbidden watch that keeps its workers from starting (what it queued waits, blocked)."""
+    story = Story()
+    for kind, role in (("Widget", "for_"), ("ConfigMap", "owns"), ("Secret", "watches")):
+        attrs = {"kind": kind, "api_version": "v1", "role": role}
+        story.add(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
+    story.manager()
+    story.watch("synced")
+    story.watch("synced", "ConfigMap")
+    story.watch("forbidden", "Secret", FORBIDDEN, status=403)
+    for name in ("a", "b"):
+        story.dispatch(
+            story.event(name, "MODIFIED"),
+            "dropped_by_predicate",
+            reason="generation unchanged",
+            predicate="GenerationChanged",
+        )
+    story.dispatch(
+        story.event("loose", kind="ConfigMap"), "not_mapped", reason="no controller owner"
+    )
+    for name in ("c", "d", "e"):
+        story.dispatch(story.event(name))
+    story.dispatch(story.event("e", "MODIFIED"), "deduplicated")
+    return story
+
+
+def funnel_of(story: Story, controller: str = "widget") -> Funnel:
+    state = ViewState()
+    state.apply(story.records)
+    funnel = state.funnel.funnel(controller)
+    assert funnel is not None
+    return funnel
+
+
+def test_the_funnel_counts_each_stage_and_each_drop_with_its_reason_and_objects() -> None:
+    funnel = funnel_of(three_losses())
+    assert dict(funnel.steps) == {
+        Step.SEEN: 7,
+        Step.PASSED: 5,
+        Step.MAPPED: 4,
+        Step.ENQUEUED: 4,
+        Step.RECONCILED: 0,
+    }
+    assert [(d.after, d.loss, d.reason, d.count) for d in funnel.drops] == [
+        (Step.SEEN, Loss.PREDICATE, "GenerationChanged", 2),
+        (Step.PASSED, Loss.NOT_MAPPED, "no controller owner", 1),
+        (Step.ENQUEUED, Loss.BLOCKED, "blocked by unsynced watch Secret forbidden (403)", 4),
+    ]
+    assert [lost.key for lost in funnel.drops[0].objects] == ["shop/a", "shop/b"]
+    assert funnel.enqueued == {"queued": 3, "deduplicated": 1, "requeued_after_processing": 0}
+
+
+def test_the_funnel_follows_requests_to_their_reconciles_and_counts_runs_by_result() -> None:
+    funnel = funnel_of(demo())
+    assert dict(funnel.steps) == {
+        Step.SEEN: 9,
+        Step.PASSED: 8,
+        Step.MAPPED: 7,
+        Step.ENQUEUED: 7,
+        Step.RECONCILED: 6,
+    }
+    waiting = funnel.drops_after(Step.ENQUEUED)
+    assert [(d.loss, d.reason, [o.key for o in d.objects]) for d in waiting] == [
+        (Loss.WAITING, "queued, waiting for a worker", ["other/e"])
+    ]
+    assert funnel.results == {"error": 1, "requeue_after": 1, "success": 2, "terminal_error": 1}
+    assert funnel.duration.p50 == pytest.approx(0.04)  # every run took 40 ms
+    assert funnel.queue_wait.p99 == pytest.approx(0.002)
+
+
+def test_what_a_stopped_process_had_queued_is_lost_at_stop_not_waiting() -> None:
+    story = demo()
+    story.manager("stopped")
+    losses = {drop.loss: drop.count for drop in funnel_of(story).drops}
+    assert losses[Loss.STOPPED] == 1 and Loss.WAITING not in losses
+
+
+def test_rates_and_latencies_per_second_end_at_the_time_cursor() -> None:
+    story = Story()
+    story.manager()
+    story.controller("started")
+    for second in range(3):
+        story.time = T0 + second
+        for index in range(second + 1):  # 1, 2, 3 events a second
+            event = story.event(f"o{second}-{index}")
+            story.end(story.start(story.dispatch(event)), "error" if second == 2 else "success")
+    funnel = funnel_of(story)
+    assert [(s.events, s.reconciles, s.errors) for s in funnel.seconds] == [
+        (1, 1, 0),
+        (2, 2, 0),
+        (3, 3, 3),
+    ]
+    text = cells.time_view(funnel, T0 + 2, 60).plain.splitlines()
+    assert text[1].startswith("events/s") and "3/s now · max 3/s" in text[1]
+    assert "▃▆█" in text[1] and "3/s now" in text[3]  # errors/s
+    before = cells.time_view(funnel, T0 + 1, 60).plain.splitlines()
+    assert "2/s now · max 2/s" in before[1] and "0/s now" in before[3]
+
+
+def test_explain_funnel_prints_the_funnel_as_text_and_json(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    write_journal(path, three_losses().records)
+    runner = CliRunner()
+    args = ["explain", "--controller", "widget", "--funnel", "--journal", str(path)]
+    text = runner.invoke(cli_main, args)
+    assert text.exit_code == 0, text.output
+    assert "✗ dropped by predicate" in text.output and "GenerationChanged" in text.output
+    assert "blocked by unsynced watch Secret forbidden (403)" in text.output
+    data = json.loads(runner.invoke(cli_main, [*args, "--json"]).output)
+    assert [(d["loss"], d["count"]) for d in data["drops"]] == [
+        ("dropped_by_predicate", 2),
+        ("not_mapped", 1),
+        ("blocked", 4),
+    ]
+    assert data["stages"][0] == {"stage": "seen", "count": 7}
+    unknown = runner.invoke(
+        cli_main, ["explain", "--controller", "x", "--funnel", "--journal", str(path)]
+    )
+    assert unknown.exit_code == ExitCode.USAGE and "controllers: widget" in unknown.output
+    no_target = runner.invoke(cli_main, ["explain", "--journal", str(path)])
+    assert no_target.exit_code == ExitCode.USAGE
+
+
+def test_the_funnel_view_lists_the_objects_a_drop_lost_and_opens_one(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    story = three_losses()
+    write_journal(path, story.records)
+
+    async def scenario() -> None:
+        app = app_on(path, story.time)
+        async with app.run_test(size=SIZE) as pilot:
+            await settled(pilot, len(story.records))
+            await pilot.press("5")
+            await pilot.pause(0.2)
+            text = screen_text(app)
+            assert "✗ dropped by predicate -2" in " ".join(text.split())
+            await pilot.press("down", "enter")
+            await _until(pilot, lambda: isinstance(app.screen, LostScreen))
+            lost = screen_text(app)
+            assert "shop/b" in lost and "shop/a" in lost
+            await pilot.press("enter")
+            await _until(pilot, lambda: "dropped_by_predicate" in screen_text(app))
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_funnel_and_time_views(journal: Path, width: int) -> None:
+    async def scenario() -> None:
+        app = app_on(journal, END)
+        async with app.run_test(size=(width, 34)) as pilot:
+            await settled(pilot, len(DEMO.records))
+            await pilot.press("5")
+            await pilot.pause(0.3)
+            text = screen_text(app)
+            assert "controller widget" in text and "queue depth" in text
+            assert_no_cells_touch(text)
+            assert_snapshot(app, f"funnel-{width}")
+
+    run(scenario)
+
+
+# Every glyph the views draw, checked present in DejaVu Sans Mono (``fc-list ':charset=HEX'``),
+# the monospace font most terminals fall back to; Textual's own (tabs, footer) are in it too.
+FONT_GLYPHS = set("✓✗◷▶↻≡■·●◌⚠→…—◀‖▁▂▃▄▅▆▇█━╸╺⏎▔▁▎│─╭╮╰╯▊▌▐")
+
+
+def assert_no_cells_touch(text: str) -> None:
+    """No mark glued to a word before it (e.g. '■ stopped0/2') and no glyph outside the font."""
+    for glyph in {ch for ch in text if ord(ch) > 127}:
+        assert glyph in FONT_GLYPHS, f"{glyph!r} (U+{ord(glyph):04X}) is not in common fonts"
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_every_view_at_80_and_200_columns_uses_glyphs_common_fonts_have(
+    journal: Path, width: int
+) -> None:
+    async def scenario() -> None:
+        app = app_on(journal, END)
+        async with app.run_test(size=(width, 34)) as pilot:
+            await settled(pilot, len(DEMO.records))
+            for key in "12345":
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                assert_no_cells_touch(screen_text(app))
+            await pilot.press("1", "enter")
+            await _until(pilot, lambda: "fix:" in screen_text(app))
+            assert_no_cells_touch(screen_text(app))
+
+    run(scenario)
