@@ -12,9 +12,9 @@ counts, and ``Funnel``, the picture of one controller that the TUI draws and
    the handler's reason); one event can make several requests, so this may exceed passed;
 4. enqueued: requests the queue took (new, merged into one waiting, re-queued behind a
    running one); the queue refuses them only once it is shut down;
-5. reconciled: enqueued requests a reconcile ran for. The others still wait (for a worker, or
-   blocked because a watch of the controller has not synced) or were lost when the process
-   stopped.
+5. reconciled: enqueued requests a reconcile ran for. The others still wait (for a worker), or
+   are blocked because a watch of the controller failed before it synced (also once the
+   process stopped: that is what lost them), or were lost when the process stopped.
 
 Reconcile runs (retries and requeues included) are counted apart, by result, with their
 queue wait and duration. Every count is of records: a journal gap makes them low, never high.
@@ -494,15 +494,17 @@ class FunnelFold:
     def _on_manager(self, record: Record) -> None:
         if record.outcome not in ("started", "stopped"):  # stopping, drained, journal_gap
             return
-        # A process started or ended: what its queues held was never reconciled by it.
+        # A process started or ended: what its queues held was never reconciled by it. What a
+        # failed watch held back stays blocked by it: that, not the stop, is what lost it.
         for fold in self._controllers.values():
-            reason = "the process stopped before a worker took it"
+            loss, reason = self._waiting_reason(fold)
+            if loss is not Loss.BLOCKED:
+                loss, reason = Loss.STOPPED, "the process stopped before a worker took it"
             for dispatch_id in list(fold.pending):
                 pending = fold.unqueue(dispatch_id)
                 assert pending is not None  # listed just now
-                fold.drop(
-                    Loss.STOPPED, reason, _lost(pending.time, pending.ref, pending.request, reason)
-                )
+                lost = _lost(pending.time, pending.ref, pending.request, reason)
+                fold.drop(loss, reason, lost)
             fold.started = False
             if record.outcome == "stopped":
                 fold.watched.clear()

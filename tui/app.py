@@ -575,11 +575,12 @@ class TraceApp(App[None]):
             return
         others = len(state.funnel.controllers) - 1
         title.update(
-            Text.assemble(
-                ("controller ", "bold"),
-                (funnel.controller, "bold cyan"),
-                f" · c: next of {others + 1}" if others else "",
-                " · Enter on a ✗ row lists its objects",
+            _joined(
+                [
+                    Text.assemble(("controller ", "bold"), (funnel.controller, "bold cyan")),
+                    *([f"c: next of {others + 1}"] if others else []),
+                    "Enter on a ✗ row lists its objects",
+                ]
             )
         )
         _sync(table, cells.funnel_rows(funnel))
@@ -748,7 +749,11 @@ def _below(key: Hashable, first: int) -> bool:
 
 
 def _joined(parts: list[Text | str]) -> Text:
-    return Text(" · ").join(Text(part) if isinstance(part, str) else part for part in parts)
+    """One line: cut with an ellipsis when the terminal is narrower, never wrapped."""
+    line = Text(" · ").join(Text(part) if isinstance(part, str) else part for part in parts)
+    line.no_wrap = True
+    line.overflow = "ellipsis"
+    return line
 
 
 def _sync(table: LiveTable, rows: Sequence[tuple[Hashable, cells.Cells]]) -> None:
