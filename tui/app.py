@@ -236,7 +236,9 @@ class ObjectScreen(Screen[None]):
         Binding("q", "app.quit", "quit"),
     ]
     DEFAULT_CSS = """
-    ObjectScreen > #object-title { height: 1; background: $panel; padding: 0 1; }
+    ObjectScreen > #object-title {
+        height: 1; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis;
+    }
     ObjectScreen > VerticalScroll { padding: 0 1; }
     """
 
@@ -352,14 +354,16 @@ class TraceApp(App[None]):
     TITLE = "ctrltrace"
     ENABLE_COMMAND_PALETTE = False
     CSS = """
-    #status { height: 1; background: $panel; padding: 0 1; }
+    /* One-line bars: cut with an ellipsis when the terminal is narrower, never wrapped away. */
+    #status, #funnel-title { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    #status { background: $panel; padding: 0 1; }
     #filter { display: none; height: 3; }
     #filter.shown { display: block; }
     TabbedContent, ContentSwitcher, TabPane { height: 1fr; }
     #controllers { height: auto; max-height: 45%; }
     #lease-summary { height: auto; padding: 0 1 1 1; }
     #watch-detail { height: auto; max-height: 6; padding: 0 1; }
-    #funnel-title { height: 1; padding: 0 1; }
+    #funnel-title { padding: 0 1; }
     #funnel { height: auto; max-height: 50%; }
     #funnel-detail { height: auto; max-height: 3; padding: 0 1; }
     #rates { height: auto; padding: 0 1; }
@@ -584,7 +588,7 @@ class TraceApp(App[None]):
             )
         )
         _sync(table, cells.funnel_rows(funnel))
-        width = (rates.size.width or self.size.width) - 2
+        width = self.size.width - 2  # the padding of #rates; its own size lags a resize
         rates.update(cells.time_view(funnel, now, width))
         self._render_funnel_detail(table.cursor_key)
 
@@ -749,11 +753,7 @@ def _below(key: Hashable, first: int) -> bool:
 
 
 def _joined(parts: list[Text | str]) -> Text:
-    """One line: cut with an ellipsis when the terminal is narrower, never wrapped."""
-    line = Text(" · ").join(Text(part) if isinstance(part, str) else part for part in parts)
-    line.no_wrap = True
-    line.overflow = "ellipsis"
-    return line
+    return Text(" · ").join(Text(part) if isinstance(part, str) else part for part in parts)
 
 
 def _sync(table: LiveTable, rows: Sequence[tuple[Hashable, cells.Cells]]) -> None:

@@ -45,14 +45,11 @@ def test_the_funnel_shows_a_predicate_an_unmapped_child_and_a_forbidden_watch(
     widget_crd: str,
     journal: JournalWriter,
 ) -> None:
+    readable = (("example.com", "widgets"), ("", "configmaps"))  # and not secrets
     identity = mint_identity(
         [
-            {
-                "apiGroups": ["example.com"],
-                "resources": ["widgets"],
-                "verbs": ["get", "list", "watch"],
-            },
-            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [group], "resources": [resource], "verbs": ["get", "list", "watch"]}
+            for group, resource in readable
         ],
         namespace=kube_namespace,
     )

@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -1280,8 +1281,14 @@ def test_the_funnel_and_time_views(journal: Path, width: int) -> None:
 FONT_GLYPHS = set("✓✗◷▶↻≡■·●◌⚠→…—◀‖▁▂▃▄▅▆▇█━╸╺⏎▔▁▎│─╭╮╰╯▊▌▐")
 
 
+# Where two cells or two styled runs met without a space in the issue's screens.
+_GLUED = re.compile(r"stopped\d|leadersince|\d\d\d·|reconciled[A-Z]|/[a-z]+at \d")
+
+
 def assert_no_cells_touch(text: str) -> None:
-    """No mark glued to a word before it (e.g. '■ stopped0/2') and no glyph outside the font."""
+    """No two cells glued together (e.g. '■ stopped0/2') and no glyph outside the font."""
+    glued = _GLUED.search(text)
+    assert glued is None, f"cells touch: {glued.group()!r}"
     for glyph in {ch for ch in text if ord(ch) > 127}:
         assert glyph in FONT_GLYPHS, f"{glyph!r} (U+{ord(glyph):04X}) is not in common fonts"
 
