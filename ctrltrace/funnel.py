@@ -168,6 +168,12 @@ class Histogram:
         self.low = min(self.low, seconds)
         self.high = max(self.high, seconds)
 
+    def merge(self, other: Histogram) -> None:
+        self.counts.update(other.counts)
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+
     def percentile(self, fraction: float) -> float | None:
         """The upper bound of the bucket holding that fraction of the values (None if empty)."""
         if not self.total:
@@ -183,16 +189,48 @@ class Histogram:
 
 
 @dataclass(slots=True)
+class Tally:
+    """What a controller's pipeline did in some time: since the fold began, or in one second."""
+
+    steps: Counter[Step] = field(default_factory=Counter)
+    drops: Counter[tuple[Loss, str]] = field(default_factory=Counter)
+    enqueued: Counter[str] = field(default_factory=Counter)
+    results: Counter[str] = field(default_factory=Counter)  # reconcile runs by outcome
+    queue_wait: Histogram = field(default_factory=Histogram)
+    duration: Histogram = field(default_factory=Histogram)
+
+    def merge(self, other: Tally) -> None:
+        self.steps.update(other.steps)
+        self.drops.update(other.drops)
+        self.enqueued.update(other.enqueued)
+        self.results.update(other.results)
+        self.queue_wait.merge(other.queue_wait)
+        self.duration.merge(other.duration)
+
+
+@dataclass(slots=True)
 class Second:
     """One second of a controller's life."""
 
     at: int  # whole seconds since the epoch
-    events: int = 0  # watch events dispatched to it
-    reconciles: int = 0  # reconciles that ended
-    errors: int = 0  # of those, failed (error or terminal error)
     depth: int = 0  # requests waiting in its queue at the end of the second
-    queue_wait: Histogram = field(default_factory=Histogram)
-    duration: Histogram = field(default_factory=Histogram)
+    tally: Tally = field(default_factory=Tally)
+
+    @property
+    def events(self) -> int:
+        """Watch events dispatched to the controller."""
+        return self.tally.steps[Step.SEEN]
+
+    @property
+    def reconciles(self) -> int:
+        """Reconciles that ended."""
+        return sum(self.tally.results.values())
+
+    @property
+    def errors(self) -> int:
+        """Reconciles that failed (error or terminal error)."""
+        results = self.tally.results
+        return sum(results[outcome] for outcome in _ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +249,11 @@ class Latency:
 
 @dataclass(frozen=True, slots=True)
 class Funnel:
-    """One controller's funnel over the records folded so far."""
+    """One controller's funnel over a window of the records folded so far."""
 
     controller: str
-    since: float | None  # the first and newest record the fold saw
-    until: float | None
+    since: float | None  # the window: from (the first record, or the window's start) …
+    until: float | None  # … to the newest record
     steps: tuple[tuple[Step, int], ...]
     drops: tuple[Drop, ...]  # in funnel order, the largest first within a stage
     enqueued: Mapping[str, int]  # queued / deduplicated / requeued_after_processing
@@ -274,25 +312,26 @@ class _WatchHealth:
 @dataclass(slots=True)
 class _ControllerFold:
     name: str
-    steps: Counter[Step] = field(default_factory=Counter)
-    drops: dict[tuple[Loss, str], Drop] = field(default_factory=dict)
-    enqueued: Counter[str] = field(default_factory=Counter)
-    results: Counter[str] = field(default_factory=Counter)
+    total: Tally = field(default_factory=Tally)
+    lost: dict[tuple[Loss, str], deque[Lost]] = field(default_factory=dict)  # the newest
     pending: dict[int, _Pending] = field(default_factory=dict)  # dispatch id → what it queued
     waiting: Counter[str] = field(default_factory=Counter)  # request → pending dispatches
     last_event: int = 0
     started: bool = False  # workers running in the current process
     watched: set[str] = field(default_factory=set)
-    queue_wait: Histogram = field(default_factory=Histogram)
-    duration: Histogram = field(default_factory=Histogram)
     seconds: deque[Second] = field(default_factory=lambda: deque(maxlen=MAX_SECONDS))
 
+    def tallies(self, time: float) -> tuple[Tally, Tally]:
+        """The run's tally and that of the second of ``time``: every count goes in both."""
+        return self.total, self.second(time).tally
+
     def drop(self, loss: Loss, reason: str, lost: Lost) -> None:
-        entry = self.drops.get((loss, reason))
-        if entry is None:
-            entry = self.drops[(loss, reason)] = Drop(loss, reason)
-        entry.count += 1
-        entry.objects.append(lost)
+        for tally in self.tallies(lost.time):
+            tally.drops[(loss, reason)] += 1
+        kept = self.lost.get((loss, reason))
+        if kept is None:
+            kept = self.lost[(loss, reason)] = deque(maxlen=MAX_LOST)
+        kept.append(lost)
 
     def second(self, time: float) -> Second:
         """The bucket of ``time``: a record older than the newest second counts there."""
@@ -343,7 +382,9 @@ class FunnelFold:
     def busiest(self) -> str | None:
         """The controller that saw the most events (the first by name among equals)."""
         folds = self._controllers
-        return min(folds, key=lambda name: (-folds[name].steps[Step.SEEN], name), default=None)
+        return min(
+            folds, key=lambda name: (-folds[name].total.steps[Step.SEEN], name), default=None
+        )
 
     def apply(self, records: Iterable[Record]) -> None:
         for record in records:
@@ -358,13 +399,26 @@ class FunnelFold:
         if handler is not None:
             handler(record)
 
-    def funnel(self, controller: str) -> Funnel | None:
-        """The funnel of ``controller``, or None when no record names it."""
+    def funnel(self, controller: str, since: float | None = None) -> Funnel | None:
+        """The funnel of ``controller`` over everything folded, or over the seconds from
+        ``since`` on (as far back as the kept seconds go); None when no record names it."""
         fold = self._controllers.get(controller)
         if fold is None:
             return None
-        drops = dict(fold.drops)
+        start = -math.inf if since is None else since
+        tally = fold.total
+        if since is not None:
+            tally = Tally()
+            for second in fold.seconds:
+                if second.at >= int(since):
+                    tally.merge(second.tally)
+        drops = {
+            key: Drop(*key, count, deque(lost for lost in fold.lost[key] if lost.time >= start))
+            for key, count in tally.drops.items()
+        }
         for pending in fold.pending.values():  # what still waits, and why
+            if pending.time < start:
+                continue
             loss, reason = self._waiting_reason(fold)
             entry = drops.get((loss, reason))
             if entry is None:
@@ -375,14 +429,14 @@ class FunnelFold:
         ordered = sorted(drops.values(), key=lambda d: (order.index(d.loss), -d.count, d.reason))
         return Funnel(
             controller,
-            self._first,
+            self._first if since is None else since,
             self._newest,
-            tuple((step, fold.steps[step]) for step in Step),
+            tuple((step, tally.steps[step]) for step in Step),
             tuple(ordered),
-            {outcome: fold.enqueued[outcome] for outcome in _ENQUEUED},
-            dict(sorted(fold.results.items())),
-            Latency.of(fold.queue_wait),
-            Latency.of(fold.duration),
+            {outcome: tally.enqueued[outcome] for outcome in _ENQUEUED},
+            dict(sorted(tally.results.items())),
+            Latency.of(tally.queue_wait),
+            Latency.of(tally.duration),
             tuple(fold.seconds),
         )
 
@@ -411,62 +465,58 @@ class FunnelFold:
     def _on_dispatch(self, record: Record) -> None:
         fold = self._controller(record.controller)
         event_id = record.cause_ids[0] if record.cause_ids else -record.id
-        second = fold.second(record.time)
+        tallies = fold.tallies(record.time)
+        outcome = record.outcome
         if event_id != fold.last_event:  # one per event, however many requests it made
             fold.last_event = event_id
-            fold.steps[Step.SEEN] += 1
-            second.events += 1
-            if record.outcome != "dropped_by_predicate":
-                fold.steps[Step.PASSED] += 1
-        outcome = record.outcome
+            for tally in tallies:
+                tally.steps[Step.SEEN] += 1
+                if outcome != "dropped_by_predicate":
+                    tally.steps[Step.PASSED] += 1
         if outcome == "dropped_by_predicate":
             predicate = str(record.attrs.get("predicate", "a predicate"))
             lost = _lost(record.time, record.object, record.request, record.reason)
             fold.drop(Loss.PREDICATE, predicate, lost)
             return
         if outcome == "not_mapped":
-            fold.drop(
-                Loss.NOT_MAPPED,
-                record.reason,
-                _lost(record.time, record.object, record.request, record.reason),
-            )
+            lost = _lost(record.time, record.object, record.request, record.reason)
+            fold.drop(Loss.NOT_MAPPED, record.reason, lost)
             return
-        fold.steps[Step.MAPPED] += 1
+        for tally in tallies:
+            tally.steps[Step.MAPPED] += 1
         if outcome not in _ENQUEUED:  # shut_down: the queue no longer takes work
             reason = "the queue was shutting down"
             fold.drop(Loss.SHUT_DOWN, reason, _lost(record.time, record.object, record.request))
             return
-        fold.steps[Step.ENQUEUED] += 1
-        fold.enqueued[outcome] += 1
+        for tally in tallies:
+            tally.steps[Step.ENQUEUED] += 1
+            tally.enqueued[outcome] += 1
         fold.pending[record.id] = _Pending(record.time, record.object, record.request)
         fold.waiting[record.request] += 1
         if len(fold.pending) > _MAX_PENDING:
             fold.unqueue(next(iter(fold.pending)))
-        second.depth = len(fold.waiting)
+        fold.seconds[-1].depth = len(fold.waiting)
 
     def _on_start(self, record: Record) -> None:
         fold = self._controller(record.controller)
+        tallies = fold.tallies(record.time)
         for cause in record.cause_ids:
             if fold.unqueue(cause) is not None:
-                fold.steps[Step.RECONCILED] += 1
-        second = fold.second(record.time)
-        second.depth = len(fold.waiting)
+                for tally in tallies:
+                    tally.steps[Step.RECONCILED] += 1
+        fold.seconds[-1].depth = len(fold.waiting)
         wait = record.attrs.get("queue_wait_s")
         if isinstance(wait, int | float):
-            fold.queue_wait.add(float(wait))
-            second.queue_wait.add(float(wait))
+            for tally in tallies:
+                tally.queue_wait.add(float(wait))
 
     def _on_end(self, record: Record) -> None:
         fold = self._controller(record.controller)
-        fold.results[record.outcome] += 1
-        second = fold.second(record.time)
-        second.reconciles += 1
-        if record.outcome in _ERRORS:
-            second.errors += 1
         duration = record.attrs.get("duration_s")
-        if isinstance(duration, int | float):
-            fold.duration.add(float(duration))
-            second.duration.add(float(duration))
+        for tally in fold.tallies(record.time):
+            tally.results[record.outcome] += 1
+            if isinstance(duration, int | float):
+                tally.duration.add(float(duration))
 
     # -- what the pipeline depends on --------------------------------------------------------
 

@@ -53,6 +53,8 @@ from ctrltrace.tui.table import Column, LiveTable
 # of both (import-linter's independence contract follows imports through the CLI).
 JOURNAL_EXIT = 5
 RENDER_EVERY_S = 0.1  # at most ten renders a second, however fast records come
+# The funnel's windows, cycled by w: everything the view holds, then the last minute, 10 minutes.
+FUNNEL_WINDOWS: tuple[float | None, ...] = (None, 60.0, 600.0)
 
 _EVENT_COLUMNS = (
     Column("time", 12, 12),
@@ -126,10 +128,11 @@ HELP = """\
                  errors, retries, next requeue; then each request running, queued, scheduled
   3 leader       the lease, its holder, this replica's role, the transitions
   4 watches      per kind: synced, last event, errors (403, kind not found), their message
-  5 funnel       per controller (c: the next one): events seen → passed its predicates →
-                 mapped → enqueued → reconciled, each drop with its reason (Enter lists the
-                 objects lost there); events/s, reconciles/s, errors/s, queue depth and
-                 p99 queue wait and reconcile time, a column a second
+  5 funnel       per controller (c: the next one), over all records or, w, the last
+                 1 or 10 min: events seen → passed its predicates → mapped → enqueued →
+                 reconciled, each drop with its reason (Enter lists the objects lost
+                 there); events/s, reconciles/s, errors/s, queue depth and p99 queue
+                 wait and reconcile time, a column a second
 
 [b]Keys[/b]
   /        filter the events: words that must all occur; ns: name: kind: verdict:
@@ -371,7 +374,17 @@ class TraceApp(App[None]):
     """
     # The keys of the main views; the object view, help and the failure screen have their own.
     _MAIN_ACTIONS = frozenset(
-        {"filter", "open", "clear_filter", "pause", "step", "live", "view", "next_controller"}
+        {
+            "filter",
+            "open",
+            "clear_filter",
+            "pause",
+            "step",
+            "live",
+            "view",
+            "next_controller",
+            "next_window",
+        }
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "filter"),
@@ -391,6 +404,7 @@ class TraceApp(App[None]):
         Binding("4", "view('watches-tab')", "watches", show=False),
         Binding("5", "view('funnel-tab')", "funnel", show=False),
         Binding("c", "next_controller", "controller", show=False),
+        Binding("w", "next_window", "window", show=False),
     ]
 
     def __init__(
@@ -417,6 +431,7 @@ class TraceApp(App[None]):
         self._render_timer: Timer | None = None
         self._max_events = max_events
         self.funnel_controller: str | None = None  # the controller the funnel shows
+        self.funnel_window: float | None = None  # seconds up to now, or everything
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -564,7 +579,8 @@ class TraceApp(App[None]):
             self.funnel_controller = fold.busiest()
         if self.funnel_controller is None:
             return None
-        return fold.funnel(self.funnel_controller)
+        since = None if self.funnel_window is None else self.now() - self.funnel_window
+        return fold.funnel(self.funnel_controller, since)
 
     def _render_funnel(self, state: ViewState, now: float) -> None:
         funnel = self._shown_funnel()
@@ -583,7 +599,8 @@ class TraceApp(App[None]):
                 [
                     Text.assemble(("controller ", "bold"), (funnel.controller, "bold cyan")),
                     *([f"c: next of {others + 1}"] if others else []),
-                    "Enter on a ✗ row lists its objects",
+                    _window_words(self.funnel_window),
+                    "Enter on ✗: the objects lost",
                 ]
             )
         )
@@ -687,6 +704,11 @@ class TraceApp(App[None]):
         self.query_one("#funnel", LiveTable).replace_rows([])
         self._redraw()
 
+    def action_next_window(self) -> None:
+        index = FUNNEL_WINDOWS.index(self.funnel_window)
+        self.funnel_window = FUNNEL_WINDOWS[(index + 1) % len(FUNNEL_WINDOWS)]
+        self._redraw()
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -746,6 +768,12 @@ class TraceApp(App[None]):
         self.shown = message.state
         self._rebuild = True
         self._redraw()
+
+
+def _window_words(window: float | None) -> str:
+    if window is None:
+        return "w: all records"
+    return f"w: last {window / 60:g} min"
 
 
 def _below(key: Hashable, first: int) -> bool:

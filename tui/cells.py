@@ -560,7 +560,7 @@ def time_view(funnel: Funnel, now: float, width: int) -> Text:
         rate("reconciles/s", lambda second: second.reconciles, "cyan"),
         rate("errors/s", lambda second: second.errors, "red"),
         line("queue depth", depth, f"{held} now · max {max(depth)}", "yellow"),
-        p99("queue wait", funnel.queue_wait, lambda second: second.queue_wait),
-        p99("reconcile", funnel.duration, lambda second: second.duration),
+        p99("queue wait", funnel.queue_wait, lambda second: second.tally.queue_wait),
+        p99("reconcile", funnel.duration, lambda second: second.tally.duration),
     ]
     return Text("\n").join(lines)

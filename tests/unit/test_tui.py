@@ -1213,6 +1213,22 @@ def test_rates_and_latencies_per_second_end_at_the_time_cursor() -> None:
     assert "2/s now · max 2/s" in before[1] and "0/s now" in before[3]
 
 
+def test_a_window_counts_only_its_seconds_and_the_objects_lost_in_it() -> None:
+    story = three_losses()
+    story.time = T0 + 100
+    late = story.event("late", "MODIFIED")
+    story.dispatch(late, "dropped_by_predicate", predicate="GenerationChanged")
+    state = ViewState()
+    state.apply(story.records)
+    everything = state.funnel.funnel("widget")
+    window = state.funnel.funnel("widget", since=T0 + 50)
+    assert everything is not None and window is not None
+    assert everything.count(Step.SEEN) == 8 and window.count(Step.SEEN) == 1
+    assert [(d.loss, d.count, [o.name for o in d.objects]) for d in window.drops] == [
+        (Loss.PREDICATE, 1, ["late"])
+    ]
+
+
 def test_explain_funnel_prints_the_funnel_as_text_and_json(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     write_journal(path, three_losses().records)
@@ -1250,6 +1266,11 @@ def test_the_funnel_view_lists_the_objects_a_drop_lost_and_opens_one(tmp_path: P
             await pilot.pause(0.2)
             text = screen_text(app)
             assert "✗ dropped by predicate -2" in " ".join(text.split())
+            assert "w: all records" in text
+            await pilot.press("w")
+            await pilot.pause(0.2)
+            assert "w: last 1 min" in screen_text(app)
+            await pilot.press("w", "w")
             await pilot.press("down", "enter")
             await _until(pilot, lambda: isinstance(app.screen, LostScreen))
             lost = screen_text(app)
