@@ -593,14 +593,19 @@ class TraceApp(App[None]):
             rates.update("")
             self._render_funnel_detail(None)
             return
-        others = len(state.funnel.controllers) - 1
+        names = state.funnel.controllers
         title.update(
             _joined(
                 [
-                    Text.assemble(("controller ", "bold"), (funnel.controller, "bold cyan")),
-                    *([f"c: next of {others + 1}"] if others else []),
+                    Text.assemble(
+                        ("controller ", "bold"),
+                        (funnel.controller, "bold cyan"),
+                        f" (c: {names.index(funnel.controller) + 1} of {len(names)})"
+                        if len(names) > 1
+                        else "",
+                    ),
                     _window_words(self.funnel_window),
-                    "Enter on ✗: the objects lost",
+                    "Enter on ✗: its objects",
                 ]
             )
         )

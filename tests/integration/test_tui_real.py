@@ -331,7 +331,10 @@ def test_the_funnel_and_time_views_of_a_recorded_real_run(
         async with app.run_test(size=(width, 34)) as pilot:
             await settled(pilot, len(records))
             await pilot.press("5")
-            await pilot.pause()
+            deadline = time.monotonic() + 10
+            while "queue depth" not in screen_text(app):
+                assert time.monotonic() < deadline
+                await pilot.pause(0.05)
             text = screen_text(app)
             assert "controller widget" in text and "GenerationChanged" in text
             assert "✗ not mapped" in text and "events/s" in text and "reconcile p99" in text
