@@ -93,19 +93,19 @@ _MARKS = {
     (Stage.RECONCILE, "success"): ("✓", "green"),
     (Stage.RECONCILE, "error"): ("✗", "red"),
     (Stage.RECONCILE, "terminal_error"): ("✗", "red"),
-    (Stage.RECONCILE, "requeue"): ("⟳", "yellow"),
-    (Stage.RECONCILE, "requeue_after"): ("⟳", "yellow"),
+    (Stage.RECONCILE, "requeue"): ("↻", "yellow"),
+    (Stage.RECONCILE, "requeue_after"): ("↻", "yellow"),
     (Stage.WATCH, "synced"): ("✓", "green"),
     (Stage.WATCH, "forbidden"): ("✗", "red"),
     (Stage.WATCH, "kind_not_found"): ("✗", "red"),
     (Stage.WATCH, "error"): ("✗", "red"),
     (Stage.WATCH, "disconnected"): ("✗", "red"),
     (Stage.LEASE, "acquired"): ("✓", "green"),
-    (Stage.LEASE, "standby"): ("⏳", "yellow"),
+    (Stage.LEASE, "standby"): ("◷", "yellow"),
     (Stage.LEASE, "lost"): ("✗", "red"),
     (Stage.LEASE, "error"): ("✗", "red"),
     (Stage.CONTROLLER, "started"): ("✓", "green"),
-    (Stage.CONTROLLER, "cache_not_synced"): ("⏳", "yellow"),
+    (Stage.CONTROLLER, "cache_not_synced"): ("◷", "yellow"),
     (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
     (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
 }
@@ -113,15 +113,15 @@ _STAGE_MARKS = {
     Stage.EVENT: ("●", "cyan"),
     Stage.DISPATCH: ("→", ""),
     Stage.RECONCILE_START: ("▶", ""),
-    Stage.REQUEUE: ("⟳", "yellow"),
+    Stage.REQUEUE: ("↻", "yellow"),
     Stage.WRITE: ("✎", ""),
     Stage.KUBE_EVENT: ("⚑", ""),
 }
 _VERDICT_MARKS = {
     Code.RECONCILED: ("✓", "green"),
-    Code.REQUEUE_SCHEDULED: ("⟳", "yellow"),
+    Code.REQUEUE_SCHEDULED: ("↻", "yellow"),
 } | dict.fromkeys(
-    (Code.QUEUED, Code.IN_PROGRESS, Code.NOT_LEADER, Code.CACHE_NOT_SYNCED), ("⏳", "yellow")
+    (Code.QUEUED, Code.IN_PROGRESS, Code.NOT_LEADER, Code.CACHE_NOT_SYNCED), ("◷", "yellow")
 )
 
 

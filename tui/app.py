@@ -1,11 +1,11 @@
 """The live terminal view: the Textual app, its screens, and the pace at which they change.
 
-Owns the screens (the four views in tabs, the object view, help, the journal failure), the
-keys, pause, the time cursor, and the render cadence: at most ten renders a second, tables
-updated in place. Records arrive through one feed, which posts ``FeedReady`` (no payload)
-once per burst; the app then takes what is pending, folds it into the ``ViewState`` and
-renders. Journal reads for the object view and the time cursor run in thread workers, so the
-UI thread never waits on the file; the feed does its own reading.
+Owns the screens (the five views in tabs, the object view, the objects a funnel drop lost,
+help, the journal failure), the keys, pause, the time cursor, and the render cadence: at most
+ten renders a second, tables updated in place. Records arrive through one feed, which posts
+``FeedReady`` (no payload) once per burst; the app then takes what is pending, folds it into
+the ``ViewState`` and renders. Journal reads for the object view and the time cursor run in
+thread workers, so the UI thread never waits on the file; the feed does its own reading.
 
 It never talks to Kubernetes, and it does not decide what records mean: ``feed`` folds them,
 ``cells`` words them, ``ctrltrace.explain`` explains them.
@@ -17,7 +17,7 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from itertools import takewhile
 from pathlib import Path
 from typing import ClassVar
@@ -35,6 +35,7 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from ctrltrace.explain_text import ExplanationView
+from ctrltrace.funnel import LOSS_WORDS, STEP_WORDS, Drop, Funnel
 from ctrltrace.journal import JournalError
 from ctrltrace.tui import cells
 from ctrltrace.tui.feed import (
@@ -52,6 +53,8 @@ from ctrltrace.tui.table import Column, LiveTable
 # of both (import-linter's independence contract follows imports through the CLI).
 JOURNAL_EXIT = 5
 RENDER_EVERY_S = 0.1  # at most ten renders a second, however fast records come
+# The funnel's windows, cycled by w: everything the view holds, then the last minute, 10 minutes.
+FUNNEL_WINDOWS: tuple[float | None, ...] = (None, 60.0, 600.0)
 
 _EVENT_COLUMNS = (
     Column("time", 12, 12),
@@ -93,38 +96,59 @@ _WATCH_COLUMNS = (
     Column("last event", 12, 5),
     Column("last error", 200, 8),
 )
+_FUNNEL_COLUMNS = (
+    Column("stage", 26, 12),
+    Column("count", 7, 5),
+    Column("", cells.BAR_WIDTH, 4),
+    Column("why / how", 200, 10),
+)
+_LOST_COLUMNS = (
+    Column("time", 12, 12),
+    Column("kind", 16, 6),
+    Column("namespace/name", 36, 12),
+    Column("request", 36, 6),
+    Column("why", 200, 10),
+)
 # The table of each tab that gets the focus, and whose row Enter opens.
 _TABLE_OF_TAB = {
     "stream": "events",
     "work-tab": "work",
     "lease-tab": "transitions",
     "watches-tab": "watches",
+    "funnel-tab": "funnel",
 }
 
 HELP = """\
 [b]ctrltrace tui[/b]: the records of a controller run, live or replayed. It reads records only.
 
-[b]Views[/b] (tabs, or the keys 1 2 3 4)
+[b]Views[/b] (tabs, or the keys 1 2 3 4 5)
   1 events       each watch event and what every controller did with it: dropped by
                  which predicate, not mapped, queued, merged, reconciled with its result
   2 controllers  queue depth, workers busy/total, in-flight reconciles and their age,
                  errors, retries, next requeue; then each request running, queued, scheduled
   3 leader       the lease, its holder, this replica's role, the transitions
   4 watches      per kind: synced, last event, errors (403, kind not found), their message
+  5 funnel       per controller (c: the next one), over all records or, w, the last
+                 1 or 10 min: events seen → passed its predicates → mapped → enqueued →
+                 reconciled, each drop with its reason (Enter lists the objects lost
+                 there); events/s, reconciles/s, errors/s, queue depth and p99 queue
+                 wait and reconcile time, a column a second
 
 [b]Keys[/b]
   /        filter the events: words that must all occur; ns: name: kind: verdict:
            controller: limit a word to one field, e.g. ns:shop verdict:dropped
   Enter    open the object under the cursor (an event, or a request in controllers):
-           what ctrltrace explain says about it; r refreshes it
+           what ctrltrace explain says about it; r refreshes it. On a drop in the
+           funnel: the objects lost there, and Enter on one opens it
   Esc      back: closes the object view or this help, clears the filter
   p        pause or resume: the view holds still, records wait in the feed
-  [ ]      move the time cursor 1 s back or forward: the views as they were then
+  [ ]      move the time cursor 1 s back or forward: the views (and the funnel's
+           lines, which end at the cursor) as they were then
   { }      10 s back or forward;  g  back to live
   ↑ ↓ PgUp PgDn Home End   move in a table; End follows the newest row
   ?        this help;  q  quit
 
-[b]Marks[/b]  ✓ done  ✗ failed or refused  ⏳ waiting  ▶ running  ⟳ requeue or retry
+[b]Marks[/b]  ✓ done  ✗ failed or refused  ◷ waiting  ▶ running  ↻ requeue or retry
   ≡ merged  ■ stopped  · nothing yet. Colour only repeats the mark and the words.
 """
 
@@ -215,7 +239,9 @@ class ObjectScreen(Screen[None]):
         Binding("q", "app.quit", "quit"),
     ]
     DEFAULT_CSS = """
-    ObjectScreen > #object-title { height: 1; background: $panel; padding: 0 1; }
+    ObjectScreen > #object-title {
+        height: 1; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis;
+    }
     ObjectScreen > VerticalScroll { padding: 0 1; }
     """
 
@@ -233,7 +259,7 @@ class ObjectScreen(Screen[None]):
         when = "latest" if self._until is None else f"as of {cells.clock(self._until)}"
         yield Static(f"object {kind}{self.target.key} · {when} · Esc back", id="object-title")
         with VerticalScroll():
-            yield Static(Text("⏳ explaining…", "yellow"), id="explanation")
+            yield Static(Text("◷ explaining…", "yellow"), id="explanation")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -269,23 +295,97 @@ class ObjectScreen(Screen[None]):
         self.query_one("#explanation", Static).update(content)
 
 
+class LostScreen(Screen[None]):
+    """The objects whose events a funnel drop lost (the newest first); Enter opens one."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "back"),
+        Binding("enter", "open", "open"),
+        Binding("q", "app.quit", "quit"),
+    ]
+    DEFAULT_CSS = """
+    LostScreen > #lost-title { height: auto; background: $panel; padding: 0 1; }
+    """
+
+    def __init__(
+        self,
+        controller: str,
+        drop: Drop,
+        journal: Path | None,
+        now: Callable[[], float],
+        until: float | None,
+    ) -> None:
+        super().__init__()
+        self.controller = controller
+        self.drop = drop
+        self.journal = journal
+        self._now = now
+        self._until = until
+        self._lost = list(reversed(drop.objects))
+
+    def compose(self) -> ComposeResult:
+        drop = self.drop
+        yield Static(
+            Text.assemble(
+                f"{self.controller}: ",
+                (f"✗ {drop.count} {LOSS_WORDS[drop.loss]}", "red"),
+                f" after '{STEP_WORDS[drop.after]}': {drop.reason}",
+                f" · the newest {len(self._lost)} · Enter opens one · Esc back",
+            ),
+            id="lost-title",
+        )
+        yield LiveTable(_LOST_COLUMNS, empty="no objects kept", id="lost")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#lost", LiveTable)
+        table.replace_rows((index, cells.lost_cells(lost)) for index, lost in enumerate(self._lost))
+        table.focus()
+
+    def action_open(self) -> None:
+        key = self.query_one("#lost", LiveTable).cursor_key
+        if not isinstance(key, int):
+            return
+        lost = self._lost[key]
+        target = Target(lost.namespace, lost.name, lost.kind or None)
+        self.app.push_screen(ObjectScreen(self.journal, target, self._now, self._until))
+
+
 class TraceApp(App[None]):
     """The views over one feed. ``clock`` gives wall time (tests freeze it)."""
 
     TITLE = "ctrltrace"
     ENABLE_COMMAND_PALETTE = False
     CSS = """
-    #status { height: 1; background: $panel; padding: 0 1; }
+    /* One-line bars: cut with an ellipsis when the terminal is narrower, never wrapped away. */
+    #status, #funnel-title { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    #status { background: $panel; padding: 0 1; }
     #filter { display: none; height: 3; }
     #filter.shown { display: block; }
     TabbedContent, ContentSwitcher, TabPane { height: 1fr; }
     #controllers { height: auto; max-height: 45%; }
     #lease-summary { height: auto; padding: 0 1 1 1; }
     #watch-detail { height: auto; max-height: 6; padding: 0 1; }
+    #funnel-title { padding: 0 1; }
+    #funnel { height: auto; max-height: 50%; }
+    #funnel-detail { height: auto; max-height: 3; padding: 0 1; }
+    #rates { height: auto; padding: 0 1; }
     TabPane { padding: 0; }
     """
     # The keys of the main views; the object view, help and the failure screen have their own.
-    _MAIN_ACTIONS = frozenset({"filter", "open", "clear_filter", "pause", "step", "live", "view"})
+    _MAIN_ACTIONS = frozenset(
+        {
+            "filter",
+            "open",
+            "clear_filter",
+            "pause",
+            "step",
+            "live",
+            "view",
+            "next_controller",
+            "next_window",
+        }
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "filter"),
         Binding("enter", "open", "open"),
@@ -302,6 +402,9 @@ class TraceApp(App[None]):
         Binding("2", "view('work-tab')", "controllers", show=False),
         Binding("3", "view('lease-tab')", "leader", show=False),
         Binding("4", "view('watches-tab')", "watches", show=False),
+        Binding("5", "view('funnel-tab')", "funnel", show=False),
+        Binding("c", "next_controller", "controller", show=False),
+        Binding("w", "next_window", "window", show=False),
     ]
 
     def __init__(
@@ -327,6 +430,8 @@ class TraceApp(App[None]):
         self._last_render = 0.0
         self._render_timer: Timer | None = None
         self._max_events = max_events
+        self.funnel_controller: str | None = None  # the controller the funnel shows
+        self.funnel_window: float | None = None  # seconds up to now, or everything
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -348,6 +453,11 @@ class TraceApp(App[None]):
             with TabPane("4 watches", id="watches-tab"), Vertical():
                 yield LiveTable(_WATCH_COLUMNS, empty="no informer records", id="watches")
                 yield Static(id="watch-detail")
+            with TabPane("5 funnel", id="funnel-tab"), Vertical():
+                yield Static(id="funnel-title")
+                yield LiveTable(_FUNNEL_COLUMNS, empty="no dispatch recorded", id="funnel")
+                yield Static(id="funnel-detail")
+                yield Static(id="rates")
         yield Input(
             placeholder="filter: words; or ns: name: kind: verdict: controller:  (Esc clears)",
             id="filter",
@@ -437,6 +547,7 @@ class TraceApp(App[None]):
         watches = self.query_one("#watches", LiveTable)
         _sync(watches, [(kind, cells.watch_cells(w)) for kind, w in sorted(state.watches.items())])
         self._render_watch_detail(watches.cursor_key)
+        self._render_funnel(state, now)
         self._render_status()
         if state is self.live and self.paused_at is None and state.newest is not None:
             self.lag = self.clock() - state.newest
@@ -462,13 +573,59 @@ class TraceApp(App[None]):
         detail = self.query_one("#watch-detail", Static)
         detail.update(cells.watch_detail(watch) if watch is not None else "")
 
+    def _shown_funnel(self) -> Funnel | None:
+        fold = self.shown.funnel
+        if self.funnel_controller not in fold.controllers:
+            self.funnel_controller = fold.busiest()
+        if self.funnel_controller is None:
+            return None
+        since = None if self.funnel_window is None else self.now() - self.funnel_window
+        return fold.funnel(self.funnel_controller, since)
+
+    def _render_funnel(self, state: ViewState, now: float) -> None:
+        funnel = self._shown_funnel()
+        table = self.query_one("#funnel", LiveTable)
+        title = self.query_one("#funnel-title", Static)
+        rates = self.query_one("#rates", Static)
+        if funnel is None:
+            title.update(Text("· no controller records yet", "dim"))
+            table.replace_rows([])
+            rates.update("")
+            self._render_funnel_detail(None)
+            return
+        names = state.funnel.controllers
+        title.update(
+            _joined(
+                [
+                    Text.assemble(
+                        ("controller ", "bold"),
+                        (funnel.controller, "bold cyan"),
+                        f" (c: {names.index(funnel.controller) + 1} of {len(names)})"
+                        if len(names) > 1
+                        else "",
+                    ),
+                    _window_words(self.funnel_window),
+                    "Enter on ✗: its objects",
+                ]
+            )
+        )
+        _sync(table, cells.funnel_rows(funnel))
+        width = self.size.width - 2  # the padding of #rates; its own size lags a resize
+        rates.update(cells.time_view(funnel, now, width))
+        self._render_funnel_detail(table.cursor_key)
+
+    def _render_funnel_detail(self, key: Hashable | None) -> None:
+        funnel = self._shown_funnel()
+        detail = self.query_one("#funnel-detail", Static)
+        detail.update("" if funnel is None else cells.funnel_detail(funnel, key))
+
     def _render_status(self) -> None:
         parts: list[Text | str] = [cells.feed_status(self.live, self.clock())]
         if self.cursor is not None:
             replaying = " (replaying…)" if self.shown is self.live else ""
-            parts.append(Text(f"⏮ at {cells.clock(self.cursor)}{replaying} · g: live", "cyan"))
+            parts.append(Text(f"◀ at {cells.clock(self.cursor)}{replaying} · g: live", "cyan"))
         if self.paused_at is not None:
-            parts.append(Text(f"⏸ paused at {cells.clock(self.paused_at)} · p: resume", "cyan"))
+            parts.append(Text(f"‖ paused at {cells.clock(self.paused_at)} · p: resume", "cyan"))
         if self.filter:
             parts.append(Text(f"filter: {self.filter.text}", "bold"))
         if self._trouble:
@@ -514,12 +671,26 @@ class TraceApp(App[None]):
     def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         if event.table.id == "watches":
             self._render_watch_detail(event.key)
+        elif event.table.id == "funnel":
+            self._render_funnel_detail(event.key)
 
     def action_open(self) -> None:
         active = self.query_one(TabbedContent).active
         table = self.query_one(f"#{_TABLE_OF_TAB.get(active, 'events')}", LiveTable)
         key = table.cursor_key
         target: Target | None = None
+        # Paused or at the cursor, the object is explained as of then, not with later records.
+        until = self.cursor if self.cursor is not None else self.paused_at
+        if table.id == "funnel":
+            funnel = self._shown_funnel()
+            drop = None if funnel is None else cells.find_drop(funnel, key)
+            if funnel is None or drop is None:
+                self.notify("Select a ✗ row of the funnel to list its objects.", severity="warning")
+                return
+            self.push_screen(
+                LostScreen(funnel.controller, drop, self.feed.journal, self.now, until)
+            )
+            return
         if table.id == "events" and isinstance(key, int) and key in self.shown.events:
             target = self.shown.events[key].target
         elif table.id == "work" and isinstance(key, tuple):
@@ -527,9 +698,21 @@ class TraceApp(App[None]):
         if target is None:
             self.notify("Select an event (1) or a request (2) to open it.", severity="warning")
             return
-        # Paused or at the cursor, the object is explained as of then, not with later records.
-        until = self.cursor if self.cursor is not None else self.paused_at
         self.push_screen(ObjectScreen(self.feed.journal, target, self.now, until))
+
+    def action_next_controller(self) -> None:
+        names = self.shown.funnel.controllers
+        if not names:
+            return
+        index = names.index(self.funnel_controller) if self.funnel_controller in names else -1
+        self.funnel_controller = names[(index + 1) % len(names)]
+        self.query_one("#funnel", LiveTable).replace_rows([])
+        self._redraw()
+
+    def action_next_window(self) -> None:
+        index = FUNNEL_WINDOWS.index(self.funnel_window)
+        self.funnel_window = FUNNEL_WINDOWS[(index + 1) % len(FUNNEL_WINDOWS)]
+        self._redraw()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -592,6 +775,12 @@ class TraceApp(App[None]):
         self._redraw()
 
 
+def _window_words(window: float | None) -> str:
+    if window is None:
+        return "w: all records"
+    return f"w: last {window / 60:g} min"
+
+
 def _below(key: Hashable, first: int) -> bool:
     return isinstance(key, int) and key < first
 
@@ -600,7 +789,7 @@ def _joined(parts: list[Text | str]) -> Text:
     return Text(" · ").join(Text(part) if isinstance(part, str) else part for part in parts)
 
 
-def _sync(table: LiveTable, rows: list[tuple[Hashable, cells.Cells]]) -> None:
+def _sync(table: LiveTable, rows: Sequence[tuple[Hashable, cells.Cells]]) -> None:
     """Update a small table in place: rows by key, and drop the keys that are gone."""
     keys = {key for key, _ in rows}
     table.remove_rows([key for key in table.keys if key not in keys])

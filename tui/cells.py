@@ -1,7 +1,7 @@
 """How the TUI words, marks and filters what ``ViewState`` holds: cells of rich ``Text``.
 
 Owns the filter language of ``/``, the mark and words of every outcome and state, and the
-columns of each view. Every cell says what it means in words and with a mark (✓ ✗ ⏳ ▶ ⟳ ≡ ■);
+columns of each view. Every cell says what it means in words and with a mark (✓ ✗ ◷ ▶ ↻ ≡ ■);
 its colour only repeats that, so the views read without colour.
 
 Pure functions of the model: no Textual (the data side is tested without a terminal), no I/O.
@@ -10,12 +10,27 @@ Pure functions of the model: no Textual (the data side is tested without a termi
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
 
 from ctrltrace.explain import Code, names_kind
+from ctrltrace.funnel import (
+    LOSS_WORDS,
+    STEP_WORDS,
+    Drop,
+    Funnel,
+    Histogram,
+    Latency,
+    Loss,
+    Lost,
+    Second,
+    Step,
+    enqueued_words,
+    results_words,
+)
 from ctrltrace.tui.feed import (
     IDLE_AFTER_S,
     MAX_WORK_ROWS,
@@ -108,12 +123,12 @@ _LOOKS: dict[str, tuple[str, str]] = {
     "": ("·", "dim"),
     Code.DROPPED_BY_PREDICATE: ("✗", "red"),
     Code.NOT_MAPPED: ("✗", "red"),
-    Code.QUEUED: ("⏳", "yellow"),
+    Code.QUEUED: ("◷", "yellow"),
     Code.IN_PROGRESS: ("▶", "cyan"),
     Code.RECONCILED: ("✓", "green"),
     Code.RECONCILE_FAILED: ("✗", "red"),
     Code.TERMINAL_ERROR: ("✗", "bold red"),
-    Code.REQUEUE_SCHEDULED: ("⟳", "yellow"),
+    Code.REQUEUE_SCHEDULED: ("↻", "yellow"),
 }
 _MERGED = ("≡", "yellow")
 
@@ -195,7 +210,7 @@ def event_cells(row: EventRow) -> Cells:
 
 _LIFECYCLE = {
     "started": ("✓ running", "green"),
-    "cache_not_synced": ("⏳ caches not synced", "yellow"),
+    "cache_not_synced": ("◷ caches not synced", "yellow"),
     "stopped": ("■ stopped", "dim"),
     "build_error": ("✗ build error", "red"),
 }
@@ -221,7 +236,7 @@ def controller_cells(
     next_requeue = Text("—", "dim")
     if upcoming is not None:
         request, item = upcoming
-        next_requeue = Text(f"⟳ {request} {_due_words(item, now)}", "yellow")
+        next_requeue = Text(f"↻ {request} {_due_words(item, now)}", "yellow")
     return (
         Text(controller.name, "bold"),
         Text(state, style),
@@ -256,9 +271,9 @@ def work_rows(
         name = controller.name
         blocking = state.blocking(controller)
         queued = (
-            Text(f"⏳ blocked by {blocking[0].kind}", "red")
+            Text(f"◷ blocked by {blocking[0].kind}", "red")
             if blocking
-            else Text("⏳ queued", "yellow")
+            else Text("◷ queued", "yellow")
         )
         for request, (start, rid) in controller.running.items():
             cells = (Text("▶ reconciling", "cyan"), Text(span(now - start)), Text(rid, "dim"))
@@ -267,7 +282,7 @@ def work_rows(
             cells = (queued, Text(span(now - since)), Text(""))
             waiting.append((since, (name, request, "waiting"), cells))
         for request, item in controller.scheduled.items():
-            cells = (Text("⟳ scheduled", "yellow"), Text(_due_words(item, now)), Text(""))
+            cells = (Text("↻ scheduled", "yellow"), Text(_due_words(item, now)), Text(""))
             scheduled.append((item.due, (name, request, "scheduled"), cells))
     rows: list[tuple[WorkKey, Cells]] = []
     for group in (running, waiting, scheduled):
@@ -278,7 +293,7 @@ def work_rows(
 
 _ROLES = {
     "acquired": ("✓ leader", "green"),
-    "standby": ("⏳ standby: not the leader, no reconciles", "yellow"),
+    "standby": ("◷ standby: not the leader, no reconciles", "yellow"),
     "lost": ("✗ lost the lease: reconciles stopped", "red"),
     "released": ("■ released the lease", "dim"),
 }
@@ -291,7 +306,7 @@ def lease_summary(lease: LeaseState) -> Text:
             "not started",
             "dim",
         )
-    role, style = _ROLES.get(lease.outcome, ("⏳ electing", "yellow"))
+    role, style = _ROLES.get(lease.outcome, ("◷ electing", "yellow"))
     text = Text.assemble(
         ("lease         ", "bold"),
         lease.lease,
@@ -324,7 +339,7 @@ def transition_cells(transition: Transition) -> Cells:
 _WATCH_STATES = {
     "listed": ("✓ watching", "green"),
     "synced": ("✓ watching", "green"),
-    "gone": ("⟳ listing again (410)", "yellow"),
+    "gone": ("↻ listing again (410)", "yellow"),
     "forbidden": ("✗ forbidden", "red"),
     "kind_not_found": ("✗ kind not found", "red"),
     "disconnected": ("✗ disconnected", "red"),
@@ -382,9 +397,170 @@ def feed_status(state: ViewState, now: float) -> Text:
     """Live, or idle since the newest record: a journal that stops growing is not an error.
     Records the journal lost are said either way: what is shown may be incomplete."""
     if state.newest is None:
-        return Text("⏳ waiting for records", "yellow")
+        return Text("◷ waiting for records", "yellow")
     gaps = f" · ⚠ {state.gaps} journal gap(s)" if state.gaps else ""
     if now - state.newest <= IDLE_AFTER_S:
         return Text(f"● live{gaps}", "green")
     stopped = " · manager stopped" if state.manager == "stopped" else ""
     return Text(f"◌ idle since {clock(state.newest)}{stopped}{gaps}", "yellow")
+
+
+# -- the funnel and the time views -------------------------------------------------------------
+
+BAR_WIDTH = 20
+FunnelKey = tuple[str, ...]  # ("step", step) / ("drop", loss, reason) / ("runs",)
+
+
+def _bar(count: int, most: int, style: str) -> Text:
+    filled = round(BAR_WIDTH * count / most) if most else 0
+    return Text("█" * max(filled, 1 if count else 0), style)
+
+
+def funnel_rows(funnel: Funnel) -> list[tuple[FunnelKey, Cells]]:
+    """The funnel as table rows: each stage, then the drops before the next, then the runs."""
+    most = max((count for _, count in funnel.steps), default=0)
+    rows: list[tuple[FunnelKey, Cells]] = []
+    for step, count in funnel.steps:
+        detail = enqueued_words(funnel) if step is Step.ENQUEUED and count else ""
+        rows.append(
+            (
+                ("step", str(step)),
+                (
+                    Text(STEP_WORDS[step], "bold"),
+                    Text(str(count)),
+                    _bar(count, most, "green"),
+                    Text(detail),
+                ),
+            )
+        )
+        for drop in funnel.drops_after(step):
+            style = "yellow" if drop.loss is Loss.WAITING else "red"
+            mark = "◷" if drop.loss is Loss.WAITING else "✗"
+            rows.append(
+                (
+                    ("drop", str(drop.loss), drop.reason),
+                    (
+                        Text(f"  {mark} {LOSS_WORDS[drop.loss]}", style),
+                        Text(f"-{drop.count}", style),
+                        _bar(drop.count, most, style),
+                        Text(drop.reason),
+                    ),
+                )
+            )
+    rows.append(
+        (
+            ("runs",),
+            (
+                Text("reconcile runs", "bold"),
+                Text(str(funnel.runs)),
+                _bar(funnel.runs, most, "cyan"),
+                Text(results_words(funnel.results) or "none yet"),
+            ),
+        )
+    )
+    return rows
+
+
+def find_drop(funnel: Funnel, key: object) -> Drop | None:
+    """The drop a funnel row's key names (None for the stage rows)."""
+    if not (isinstance(key, tuple) and len(key) == 3 and key[0] == "drop"):
+        return None
+    return next((drop for drop in funnel.drops if (str(drop.loss), drop.reason) == key[1:]), None)
+
+
+def funnel_detail(funnel: Funnel, key: object) -> Text:
+    """The selected funnel row in full: the reason a table cell has to cut."""
+    drop = find_drop(funnel, key)
+    if drop is not None:
+        return Text.assemble(
+            (f"✗ {drop.count} lost after '{STEP_WORDS[drop.after]}': ", "red"),
+            f"{LOSS_WORDS[drop.loss]}: {drop.reason}. Enter lists the objects "
+            f"(the newest {len(drop.objects)}).",
+        )
+    if key == ("runs",):
+        return Text(
+            f"Reconciles that ran, retries and requeues included: "
+            f"{results_words(funnel.results) or 'none yet'}"
+        )
+    return Text(
+        "Each stage counts events, then requests from 'mapped' on (an event can map to "
+        "several). Select a ✗ row and press Enter for the objects lost there."
+    )
+
+
+def lost_cells(lost: Lost) -> Cells:
+    return (
+        Text(clock(lost.time)),
+        Text(lost.kind or "?"),
+        Text(lost.key, "bold"),
+        Text(lost.request if lost.request != lost.key else ""),
+        Text(lost.reason),
+    )
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+_LABEL_WIDTH = 15
+_FIGURES_WIDTH = 28
+
+
+def sparkline(values: Sequence[float | None]) -> Text:
+    """One character a value, scaled to the largest; nothing known is a space, zero is ▁."""
+    known = [value for value in values if value is not None]
+    most = max(known, default=0.0)
+    text = Text()
+    for value in values:
+        if value is None:
+            text.append(" ")
+        elif value <= 0 or most <= 0:
+            text.append(SPARKS[0], "dim")
+        else:
+            text.append(SPARKS[max(math.ceil(value / most * len(SPARKS)) - 1, 0)])
+    return text
+
+
+def _figure(seconds: float | None) -> str:
+    return "—" if seconds is None else ("≥ 19m" if math.isinf(seconds) else span(seconds))
+
+
+def time_view(funnel: Funnel, now: float, width: int) -> Text:
+    """Rates, queue depth and latencies over the last seconds up to ``now``, one a column."""
+    columns = max(width - _LABEL_WIDTH - _FIGURES_WIDTH - 2, 8)
+    end = int(now if funnel.until is None else min(now, funnel.until))
+    by_second = {second.at: second for second in funnel.seconds}
+    window = [by_second.get(at) for at in range(end - columns + 1, end + 1)]
+    last = by_second.get(end)
+
+    def line(label: str, values: Sequence[float | None], figures: str, style: str) -> Text:
+        spark = sparkline(values)
+        spark.stylize(style)
+        return Text.assemble(
+            (f"{label:<{_LABEL_WIDTH}}", "bold"), spark, "  ", figures[:_FIGURES_WIDTH]
+        )
+
+    def rate(label: str, pick: Callable[[Second], int], style: str) -> Text:
+        values = [0 if second is None else pick(second) for second in window]
+        now_value = pick(last) if last is not None else 0
+        return line(label, values, f"{now_value}/s now · max {max(values)}/s", style)
+
+    def p99(label: str, latency: Latency, pick: Callable[[Second], Histogram]) -> Text:
+        values = [None if second is None else pick(second).percentile(0.99) for second in window]
+        finite = [None if value is None or math.isinf(value) else value for value in values]
+        figures = f"p50 {_figure(latency.p50)} · p99 {_figure(latency.p99)}"
+        return line(f"{label} p99", finite, figures, "magenta")
+
+    depth: list[int] = []
+    held = 0
+    for second in window:
+        held = second.depth if second is not None else held
+        depth.append(held)
+    first = clock(end - columns + 1).split(".")[0]
+    lines = [
+        Text(f"last {columns} s, {first} to {clock(end).split('.')[0]}, a column a second", "dim"),
+        rate("events/s", lambda second: second.events, "green"),
+        rate("reconciles/s", lambda second: second.reconciles, "cyan"),
+        rate("errors/s", lambda second: second.errors, "red"),
+        line("queue depth", depth, f"{held} now · max {max(depth)}", "yellow"),
+        p99("queue wait", funnel.queue_wait, lambda second: second.tally.queue_wait),
+        p99("reconcile", funnel.duration, lambda second: second.tally.duration),
+    ]
+    return Text("\n").join(lines)

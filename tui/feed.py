@@ -3,7 +3,8 @@
 Owns the two feeds (``JournalFeed``, a thread tailing a journal file, and ``RecorderFeed``, a
 recorder sink inside a running manager), the replay of a journal up to a time cursor, the
 explanation of one object from a journal, and ``ViewState``, which folds records into what the
-event stream, controllers, leader election and watches views show, every collection capped.
+event stream, controllers, leader election, watches and funnel views show (the funnel through
+``ctrltrace.funnel``), every collection capped.
 How those rows are worded and marked is ``cells``' business.
 
 It may not import Textual (as in toolong and harlequin, the data side is tested without a
@@ -24,6 +25,7 @@ from typing import Protocol, TypeVar
 
 from ctrltrace.evidence import explain_from_journal
 from ctrltrace.explain import Code, Explanation
+from ctrltrace.funnel import FunnelFold
 from ctrltrace.journal import Journal, JournalError
 from ctrltrace.records import Record, Stage, Vocab
 
@@ -461,6 +463,7 @@ class ViewState:
         self.manager = ""  # started / stopped: the latest manager record
         self.gaps = 0  # journal_gap records: records lost on their way to the journal
         self.applied = 0
+        self.funnel = FunnelFold()  # each controller's funnel, rates and latencies
         self._next_key = 1
         self._changed: set[int] = set()
         self._event_rows: dict[int, int] = {}  # event record id → row key
@@ -483,12 +486,14 @@ class ViewState:
 
     def apply(self, records: Iterable[Record]) -> None:
         handlers = self._handlers
+        funnel = self.funnel.add
         newest = self.newest
         count = 0
         for record in records:
             count += 1
             if newest is None or record.time > newest:
                 newest = record.time
+            funnel(record)
             handler = handlers.get(record.stage)
             if handler is not None:
                 handler(record)

@@ -18,7 +18,7 @@ _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 @main.command()
-@click.argument("target", metavar="NAMESPACE/NAME")
+@click.argument("target", metavar="NAMESPACE/NAME", required=False)
 @click.option("--kind", help="KIND[.GROUP], kubectl style: case-insensitive, plural accepted.")
 @click.option("--controller", help="Only this controller's view of the object.")
 @journal_option
@@ -31,20 +31,28 @@ _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     type=click.IntRange(min=0),
     help="Timeline records shown: the latest, and as many of the object's own events; 0: all.",
 )
+@click.option(
+    "--funnel",
+    is_flag=True,
+    help="With --controller and no object: how many events reached each stage of the "
+    "controller's pipeline, and where and why the others were lost.",
+)
 def explain(
     *,
-    target: str,
+    target: str | None,
     kind: str | None,
     controller: str | None,
     journal_path: Path,
     since: str | None,
     as_json: bool,
     limit: int,
+    funnel: bool,
 ) -> None:
     """Say why the latest event for NAMESPACE/NAME (NAME if cluster-scoped) did or did not
     reach Reconcile. Reads the journal only: works offline and on a CI artifact.
 
     Exits 0 when the verdict is reconciled or requeue_scheduled, 3 for any other verdict.
+    With --funnel: exits 0, and 2 when the journal has no record of the controller.
     """
     import json
     import time
@@ -54,6 +62,11 @@ def explain(
     from ctrltrace.explain_text import render_text
     from ctrltrace.journal import Journal, JournalError
 
+    if funnel:
+        _explain_funnel(target, controller, journal_path, since, as_json)
+        return
+    if target is None:
+        raise CommandError("give NAMESPACE/NAME, or --controller NAME --funnel", ExitCode.USAGE)
     namespace, _, name = target.rpartition("/")
     if not name or "/" in namespace or not _OBJECT_NAME.match(name):
         raise CommandError(
@@ -84,3 +97,31 @@ def explain(
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
         click.echo(render_text(explanation, width=min(100, width)))
     sys.exit(explaining.exit_code(explanation.verdict.code))
+
+
+def _explain_funnel(
+    target: str | None, controller: str | None, journal_path: Path, since: str | None, as_json: bool
+) -> None:
+    import json
+    import time
+
+    from ctrltrace.funnel import FunnelFold, render_funnel
+    from ctrltrace.journal import Journal, JournalError
+
+    if target is not None or controller is None:
+        raise CommandError("--funnel takes --controller NAME and no NAMESPACE/NAME", ExitCode.USAGE)
+    now = time.time()
+    fold = FunnelFold()
+    try:
+        with Journal(journal_path) as journal:
+            fold.apply(journal.window(parse_since(since, now) or 0.0, now))
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    found = fold.funnel(controller)
+    if found is None:
+        known = ", ".join(fold.controllers) or "none"
+        raise CommandError(
+            f"no record of controller {controller!r} in {journal_path} (controllers: {known})",
+            ExitCode.USAGE,
+        )
+    click.echo(json.dumps(found.to_json(), indent=2) if as_json else render_funnel(found))

@@ -34,6 +34,7 @@ from ctrltrace.tui.table import LiveTable
 from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
     T0,
     app_on,
+    assert_no_cells_touch,
     assert_snapshot,
     run,
     screen_text,
@@ -285,7 +286,7 @@ def test_a_recorded_real_run_replays_in_every_view(
                 "✓ widget → demo/a: reconciled",
                 "✗ widget: not mapped: ",
                 "✗ widget: terminal error, no retry",
-                "⟳ widget: reconciled, requeue at",
+                "↻ widget: reconciled, requeue at",
             ):
                 assert outcome in text, outcome
             assert_snapshot(app, "real-events")
@@ -315,6 +316,30 @@ def test_a_recorded_real_run_replays_in_every_view(
             assert "✓ reconciled  Reconcile of demo/b in widget succeeded after 2 runs" in text
             assert "RuntimeError: simulated failure (spec.fail=once)" in text
             assert_snapshot(app, "real-object")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_funnel_and_time_views_of_a_recorded_real_run(
+    fixed_journal: tuple[Path, list[Record]], width: int
+) -> None:
+    path, records = fixed_journal
+
+    async def scenario() -> None:
+        app = app_on(path, records[-1].time + 3600)
+        async with app.run_test(size=(width, 34)) as pilot:
+            await settled(pilot, len(records))
+            await pilot.press("5")
+            deadline = time.monotonic() + 10
+            while "queue depth" not in screen_text(app):
+                assert time.monotonic() < deadline
+                await pilot.pause(0.05)
+            text = screen_text(app)
+            assert "controller widget" in text and "GenerationChanged" in text
+            assert "✗ not mapped" in text and "events/s" in text and "reconcile p99" in text
+            assert_no_cells_touch(text)
+            assert_snapshot(app, f"real-funnel-{width}")
 
     run(scenario)
 

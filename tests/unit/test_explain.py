@@ -507,7 +507,7 @@ def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
     text = render_text(_failing_story().explain())
     assert "explain shop/web" in text
     assert "✓ reconciled" in text and "fix:" in text
-    assert "✗ dispatch" in text and "✗ reconcile" in text and "⟳ requeue" in text
+    assert "✗ dispatch" in text and "✗ reconcile" in text and "↻ requeue" in text
     assert "(own write)" in text
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -28,12 +30,14 @@ from textual.widgets import Input
 
 from ctrltrace import BuildError, Manager
 from ctrltrace.cli import ExitCode
+from ctrltrace.cli import main as cli_main
 from ctrltrace.explain import Code, explain
 from ctrltrace.explain_text import render_text
+from ctrltrace.funnel import Funnel, Loss, Step
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 from ctrltrace.tui import cells
-from ctrltrace.tui.app import JOURNAL_EXIT, TraceApp
+from ctrltrace.tui.app import JOURNAL_EXIT, LostScreen, TraceApp
 from ctrltrace.tui.command import run_with_tui, tui_command
 from ctrltrace.tui.feed import (
     EventRow,
@@ -325,11 +329,11 @@ def test_each_event_row_merges_every_controllers_outcome_as_its_records_arrive()
         "Widget shop/a MODIFIED": "✗ widget: dropped by GenerationChanged",
         "Widget shop/b ADDED": "✓ widget: reconciled after 2 runs",
         "Widget shop/c ADDED": "✗ widget: terminal error, no retry: TerminalError: bad spec",
-        "ConfigMap shop/a-config ADDED": "⟳ widget → shop/a: reconciled, requeue at 22:18:20.320",
+        "ConfigMap shop/a-config ADDED": "↻ widget → shop/a: reconciled, requeue at 22:18:20.320",
         "ConfigMap shop/loose ADDED": "✗ widget: not mapped: no controller owner reference",
         "Widget shop/d ADDED": "▶ widget: reconciling",
         "Widget shop/d MODIFIED": "▶ widget: reconciling (merged)",
-        "Widget other/e ADDED": "⏳ widget: queued",
+        "Widget other/e ADDED": "◷ widget: queued",
     }
 
 
@@ -348,7 +352,7 @@ def test_a_row_follows_its_chain_step_by_step() -> None:
         seen.append(words(state)["Widget shop/b ADDED"])
     assert seen == [
         "· no dispatch recorded yet",
-        "⏳ widget: queued",
+        "◷ widget: queued",
         "▶ widget: reconciling",
         "✗ widget: failed: RuntimeError: boom",
         "✗ widget: failed, retry 1 at 22:13:20.045: RuntimeError: boom",
@@ -367,9 +371,9 @@ def test_a_merged_event_says_so_while_it_waits() -> None:
     state = ViewState()
     state.apply(story.records)
     assert [cells.event_cells(row)[-1].plain for row in state.events.values()] == [
-        "⏳ widget: queued",
+        "◷ widget: queued",
         "≡ widget: merged into a queued run",
-        "⏳ widget: queued: after the running reconcile",
+        "◷ widget: queued: after the running reconcile",
     ]
 
 
@@ -388,10 +392,10 @@ def test_controller_stats_queue_in_flight_errors_retries_and_next_requeue() -> N
         "3",
         "✗ 2",
         "1",
-        "⟳ shop/a in 4m57s (requeue)",
+        "↻ shop/a in 4m57s (requeue)",
     ]
     gadget = [cell.plain for cell in cells.controller_cells(state.controllers["gadget"], now)]
-    assert gadget[1] == "⏳ caches not synced"
+    assert gadget[1] == "◷ caches not synced"
     work = {key: [cell.plain for cell in row] for key, row in cells.work_rows(state, now)}
     assert [key[2] for key in work] == ["running", "waiting", "scheduled"]
     assert work["widget", "shop/d", "running"][2:4] == ["▶ reconciling", "2.0s"]
@@ -458,7 +462,7 @@ def test_ids_repeating_in_a_second_run_link_to_that_run() -> None:
     state = ViewState()
     state.apply(first.records + second.records)
     assert words(state) == {
-        "Widget shop/a ADDED": "⏳ widget: queued",
+        "Widget shop/a ADDED": "◷ widget: queued",
         "Widget shop/b ADDED": "✓ widget: reconciled",
     }
 
@@ -537,14 +541,14 @@ def test_a_row_keeps_its_own_outcome_when_the_request_runs_again_later() -> None
     state = ViewState()
     state.apply(story.records)
     assert words(state) == {
-        "Widget shop/a ADDED": "⟳ widget: reconciled, requeue at 22:14:20.040",
+        "Widget shop/a ADDED": "↻ widget: reconciled, requeue at 22:14:20.040",
         "Widget shop/a MODIFIED": "✗ widget: failed: RuntimeError: boom",
     }
 
 
 def test_live_until_the_journal_stops_growing_then_idle_since_its_last_record() -> None:
     state = ViewState()
-    assert cells.feed_status(state, T0).plain == "⏳ waiting for records"
+    assert cells.feed_status(state, T0).plain == "◷ waiting for records"
     state.apply(DEMO.records)
     assert cells.feed_status(state, END + 1).plain == "● live"
     assert cells.feed_status(state, END + 60).plain == "◌ idle since 22:13:20.410"
@@ -711,7 +715,7 @@ def test_the_event_stream_view(journal: Path) -> None:
                 "22:13:20.170 Widget    shop/b",
                 "✗ widget: dropped by GenerationChanged",
                 "✓ widget: reconciled after 2 runs",
-                "⏳ widget: queued",
+                "◷ widget: queued",
             ):
                 assert line in text
             assert_snapshot(app, "events")
@@ -728,8 +732,8 @@ def test_the_controllers_view(journal: Path) -> None:
             await pilot.pause()
             text = screen_text(app)
             assert "widget     ✓ running" in text and "1/2" in text
-            assert "gadget     ⏳ caches not synced" in text
-            assert "⟳ shop/a in 4m57s (requeue)" in text
+            assert "gadget     ◷ caches not synced" in text
+            assert "↻ shop/a in 4m57s (requeue)" in text
             assert "shop/d" in text and "▶ reconciling" in text and "rid-6" in text
             assert_snapshot(app, "controllers")
 
@@ -745,7 +749,7 @@ def test_the_leader_election_view(journal: Path) -> None:
             await pilot.pause()
             text = screen_text(app)
             assert "this replica  pod-a: ✓ leader since 22:13:20.080" in text
-            assert "⏳ standby" in text and "✓ leader" in text
+            assert "◷ standby" in text and "✓ leader" in text
             assert_snapshot(app, "leader")
 
     run(scenario)
@@ -850,7 +854,7 @@ def test_p_pauses_the_view_and_resumes_with_what_came_meanwhile(tmp_path: Path) 
             async with app.run_test(size=SIZE) as pilot:
                 await settled(pilot, half)
                 await pilot.press("p")
-                assert "⏸ paused at" in screen_text(app)
+                assert "‖ paused at" in screen_text(app)
                 for record in story.records[half:]:
                     writer(record)
                 writer.flush()
@@ -905,7 +909,7 @@ def test_the_time_cursor_replays_the_views_as_they_were(journal: Path) -> None:
             await pilot.pause(0.2)
             assert app.live.newest is not None
             assert app.cursor == pytest.approx(app.live.newest - 1)
-            assert "⏮ at 22:13:19.410" in screen_text(app)
+            assert "◀ at 22:13:19.410" in screen_text(app)
             assert app.query_one("#events", LiveTable).keys == []
             await pilot.press("right_square_bracket")  # back past the newest record: live
             await pilot.pause()
@@ -917,7 +921,7 @@ def test_the_time_cursor_replays_the_views_as_they_were(journal: Path) -> None:
             assert 0 < len(app.shown.events) < len(app.live.events)
             await pilot.press("g")
             await pilot.pause()
-            assert app.shown is app.live and "⏮" not in screen_text(app)
+            assert app.shown is app.live and "◀" not in screen_text(app)
 
     run(scenario)
 
@@ -1091,7 +1095,7 @@ def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch()
     ]
     assert text[1] == "✗ blocked by ConfigMap forbidden"
     work = {key: [cell.plain for cell in row] for key, row in cells.work_rows(state, story.time)}
-    assert work["widget", "shop/a", "waiting"][2] == "⏳ blocked by ConfigMap"
+    assert work["widget", "shop/a", "waiting"][2] == "◷ blocked by ConfigMap"
     story.controller("started")  # the caches synced after all: no longer blocked
     state.apply(story.records[-1:])
     assert state.blocking(widget) == []
@@ -1104,3 +1108,226 @@ def test_a_journal_gap_is_said_in_the_feed_status_and_is_not_the_managers_life()
     state.apply(story.records)
     assert state.manager == "started"
     assert "⚠ 1 journal gap(s)" in cells.feed_status(state, story.time).plain
+
+
+# -- the funnel and the time views -------------------------------------------------------------
+
+
+def three_losses() -> Story:
+    """One controller losing events at three stages: a predicate, an unmapped child, and a
+    forbidden watch that keeps its workers from starting (what it queued waits, blocked)."""
+    story = Story()
+    for kind, role in (("Widget", "for_"), ("ConfigMap", "owns"), ("Secret", "watches")):
+        attrs = {"kind": kind, "api_version": "v1", "role": role}
+        story.add(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
+    story.manager()
+    story.watch("synced")
+    story.watch("synced", "ConfigMap")
+    story.watch("forbidden", "Secret", FORBIDDEN, status=403)
+    for name in ("a", "b"):
+        story.dispatch(
+            story.event(name, "MODIFIED"),
+            "dropped_by_predicate",
+            reason="generation unchanged",
+            predicate="GenerationChanged",
+        )
+    story.dispatch(
+        story.event("loose", kind="ConfigMap"), "not_mapped", reason="no controller owner"
+    )
+    for name in ("c", "d", "e"):
+        story.dispatch(story.event(name))
+    story.dispatch(story.event("e", "MODIFIED"), "deduplicated")
+    return story
+
+
+def funnel_of(story: Story, controller: str = "widget") -> Funnel:
+    state = ViewState()
+    state.apply(story.records)
+    funnel = state.funnel.funnel(controller)
+    assert funnel is not None
+    return funnel
+
+
+def test_the_funnel_counts_each_stage_and_each_drop_with_its_reason_and_objects() -> None:
+    funnel = funnel_of(three_losses())
+    assert dict(funnel.steps) == {
+        Step.SEEN: 7,
+        Step.PASSED: 5,
+        Step.MAPPED: 4,
+        Step.ENQUEUED: 4,
+        Step.RECONCILED: 0,
+    }
+    assert [(d.after, d.loss, d.reason, d.count) for d in funnel.drops] == [
+        (Step.SEEN, Loss.PREDICATE, "GenerationChanged", 2),
+        (Step.PASSED, Loss.NOT_MAPPED, "no controller owner", 1),
+        (Step.ENQUEUED, Loss.BLOCKED, "blocked by unsynced watch Secret forbidden (403)", 4),
+    ]
+    assert [lost.key for lost in funnel.drops[0].objects] == ["shop/a", "shop/b"]
+    assert funnel.enqueued == {"queued": 3, "deduplicated": 1, "requeued_after_processing": 0}
+
+
+def test_the_funnel_follows_requests_to_their_reconciles_and_counts_runs_by_result() -> None:
+    funnel = funnel_of(demo())
+    assert dict(funnel.steps) == {
+        Step.SEEN: 9,
+        Step.PASSED: 8,
+        Step.MAPPED: 7,
+        Step.ENQUEUED: 7,
+        Step.RECONCILED: 6,
+    }
+    waiting = funnel.drops_after(Step.ENQUEUED)
+    assert [(d.loss, d.reason, [o.key for o in d.objects]) for d in waiting] == [
+        (Loss.WAITING, "queued, waiting for a worker", ["other/e"])
+    ]
+    assert funnel.results == {"error": 1, "requeue_after": 1, "success": 2, "terminal_error": 1}
+    assert funnel.duration.p50 == pytest.approx(0.04)  # every run took 40 ms
+    assert funnel.queue_wait.p99 == pytest.approx(0.002)
+
+
+def test_what_a_stopped_process_had_queued_is_lost_at_stop_not_waiting() -> None:
+    story = demo()
+    story.manager("stopped")
+    losses = {drop.loss: drop.count for drop in funnel_of(story).drops}
+    assert losses[Loss.STOPPED] == 1 and Loss.WAITING not in losses
+
+
+def test_rates_and_latencies_per_second_end_at_the_time_cursor() -> None:
+    story = Story()
+    story.manager()
+    story.controller("started")
+    for second in range(3):
+        story.time = T0 + second
+        for index in range(second + 1):  # 1, 2, 3 events a second
+            event = story.event(f"o{second}-{index}")
+            story.end(story.start(story.dispatch(event)), "error" if second == 2 else "success")
+    funnel = funnel_of(story)
+    assert [(s.events, s.reconciles, s.errors) for s in funnel.seconds] == [
+        (1, 1, 0),
+        (2, 2, 0),
+        (3, 3, 3),
+    ]
+    text = cells.time_view(funnel, T0 + 2, 60).plain.splitlines()
+    assert text[1].startswith("events/s") and "3/s now · max 3/s" in text[1]
+    assert "▃▆█" in text[1] and "3/s now" in text[3]  # errors/s
+    before = cells.time_view(funnel, T0 + 1, 60).plain.splitlines()
+    assert "2/s now · max 2/s" in before[1] and "0/s now" in before[3]
+
+
+def test_a_window_counts_only_its_seconds_and_the_objects_lost_in_it() -> None:
+    story = three_losses()
+    story.time = T0 + 100
+    late = story.event("late", "MODIFIED")
+    story.dispatch(late, "dropped_by_predicate", predicate="GenerationChanged")
+    state = ViewState()
+    state.apply(story.records)
+    everything = state.funnel.funnel("widget")
+    window = state.funnel.funnel("widget", since=T0 + 50)
+    assert everything is not None and window is not None
+    assert everything.count(Step.SEEN) == 8 and window.count(Step.SEEN) == 1
+    assert [(d.loss, d.count, [o.name for o in d.objects]) for d in window.drops] == [
+        (Loss.PREDICATE, 1, ["late"])
+    ]
+
+
+def test_explain_funnel_prints_the_funnel_as_text_and_json(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    write_journal(path, three_losses().records)
+    runner = CliRunner()
+    args = ["explain", "--controller", "widget", "--funnel", "--journal", str(path)]
+    text = runner.invoke(cli_main, args)
+    assert text.exit_code == 0, text.output
+    assert "✗ dropped by predicate" in text.output and "GenerationChanged" in text.output
+    assert "blocked by unsynced watch Secret forbidden (403)" in text.output
+    data = json.loads(runner.invoke(cli_main, [*args, "--json"]).output)
+    assert [(d["loss"], d["count"]) for d in data["drops"]] == [
+        ("dropped_by_predicate", 2),
+        ("not_mapped", 1),
+        ("blocked", 4),
+    ]
+    assert data["stages"][0] == {"stage": "seen", "count": 7}
+    unknown = runner.invoke(
+        cli_main, ["explain", "--controller", "x", "--funnel", "--journal", str(path)]
+    )
+    assert unknown.exit_code == ExitCode.USAGE and "controllers: widget" in unknown.output
+    no_target = runner.invoke(cli_main, ["explain", "--journal", str(path)])
+    assert no_target.exit_code == ExitCode.USAGE
+
+
+def test_the_funnel_view_lists_the_objects_a_drop_lost_and_opens_one(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    story = three_losses()
+    write_journal(path, story.records)
+
+    async def scenario() -> None:
+        app = app_on(path, story.time)
+        async with app.run_test(size=SIZE) as pilot:
+            await settled(pilot, len(story.records))
+            await pilot.press("5")
+            await _until(pilot, lambda: "dropped by predicate" in screen_text(app))
+            text = screen_text(app)
+            assert "✗ dropped by predicate -2" in " ".join(text.split())
+            assert "w: all records" in text
+            await pilot.press("w")
+            await pilot.pause(0.2)
+            assert "w: last 1 min" in screen_text(app)
+            await pilot.press("w", "w")
+            await pilot.press("down", "enter")
+            await _until(pilot, lambda: isinstance(app.screen, LostScreen))
+            lost = screen_text(app)
+            assert "shop/b" in lost and "shop/a" in lost
+            await pilot.press("enter")
+            await _until(pilot, lambda: "dropped_by_predicate" in screen_text(app))
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_funnel_and_time_views(journal: Path, width: int) -> None:
+    async def scenario() -> None:
+        app = app_on(journal, END)
+        async with app.run_test(size=(width, 34)) as pilot:
+            await settled(pilot, len(DEMO.records))
+            await pilot.press("5")
+            await _until(pilot, lambda: "queue depth" in screen_text(app))
+            text = screen_text(app)
+            assert "controller widget" in text
+            assert_no_cells_touch(text)
+            assert_snapshot(app, f"funnel-{width}")
+
+    run(scenario)
+
+
+# Every glyph the views draw, checked present in DejaVu Sans Mono (``fc-list ':charset=HEX'``),
+# the monospace font most terminals fall back to; Textual's own (tabs, footer) are in it too.
+FONT_GLYPHS = set("✓✗◷▶↻≡■·●◌⚠→…—◀‖▁▂▃▄▅▆▇█━╸╺⏎▔▁▎│─╭╮╰╯▊▌▐")
+
+
+# Where two cells or two styled runs met without a space in the issue's screens.
+_GLUED = re.compile(r"stopped\d|leadersince|\d\d\d·|reconciled[A-Z]|/[a-z]+at \d")
+
+
+def assert_no_cells_touch(text: str) -> None:
+    """No two cells glued together (e.g. '■ stopped0/2') and no glyph outside the font."""
+    glued = _GLUED.search(text)
+    assert glued is None, f"cells touch: {glued.group()!r}"
+    for glyph in {ch for ch in text if ord(ch) > 127}:
+        assert glyph in FONT_GLYPHS, f"{glyph!r} (U+{ord(glyph):04X}) is not in common fonts"
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_every_view_at_80_and_200_columns_uses_glyphs_common_fonts_have(
+    journal: Path, width: int
+) -> None:
+    async def scenario() -> None:
+        app = app_on(journal, END)
+        async with app.run_test(size=(width, 34)) as pilot:
+            await settled(pilot, len(DEMO.records))
+            for key in "12345":
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                assert_no_cells_touch(screen_text(app))
+            await pilot.press("1", "enter")
+            await _until(pilot, lambda: "fix:" in screen_text(app))
+            assert_no_cells_touch(screen_text(app))
+
+    run(scenario)
