@@ -27,14 +27,8 @@ import aiohttp
 import click
 
 from ctrltrace.builder import ControllerSpec, WatchSpec
-from ctrltrace.cli.app import (
-    AppArgs,
-    ExitCode,
-    app_parameters,
-    cluster_for,
-    command_errors,
-    connect,
-)
+from ctrltrace.cli.app import AppArgs, app_parameters, cluster_for, command_errors, connect
+from ctrltrace.cli.errors import ExitCode
 from ctrltrace.kinds import Kind, RestMapper
 from ctrltrace.leaderelection import lease_namespace, pod_namespace, validate_lease_name
 from ctrltrace.manager import Manager

@@ -29,13 +29,13 @@ import click
 
 from ctrltrace.cli.app import (
     AppArgs,
-    ExitCode,
     app_parameters,
     cluster_for,
     command_errors,
     connect,
     load_manager_for,
 )
+from ctrltrace.cli.errors import ExitCode
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
 from ctrltrace.leaderelection import lease_namespace
 from ctrltrace.loader import AppError

@@ -22,25 +22,16 @@ from typing import TYPE_CHECKING, Self
 
 import click
 
+from ctrltrace.cli.options import journal_option
 from ctrltrace.journal import Journal, JournalError
 
 if TYPE_CHECKING:
     from ctrltrace.manager import Manager
 
-DEFAULT_JOURNAL = Path(".ctrltrace/journal.sqlite")
-
 
 @click.command("tui")
-@click.option(
-    "--journal",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="CTRLTRACE_JOURNAL",
-    default=DEFAULT_JOURNAL,
-    show_default=True,
-    show_envvar=True,
-    help="The journal a `ctrltrace run` writes (live) or wrote (replay).",
-)
-def tui_command(journal: Path) -> None:
+@journal_option("The journal a `ctrltrace run` writes (live) or wrote (replay).")
+def tui_command(journal_path: Path) -> None:
     """Watch a controller run live, or replay a finished one, from its journal.
 
     Views: events (and what each controller did with them), controllers, leader election,
@@ -54,12 +45,12 @@ def tui_command(journal: Path) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         # No screen to say it on, and no key would ever close the view: say it here.
         try:
-            Journal(journal).close()
+            Journal(journal_path).close()
         except JournalError as error:
             click.echo(f"ctrltrace: error: {error}", err=True)
             raise click.exceptions.Exit(JOURNAL_EXIT) from error
         raise click.UsageError("ctrltrace tui needs a terminal (stdin and stdout)")
-    app = TraceApp(JournalFeed(journal))
+    app = TraceApp(JournalFeed(journal_path))
     app.run()
     if app.failure:  # shown on screen; repeated here, where it outlives the screen
         click.echo(f"ctrltrace: error: {app.failure}", err=True)

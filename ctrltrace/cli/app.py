@@ -8,7 +8,6 @@ The exit codes live here because these are the failures they name.
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import aiohttp
 import click
 
 from ctrltrace.builder import BuildError
+from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.controller import CacheSyncTimeout, ControllerFailed
 from ctrltrace.leaderelection import LeaderLost
 from ctrltrace.loader import AppError, AppSpecError, load_manager
@@ -26,34 +26,6 @@ from ctrltrace.transport import ApiError, ConfigError, Transport, load_configura
 
 if TYPE_CHECKING:
     from ctrltrace.envtest import ControlPlane
-
-
-class ExitCode(enum.IntEnum):
-    """Exit codes scripts can rely on (also listed in ``ctrltrace --help``)."""
-
-    OK = 0
-    WARNINGS = 1
-    USAGE = 2
-    FAILED = 3
-    ENVIRONMENT = 4  # no binaries, or the local control plane failed to start
-    JOURNAL = 5
-    APP = 6  # MODULE:ATTR cannot be imported, is not a Manager, or the manager is mis-built
-    KUBECONFIG = 7
-    UNREACHABLE = 8  # the API server does not answer
-    LEADERSHIP_LOST = 9
-    CACHE_SYNC_TIMEOUT = 10  # a controller's watches did not sync within cache_sync_timeout
-    CONTROLLER_FAILED = 11  # a controller's workers stopped outside shutdown
-
-
-class CommandError(click.ClickException):
-    """A failure the user can act on: printed as one line, exits with ``code``."""
-
-    def __init__(self, message: str, code: ExitCode) -> None:
-        super().__init__(message)
-        self.exit_code = int(code)  # type: ignore[misc]  # click declares it per class
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"ctrltrace: error: {self.format_message()}", err=True)
 
 
 @contextlib.contextmanager

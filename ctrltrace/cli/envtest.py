@@ -12,7 +12,7 @@ from types import FrameType
 
 import click
 
-from ctrltrace.cli.app import CommandError, ExitCode
+from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.cli.group import main
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ctrltrace.cli.app import CommandError, ExitCode
+from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.cli.group import main
 from ctrltrace.cli.options import journal_option, parse_since
 
@@ -21,7 +21,7 @@ _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 @click.argument("target", metavar="NAMESPACE/NAME", required=False)
 @click.option("--kind", help="KIND[.GROUP], kubectl style: case-insensitive, plural accepted.")
 @click.option("--controller", help="Only this controller's view of the object.")
-@journal_option
+@journal_option()
 @click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 @click.option(

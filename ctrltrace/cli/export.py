@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from ctrltrace.cli.app import CommandError, ExitCode
+from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.cli.group import main
 from ctrltrace.cli.options import journal_option, parse_since
 
 
 @main.command()
-@journal_option
+@journal_option()
 @click.option("--otlp-endpoint", help="Replay the spans over OTLP to this base URL.")
 @click.option(
     "--otlp-json",

@@ -4,24 +4,32 @@ epilog of exit codes. Defined once, here."""
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
-from ctrltrace.cli.app import CommandError, ExitCode
+from ctrltrace.cli.errors import CommandError, ExitCode
 
 DEFAULT_JOURNAL = Path(".ctrltrace") / "journal.sqlite"
+FC = TypeVar("FC", bound=Callable[..., object])
 EPILOG = "Exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in ExitCode)
 
-journal_option = click.option(
-    "--journal",
-    "journal_path",
-    envvar="CTRLTRACE_JOURNAL",
-    default=DEFAULT_JOURNAL,
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
-)
+
+def journal_option(
+    help_text: str = "The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
+) -> Callable[[FC], FC]:
+    """``--journal PATH`` (also ``$CTRLTRACE_JOURNAL``), passed as ``journal_path``."""
+    return click.option(
+        "--journal",
+        "journal_path",
+        envvar="CTRLTRACE_JOURNAL",
+        default=DEFAULT_JOURNAL,
+        show_default=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

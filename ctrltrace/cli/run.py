@@ -12,15 +12,8 @@ from typing import TYPE_CHECKING
 import click
 import structlog
 
-from ctrltrace.cli.app import (
-    AppArgs,
-    CommandError,
-    ExitCode,
-    app_parameters,
-    cluster_for,
-    command_errors,
-    load_manager_for,
-)
+from ctrltrace.cli.app import AppArgs, app_parameters, cluster_for, command_errors, load_manager_for
+from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.cli.group import main
 from ctrltrace.cli.options import journal_option, parse_duration
 
@@ -37,7 +30,7 @@ if TYPE_CHECKING:
 @app_parameters
 @click.option("--metrics-bind-address", help="host:port for /metrics; 0 disables.")
 @click.option("--health-probe-bind-address", help="host:port for /healthz and /readyz; 0 disables.")
-@journal_option
+@journal_option()
 @click.option(
     "--journal-max-age",
     default="24h",
