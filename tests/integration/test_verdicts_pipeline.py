@@ -435,9 +435,9 @@ def test_reconcile_errors_get_the_fix_for_what_the_api_server_said(
         for name in names:
             configmap(control_plane, kube_namespace, name)
         await run.until(lambda: all(len(_ends(run, f"{kube_namespace}/{n}")) >= 3 for n in names))
-        answers = {name: explain(journal, f"{kube_namespace}/{name}") for name in names}
+        # Stopped first: a retry still running when explain reads would be in_progress.
         await stop(run)
-        return answers
+        return {name: explain(journal, f"{kube_namespace}/{name}") for name in names}
 
     verdicts = {name: answer["verdict"] for name, answer in asyncio.run(scenario()).items()}
     assert {verdict["code"] for verdict in verdicts.values()} == {"reconcile_failed"}
