@@ -1,8 +1,10 @@
-"""What the control-plane benchmarks share: reading a process's CPU and memory from ``/proc``,
-and the small statistics their tables print.
+"""What the benchmarks share: reading a process's CPU and memory from ``/proc``, the small
+statistics their tables print, and the wording of a verdict against a target.
 
 ``bench.controlplane`` measures the manager in its own process; ``bench.compare`` measures
 each controller in a child process. Both read the same ``/proc`` fields the same way here.
+Every benchmark that prints "met" decides it through ``verdict``, so none can say it of a
+run whose figure rests on records it lost or samples it never took.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ def cpu_seconds(pid: int | str = "self") -> float:
 def median(values: Sequence[float]) -> float:
     """The median; NaN for no values (a configuration whose every run failed)."""
     return statistics.median(values) if values else math.nan
+
+
+def verdict(met: bool, shortfalls: Sequence[str] = ()) -> str:
+    """ "met", or "MISSED" with every shortfall that voids the figure, in one line.
+
+    ``met``: the figure reached the target. ``shortfalls``: what makes the figure unearned even
+    so (records dropped on the way, no samples taken, a view that never caught up), each in a
+    few words; any one of them turns "met" into "MISSED".
+    """
+    if not shortfalls:
+        return "met" if met else "MISSED"
+    return f"MISSED ({'; '.join(shortfalls)})"
 
 
 def percentile(values: Sequence[float], percent: int) -> float:

@@ -11,6 +11,9 @@ headless in this process, with its real render loop, at ``--size``.
 It reports the display lag (at each render: wall time minus the time of the newest record
 shown) over the run and at its end, how far the view was behind the writer when writing
 stopped, and the process's RSS before feeding, once the tables are full, and at the end.
+The lag target is met only if the view rendered (there are lag samples), took in every record
+the writer made within ``CATCH_UP_S`` of its end, and nothing was dropped on the way (by the
+journal writer or the view's feed); otherwise the verdict says which of these failed.
 
     python -m bench.tui [--rate 5000] [--seconds 60] [--feed journal|recorder] [--json PATH]
 
@@ -33,13 +36,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench._harness import cpu_seconds, rss_mib
-from ctrltrace.journal import JournalWriter
+from bench._harness import cpu_seconds, rss_mib, verdict
+from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import ObjectRef, Record, Sink, Stage
 from ctrltrace.tui.app import TraceApp
-from ctrltrace.tui.feed import Feed, JournalFeed, RecorderFeed
+from ctrltrace.tui.feed import Batch, Feed, JournalFeed, Notify, RecorderFeed
 
 TARGET_LAG_S = 1.0
+CATCH_UP_S = 30.0  # how long the view may take, once writing stopped, to show every record
 FLAT_RSS_MIB = 10.0  # growth from full tables to the end that still counts as flat
 WARM_S = 5.0  # feeding until every table is at its cap
 NAMESPACES = 20
@@ -140,30 +144,59 @@ class Report:
     seconds: float
     size: str
     written: int = 0
+    lost_by_writer: int = 0  # records the journal writer dropped (the journal feed)
+    available: int = 0  # records the view can take in: what the journal holds, or all written
+    dropped_by_feed: int = 0  # records the view's feed dropped (the recorder feed)
     applied_when_writing_stopped: int = 0
     applied: int = 0
-    catch_up_s: float = 0.0  # from the writer's stop until the view had every record
-    lag_p50_s: float = 0.0
-    lag_max_s: float = 0.0
-    lag_last_5s_max_s: float = 0.0
-    lag_at_end_s: float = 0.0
+    # From the writer's stop until the view had every record; None: not within CATCH_UP_S.
+    catch_up_s: float | None = None
+    # None: no sample (the view never rendered a record).
+    lag_p50_s: float | None = None
+    lag_max_s: float | None = None
+    lag_last_5s_max_s: float | None = None
+    lag_at_end_s: float | None = None
     rss_before_mib: float = 0.0
-    rss_warm_mib: float = 0.0
+    rss_warm_mib: float | None = None  # None: the run ended before the tables were full
     rss_end_mib: float = 0.0
     cpu_share: float = 0.0  # CPU of this process while records came, per second (1.0: a core)
     lags: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the run, lag)
 
     @property
-    def kept_up(self) -> bool:
-        return self.lag_at_end_s < TARGET_LAG_S and self.lag_last_5s_max_s < TARGET_LAG_S
-
-    @property
     def flat(self) -> bool:
-        return self.rss_end_mib - self.rss_warm_mib < FLAT_RSS_MIB
+        warm = self.rss_warm_mib
+        return warm is not None and self.rss_end_mib - warm < FLAT_RSS_MIB
+
+
+def lag_verdict(report: Report) -> str:
+    """The lag target's verdict: "met" only for a run that measured it over every record."""
+    shortfalls = []
+    if not report.lags:
+        shortfalls.append("no lag samples: the view never rendered a record")
+    if report.catch_up_s is None:
+        shortfalls.append(
+            f"did not catch up within {CATCH_UP_S:g} s: "
+            f"{report.applied:,} of {report.available:,} records shown"
+        )
+    if report.lost_by_writer or report.dropped_by_feed:
+        shortfalls.append(
+            f"{report.lost_by_writer + report.dropped_by_feed:,} records dropped "
+            f"({report.lost_by_writer:,} by the journal writer, "
+            f"{report.dropped_by_feed:,} by the view's feed)"
+        )
+    lags = (report.lag_at_end_s, report.lag_last_5s_max_s)
+    met = all(lag is not None and lag < TARGET_LAG_S for lag in lags)
+    return verdict(met, shortfalls)
 
 
 class Writer(threading.Thread):
     """Hands ``rate`` records a second to ``sink`` for ``seconds``, in 10 ms slices."""
+
+    lost = 0  # a sink called in this process receives every record
+
+    @property
+    def available(self) -> int:
+        return self.written
 
     def __init__(self, sink: Sink, rate: float, seconds: float) -> None:
         super().__init__(name="bench writer", daemon=True)
@@ -200,6 +233,8 @@ class WriterProcess:
         ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.written = 0
+        self.lost = 0
+        self.available = 0
         self.stopped_at = 0.0
 
     def start(self) -> None:
@@ -212,21 +247,62 @@ class WriterProcess:
         if not self.stopped_at:
             self.stopped_at = time.monotonic()
             output, _ = self.process.communicate()
-            self.written = int(output.split()[0])
+            self.written, self.lost, self.available = map(int, output.split())
         return False
 
 
 class Source(Protocol):
-    written: int
-    stopped_at: float
+    """The writer as ``measure`` sees it; its counts are final once it is no longer alive."""
+
+    @property
+    def written(self) -> int: ...
+
+    @property
+    def lost(self) -> int:
+        """Records lost before the view's feed could see them."""
+
+    @property
+    def available(self) -> int:
+        """Records the view's feed can take in."""
+
+    @property
+    def stopped_at(self) -> float: ...
 
     def start(self) -> None: ...
 
     def is_alive(self) -> bool: ...
 
 
+class CountedFeed:
+    """The view's feed, keeping the count of records it dropped (``Batch.dropped``)."""
+
+    def __init__(self, feed: Feed) -> None:
+        self._feed = feed
+        self.dropped = 0
+
+    @property
+    def journal(self) -> Path | None:
+        return self._feed.journal
+
+    @property
+    def label(self) -> str:
+        return self._feed.label
+
+    def start(self, notify: Notify) -> None:
+        self._feed.start(notify)
+
+    def take(self) -> Batch:
+        batch = self._feed.take()
+        self.dropped = batch.dropped  # since the feed started
+        return batch
+
+    def stop(self) -> None:
+        self._feed.stop()
+
+
 async def measure(feed: Feed, writer: Source, report: Report, size: tuple[int, int]) -> None:
-    app = TraceApp(feed)
+    counted = CountedFeed(feed)
+    app = TraceApp(counted)
     async with app.run_test(headless=True, size=size) as pilot:
         await pilot.press("5")  # the funnel and time views on screen: the costliest to draw
         await pilot.pause(0.5)
@@ -234,24 +310,25 @@ async def measure(feed: Feed, writer: Source, report: Report, size: tuple[int, i
         began = time.monotonic()
         cpu_began = cpu_seconds()
         writer.start()
-        warm_taken = False
         while writer.is_alive():
             await asyncio.sleep(0.25)
             now = time.monotonic() - began
             if app.lag is not None:
                 report.lags.append((now, app.lag))
-            if not warm_taken and now >= WARM_S:
+            if report.rss_warm_mib is None and now >= WARM_S:
                 report.rss_warm_mib = rss_mib()
-                warm_taken = True
         report.cpu_share = (cpu_seconds() - cpu_began) / (time.monotonic() - began)
-        report.written = writer.written
+        report.written, report.lost_by_writer = writer.written, writer.lost
+        report.available = writer.available
         report.applied_when_writing_stopped = app.live.applied
-        for _ in range(600):  # 30 s at most
-            if app.live.applied >= writer.written:
+        give_up = writer.stopped_at + CATCH_UP_S
+        while app.live.applied + counted.dropped < writer.available:
+            if time.monotonic() >= give_up:
                 break
             await asyncio.sleep(0.05)
-        report.catch_up_s = time.monotonic() - writer.stopped_at
-        report.applied = app.live.applied
+        else:
+            report.catch_up_s = time.monotonic() - writer.stopped_at
+        report.applied, report.dropped_by_feed = app.live.applied, counted.dropped
         await pilot.pause(0.3)  # one more render at most RENDER_EVERY_S later
         report.rss_end_mib = rss_mib()
     end = report.lags[-1][0] if report.lags else 0.0
@@ -277,12 +354,19 @@ def run(rate: float, seconds: float, feed_kind: str, size: tuple[int, int]) -> R
 
 
 def write(path: Path, rate: float, seconds: float) -> None:
-    """The child: write the workload to the journal at ``path``; print the records written."""
+    """The child: write the workload to the journal at ``path``; print the records written,
+    those the journal writer dropped, and those the journal holds (its gap records too)."""
     with JournalWriter(path) as journal:
         writer = Writer(journal, rate, seconds)
         writer.start()
         writer.join()
-    print(writer.written)
+    with Journal(path) as written:
+        held = written.count()
+    print(writer.written, journal.dropped, held)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
 
 
 def show(report: Report, say: Callable[[str], None] = print) -> None:
@@ -291,20 +375,40 @@ def show(report: Report, say: Callable[[str], None] = print) -> None:
         f"feed {report.feed}, headless {report.size}"
     )
     say(f"  records written                 {report.written:,}")
+    if report.feed == "journal":
+        say(
+            f"  records in the journal          {report.available:,} "
+            f"(the writer dropped {report.lost_by_writer:,})"
+        )
     say(f"  shown when writing stopped      {report.applied_when_writing_stopped:,}")
-    say(f"  caught up                       {report.catch_up_s:.2f} s after the writer stopped")
-    say(f"  display lag p50 / max           {report.lag_p50_s:.3f} s / {report.lag_max_s:.3f} s")
-    say(f"  display lag, last 5 s (max)     {report.lag_last_5s_max_s:.3f} s")
     say(
-        f"  display lag at the end          {report.lag_at_end_s:.3f} s "
-        f"(target < {TARGET_LAG_S:g} s): {'met' if report.kept_up else 'NOT met'}"
+        f"  shown at the end                {report.applied:,} of {report.available:,} "
+        f"(the view's feed dropped {report.dropped_by_feed:,})"
+    )
+    if report.catch_up_s is None:
+        say(f"  caught up                       no: not within {CATCH_UP_S:g} s")
+    else:
+        say(f"  caught up                       {report.catch_up_s:.2f} s after the writer stopped")
+    say(
+        f"  display lag p50 / max           {_seconds(report.lag_p50_s)} / "
+        f"{_seconds(report.lag_max_s)} ({len(report.lags)} samples)"
+    )
+    say(f"  display lag, last 5 s (max)     {_seconds(report.lag_last_5s_max_s)}")
+    say(
+        f"  display lag at the end          {_seconds(report.lag_at_end_s)} "
+        f"(target < {TARGET_LAG_S:g} s): {lag_verdict(report)}"
     )
     say(f"  RSS before feeding              {report.rss_before_mib:.1f} MiB")
-    say(f"  RSS after {WARM_S:g} s (tables full)    {report.rss_warm_mib:.1f} MiB")
+    warm = report.rss_warm_mib
+    if warm is None:
+        say(f"  RSS after {WARM_S:g} s (tables full)    - (the run was shorter)")
+        growth = "not measured"
+    else:
+        say(f"  RSS after {WARM_S:g} s (tables full)    {warm:.1f} MiB")
+        growth = f"{report.rss_end_mib - warm:+.1f} MiB"
     say(
         f"  RSS at the end                  {report.rss_end_mib:.1f} MiB "
-        f"({report.rss_end_mib - report.rss_warm_mib:+.1f} MiB; flat if < +{FLAT_RSS_MIB:g}): "
-        f"{'flat' if report.flat else 'NOT flat'}"
+        f"({growth}; flat if < +{FLAT_RSS_MIB:g}): {'flat' if report.flat else 'NOT flat'}"
     )
     say(f"  CPU of the view while fed       {report.cpu_share:.0%} of a core")
 
@@ -326,7 +430,7 @@ def main() -> None:
     show(report)
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    raise SystemExit(0 if report.kept_up and report.flat else 1)
+    raise SystemExit(0 if lag_verdict(report) == "met" and report.flat else 1)
 
 
 if __name__ == "__main__":

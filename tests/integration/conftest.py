@@ -1,4 +1,5 @@
-"""Helpers for runtime tests against the real control plane."""
+"""Helpers for runtime tests against the real control plane, and the ``integration`` mark on
+every test in this directory."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ import pytest
 
 from ctrltrace import Collect, Manager
 from ctrltrace.envtest import ApiError, ControlPlane
+
+_HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this directory ``integration``, so ``-m "not integration"`` leaves
+    them all out and never starts the control plane. The hook sees the whole session's items."""
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
 
 # The example controller's CRD, shared with the demo.
 WIDGET_CRD: dict[str, Any] = json.loads(
@@ -86,6 +99,16 @@ class Running:
                     )
                 )
             await asyncio.sleep(0.02)
+
+    def still(self, delayed: int = 0) -> bool:
+        """Every controller's queue is still: no key waiting or being reconciled, and
+        ``delayed`` keys scheduled for later (a requeue, a back-off) in all. A key the queue
+        would hand out again (dirty, retried) is in one of those, so once this holds after the
+        reconciles a test waited for, any further reconcile would already show."""
+        queues = [controller.queue for controller in self.manager.controllers]
+        assert queues, "the manager has no controller"
+        idle = all(len(queue) == 0 and queue.processing_count == 0 for queue in queues)
+        return idle and sum(queue.delayed_count for queue in queues) == delayed
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from ctrltrace.transport import (
 
 from .conftest import start, stop
 
-pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 
 

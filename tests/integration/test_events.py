@@ -18,7 +18,6 @@ from ctrltrace.journal import JournalWriter
 
 from .conftest import start, stop
 
-pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 
 

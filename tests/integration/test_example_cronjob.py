@@ -14,15 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ctrltrace import FakeClock, Stage
 from ctrltrace.envtest import ControlPlane
 from examples import cronjob
 
 from .conftest import Running, install_crd, start, stop
 
-pytestmark = pytest.mark.integration
 CRD = json.loads((Path(cronjob.__file__).parent / "cronjob-crd.json").read_text())
 TEMPLATE = {
     "spec": {

@@ -13,14 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ctrltrace.envtest import ApiError, ControlPlane
 from examples import samplecontroller
 
 from .conftest import Running, install_crd, start, stop
 
-pytestmark = pytest.mark.integration
 CRD = json.loads((Path(samplecontroller.__file__).parent / "foo-crd.json").read_text())
 MERGE = "application/merge-patch+json"
 # What the Deployment controller reports once 3 Pods are up.

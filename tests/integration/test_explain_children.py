@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from ctrltrace import Context, Manager, Request, Stage
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.journal import JournalWriter
@@ -16,7 +14,6 @@ from ctrltrace.journal import JournalWriter
 from .conftest import start, stop
 from .test_verdicts import explain, journal  # noqa: F401  # the fixture, shared
 
-pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 
 

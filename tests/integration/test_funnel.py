@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Callable
 
-import pytest
 from click.testing import CliRunner
 
 from ctrltrace import Context, Manager, Request, Stage, predicates
@@ -28,7 +27,6 @@ from ctrltrace.tui.feed import replay
 from . import test_verdicts as base
 from .conftest import start, stop, widget
 
-pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 journal = base.journal  # the fixture: a JournalWriter on a fresh file
 

@@ -17,8 +17,6 @@ from ctrltrace.envtest import ControlPlane, FaultProxy
 from ctrltrace.envtest.pytest_plugin import MintIdentity
 from ctrltrace.transport import Json, Transport, load_configuration
 
-pytestmark = pytest.mark.integration
-
 
 class CountingTransport(Transport):
     """The real transport, noting every list (a GET with ``limit``) and watch it makes."""

@@ -19,11 +19,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from ctrltrace._version import __version__
-
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[2]
 EXTENSIONS = ("ctrltrace._picklerecords", "ctrltrace.exporters._otlpwire")

@@ -13,7 +13,7 @@ import aiohttp
 from ctrltrace import Context, LeaseTiming, Manager, Request, Stage
 from ctrltrace.envtest import ControlPlane
 
-from .conftest import start, stop
+from .conftest import Running, start, stop
 
 ManagerFactory = Callable[..., Manager]
 FAST = LeaseTiming(lease_duration=3, renew_deadline=2, retry_period=0.5)
@@ -35,14 +35,21 @@ def _elected(factory: ManagerFactory, namespace: str, lease: str) -> Manager:
     return mgr
 
 
+def _reconciled(running: Running, request: str) -> bool:
+    return any(r.request == request for r in running.records.where(Stage.RECONCILE))
+
+
+def _seen(running: Running, name: str) -> bool:
+    events = running.records.where(Stage.EVENT)
+    return any(r.object is not None and r.object.name == name for r in events)
+
+
 def test_only_the_leader_reconciles_and_the_standby_says_who_leads(
     control_plane: ControlPlane, kube_namespace: str, manager_factory: ManagerFactory
 ) -> None:
-    control_plane.request(
-        "POST",
-        f"/api/v1/namespaces/{kube_namespace}/configmaps",
-        {"metadata": {"name": "watched"}},
-    )
+    configmaps = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+    lease = f"/apis/coordination.k8s.io/v1/namespaces/{kube_namespace}/leases/pair.example.com"
+    control_plane.request("POST", configmaps, {"metadata": {"name": "watched"}})
 
     async def scenario() -> None:
         first = await start(_elected(manager_factory, kube_namespace, "pair.example.com"))
@@ -51,7 +58,18 @@ def test_only_the_leader_reconciles_and_the_standby_says_who_leads(
         await second.until(lambda: bool(second.records.where(Stage.LEASE, "standby")))
         await first.until(lambda: bool(first.records.where(Stage.RECONCILE)))
         await second.until(lambda: bool(second.records.where(Stage.WATCH, "synced")))
-        await asyncio.sleep(1.0)  # several retry periods: the standby must stay out
+        # An event both replicas see, reconciled by the leader; and the leader renewing the
+        # lease twice meanwhile (several of the standby's retry periods): the standby stays out.
+        control_plane.request("POST", configmaps, {"metadata": {"name": "late"}})
+        await first.until(lambda: _reconciled(first, f"{kube_namespace}/late"))
+        await second.until(lambda: _seen(second, "late"))
+        renewals: set[str] = set()
+
+        def renewed_twice() -> bool:
+            renewals.add(control_plane.request("GET", lease)["spec"]["renewTime"])
+            return len(renewals) >= 3
+
+        await first.until(renewed_twice)
         url = f"http://127.0.0.1:{second.manager.health_port}/readyz"
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             ready_status, ready_text = response.status, await response.text()

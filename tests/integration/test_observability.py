@@ -39,8 +39,6 @@ from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink
 
 from .conftest import start, stop
 
-pytestmark = pytest.mark.integration
-
 ManagerFactory = Callable[..., Manager]
 FAST = LeaseTiming(lease_duration=3, renew_deadline=2, retry_period=0.5)
 
@@ -132,6 +130,8 @@ def test_sigkill_of_the_owner_leaves_no_processes_ports_or_dirs() -> None:
     finally:
         owner.kill()
         owner.wait()
+    # Jaeger and Prometheus: a process, a folder and a port or two each.
+    assert len(started["pids"]) >= 2 and len(started["dirs"]) == 2 and len(started["urls"]) == 3
     assert _wait_until(lambda: all(_gone(pid) for pid in started["pids"]))
     assert _wait_until(lambda: not any(Path(folder).exists() for folder in started["dirs"]))
     for url in started["urls"]:

@@ -180,7 +180,7 @@ def test_a_burst_during_a_running_reconcile_yields_exactly_one_more(
         await running.until(lambda: len(records.where(Stage.DISPATCH)) == 6)
         release.set()
         await running.until(lambda: len(records.where(Stage.RECONCILE)) == 2)
-        await asyncio.sleep(0.5)  # room for a wrong third reconcile to show up
+        await running.until(running.still)  # the second run is done; a third would be queued
         await stop(running)
 
         outcomes = [r.outcome for r in records.where(Stage.DISPATCH)]
@@ -226,7 +226,8 @@ def test_an_error_is_retried_with_back_off_and_a_terminal_error_is_not(
                 and bool(records.where(Stage.REQUEUE, "after"))
             )
         )
-        await asyncio.sleep(0.3)
+        # Only "later" is scheduled: a retried "doomed" would be delayed, waiting or running.
+        await running.until(lambda: running.still(delayed=1))
         await stop(running)
 
         error = records.where(Stage.RECONCILE, "error")[0]

@@ -20,8 +20,6 @@ from ctrltrace.cli import ExitCode
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.envtest.pytest_plugin import MintIdentity
 
-pytestmark = pytest.mark.integration
-
 Line = dict[str, Any]
 
 

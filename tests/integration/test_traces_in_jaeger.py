@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,12 +12,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.envtest.observability import FoundSpan, Jaeger
-
-pytestmark = pytest.mark.integration
+from ctrltrace.journal import Journal, JournalError
+from ctrltrace.records import Record, Stage
 
 FLAKY_APP = """
 import ctrltrace as ct
@@ -43,6 +42,21 @@ def _spans(jaeger: Jaeger, service: str, since: datetime, want: int) -> list[Fou
             return spans
         time.sleep(0.5)
     raise AssertionError(f"Jaeger has {len(spans)} spans for {service}: {[s.name for s in spans]}")
+
+
+def _wait_for_reconciles(journal: Path, request: str, count: int) -> None:
+    """Wait until the run's journal holds ``count`` ended reconciles of ``request``."""
+    deadline = time.monotonic() + 30
+    ended: list[Record] = []
+    while len(ended) < count:
+        assert time.monotonic() < deadline, f"{len(ended)} reconciles of {request} journaled"
+        time.sleep(0.2)
+        with contextlib.suppress(JournalError), Journal(journal) as reader:  # not there yet
+            ended = [
+                r
+                for r in reader.reconciles()
+                if r.stage == Stage.RECONCILE and r.request == request
+            ]
 
 
 def _check_shape(spans: list[FoundSpan], namespace: str) -> None:
@@ -89,7 +103,7 @@ def test_run_sends_event_dispatch_and_reconcile_spans_to_jaeger(
             f"/api/v1/namespaces/{kube_namespace}/configmaps",
             {"metadata": {"name": "flaky"}},
         )
-        time.sleep(3)
+        _wait_for_reconciles(tmp_path / "journal.sqlite", f"{kube_namespace}/flaky", 2)
         process.send_signal(signal.SIGINT)
         _, logs = process.communicate(timeout=30)
         assert process.returncode == 0, logs

@@ -30,7 +30,6 @@ from ctrltrace.journal import JournalWriter
 
 from .conftest import start, stop
 
-pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 
 

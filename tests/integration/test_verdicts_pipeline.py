@@ -36,7 +36,6 @@ from ctrltrace.tui.feed import Target, explain_object, replay
 from . import test_verdicts as base
 from .conftest import Running, start, stop, take_lease, widget
 
-pytestmark = pytest.mark.integration
 ManagerFactory = Callable[..., Manager]
 journal = base.journal  # the fixture: a JournalWriter on a fresh file
 explain = base.explain
@@ -555,7 +554,9 @@ def test_no_events_under_a_label_selector_names_it_and_how_to_check(
             label_selectors={"ConfigMap": "app=web"},
         )
         configmap(control_plane, kube_namespace, "unlabelled")
-        await asyncio.sleep(0.5)  # an event would have come by now; none does
+        # Created after it, so its event comes after any the unlabelled one could have caused.
+        configmap(control_plane, kube_namespace, "labelled", labels={"app": "web"})
+        await run.until(lambda: bool(_ends(run, f"{kube_namespace}/labelled")))
         await stop(run)
         return explain(journal, f"{kube_namespace}/unlabelled", "--kind", "configmap")
 

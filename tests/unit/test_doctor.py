@@ -268,7 +268,7 @@ def test_the_worst_status_decides(statuses: tuple[Status, ...], worst: Status) -
 def test_the_checklist_reads_without_colour_and_fits_100_columns() -> None:
     text = _report(Status.OK, Status.WARN, Status.FAIL).render()
     lines = text.splitlines()
-    assert all(len(line) <= 100 for line in lines)
+    assert len(lines) >= 3 and all(len(line) <= 100 for line in lines)
     assert "\x1b" not in text
     assert [line[:4] for line in lines if line.startswith("  ") and line[2] in "✓!✗"] == [
         "  ✓ ",

@@ -502,7 +502,7 @@ def test_rendered_text_fits_100_columns_without_escape_codes() -> None:
         text = render_text(explanation, width=100)
         lines = text.splitlines()
         assert "\x1b" not in text
-        assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+        assert lines and all(len(line) <= 100 for line in lines), max(lines, key=len)
         assert len(lines) <= 45  # one screen
     text = render_text(_failing_story().explain())
     assert "explain shop/web" in text
@@ -515,6 +515,7 @@ def test_a_long_message_wraps_instead_of_overflowing() -> None:
     story = RunStory()
     story.reconciled(story.event(), "terminal_error", "TerminalError: " + "very long " * 40)
     lines = render_text(story.explain(), width=80).splitlines()
+    assert any("very long" in line for line in lines)
     assert all(len(line) <= 80 for line in lines)
 
 
@@ -581,6 +582,7 @@ def test_explaining_from_the_journal_gives_the_same_verdict(tmp_path: Path) -> N
             now=story.time + 1.0,
         )
     assert from_journal.verdict == story.explain().verdict
+    assert from_journal.timeline
     assert not any("web-config" in entry.what for entry in from_journal.timeline)
 
 

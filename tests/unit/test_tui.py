@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from ctrltrace import BuildError, Manager
 from ctrltrace.cli import ExitCode
@@ -40,8 +40,11 @@ from ctrltrace.tui import cells
 from ctrltrace.tui.app import JOURNAL_EXIT, LostScreen, TraceApp
 from ctrltrace.tui.command import run_with_tui, tui_command
 from ctrltrace.tui.feed import (
+    Batch,
     EventRow,
+    Feed,
     JournalFeed,
+    Notify,
     RecorderFeed,
     Target,
     ViewState,
@@ -261,10 +264,11 @@ async def settled(pilot: Pilot[None], records: int, within: float = 10.0) -> Non
     app = pilot.app
     assert isinstance(app, TraceApp)
     deadline = time.monotonic() + within
-    while app.live.applied < records:
+    status = app.query_one("#status", Static)
+    # The status line is rendered last: once it counts every record, the views show them too.
+    while app.live.applied < records or f"{app.live.applied:,} records" not in str(status.content):
         assert time.monotonic() < deadline, f"only {app.live.applied} of {records} records"
         await pilot.pause(0.02)
-    await pilot.pause(0.25)  # past the render throttle
     await pilot.pause()
 
 
@@ -299,10 +303,59 @@ def assert_snapshot(app: TraceApp, name: str) -> None:
     )
 
 
-def app_on(path: Path, clock: float) -> TraceApp:
-    app = TraceApp(JournalFeed(path, poll_s=0.02), clock=at(clock))
+class SteadyApp(TraceApp):
+    """The app with a steady cursor in the filter box.
+
+    A blinking cursor is shown or hidden depending on when the snapshot is taken (every 0.5 s,
+    later under load), so a snapshot of the focused box would fail now and then.
+    """
+
+    def on_mount(self) -> None:  # Textual calls TraceApp.on_mount too, after this one
+        for field in self.query(Input):
+            field.cursor_blink = False
+
+
+def app_on(path: Path, clock: float, feed: Feed | None = None) -> TraceApp:
+    app = SteadyApp(feed or JournalFeed(path, poll_s=0.02), clock=at(clock))
     app.animation_level = "none"
     return app
+
+
+class CountedWakeups:
+    """A journal feed that counts the wake-ups it sent the view, each once it is sent."""
+
+    def __init__(self, path: Path) -> None:
+        self._feed = JournalFeed(path, poll_s=0.02)
+        self.wakeups = 0
+
+    @property
+    def journal(self) -> Path:
+        return self._feed.journal
+
+    @property
+    def label(self) -> str:
+        return self._feed.label
+
+    def start(self, notify: Notify) -> None:
+        def counted() -> None:
+            notify()
+            self.wakeups += 1
+
+        self._feed.start(counted)
+
+    def take(self) -> Batch:
+        return self._feed.take()
+
+    def stop(self) -> None:
+        self._feed.stop()
+
+
+async def handled(app: TraceApp) -> None:
+    """Wait until the app has handled every message posted to it so far (from any thread)."""
+    await asyncio.sleep(0)  # a message posted from another thread reaches the queue first
+    done = asyncio.Event()
+    app.call_later(done.set)  # queued behind them: set once they are handled
+    await asyncio.wait_for(done.wait(), 10)
 
 
 DEMO = demo()
@@ -850,15 +903,19 @@ def test_p_pauses_the_view_and_resumes_with_what_came_meanwhile(tmp_path: Path) 
             for record in story.records[:half]:
                 writer(record)
             writer.flush()
-            app = app_on(path, END)
+            feed = CountedWakeups(path)
+            app = app_on(path, END, feed)
             async with app.run_test(size=SIZE) as pilot:
                 await settled(pilot, half)
                 await pilot.press("p")
                 assert "‖ paused at" in screen_text(app)
+                wakeups = feed.wakeups
                 for record in story.records[half:]:
                     writer(record)
                 writer.flush()
-                await pilot.pause(0.5)
+                # The feed has read the new records and woke the view, which handled that.
+                await _until(pilot, lambda: feed.wakeups > wakeups)
+                await handled(app)
                 assert app.live.applied == half  # the records wait in the feed
                 await pilot.press("p")
                 await settled(pilot, len(story.records))
