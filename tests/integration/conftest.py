@@ -14,6 +14,7 @@ import pytest
 
 from ctrltrace import Collect, Manager
 from ctrltrace.envtest import ApiError, ControlPlane
+from ctrltrace.transport import Transport
 
 # The example controller's CRD, shared with the demo.
 WIDGET_CRD: dict[str, Any] = json.loads(
@@ -98,11 +99,11 @@ def manager_factory(control_plane: ControlPlane) -> Callable[..., Manager]:
     return make
 
 
-async def start(manager: Manager) -> Running:
+async def start(manager: Manager, transport: Transport | None = None) -> Running:
     records = Collect()
     manager.add_sink(records)
     running = Running(manager, records)
-    running.task = asyncio.create_task(manager.start())
+    running.task = asyncio.create_task(manager.start(transport))
     return running
 
 
