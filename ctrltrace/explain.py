@@ -52,10 +52,11 @@ The decision procedure, in order:
    since the first event that carried it, a verdict that reached Reconcile becomes
    ``deletion_blocked`` (which finalizers, since when, how many reconciles).
 8. Warnings, whatever the verdict, from the manager run of the trigger: the object's kind's
-   watch is failing now (``watch_disconnected``) or its latest failure is a 403
-   (``watch_forbidden``, unless that is the verdict); this replica's latest lease transition
-   is ``lost`` (``lease_lost``); a MANAGER ``journal_gap`` overlaps the time from the first
-   record about the object until now (``journal_gap``: the answer may be incomplete).
+   watch is failing now (``watch_disconnected``) or its latest failure is a 403 and no watch
+   was accepted (``resumed``) since (``watch_forbidden``, unless that is the verdict); this
+   replica's latest lease transition is ``lost`` (``lease_lost``); a MANAGER ``journal_gap``
+   overlaps the time from the first record about the object until now (``journal_gap``: the
+   answer may be incomplete).
 
 Record ids are unique only within one process run. Every link is therefore looked up in the
 direction of time (a cause is the latest record with that id before its effect, an effect the
@@ -1261,6 +1262,8 @@ def _watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarn
     refused = failures[-1]
     if refused.outcome != "forbidden" or code is Code.WATCH_FORBIDDEN:
         return None
+    if any(record.outcome == "resumed" and record.time >= refused.time for record in records):
+        return None  # permission came back: a watch was accepted since
     problem, fix, _ = _forbidden_words(kind, refused)
     count = sum(record.outcome == "forbidden" for record in records)
     return PipelineWarning(

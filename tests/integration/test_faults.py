@@ -70,6 +70,7 @@ def test_connections_reset_again_and_again_lose_no_change(
         return await survive(running, tally, load, resets)
 
     running = asyncio.run(scenario())
+
     watch = outcomes(running)
     assert watch.count("disconnected") >= 4 and watch.count("resumed") == 4
     assert "gone" not in watch  # resumed where it was every time: nothing to list again
@@ -93,6 +94,8 @@ def test_a_stall_while_etcd_is_compacted_ends_in_410_and_one_list(
         control_plane, collection, NAMES, {"template": {"spec": {"containers": [container]}}}
     )
 
+    during: list[dict[str, Any]] = []  # what explain said while the fault lasted
+
     async def scenario() -> Running:
         configuration = await load_configuration(
             str(via_proxy(control_plane, fault_proxy, tmp_path))
@@ -105,6 +108,7 @@ def test_a_stall_while_etcd_is_compacted_ends_in_410_and_one_list(
         async def stall() -> None:
             fault_proxy.stall(10)
             await running.until(lambda: "disconnected" in outcomes(running), within=10)
+            during.append(explain_json(journal, f"{kube_namespace}/obj-0", "--kind", "podtemplate"))
             await asyncio.sleep(2)  # writes go on meanwhile
             latest = control_plane.request("GET", collection)["metadata"]["resourceVersion"]
             control_plane.compact(latest)
@@ -116,14 +120,17 @@ def test_a_stall_while_etcd_is_compacted_ends_in_410_and_one_list(
             await transport.close()
 
     running = asyncio.run(scenario())
+
     watch = outcomes(running)
     assert watch.count("gone") == 1
     first_failure = watch.index("disconnected")
     assert watch.index("gone") > first_failure
     gone = running.records.where(Stage.WATCH, "gone")[0]
     assert "listing again" in gone.reason
+    (stalled,) = during[0]["verdict"]["warnings"]
+    assert stalled["code"] == "watch_disconnected" and "Timeout" in stalled["message"]
     answer = explain_json(journal, f"{kube_namespace}/obj-0", "--kind", "podtemplate")
-    assert answer["verdict"]["code"] == "reconciled"
+    assert answer["verdict"]["code"] == "reconciled" and answer["verdict"]["warnings"] == []
 
 
 def test_rbac_revoked_then_restored(
@@ -146,6 +153,8 @@ def test_rbac_revoked_then_restored(
     tally = Tally("v1", "ConfigMap")
     load = Workload(control_plane, f"/api/v1/namespaces/{kube_namespace}/configmaps", NAMES)
 
+    during: list[dict[str, Any]] = []  # what explain said while the fault lasted
+
     async def scenario() -> Running:
         mgr = manager_via(kubeconfig, kube_namespace)
         running = await start_counting(mgr, tally, load, journal)
@@ -154,17 +163,21 @@ def test_rbac_revoked_then_restored(
             control_plane.request("DELETE", f"{bindings}/ctrltrace-{identity.name}")
             fault_proxy.reset()  # an open watch outlives its permission; a new one does not
             await running.until(lambda: outcomes(running).count("forbidden") >= 2, within=30)
+            during.append(explain_json(journal, f"{kube_namespace}/obj-0", "--kind", "configmap"))
             control_plane.request("POST", bindings, restored(binding))
 
         return await survive(running, tally, load, revoke_then_restore)
 
     running = asyncio.run(scenario())
+
     watch = outcomes(running)
     refused = running.records.where(Stage.WATCH, "forbidden")
     assert "cannot" in refused[0].reason and identity.name in refused[0].reason
     assert watch.index("forbidden") < last(watch, "resumed")  # and then it recovered
+    (refusal,) = during[0]["verdict"]["warnings"]
+    assert refusal["code"] == "watch_forbidden" and identity.name in refusal["message"]
     answer = explain_json(journal, f"{kube_namespace}/obj-0", "--kind", "configmap")
-    assert answer["verdict"]["code"] == "reconciled"
+    assert answer["verdict"]["code"] == "reconciled" and answer["verdict"]["warnings"] == []
 
 
 def restored(binding: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +207,8 @@ def test_the_watched_crd_deleted_then_created_again(
     )
     crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gadgets.{group}"
 
+    during: list[dict[str, Any]] = []  # what explain said while the fault lasted
+
     async def scenario() -> Running:
         mgr = manager_via(control_plane.kubeconfig, kube_namespace)
         running = await start_counting(mgr, tally, load, journal)
@@ -202,6 +217,7 @@ def test_the_watched_crd_deleted_then_created_again(
             control_plane.request("DELETE", crd_path)
             await running.until(crd_gone, within=30)
             await running.until(lambda: "kind_not_found" in outcomes(running), within=30)
+            during.append(explain_json(journal, f"{kube_namespace}/obj-0", "--kind", "gadget"))
             await asyncio.to_thread(install_crd, control_plane, crd)
 
         def crd_gone() -> bool:
@@ -214,6 +230,7 @@ def test_the_watched_crd_deleted_then_created_again(
         return await survive(running, tally, load, delete_then_create)
 
     running = asyncio.run(scenario())
+
     watch = outcomes(running)
     missing = running.records.where(Stage.WATCH, "kind_not_found")
     assert missing and "Gadget" in missing[0].reason
@@ -224,5 +241,7 @@ def test_the_watched_crd_deleted_then_created_again(
         if record.object and record.object.name == "obj-0"
     ]
     assert deleted  # the CRD took its objects with it, and the controller saw them go
+    assert "was deleted" in during[0]["verdict"]["message"]
     answer = explain_json(journal, f"{kube_namespace}/obj-0", "--kind", "gadget")
-    assert answer["verdict"]["code"] == "reconciled"
+    assert answer["verdict"]["code"] == "reconciled" and answer["verdict"]["warnings"] == []
+    assert "was deleted" not in answer["verdict"]["message"]
