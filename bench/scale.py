@@ -7,7 +7,7 @@ Starts one kube-apiserver + etcd on loopback and has writer processes create ``-
 ConfigMaps of about 1 KiB in namespace ``scale``, and as many again spread evenly over
 ``--namespaces`` namespaces. Then, for each layout, a manager with a counting reconcile and the
 default cache (``managedFields`` dropped) starts in a fresh process: one watching namespace
-``scale``, one restricted to the spread namespaces (an informer each). Each reports the time
+``scale``, one restricted to the spread namespaces (a list and watch each). Each reports the time
 from start until its caches synced (list and sync), until every object had been reconciled
 once, and its RSS before and after, against the size of the objects' JSON as the API server
 serves them (compact, ``managedFields`` included). The target is a cache that costs at most
