@@ -33,6 +33,7 @@ from ctrltrace.kinds import Kind, RestMapper
 from ctrltrace.leaderelection import lease_namespace, pod_namespace, validate_lease_name
 from ctrltrace.manager import Manager
 from ctrltrace.predicates import And, GenerationChanged, Predicate
+from ctrltrace.printable import printable
 from ctrltrace.rbac import (
     App,
     Need,
@@ -148,7 +149,7 @@ class Report:
 
 def _wrap(text: str, first: str, rest: str, width: int) -> list[str]:
     return textwrap.wrap(
-        text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+        printable(text), width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
     )
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ctrltrace.explain import Code, Explanation, clock
+from ctrltrace.printable import printable
 from ctrltrace.records import Stage
 
 
@@ -47,8 +48,8 @@ class ExplanationView:
         title = Text.assemble(
             ("explain ", "bold"),
             (f"{target.kind} " if target.kind else "", "bold"),
-            (target.key, "bold cyan"),
-            f"  controller {target.controller}" if target.controller else "",
+            (printable(target.key), "bold cyan"),
+            f"  controller {printable(target.controller)}" if target.controller else "",
             f"  at {_local(explanation.now)}",
         )
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
@@ -61,8 +62,8 @@ class ExplanationView:
             table.add_row(
                 clock(entry.time),
                 Text(f"{mark} {_STAGE_LABELS.get(entry.stage, entry.stage)}", style=style),
-                entry.controller,
-                entry.what,
+                printable(entry.controller),
+                printable(entry.what),
             )
         parts: list[RenderableType] = [title]
         if explanation.omitted:
@@ -76,13 +77,17 @@ class ExplanationView:
         mark, style = _VERDICT_MARKS.get(verdict.code, ("✗", "red"))
         parts += [
             Text(""),
-            Text.assemble((f"{mark} {verdict.code}", f"bold {style}"), "  ", verdict.message),
-            Text.assemble(("fix: ", "bold"), verdict.fix),
+            Text.assemble(
+                (f"{mark} {verdict.code}", f"bold {style}"), "  ", printable(verdict.message)
+            ),
+            Text.assemble(("fix: ", "bold"), printable(verdict.fix)),
         ]
         for warning in verdict.warnings:
             parts += [
-                Text.assemble((f"⚠ {warning.code}", "bold yellow"), "  ", warning.message),
-                Text.assemble(("  fix: ", "bold"), warning.fix),
+                Text.assemble(
+                    (f"⚠ {warning.code}", "bold yellow"), "  ", printable(warning.message)
+                ),
+                Text.assemble(("  fix: ", "bold"), printable(warning.fix)),
             ]
         yield Group(*parts)
 

@@ -72,6 +72,10 @@ class RestMapper:
         found = self._resolved.get(kind)
         return None if found is None else found.namespaced
 
+    def forget(self, kind: Kind) -> None:
+        """Ask discovery again next time: ``kind`` answered 404, so its CRD may be gone."""
+        self._resolved.pop(kind, None)
+
     async def resolve(self, kind: Kind) -> Resource:
         if (found := self._resolved.get(kind)) is not None:
             return found

@@ -14,6 +14,8 @@ from typing import TextIO
 
 import structlog
 
+from ctrltrace.printable import printable
+
 
 def configure(
     log_format: str = "console",
@@ -24,10 +26,14 @@ def configure(
     """``enrich`` runs before rendering (e.g. adding trace ids to reconcile logs). Call this
     before any logger is used: structlog caches loggers with the processors of their time."""
     level = logging.DEBUG if verbose else logging.INFO
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+    # JSON escapes control characters itself; console lines need them escaped first.
+    rendering: list[structlog.typing.Processor] = (
+        [structlog.processors.JSONRenderer()]
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=log_file is None and sys.stderr.isatty())
+        else [
+            _printable_values,
+            structlog.dev.ConsoleRenderer(colors=log_file is None and sys.stderr.isatty()),
+        ]
     )
     structlog.configure(
         processors=[
@@ -36,12 +42,23 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             *enrich,
-            renderer,
+            *rendering,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(_target(log_file)),
         cache_logger_on_first_use=True,
     )
+
+
+def _printable_values(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Every text value with its control characters escaped: an API error or an exception's
+    message must not reach the terminal as an escape sequence (a traceback keeps its lines)."""
+    return {
+        key: printable(value, newlines=key == "exception") if isinstance(value, str) else value
+        for key, value in event.items()
+    }
 
 
 def _target(log_file: Path | None) -> TextIO:

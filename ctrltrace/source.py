@@ -358,8 +358,13 @@ class Informer:
                 self._record_failure("kind_not_found", str(error), namespace)
                 must_list = True
             except ApiError as error:
-                outcome = "forbidden" if error.status == 403 else "error"
-                self._record_failure(outcome, error.message or str(error), namespace, error.status)
+                gone = await self._kind_gone() if error.status == 404 else None
+                if gone is not None:
+                    self._record_failure("kind_not_found", str(gone), namespace)
+                else:
+                    outcome = "forbidden" if error.status == 403 else "error"
+                    reason = error.message or str(error)
+                    self._record_failure(outcome, reason, namespace, error.status)
                 # Too many requests: the watch may go on later. Anything else the server
                 # refused (a forbidden watch above all) needs a fresh list first.
                 must_list = must_list or error.status != 429
@@ -368,6 +373,18 @@ class Informer:
                 self._record_failure("disconnected", f"connection failed: {detail}", namespace)
             failing = True
             await self._clock.sleep(backoff.next())
+
+    async def _kind_gone(self) -> KindNotFound | None:
+        """After a 404 from a kind that was served: why discovery no longer serves it (its CRD
+        was deleted), or None when it still does."""
+        self._mapper.forget(self.kind)
+        try:
+            await self._mapper.resolve(self.kind)
+        except KindNotFound as gone:
+            return gone
+        except (ApiError, aiohttp.ClientError, TimeoutError, OSError):
+            return None
+        return None
 
     def _scope(self, namespace: str) -> str:
         where = f"namespace {namespace}" if namespace else "all namespaces"

@@ -31,6 +31,7 @@ from ctrltrace.funnel import (
     enqueued_words,
     results_words,
 )
+from ctrltrace.printable import printable
 from ctrltrace.tui.feed import (
     IDLE_AFTER_S,
     MAX_WORK_ROWS,
@@ -196,13 +197,13 @@ def event_cells(row: EventRow) -> Cells:
         if outcomes:
             outcomes.append("  ")
         mark, style = _look(outcome)
-        outcomes.append(f"{mark} {outcome_words(outcome, row)}", style)
+        outcomes.append(f"{mark} {printable(outcome_words(outcome, row))}", style)
     if not outcomes:
         outcomes.append("· no dispatch recorded yet", "dim")
     return (
         Text(clock(row.time)),
         Text(row.kind),
-        Text(row.object_key, "bold"),
+        Text(printable(row.object_key), "bold"),
         Text(event),
         outcomes,
     )
@@ -331,8 +332,8 @@ def transition_cells(transition: Transition) -> Cells:
     return (
         Text(clock(transition.time)),
         Text(f"{role.split(':')[0]}", style),
-        Text(transition.holder),
-        Text(transition.reason),
+        Text(printable(transition.holder)),
+        Text(printable(transition.reason)),
     )
 
 
@@ -365,7 +366,7 @@ def watch_cells(watch: WatchState) -> Cells:
     last_error = Text("—", "dim")
     if failure is not None:
         words, _ = _watch_words(failure.outcome, failure.status)
-        last_error = Text(f"{clock(failure.at)} {words}: {failure.reason}", "red")
+        last_error = Text(f"{clock(failure.at)} {words}: {printable(failure.reason)}", "red")
     return (
         Text(watch.kind, "bold"),
         Text(namespaces),
@@ -386,10 +387,12 @@ def watch_detail(watch: WatchState) -> Text:
         words, style = _watch_words(watch.outcome, status)
         text.append(" now ")
         text.append(words, style)
-        text.append(f" since {clock(watch.at)}: {watch.reason}")
+        text.append(f" since {clock(watch.at)}: {printable(watch.reason)}")
     if failure is not None and failure.at != watch.at:
         words, _ = _watch_words(failure.outcome, failure.status)
-        text.append(f"\nlast error at {clock(failure.at)}: {words}: {failure.reason}", "red")
+        text.append(
+            f"\nlast error at {clock(failure.at)}: {words}: {printable(failure.reason)}", "red"
+        )
     return text
 
 

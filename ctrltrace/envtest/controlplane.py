@@ -20,7 +20,7 @@ from typing import Any
 
 from ctrltrace.envtest.binaries import Binaries, find_binaries
 from ctrltrace.envtest.pki import CertificateAuthority, KeyPair, service_account_signing_key
-from ctrltrace.envtest.servers import LoopbackServers, free_port
+from ctrltrace.envtest.servers import LoopbackServers, Server, free_port
 
 UNCACHED_RESOURCE = "podtemplates"
 """The one built-in kind the API server serves without its watch cache (from etcd)."""
@@ -72,6 +72,7 @@ class ControlPlane(LoopbackServers):
         self.server = ""
         self.etcd_url = ""
         self.kubeconfig = Path()
+        self._apiserver: Server | None = None
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -154,7 +155,15 @@ class ControlPlane(LoopbackServers):
             attempt,
         )
         self.server = f"https://127.0.0.1:{secure_port}"
+        self._apiserver = apiserver
         return self._wait(apiserver, self._ready)
+
+    def restart_apiserver(self) -> None:
+        """Kill the API server (SIGKILL: no graceful shutdown, every connection dropped) and
+        start it again on the same etcd, port and certificates; returns once it is ready.
+        Blocks: from a test's event loop, call it through ``asyncio.to_thread``."""
+        assert self._apiserver is not None, "control plane not started"
+        self._apiserver = self._restart(self._apiserver, self._ready)
 
     def _ready(self) -> bool:
         try:
@@ -214,6 +223,17 @@ class ControlPlane(LoopbackServers):
     def admin_kubeconfig_via(self, server: str, path: Path) -> Path:
         """The admin's kubeconfig with another address for the API server (a proxy's)."""
         self._write_admin_kubeconfig(path, server)
+        return path
+
+    @staticmethod
+    def kubeconfig_via(kubeconfig: Path, server: str, path: Path) -> Path:
+        """A copy of ``kubeconfig`` (one written here, such as an ``Identity``'s) with another
+        address for the API server (a proxy's)."""
+        config = json.loads(kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = server
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(config, indent=2))
         return path
 
     def _write_kubeconfig(self) -> None:

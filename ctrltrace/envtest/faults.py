@@ -1,9 +1,11 @@
 """Network faults between a client and the API server, for tests of what a controller survives.
 
 Owns ``FaultProxy``: a TCP proxy on loopback in front of a server that can cut every
-connection at once (a reset, as a dropped NAT entry or a restarted load balancer does) and
-refuse new ones for a while (the server unreachable). It forwards bytes and never looks into
-them, so TLS goes through it end to end. Threads only; it stops every one of them on close.
+connection at once (a reset, as a dropped NAT entry or a restarted load balancer does), refuse
+new ones for a while (the server unreachable), and stall: hold every connection open, new ones
+too, while forwarding no byte either way (a half-dead link: only the client's own timeouts
+notice). It forwards bytes and never looks into them, so TLS goes through it end to end.
+Threads only; it stops every one of them on close.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
@@ -20,20 +23,35 @@ from typing import Self
 _POLL = 0.05  # seconds a connection's thread waits before looking at its flags again
 
 
+class _Stall:
+    """Until when no byte moves; shared by the proxy and its connections."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+
+    def active(self) -> bool:
+        return time.monotonic() < self.until
+
+
 class _Connection:
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket, stall: _Stall) -> None:
         self.client = client
         self.upstream = upstream
+        self.stall = stall
         self.cut = threading.Event()
         self.ended = threading.Event()
 
     def pump(self) -> None:
-        """Forward both ways until either side closes or the proxy cuts the connection."""
+        """Forward both ways until either side closes or the proxy cuts the connection;
+        while stalled, read nothing (what is sent waits in the kernel's buffers)."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.client, selectors.EVENT_READ, self.upstream)
             selector.register(self.upstream, selectors.EVENT_READ, self.client)
             try:
                 while not self.cut.is_set():
+                    if self.stall.active():
+                        self.cut.wait(_POLL)
+                        continue
                     for key, _ in selector.select(_POLL):
                         source: socket.socket = key.fileobj  # type: ignore[assignment]
                         data = source.recv(65536)
@@ -59,6 +77,7 @@ class FaultProxy:
     ...     proxy.reset()             # cut every open connection
     ...     with proxy.refusing():    # and refuse new ones meanwhile
     ...         ...
+    ...     proxy.stall(10)           # forward nothing for 10 s, keeping connections open
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -68,6 +87,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self.accepted = 0
         self.resets = 0
+        self._stall = _Stall()
         self._lock = threading.Lock()
         self._open: list[_Connection] = []
         self._threads: list[threading.Thread] = []
@@ -111,6 +131,15 @@ class FaultProxy:
         finally:
             self._refusing.clear()
 
+    def stall(self, seconds: float) -> None:
+        """Forward no byte on any connection, open or new, for ``seconds`` from now; returns
+        at once (the caller's event loop goes on). ``stall(0)`` ends a stall early."""
+        self._stall.until = time.monotonic() + seconds
+
+    @property
+    def stalled(self) -> bool:
+        return self._stall.active()
+
     def close(self) -> None:
         self._closed.set()
         self.reset()
@@ -135,7 +164,7 @@ class FaultProxy:
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 client.close()
                 continue
-            connection = _Connection(client, upstream)
+            connection = _Connection(client, upstream, self._stall)
             with self._lock:
                 self._open.append(connection)
             thread = threading.Thread(target=connection.pump, name="fault-proxy-pump", daemon=True)

@@ -3,8 +3,10 @@
 ``control_plane`` is one kube-apiserver + etcd per test session; ``kube_namespace`` a fresh
 namespace per test (the control plane has no namespace controller, so namespaces are never
 deleted, only abandoned); ``mint_identity`` a kubeconfig restricted to given RBAC rules.
-``fault_proxy`` a proxy in front of the API server that cuts and refuses connections, and
-``control_plane.compact(rv)`` compacts etcd (a watch resumed from before then gets 410).
+``fault_proxy`` a proxy in front of the API server that cuts, refuses and stalls connections,
+and ``control_plane.compact(rv)`` compacts etcd (a watch resumed from before then gets 410).
+``private_control_plane`` is one of the test's own, for faults that would disturb every other
+test (``restart_apiserver()``).
 ``jaeger`` and ``prometheus_server`` are one Jaeger and one Prometheus per session, on loopback.
 A server that cannot start fails the tests that need it; it never skips them.
 """
@@ -49,9 +51,18 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture
+def private_control_plane() -> Iterator[ControlPlane]:
+    """A control plane for this test alone (a few seconds to start): kill and restart its API
+    server with ``restart_apiserver()`` without disturbing the session's."""
+    with ControlPlane() as plane:
+        yield plane
+
+
+@pytest.fixture
 def fault_proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    """A TCP proxy in front of the API server that can cut and refuse connections; point a
-    client at it with ``control_plane.admin_kubeconfig_via(f"https://{proxy.address}", path)``."""
+    """A TCP proxy in front of the API server that can cut, refuse and stall connections;
+    point a client at it with
+    ``control_plane.admin_kubeconfig_via(f"https://{proxy.address}", path)``."""
     host, port = control_plane.server.removeprefix("https://").rsplit(":", 1)
     with FaultProxy(host, int(port)) as proxy:
         yield proxy

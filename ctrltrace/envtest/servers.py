@@ -61,6 +61,13 @@ class Server:
     def port_taken(self) -> bool:
         return "address already in use" in self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost node does: no graceful shutdown."""
+        if not self.exited():
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
     def stop(self, grace: float = 10.0) -> None:
         if not self.exited():
             self.process.terminate()
@@ -157,6 +164,17 @@ class LoopbackServers(abc.ABC):
         self._servers.append(server)
         self._watchdog.watch_pid(server.process.pid)
         return server
+
+    def _restart(self, server: Server, ready: Callable[[], bool]) -> Server:
+        """Kill ``server`` and start it again with the same command line (so the same ports
+        and files); the new one once ``ready()``."""
+        server.kill()
+        self._servers.remove(server)
+        restarts = sum(1 for path in self._path("").glob(f"{server.name}-restart-*.log"))
+        again = self._spawn(server.name, server.argv, f"restart-{restarts}")
+        if not self._wait(again, ready):
+            raise self.error(f"{server.name}: its port was taken while it was down")
+        return again
 
     def _wait(self, server: Server, ready: Callable[[], bool]) -> bool:
         """Wait until ``ready()``; False (every server stopped) when a port was taken."""

@@ -56,9 +56,10 @@ The decision procedure, in order:
    ``deletion_blocked`` (which finalizers, since when, how many reconciles).
 8. Warnings, whatever the verdict, from the manager run of the trigger: the object's kind's
    watch is failing now (``watch_disconnected``) or its latest failure is a 403
-   (``watch_forbidden``, unless that is the verdict); this replica's latest lease transition
-   is ``lost`` (``lease_lost``); a MANAGER ``journal_gap`` overlaps the time from the first
-   record about the object until now (``journal_gap``: the answer may be incomplete).
+   (``watch_forbidden``, unless that is the verdict), in both cases only while no watch was
+   accepted (``resumed``) since; this replica's latest lease transition is ``lost``
+   (``lease_lost``); a MANAGER ``journal_gap`` overlaps the time from the first record about
+   the object until now (``journal_gap``: the answer may be incomplete).
 
 Record ids are unique only within one process run. Every link is therefore looked up in the
 direction of time (a cause is the latest record with that id before its effect, an effect the

@@ -20,6 +20,7 @@ from typing import Any, Self
 from ctrltrace.journal.format import (
     SCHEMA,
     Chunk,
+    JournalError,
     check_identity,
     seal_chunk,
     sqlite_errors,
@@ -51,7 +52,9 @@ class JournalWriter:
     oldest are dropped and counted in ``dropped`` (as are records lost to a failed write;
     ``last_error`` says why). Every loss is journaled too, by the thread on its next pass: a
     MANAGER ``journal_gap`` record with the count, the lost records' time range and why, so
-    that explain can say its evidence may be incomplete.
+    that explain can say its evidence may be incomplete. A journal file removed or replaced
+    while it is written is noticed after each batch: that batch is counted as lost, and a new
+    file is started at the path.
 
     Retention runs when the writer starts, every ``retention_interval_s`` and on close: batches
     whose newest record is more than ``max_age_s`` older than the newest record are deleted
@@ -101,8 +104,12 @@ class JournalWriter:
         self._lost = 0
         self._progress = threading.Condition()
         self._gap: tuple[int, float, float, str] | None = None  # (count, first, last, why)
+        # The gap record on its way to the file, and the gap it tells of: if its write fails,
+        # that count goes into the next gap with the rest (thread only).
+        self._gap_sent: tuple[Chunk, int, tuple[float, float]] | None = None
         # Opened here, not in the thread, so a bad path or a foreign file fails the caller.
         self._db = _open_for_writing(self.path)
+        self._file = _identity(self.path)
         self._thread = threading.Thread(
             target=self._run, name=f"ctrltrace journal {self.path.name}", daemon=True
         )
@@ -172,7 +179,7 @@ class JournalWriter:
     def _record_gap(self) -> None:
         """Journal the records lost so far, as a record of their own, sealed straight away:
         it never counts against ``max_pending``, so it pushes out no other record. If its
-        write fails, the next gap counts it."""
+        write fails, the next gap counts it and the records it told of."""
         with self._progress:
             gap, self._gap = self._gap, None
         if gap is None:
@@ -185,9 +192,11 @@ class JournalWriter:
             reason=f"{count} records lost on their way to the journal: {why}",
             attrs={Vocab.COUNT: count, Vocab.FIRST_TIME: first, Vocab.LAST_TIME: last},
         )
+        chunk = seal_chunk([record])
+        self._gap_sent = (chunk, count, (first, last))
         with self._sealing:
             self._taken += 1
-            self._sealed.append(seal_chunk([record]))
+            self._sealed.append(chunk)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every record appended so far is written; False if ``timeout_s`` passed."""
@@ -256,7 +265,33 @@ class JournalWriter:
             except IndexError:
                 pass
             span = (min(c.first_time for c in batch), max(c.last_time for c in batch))
-            self._settle(count, written=self._guarded(self._insert, batch), span=span)
+            written = self._guarded(self._insert, batch)
+            replaced = self._file_replaced()  # also after a failure: it may be the cause
+            self._settle(count, written=written and not replaced, span=span)
+            sent = self._gap_sent
+            if sent is not None and any(chunk is sent[0] for chunk in batch):
+                self._gap_sent = None
+                if not written or replaced:
+                    with self._progress:
+                        self._note_gap(sent[1], sent[2], f"write failed: {self.last_error}")
+
+    def _file_replaced(self) -> bool:
+        """Whether the journal file was removed or replaced since the last write: what was
+        just written then went to a file no reader sees, and a new file is started at the
+        path (the old connection closed first, so its WAL cannot be taken for the new one's)."""
+        try:
+            if _identity(self.path) == self._file:
+                return False
+        except OSError:
+            pass
+        self._db.close()
+        self.last_error = "the journal file was removed or replaced; a new one was started"
+        try:
+            self._db = _open_for_writing(self.path)
+            self._file = _identity(self.path)
+        except (JournalError, OSError) as error:  # writes fail; the next batch tries again
+            self.last_error = f"the journal file was removed and cannot be created again: {error}"
+        return True
 
     def _insert(self, batch: Sequence[Chunk]) -> None:
         # Four statements a batch, BEGIN and COMMIT included (five when health records came):
@@ -340,6 +375,11 @@ class JournalWriter:
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         size: int = db.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def _open_for_writing(path: Path) -> sqlite3.Connection:

@@ -15,6 +15,7 @@ import pytest
 
 from ctrltrace import Collect, Manager
 from ctrltrace.envtest import ApiError, ControlPlane
+from ctrltrace.transport import Transport
 
 _HERE = Path(__file__).parent
 
@@ -121,11 +122,11 @@ def manager_factory(control_plane: ControlPlane) -> Callable[..., Manager]:
     return make
 
 
-async def start(manager: Manager) -> Running:
+async def start(manager: Manager, transport: Transport | None = None) -> Running:
     records = Collect()
     manager.add_sink(records)
     running = Running(manager, records)
-    running.task = asyncio.create_task(manager.start())
+    running.task = asyncio.create_task(manager.start(transport))
     return running
 
 

@@ -556,6 +556,25 @@ def test_a_batch_that_cannot_be_written_is_counted_and_journaling_goes_on(tmp_pa
     assert "no text for this value" in records[0].reason
 
 
+def test_a_journal_file_removed_while_written_is_started_again_and_the_loss_journaled(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.db"
+    with JournalWriter(path) as writer:
+        writer(event("before", T0))
+        assert writer.flush()
+        path.unlink()
+        writer(event("into-the-removed-file", T0 + 1))
+        assert writer.flush()
+        writer(event("after", T0 + 2))
+    assert writer.dropped == 1
+    with Journal(path) as journal:
+        records = journal.window(0, T0 * 2)
+    assert [(r.time, r.outcome) for r in records] == [(T0 + 1, "journal_gap"), (T0 + 2, "MODIFIED")]
+    assert records[0].attrs == {"count": 1, "first_time": T0 + 1, "last_time": T0 + 1}
+    assert "the journal file was removed or replaced; a new one was started" in records[0].reason
+
+
 def test_reconciles_are_the_latest_starts_and_ends_in_time_order(tmp_path: Path) -> None:
     records = []
     for i in range(300):
