@@ -13,8 +13,9 @@ import inspect
 import itertools
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, cast
 
 import structlog
@@ -28,7 +29,7 @@ from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.predicates import Predicate, Verdict, first_refusal
 from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
 from ctrltrace.reconcile import Action, Reconciler, Result, as_result, settle
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, Vocab, next_id
+from ctrltrace.records import AttrValue, Obj, ObjectRef, Record, Recorder, Stage, Vocab, next_id
 from ctrltrace.request import Request
 from ctrltrace.source import Informer
 from ctrltrace.transport import ApiError
@@ -45,6 +46,7 @@ def next_reconcile_id() -> str:
     return f"{_RECONCILE_PREFIX}-{next(_reconcile_counter):x}"
 
 
+_NOTHING: Mapping[str, AttrValue] = MappingProxyType({})  # no attributes, made once
 _CACHE_SYNC_PATIENCE = 10.0  # seconds before a controller says its workers wait for caches
 
 
@@ -141,7 +143,7 @@ class Controller:
         )
 
     def _dispatch(self, watch: Watch, event: Event, ref: ObjectRef, event_id: int) -> None:
-        raised: dict[str, str | int | float | bool] = {}
+        raised: Mapping[str, AttrValue] = _NOTHING
         try:
             verdict = first_refusal(watch.predicates, event)
         except Exception as error:  # a user predicate failing drops, not crashes

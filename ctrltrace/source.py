@@ -157,6 +157,8 @@ def last_writer(obj: Obj) -> str:
     entry; "one of X, Y" when several managers share the newest time (managedFields keep
     whole seconds only); "" when there is no entry."""
     entries = obj["metadata"].get("managedFields") or ()
+    if len(entries) < 2:  # most objects: no choice to make (this runs once per event)
+        return str(entries[0].get("manager", "")) if entries else ""
     newest = max((entry.get("time", "") for entry in entries), default="")
     managers = list(
         dict.fromkeys(str(e.get("manager", "")) for e in entries if e.get("time", "") == newest)
