@@ -265,8 +265,14 @@ async def settled(pilot: Pilot[None], records: int, within: float = 10.0) -> Non
     assert isinstance(app, TraceApp)
     deadline = time.monotonic() + within
     status = app.query_one("#status", Static)
-    # The status line is rendered last: once it counts every record, the views show them too.
-    while app.live.applied < records or f"{app.live.applied:,} records" not in str(status.content):
+
+    def shown() -> bool:
+        # The status line is rendered last: once it counts every record, the views show them
+        # too. The footer lists the keys once it has recomposed for the focused table.
+        counted = f"{app.live.applied:,} records" in str(status.content)
+        return app.live.applied >= records and counted and bool(app.query("FooterKey"))
+
+    while not shown():
         assert time.monotonic() < deadline, f"only {app.live.applied} of {records} records"
         await pilot.pause(0.02)
     await pilot.pause()
@@ -863,7 +869,10 @@ def shown_rows(app: TraceApp) -> list[EventRow]:
 async def _until(pilot: Pilot[None], condition: Callable[[], bool], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not condition():
-        assert time.monotonic() < deadline, "condition not met"
+        if time.monotonic() >= deadline:
+            app = pilot.app
+            assert isinstance(app, TraceApp)
+            raise AssertionError(f"condition not met; the screen:\n{screen_text(app)}")
         await pilot.pause(0.05)
 
 
