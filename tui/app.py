@@ -529,7 +529,7 @@ class TraceApp(App[None]):
         self._last_render = time.monotonic()
         # Not while another screen is on top, or while the app starts or stops: the tables are
         # the main screen's (a tick then found no '#events' and raised).
-        if self.failure or not self.query("#events"):
+        if self.failure or not self.is_running or not self.query("#events"):
             return
         state, now = self.shown, self.now()
         self._render_events(state)
@@ -669,6 +669,8 @@ class TraceApp(App[None]):
             self.query_one("#events", LiveTable).focus()
 
     def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
+        if not self.is_running:  # a highlight handled while the app stops: its panes are gone
+            return
         if event.table.id == "watches":
             self._render_watch_detail(event.key)
         elif event.table.id == "funnel":
