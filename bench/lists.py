@@ -19,6 +19,7 @@ from typing import Any
 
 from ctrltrace import Context, Manager, Request
 from ctrltrace.envtest import ControlPlane
+from ctrltrace.logs import configure
 from ctrltrace.transport import Json, Transport, load_configuration
 
 NAMESPACE = "bench-lists"
@@ -57,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the manager runs")
     args = parser.parse_args()
+    configure()  # the runtime's own lines at info, on stderr: its warning says why it lists
     with ControlPlane() as plane:
         plane.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
         lister = plane.mint_identity(
