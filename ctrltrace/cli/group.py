@@ -17,6 +17,7 @@ from ctrltrace.cli.options import EPILOG
 
 _ELSEWHERE = {
     "doctor": ("ctrltrace.doctor", "doctor_command"),
+    "manifests": ("ctrltrace.cli.manifests", "manifests_command"),
     "rbac": ("ctrltrace.rbac", "rbac_command"),
     "tui": ("ctrltrace.tui.command", "tui_command"),  # no Textual until it runs
 }
