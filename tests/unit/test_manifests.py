@@ -249,3 +249,14 @@ def test_the_command_is_listed_in_the_group() -> None:
     result = CliRunner().invoke(main, ["manifests", "--help"])
     assert result.exit_code == 0
     assert "--image" in result.output and "Exit codes:" in result.output
+
+
+def test_every_flag_the_deployment_passes_is_one_ctrltrace_run_takes(app_file: str) -> None:
+    from ctrltrace.cli.run import run
+
+    args = _container(_documents(app_file, "--image", IMAGE, "--namespace", "a"))["args"]
+    taken = {option for parameter in run.params for option in parameter.opts}
+    flags = {arg.partition("=")[0] for arg in args[1:]}
+    # The debug endpoint's flag is added to `run` on its own branch of #21, by this name.
+    assert flags - taken <= {"--debug-bind-address"}
+    assert {"--leader-elect", "--journal", "--journal-max-size", "--namespace"} <= flags
