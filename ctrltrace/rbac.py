@@ -478,14 +478,18 @@ def _comments(text: Sequence[str]) -> list[str]:
 # The YAML 1.1 words PyYAML and kubectl read as booleans or null when unquoted.
 _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
+# Outside flow collections a plain scalar may also hold "=" and a ":" that a non-space follows,
+# and start with "/" or with dashes before a letter (a paths, a flag, an image, a URL).
+_PLAIN_BLOCK = re.compile(r"(?:[A-Za-z]|/|-+[A-Za-z])(?:[A-Za-z0-9._/=-]|:(?=\S))*")
 
 
-def _scalar(value: str | int) -> str:
+def _scalar(value: str | int, *, block: bool = False) -> str:
     if isinstance(value, bool):  # before int: a bool is one
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
+    plain = (_PLAIN_BLOCK if block else _PLAIN).fullmatch(value)
+    if plain and value.lower() not in _YAML_WORDS:
         return value
     return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
 
@@ -502,7 +506,7 @@ def _block(mapping: Mapping[str, Any], indent: int, first: str = "") -> list[str
     for index, (key, value) in enumerate(mapping.items()):
         prefix = first if index == 0 and first else pad
         if isinstance(value, str | int):
-            lines.append(f"{prefix}{key}: {_scalar(value)}")
+            lines.append(f"{prefix}{key}: {_scalar(value, block=True)}")
         elif isinstance(value, Mapping):
             lines += [f"{prefix}{key}:", *_block(value, len(pad) + 2)]
         elif value and isinstance(value[0], Mapping):
@@ -512,7 +516,10 @@ def _block(mapping: Mapping[str, Any], indent: int, first: str = "") -> list[str
         elif len(line := f"{prefix}{key}: {_flow(value)}") <= _WIDTH:
             lines.append(line)
         else:
-            lines += [f"{prefix}{key}:", *(f"{pad}  - {_scalar(item)}" for item in value)]
+            lines += [
+                f"{prefix}{key}:",
+                *(f"{pad}  - {_scalar(item, block=True)}" for item in value),
+            ]
     return lines
 
 

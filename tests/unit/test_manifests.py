@@ -187,8 +187,11 @@ def test_the_yaml_stays_within_100_columns_and_says_where_it_goes(app_file: str)
     assert "# Into the namespace demo, which must exist (it is not created here)." in lines
     # The run arguments do not fit one line: one per line.
     start = lines.index("          args:")
-    assert lines[start + 1] == f"            - {json.dumps(app_file)}"  # a path: quoted
-    assert lines[start + 2] == '            - "--leader-elect"'
+    assert lines[start + 1 : start + 4] == [
+        f"            - {app_file}",
+        "            - --leader-elect",
+        "            - --metrics-bind-address=:8080",
+    ]
 
 
 def test_the_dockerfile_runs_what_the_deployment_expects() -> None:

@@ -393,13 +393,17 @@ def test_the_manager_may_review_tokens_and_the_debug_reader_role_is_left_unbound
 
 
 @pytest.mark.parametrize(
-    "tricky", ["", "*", "true", "No", "on", "null", "1.0", "0x1f", "a b", "x:y"]
-)
+    "tricky",
+    [
+        "", "*", "true", "No", "on", "null", "1.0", "0x1f", "a b", "x:y", "x:", "a: b", "a #b",
+        "-1", "-", "- a", "--x=:1", "/p", "a,b", "[a]", "{a}", "&a", "!a", "'a'", "%a", "@a",
+    ],
+)  # fmt: skip
 def test_scalars_that_yaml_would_misread_are_quoted(tricky: str) -> None:
     plan = make_plan(Manager(), [], (DeclaredWrite(Rule((tricky,), ("r",), ("get",)), "test"),))
     documents = list(yaml.safe_load_all(render_yaml(plan, tricky or "n", SUBJECT)))
-    assert documents[0]["rules"][0]["apiGroups"] == [tricky]
-    assert documents[0]["metadata"]["name"] == (tricky or "n")
+    assert documents[0]["rules"][0]["apiGroups"] == [tricky]  # in a flow list
+    assert documents[0]["metadata"]["name"] == (tricky or "n")  # a block value
 
 
 APP = """
