@@ -263,3 +263,9 @@ def test_every_flag_the_deployment_passes_is_one_ctrltrace_run_takes(app_file: s
     # The debug endpoint's flag is added to `run` on its own branch of #21, by this name.
     assert flags - taken <= {"--debug-bind-address"}
     assert {"--leader-elect", "--journal", "--journal-max-size", "--namespace"} <= flags
+
+
+def test_a_journal_size_below_one_mib_is_a_usage_error(app_file: str) -> None:
+    result = _invoke(app_file, "--image", IMAGE, "--journal-max-size", "0")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--journal-max-size" in result.stderr and not result.stdout
