@@ -226,6 +226,12 @@ def manifests_command(
     the image, so give it as the image has it (a module path, like examples.widgets:mgr).
     """
     check_image(image)
+    if args.leader_elect is False:
+        raise CommandError(
+            "manifests runs its replicas with leader election: --no-leader-elect would let "
+            "each of them reconcile",
+            ExitCode.USAGE,
+        )
     args = dataclasses.replace(args, leader_elect=True)
     granted = grant_for(args, service_account, role_name, in_pod=True)
     otel = carried_otel(otlp_endpoint, os.environ)
@@ -240,7 +246,7 @@ def manifests_command(
             "from `ctrltrace manifests`.",
             f"Into the namespace {subject.namespace}, which must exist (it is not created here).",
             f"The Deployment {granted.name} runs `ctrltrace run` in {image} as "
-            f"{subject.namespace}/{subject.name}: {replicas} replicas, one leading at a time.",
+            f"{subject.namespace}/{subject.name}, replicas: {replicas}, one leading at a time.",
             reader_hint(granted.name),
             *(
                 f"{name} comes from the environment that printed this"

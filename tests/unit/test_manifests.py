@@ -269,3 +269,10 @@ def test_a_journal_size_below_one_mib_is_a_usage_error(app_file: str) -> None:
     result = _invoke(app_file, "--image", IMAGE, "--journal-max-size", "0")
     assert result.exit_code == ExitCode.USAGE
     assert "--journal-max-size" in result.stderr and not result.stdout
+
+
+def test_no_leader_election_is_refused_as_replicas_would_each_reconcile(app_file: str) -> None:
+    result = _invoke(app_file, "--image", IMAGE, "--no-leader-elect")
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("ctrltrace: error: manifests runs its replicas with leader")
+    assert len(result.stderr.splitlines()) == 1 and not result.stdout
