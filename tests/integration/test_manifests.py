@@ -8,10 +8,15 @@ API server stored it.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
+import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -39,6 +44,38 @@ def _apply(plane: ControlPlane, document: dict[str, Any], *query: str) -> Any:
     """``kubectl apply --server-side`` of one object; strict: an unknown field is an error."""
     params = "&".join(("fieldManager=ctrltrace-test", "fieldValidation=Strict", *query))
     return plane.request("PATCH", f"{_path(document)}?{params}", document, APPLY)
+
+
+def _apply_text(plane: ControlPlane, tmp_path: Path, text: str, *query: str) -> None:
+    """``_apply`` of one YAML document as printed: the API server reads the text with the YAML
+    parser kubectl uses, not the one this test reads it with."""
+    document = yaml.safe_load(text)
+    config = json.loads(plane.kubeconfig.read_text())  # JSON: written by the control plane
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+    context = ssl.create_default_context(
+        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+    )
+    cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
+    cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+    key.write_bytes(base64.b64decode(user["client-key-data"]))
+    context.load_cert_chain(cert, key)
+    server = urlsplit(cluster["server"])
+    connection = http.client.HTTPSConnection(
+        server.hostname or "", server.port, context=context, timeout=10
+    )
+    params = "&".join(("fieldManager=ctrltrace-test", "fieldValidation=Strict", *query))
+    try:
+        connection.request(
+            "PATCH",
+            f"{_path(document)}?{params}",
+            body=text.encode(),
+            headers={"Content-Type": APPLY, "Accept": "application/json"},
+        )
+        answer = connection.getresponse()
+        reply = answer.read().decode()
+    finally:
+        connection.close()
+    assert 200 <= answer.status < 300, reply[:800]
 
 
 def _within(printed: Any, stored: Any) -> bool:
@@ -79,6 +116,7 @@ def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
     kube_namespace: str,
     widget_crd: str,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.delitem(sys.modules, "examples.widgets", raising=False)  # a fresh Manager
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
@@ -103,15 +141,18 @@ def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
         "Deployment",
     ]
 
-    for document in documents:
-        _apply(control_plane, document, "dryRun=All")
+    # Each document as printed, comments and all: what `kubectl apply -f` would send.
+    texts = result.stdout.split("\n---\n")[1:]
+    assert [yaml.safe_load(text) for text in texts] == documents
+    for text in texts:
+        _apply_text(control_plane, tmp_path, text, "dryRun=All")
     deployment = documents[-1]
     with pytest.raises(ApiError) as missing:  # a dry run stores nothing
         control_plane.request("GET", _path(deployment))
     assert missing.value.status == 404
 
-    for document in documents:
-        _apply(control_plane, document)
+    for text in texts:
+        _apply_text(control_plane, tmp_path, text)
     stored = control_plane.request("GET", _path(deployment))
     assert stored["spec"]["replicas"] == 2
     [container] = stored["spec"]["template"]["spec"]["containers"]
