@@ -3,10 +3,11 @@
 Owns the rules a manager needs (get/list/watch of each watched kind where it caches, the
 leader-election Lease in its namespace, Events, the writes the app declares, and the
 TokenReview and SubjectAccessReview its debug endpoint checks callers with), the ClusterRole
-a person needs to read that endpoint, how kinds
-become resources (discovery through ``RestMapper``, or a guessed plural when nothing answers),
-the YAML and JSON rendering, and the ``ctrltrace rbac`` command. Also owns loading an app for
-the commands that inspect one without running it (``rbac`` and ``doctor``).
+a person needs to read that endpoint, how kinds become resources (discovery through
+``RestMapper``, or a guessed plural when nothing answers), the YAML and JSON rendering (which
+``manifests`` reuses for its other objects), and the ``ctrltrace rbac`` command. Also owns
+loading an app for the commands that inspect one without running it (``rbac``, ``doctor``
+and ``manifests``).
 
 Reads the Manager and asks discovery; never starts the manager and never writes to the
 cluster. The runtime core does not import this module.
