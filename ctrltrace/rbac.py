@@ -423,7 +423,7 @@ def _manifests(plan: Plan, name: str, subject: Subject) -> list[_Manifest]:
         _Manifest(name, namespace, tuple((need.rule, need.why) for need in needs), subject)
         for namespace, needs in plan.scopes().items()
     ]
-    why = "GET /debug/ctrltrace/explain, /state and /records, which explain --from reads"
+    why = "GET on every path of the debug endpoint, which explain --from and tui --from read"
     return [*granted, _Manifest(reader_role_name(name), "", ((DEBUG_READ, why),), None)]
 
 

@@ -195,7 +195,8 @@ def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": reader}],
     }
     _apply(control_plane, binding)
-    for path in ("/debug/ctrltrace/explain", "/debug/ctrltrace/state", "/debug/ctrltrace/records"):
+    paths = ("explain", "state", "records", "evidence/watches")
+    for path in (f"/debug/ctrltrace/{path}" for path in paths):
         assert _allowed_soon(
             control_plane, reader, nonResourceAttributes={"path": path, "verb": "get"}
         )

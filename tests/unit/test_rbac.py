@@ -348,7 +348,7 @@ def test_every_rule_in_the_yaml_has_a_comment_saying_why() -> None:
         "  # declared in RBAC_WRITES",
         "  # Events about the objects it reconciles",
         "  # leader election: the Lease ops/widgets.example.com",
-        "  # GET /debug/ctrltrace/explain, /state and /records, which explain --from reads",
+        "  # GET on every path of the debug endpoint, which explain --from and tui --from read",
     ]
 
 
