@@ -38,6 +38,18 @@ def journal_option(
     )
 
 
+def journal_max_size_option() -> Callable[[FC], FC]:
+    """``--journal-max-size MIB``, passed as ``journal_max_size``: run's limit, which
+    ``manifests`` also sizes the journal's volume from."""
+    return click.option(
+        "--journal-max-size",
+        default=256,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Keep the journal under this many MiB, dropping the oldest records.",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where explain and the TUI read records from, not opened yet."""
