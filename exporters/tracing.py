@@ -5,7 +5,7 @@ Installed as ``ctrltrace.exporters.tracing``; the entry point the CLI and users 
 Owns ``configure_tracing``: tracing from ``--otlp-endpoint`` or the standard ``OTEL_*``
 variables (read by ``config``), exported over OTLP/HTTP (``otlp_http``) or gRPC through the
 counted pipeline of ``export``. The rest lives in one module per role, the public names
-re-exported here: ``attributes`` (the names spans carry), ``spans`` (the record sink, log
+re-exported here: ``spans`` (the record sink, log
 correlation and replay), ``builders`` (how the sink's spans are made and handed on),
 ``export`` (batches, queues and drop counting), ``otlp_http`` (the OTLP/HTTP exporter),
 ``config`` (the environment).

@@ -1,0 +1,253 @@
+"""Spans to records and back: explain gives the same answer from the trace backend as from the
+journal, for every object, and names the replica each record came from; Jaeger's failures are
+one-line evidence errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+from ctrltrace.evidence import EvidenceUnreachable, EvidenceUnreadable, explain_from
+from ctrltrace.evidence.traces import TraceEvidence, records_from_otlp
+from ctrltrace.exporters.export import build_tracing
+from ctrltrace.exporters.otlp_json import encode_otlp_json
+from ctrltrace.exporters.spans import replay
+from ctrltrace.journal import Journal, JournalWriter
+from ctrltrace.records import Record, Stage
+from ctrltrace.spanmodel import REPLICA, SAMPLER, SERVICE_INSTANCE_ID, SERVICE_NAME, stage_of
+from ctrltrace.testing import RunStory
+
+# What cannot survive spans: record ids (a write's event_id is one), times below the µs.
+_NOT_CARRIED = frozenset({REPLICA, "event_id"})
+
+
+def _otlp(records: Sequence[Record], **resource: str) -> dict[str, Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource({SERVICE_NAME: "shop-controller", **resource}),
+        sampler=ALWAYS_ON,
+        shutdown_on_exit=False,
+    )
+    replay(records, provider, processor=SimpleSpanProcessor(exporter))
+    return encode_otlp_json(exporter.get_finished_spans())
+
+
+def _jaeger(*documents: Mapping[str, Any]) -> Callable[[str, Mapping[str, str]], Any]:
+    """Jaeger's API v3 answering from OTLP documents: one service, one trace per span name."""
+    spans = [
+        (resource, scope, span)
+        for document in documents
+        for resource in document["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]
+
+    def fetch(path: str, params: Mapping[str, str]) -> Any:
+        if path == "/api/v3/services":
+            return {"services": ["shop-controller"]}
+        if path == "/api/v3/operations":
+            return {
+                "operations": [{"name": name} for name in sorted({s["name"] for *_, s in spans})]
+            }
+        found = [
+            {
+                "resource": resource["resource"],
+                "scopeSpans": [{"scope": scope["scope"], "spans": [span]}],
+            }
+            for resource, scope, span in spans
+            if span["name"] == params["query.operation_name"]
+        ]
+        return {"result": {"resourceSpans": found}} if found else None
+
+    return fetch
+
+
+def _story() -> RunStory:
+    """Every kind of chain: success, a failure retried, a requeue, a predicate and a mapping
+    that said no, a child mapped to its owner, the controller's own write coming back, a
+    Kubernetes Event, a lease."""
+    story = RunStory()
+    story.lease("acquired", "pod-a")
+    story.reconciled(story.event("web"))
+    start = story.start(story.dispatch(story.event("web", "MODIFIED")))
+    write = story.write(start)
+    failed = story.end(start, "error", "ApiError: 409 Conflict", api_status=409)
+    retry = story.start(story.requeue(failed))
+    story.end(retry, "requeue_after")
+    own = story.end(story.start(story.dispatch(story.event("web", owned_write=write))))
+    story.record(
+        Stage.KUBE_EVENT,
+        "created",
+        reason="Normal Synced: shop/web is in sync",
+        controller="configmap",
+        object=write.object,
+        request="shop/web",
+        reconcile_id=own.reconcile_id,
+        attrs={"type": "Normal"},
+    )
+    story.dispatch(story.event("db"), "dropped_by_predicate", predicate="GenerationChanged")
+    story.dispatch(story.event("cache"), "not_mapped", unmapped="no_owner")
+    child = story.event("web-pod", kind="Pod")
+    owner = story.start(story.dispatch(child, request="shop/web-owner"))
+    story.end(owner)
+    story.start(story.dispatch(story.event("slow")))  # never ends: the span closes unfinished
+    return story
+
+
+def _journal(tmp_path: Path, records: Sequence[Record]) -> Path:
+    path = tmp_path / "journal.sqlite"
+    with JournalWriter(path) as writer:
+        for record in records:
+            writer(record)
+        assert writer.flush()
+    return path
+
+
+def _comparable(answer: Any) -> Any:
+    if isinstance(answer, float):
+        return round(answer, 6)
+    if isinstance(answer, dict):
+        return {k: _comparable(v) for k, v in answer.items() if k not in _NOT_CARRIED}
+    if isinstance(answer, list):
+        return [_comparable(item) for item in answer]
+    return answer
+
+
+def _explained(evidence: Any, name: str, now: float) -> Any:
+    explanation = explain_from(evidence, namespace="shop", name=name, now=now, timeline_limit=0)
+    return explanation.to_json()
+
+
+@pytest.mark.parametrize("name", ["web", "db", "cache", "web-pod", "web-owner", "slow", "none"])
+def test_explain_from_traces_is_explain_from_the_journal(tmp_path: Path, name: str) -> None:
+    story = _story()
+    now = story.time + 1.0
+    with Journal(_journal(tmp_path, story.records)) as journal:
+        expected = _explained(journal, name, now)
+    with TraceEvidence(
+        "http://jaeger", fetch=_jaeger(_otlp(story.records)), now=lambda: now
+    ) as traced:
+        found = _explained(traced, name, now)
+    # An unfinished reconcile's span ends when the run does: its start is there, its end is not.
+    assert _comparable(found) == _comparable(expected)
+    assert found["verdict"]["code"] == expected["verdict"]["code"]
+
+
+def test_every_record_comes_back_with_its_replica() -> None:
+    story = _story()
+    document = _otlp(story.records, **{"k8s.pod.name": "shop-7d9-abc", SERVICE_INSTANCE_ID: "u1"})
+    rebuilt = records_from_otlp([document])
+    # Each record once; the reconcile of "slow" never ended, so it has no end record here either.
+    assert sorted((r.stage, r.outcome) for r in rebuilt) == sorted(
+        (r.stage, r.outcome) for r in story.records
+    )
+    assert {r.attrs[REPLICA] for r in rebuilt} == {"shop-7d9-abc"}
+    for original, back in zip(story.records, rebuilt, strict=True):
+        assert math.isclose(original.time, back.time, abs_tol=1e-6)
+        assert (original.stage, original.object, original.request, original.reason) == (
+            back.stage,
+            back.object,
+            back.request,
+            back.reason,
+        )
+        assert {k: v for k, v in back.attrs.items() if k not in _NOT_CARRIED} == {
+            k: v for k, v in original.attrs.items() if k not in _NOT_CARRIED
+        }
+
+
+def test_lifecycle_and_informer_health_are_spans() -> None:
+    story = RunStory()
+    story.watch("forbidden", "watch configmaps is forbidden", status=403, resource="configmaps")
+    story.controller("cache_not_synced", "timed out waiting for caches")
+    names = {
+        span["name"]
+        for resource in _otlp(story.records)["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    }
+    assert {stage_of(name) for name in names} == {Stage.WATCH, Stage.CONTROLLER}
+    assert "watch ConfigMap" in names
+
+
+def test_a_sampled_replica_makes_missing_evidence_a_warning() -> None:
+    story = RunStory()
+    now = story.time + 1.0
+    document = _otlp(story.records, **{SAMPLER: "parentbased_traceidratio:0.1"})
+    with TraceEvidence("http://jaeger", fetch=_jaeger(document), now=lambda: now) as traced:
+        answer = _explained(traced, "web", now)
+    assert answer["verdict"]["code"] == "no_events"
+    warnings = answer["verdict"]["warnings"]
+    assert [w["code"] for w in warnings] == ["journal_gap"]
+    assert "parentbased_traceidratio:0.1" in warnings[0]["message"]
+
+
+def test_no_spans_in_the_window_names_the_window_and_services() -> None:
+    def empty(path: str, params: Mapping[str, str]) -> Any:
+        return {"services": ["a", "b"]} if path.endswith("services") else {"operations": []}
+
+    with pytest.raises(
+        EvidenceUnreadable, match=r"no ctrltrace spans in http://j between .* \(services: a, b\)"
+    ):
+        TraceEvidence("http://j", fetch=empty).lease_records()
+
+
+def test_a_reply_that_is_not_jaeger_is_unreadable() -> None:
+    with pytest.raises(EvidenceUnreadable, match="query API v3"):
+        TraceEvidence("http://j", fetch=lambda path, params: {"hello": "world"}).lease_records()
+
+
+def test_nobody_listening_is_unreachable() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        with pytest.raises(
+            EvidenceUnreachable, match=f"cannot reach Jaeger at http://127.0.0.1:{port}"
+        ):
+            TraceEvidence(f"http://127.0.0.1:{port}", timeout_s=2).lease_records()
+
+
+def test_tail_follows_new_spans_with_a_growing_cursor() -> None:
+    story = _story()
+    first, later = story.records[:8], story.records[8:]
+    documents = [_otlp(first)]
+    now = story.time + 1.0
+
+    def fetch(path: str, params: Mapping[str, str]) -> Any:
+        return _jaeger(*documents)(path, params)
+
+    with TraceEvidence("http://jaeger", fetch=fetch, now=lambda: now) as traced:
+        seen = traced.tail(0)
+        assert [cursor for cursor, _ in seen] == sorted(cursor for cursor, _ in seen)
+        documents.append(_otlp(later))
+        more = traced.tail(seen[-1][0])
+    assert more and all(cursor > seen[-1][0] for cursor, _ in more)
+    assert {r.stage for _, r in more} >= {Stage.EVENT, Stage.DISPATCH}
+
+
+def test_every_process_names_itself_and_its_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    built = [build_tracing(InMemorySpanExporter()) for _ in range(2)]
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", f"{SERVICE_INSTANCE_ID}=pod-uid-1")
+    built.append(build_tracing(InMemorySpanExporter()))
+    try:
+        resources = [provider.resource.attributes for provider, _, _ in built]
+        assert {r[SAMPLER] for r in resources} == {"parentbased_traceidratio:0.25"}
+        first, second, given = (r[SERVICE_INSTANCE_ID] for r in resources)
+        # One per process (the SDK's), unless the environment names it (a pod's uid).
+        assert first == second != given == "pod-uid-1"
+    finally:
+        for _, _, counter in built:
+            counter.shutdown()
