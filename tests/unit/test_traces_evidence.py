@@ -4,18 +4,26 @@ one-line evidence errors."""
 
 from __future__ import annotations
 
+import datetime
+import http.server
+import json
 import math
+import socket
+import threading
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
+from click.testing import CliRunner
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+from ctrltrace.cli import ExitCode, main
 from ctrltrace.evidence import EvidenceUnreachable, EvidenceUnreadable, explain_from
 from ctrltrace.evidence.traces import TraceEvidence, records_from_otlp
 from ctrltrace.exporters.export import build_tracing
@@ -206,8 +214,6 @@ def test_a_reply_that_is_not_jaeger_is_unreadable() -> None:
 
 
 def test_nobody_listening_is_unreachable() -> None:
-    import socket
-
     with socket.socket() as probe:  # a port nobody listens on: bound, never listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -251,3 +257,78 @@ def test_every_process_names_itself_and_its_sampler(monkeypatch: pytest.MonkeyPa
     finally:
         for _, _, counter in built:
             counter.shutdown()
+
+
+class _FakeJaeger(http.server.ThreadingHTTPServer):
+    """Jaeger's API v3 on loopback, answering from OTLP documents (or with ``body``)."""
+
+    def __init__(self, *documents: Mapping[str, Any], body: bytes | None = None) -> None:
+        answer = _jaeger(*documents)
+        fixed = body
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                params = dict(urllib.parse.parse_qsl(url.query))
+                found = answer(url.path, params) if fixed is None else None
+                reply = fixed if fixed is not None else json.dumps(found).encode()
+                self.send_response(404 if found is None and fixed is None else 200)
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def test_explain_traces_prints_the_replica_of_each_line_and_the_verdict() -> None:
+    story = _story()
+    replica = {"k8s.pod.name": "shop-7d9-abc"}
+    since = datetime.datetime.fromtimestamp(story.records[0].time - 1).isoformat()
+    with _FakeJaeger(_otlp(story.records, **replica)) as jaeger:
+        text = CliRunner().invoke(
+            main, ["explain", "shop/web", "--traces", jaeger.url, "--since", since]
+        )
+        answer = CliRunner().invoke(
+            main, ["explain", "shop/web", "--traces", jaeger.url, "--since", since, "--json"]
+        )
+    assert text.exit_code == 0, text.output
+    header = next(line for line in text.output.splitlines() if line.startswith("time"))
+    assert header.split() == ["time", "stage", "replica", "controller", "what", "happened"]
+    assert "shop-7d9-abc" in text.output and "✓ reconciled" in text.output
+    explained = json.loads(answer.output)
+    assert {entry["details"]["replica"] for entry in explained["timeline"]} == {"shop-7d9-abc"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (b"<html>not jaeger</html>", ExitCode.JOURNAL, "did not answer JSON"),
+        (b'{"services": []}', ExitCode.JOURNAL, "no ctrltrace spans in"),
+    ],
+)
+def test_explain_traces_fails_in_one_line(body: bytes, code: ExitCode, message: str) -> None:
+    with _FakeJaeger(body=body) as jaeger:
+        result = CliRunner().invoke(main, ["explain", "shop/web", "--traces", jaeger.url])
+    assert result.exit_code == code
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_explain_traces_nobody_listening_exits_8() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        result = CliRunner().invoke(main, ["explain", "shop/web", "--traces", url])
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert f"cannot reach Jaeger at {url}" in result.output
