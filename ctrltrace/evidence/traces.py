@@ -416,9 +416,10 @@ class TraceEvidence:
     """Records rebuilt from the spans in a Jaeger query service: an ``Evidence``.
 
     Spans are read on the first query, from ``since`` (the first query's, else
-    ``DEFAULT_WINDOW`` back) until now, for every service (or ``services``) and every span
-    name of ctrltrace's; ``tail`` reads again, for what has arrived since. ``fetch`` replaces
-    the HTTP client (tests).
+    ``DEFAULT_WINDOW`` back) until now, for every service and every span name of ctrltrace's;
+    ``tail`` reads again, for what has arrived since. ``?service=NAME`` on the URL (repeated,
+    or ``services``) reads only those services: the controller's, where one Jaeger holds
+    several controllers whose health must not mix. ``fetch`` replaces the HTTP client (tests).
     """
 
     def __init__(
@@ -430,8 +431,10 @@ class TraceEvidence:
         now: Callable[[], float] = time.time,
         fetch: Fetch | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self._services = tuple(services)
+        parts = urllib.parse.urlsplit(url)
+        asked = [value for key, value in urllib.parse.parse_qsl(parts.query) if key == "service"]
+        self.url = urllib.parse.urlunsplit(parts._replace(query="", fragment="")).rstrip("/")
+        self._services = (*services, *asked)
         self._timeout_s = timeout_s
         self._now = now
         self._fetch = fetch or self._get

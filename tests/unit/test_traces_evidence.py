@@ -332,3 +332,20 @@ def test_explain_traces_nobody_listening_exits_8() -> None:
         result = CliRunner().invoke(main, ["explain", "shop/web", "--traces", url])
     assert result.exit_code == ExitCode.UNREACHABLE
     assert f"cannot reach Jaeger at {url}" in result.output
+
+
+def test_service_on_the_url_reads_that_service_alone() -> None:
+    asked: list[tuple[str, dict[str, str]]] = []
+    answer = _jaeger(_otlp(RunStory().records))
+
+    def fetch(path: str, params: Mapping[str, str]) -> Any:
+        asked.append((path, dict(params)))
+        return answer(path, params)
+
+    with TraceEvidence("http://j:16686/?service=shop-controller", fetch=fetch) as traced:
+        assert traced.url == "http://j:16686"
+        assert traced.lease_records() == []
+    assert "/api/v3/services" not in {path for path, _ in asked}
+    assert {params.get("service") or params["query.service_name"] for _, params in asked} == {
+        "shop-controller"
+    }

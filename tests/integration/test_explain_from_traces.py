@@ -1,0 +1,169 @@
+"""`explain --traces`: two replicas with leader election export to one real Jaeger; the leader
+is killed mid-run; the answer from the traces is the survivor's, and names both replicas."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ctrltrace.envtest import ControlPlane
+from ctrltrace.envtest.observability import Jaeger
+from ctrltrace.journal import Journal, JournalError
+from ctrltrace.records import Record, Stage
+
+APP = """
+import ctrltrace as ct
+
+mgr = ct.Manager(
+    health_probe_bind_address="0", metrics_bind_address="0", leader_election=True,
+    leader_election_id="traces.example.com",
+    lease_timing=ct.LeaseTiming(lease_duration=3, renew_deadline=2, retry_period=0.5),
+)
+
+async def reconcile(ctx, request):
+    return None
+
+mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+"""
+
+
+def _records(journal: Path) -> list[Record]:
+    with contextlib.suppress(JournalError), Journal(journal) as reader:  # not there yet
+        return reader.window(0, time.time() + 60)
+    return []
+
+
+def _until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {within}s for {what}"
+        time.sleep(0.2)
+
+
+def _reconciled(journal: Path, request: str, count: int = 1) -> Callable[[], bool]:
+    def done() -> bool:
+        ended = [
+            r for r in _records(journal) if r.stage is Stage.RECONCILE and r.request == request
+        ]
+        return len(ended) >= count
+
+    return done
+
+
+def _explain(*args: str) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "ctrltrace", "explain", *args, "--json", "--limit", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def _replica(
+    name: str, tmp_path: Path, plane: ControlPlane, namespace: str, jaeger: Jaeger, service: str
+) -> Iterator[subprocess.Popen[str]]:
+    env = {
+        **os.environ,
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.pod.name={name},service.instance.id=uid-{name}",
+    }
+    command = [
+        sys.executable, "-m", "ctrltrace", "run", "tracedapp:mgr",
+        "--kubeconfig", str(plane.kubeconfig), "--namespace", namespace,
+        "--otlp-endpoint", jaeger.otlp_http_endpoint,
+        "--journal", str(tmp_path / f"{name}.sqlite"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _spans_of(jaeger: Jaeger, service: str, pod: str, request: str) -> Callable[[], bool]:
+    def there() -> bool:
+        from datetime import UTC, datetime, timedelta
+
+        now = datetime.now(UTC)
+        spans = jaeger.find_traces(service, now - timedelta(minutes=10), now, limit=1000)
+        return any(
+            s.resource.get("k8s.pod.name") == pod
+            and s.name.startswith("reconcile")
+            and s.attributes.get("ctrltrace.request") == request
+            for s in spans
+        )
+
+    return there
+
+
+def test_explain_from_traces_spans_a_takeover(
+    control_plane: ControlPlane, kube_namespace: str, jaeger: Jaeger, tmp_path: Path
+) -> None:
+    (tmp_path / "tracedapp.py").write_text(APP)
+    service = f"ctrltrace-takeover-{kube_namespace}"
+    configmaps = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+    request = f"{kube_namespace}/subject"
+    control_plane.request("POST", configmaps, {"metadata": {"name": "subject"}})
+    a_journal, b_journal = tmp_path / "replica-a.sqlite", tmp_path / "replica-b.sqlite"
+    args = (tmp_path, control_plane, kube_namespace, jaeger, service)
+    with _replica("replica-a", *args) as leader:
+        _until(_reconciled(a_journal, request), "replica-a to reconcile the subject")
+        with _replica("replica-b", *args) as survivor:
+
+            def standby() -> bool:
+                return any(
+                    r.stage is Stage.LEASE and r.outcome == "standby" for r in _records(b_journal)
+                )
+
+            _until(standby, "replica-b to stand by")
+            # The leader's spans must be in Jaeger before it dies: a killed process exports
+            # nothing more.
+            _until(_spans_of(jaeger, service, "replica-a", request), "replica-a's spans")
+            leader.send_signal(signal.SIGKILL)
+            leader.wait()
+            _until(_reconciled(b_journal, request), "replica-b to take over", within=45)
+            control_plane.request(
+                "PATCH",
+                f"{configmaps}/subject",
+                {"data": {"changed": "after the takeover"}},
+                content_type="application/merge-patch+json",
+            )
+            _until(_reconciled(b_journal, request, 2), "replica-b to reconcile the change")
+            survivor.send_signal(signal.SIGINT)
+            assert survivor.wait(timeout=30) == 0
+    _until(_spans_of(jaeger, service, "replica-b", request), "replica-b's spans")
+
+    journal_code, from_journal = _explain(request, "--journal", str(b_journal))
+    traces_code, from_traces = _explain(
+        request, "--traces", f"{jaeger.query_url}?service={service}", "--since", "10m"
+    )
+    assert traces_code == journal_code == 0
+    assert from_traces["verdict"]["code"] == from_journal["verdict"]["code"] == "reconciled"
+    assert from_traces["verdict"]["warnings"] == from_journal["verdict"]["warnings"] == []
+    replicas = {entry["details"].get("replica") for entry in from_traces["timeline"]}
+    assert replicas == {"replica-a", "replica-b"}
+    # The events the survivor saw are the journal's, line for line.
+    survivor_events = [
+        (e["outcome"], e["details"]["resource_version"])
+        for e in from_traces["timeline"]
+        if e["stage"] == "event" and e["details"]["replica"] == "replica-b"
+    ]
+    assert survivor_events == [
+        (e["outcome"], e["details"]["resource_version"])
+        for e in from_journal["timeline"]
+        if e["stage"] == "event"
+    ]
