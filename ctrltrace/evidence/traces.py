@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import math
 import time
 import urllib.error
 import urllib.parse
@@ -417,7 +418,8 @@ class TraceEvidence:
 
     Spans are read on the first query, from ``since`` (the first query's, else
     ``DEFAULT_WINDOW`` back) until now, for every service and every span name of ctrltrace's;
-    ``tail`` reads again, for what has arrived since. ``?service=NAME`` on the URL (repeated,
+    ``tail`` reads again, for what has arrived since (at most every ``refresh_s`` on the
+    ``monotonic`` clock). ``?service=NAME`` on the URL (repeated,
     or ``services``) reads only those services: the controller's, where one Jaeger holds
     several controllers whose health must not mix. ``fetch`` replaces the HTTP client (tests).
     """
@@ -429,6 +431,8 @@ class TraceEvidence:
         services: Sequence[str] = (),
         timeout_s: float = 10.0,
         now: Callable[[], float] = time.time,
+        refresh_s: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
         fetch: Fetch | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -437,6 +441,9 @@ class TraceEvidence:
         self._services = (*services, *asked)
         self._timeout_s = timeout_s
         self._now = now
+        self._refresh_s = refresh_s
+        self._monotonic = monotonic
+        self._refreshed = -math.inf
         self._fetch = fetch or self._get
         self._spans: dict[str, Mapping[str, Any]] = {}
         self._read_from: float | None = None
@@ -471,9 +478,15 @@ class TraceEvidence:
         return [record for record in self._loaded(t0) if t0 <= record.time <= t1]
 
     def tail(self, after: int = 0, limit: int = 1_000) -> list[tuple[int, Record]]:
-        """Records after cursor ``after`` (µs since the epoch), reading new spans first."""
-        if self._records is not None:
+        """Records after cursor ``after`` (µs since the epoch). Once those read are all
+        taken, Jaeger is asked again for new spans, at most every ``refresh_s``."""
+        newer = self._after(after, limit)
+        if not newer and self._monotonic() - self._refreshed >= self._refresh_s:
             self._read(max(self._read_until - _FOLLOW_OVERLAP, self._read_from or 0.0))
+            newer = self._after(after, limit)
+        return newer
+
+    def _after(self, after: int, limit: int) -> list[tuple[int, Record]]:
         newer = [(_cursor(r), r) for r in self._loaded(None) if _cursor(r) > after]
         if len(newer) > limit:  # never cut between records of one cursor
             last = newer[limit - 1][0]
@@ -529,6 +542,7 @@ class TraceEvidence:
         for document in documents:  # a span seen again (a longer trace now) replaces itself
             self._spans.update(_keyed(document))
         self._read_until = until
+        self._refreshed = self._monotonic()
         rebuild = _Rebuild(_spans({"resourceSpans": list(self._spans.values())}))
         records = rebuild.records()
         if not records:

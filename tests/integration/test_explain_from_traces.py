@@ -4,6 +4,7 @@ is killed mid-run; the answer from the traces is the survivor's, and names both 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -16,8 +17,25 @@ from typing import Any
 
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.envtest.observability import Jaeger
-from ctrltrace.journal import Journal, JournalError
+from ctrltrace.evidence.traces import TraceEvidence
+from ctrltrace.journal import Journal, JournalError, JournalWriter
 from ctrltrace.records import Record, Stage
+from ctrltrace.tui.app import TraceApp
+from ctrltrace.tui.feed import EvidenceFeed
+
+from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
+    app_on,
+    run,
+    screen_text,
+    settled,
+    utc,
+)
+from .test_tui_real import (  # noqa: F401  # fixtures, used by being imported
+    SIZE,
+    RecordedRun,
+    fixed_journal,
+    recorded_run,
+)
 
 APP = """
 import ctrltrace as ct
@@ -167,3 +185,56 @@ def test_explain_from_traces_spans_a_takeover(
         for e in from_journal["timeline"]
         if e["stage"] == "event"
     ]
+
+
+def _export(records: list[Record], journal: Path, jaeger: Jaeger, service: str) -> None:
+    """The spans of ``records`` into Jaeger, as `ctrltrace export` sends a journal's."""
+    with JournalWriter(journal) as writer:
+        for record in records:
+            writer(record)
+    sent = subprocess.run(
+        [sys.executable, "-m", "ctrltrace", "export", "--journal", str(journal),
+         "--otlp-endpoint", jaeger.otlp_http_endpoint],
+        env={**os.environ, "OTEL_SERVICE_NAME": service}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
+def _screen(app: TraceApp) -> list[str]:
+    """The screen without its status line, which names the source."""
+    return [line for line in screen_text(app).splitlines() if "records" not in line]
+
+
+def test_tui_traces_replays_and_follows_as_the_journal_does(
+    recorded_run: RecordedRun,  # noqa: F811
+    fixed_journal: tuple[Path, list[Record]],  # noqa: F811
+    jaeger: Jaeger,
+    tmp_path: Path,
+) -> None:
+    path, records = fixed_journal
+    service = f"ctrltrace-tui-{recorded_run.namespace}"
+    # Up to the step that fails terminally now, the rest while the view follows (no chain of
+    # the run crosses a step).
+    cut = recorded_run.steps[5]
+    _export(records[:cut], tmp_path / "first.sqlite", jaeger, service)
+    now = records[-1].time + 60  # the default window, an hour back from now, holds the run
+    opener = functools.partial(
+        TraceEvidence, f"{jaeger.query_url}?service={service}", now=lambda: now, refresh_s=0.2
+    )
+
+    async def scenario() -> None:
+        with_journal = app_on(path, now)
+        async with with_journal.run_test(size=SIZE) as pilot:
+            await settled(pilot, len(records))
+            expected = _screen(with_journal)
+        app = app_on(path, now, EvidenceFeed(opener, label="traces", poll_s=0.05))
+        async with app.run_test(size=SIZE) as pilot:
+            await settled(pilot, cut)
+            assert "✗ widget: terminal error, no retry" not in screen_text(app)
+            _export(records[cut:], tmp_path / "rest.sqlite", jaeger, service)
+            await settled(pilot, len(records), within=30)
+            assert _screen(app) == expected
+            assert "✗ widget: terminal error, no retry" in screen_text(app)
+
+    run(scenario)

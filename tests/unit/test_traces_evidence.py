@@ -232,10 +232,16 @@ def test_tail_follows_new_spans_with_a_growing_cursor() -> None:
     def fetch(path: str, params: Mapping[str, str]) -> Any:
         return _jaeger(*documents)(path, params)
 
-    with TraceEvidence("http://jaeger", fetch=fetch, now=lambda: now) as traced:
+    clock = [0.0]
+    with TraceEvidence(
+        "http://jaeger", fetch=fetch, now=lambda: now, monotonic=lambda: clock[0]
+    ) as traced:
         seen = traced.tail(0)
         assert [cursor for cursor, _ in seen] == sorted(cursor for cursor, _ in seen)
         documents.append(_otlp(later))
+        clock[0] += 1.9
+        assert traced.tail(seen[-1][0]) == []  # Jaeger is asked again every 2 s, not sooner
+        clock[0] += 0.1
         more = traced.tail(seen[-1][0])
     assert more and all(cursor > seen[-1][0] for cursor, _ in more)
     assert {r.stage for _, r in more} >= {Stage.EVENT, Stage.DISPATCH}
