@@ -23,6 +23,7 @@ from ctrltrace.records import Record, Stage
 from ctrltrace.tui.app import TraceApp
 from ctrltrace.tui.feed import EvidenceFeed
 
+from ..unit.test_traces_evidence import _comparable, _explained, _jaeger, _otlp
 from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
     app_on,
     run,
@@ -238,3 +239,24 @@ def test_tui_traces_replays_and_follows_as_the_journal_does(
             assert "✗ widget: terminal error, no retry" in screen_text(app)
 
     run(scenario)
+
+
+def test_a_real_runs_records_through_spans_explain_the_same(
+    recorded_run: RecordedRun,  # noqa: F811
+) -> None:
+    with Journal(recorded_run.journal) as journal:
+        records = [record for _, record in journal.tail(0, 100_000)]
+        now = records[-1].time + 1
+        objects = {(r.object.namespace, r.object.name) for r in records if r.object is not None}
+        keys = {r.request.partition("/") for r in records if "/" in r.request}
+        objects |= {(namespace, name) for namespace, _, name in keys}
+        expected = {n: _explained(journal, n[1], now, n[0]) for n in sorted(objects)}
+    fetch = _jaeger(_otlp(records))
+    with TraceEvidence("http://jaeger", fetch=fetch, now=lambda: now) as traced:
+        found = {n: _explained(traced, n[1], now, n[0]) for n in sorted(objects)}
+    assert len(found) >= 6
+    codes = {answer["verdict"]["code"] for answer in found.values()}
+    assert {"reconciled", "not_mapped", "terminal_error", "requeue_scheduled"} <= codes
+    assert {n: _comparable(a) for n, a in found.items()} == {
+        n: _comparable(a) for n, a in expected.items()
+    }

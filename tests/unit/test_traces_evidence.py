@@ -130,8 +130,8 @@ def _comparable(answer: Any) -> Any:
     return answer
 
 
-def _explained(evidence: Any, name: str, now: float) -> Any:
-    explanation = explain_from(evidence, namespace="shop", name=name, now=now, timeline_limit=0)
+def _explained(evidence: Any, name: str, now: float, namespace: str = "shop") -> Any:
+    explanation = explain_from(evidence, namespace=namespace, name=name, now=now, timeline_limit=0)
     return explanation.to_json()
 
 
