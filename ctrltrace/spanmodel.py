@@ -108,23 +108,26 @@ def stage_of(name: str) -> Stage | None:
         return None
 
 
-# -- outcomes spans depend on, checked against the record vocabulary ----------------------------
+# -- outcomes the exporters match on, checked against the record vocabulary ---------------------
 
 
-def _outcomes(stage: Stage, *outcomes: str) -> frozenset[str]:
+def known_outcomes(stage: Stage, *outcomes: str) -> frozenset[str]:
+    """``outcomes`` of ``stage``, each checked against the record vocabulary at import: a
+    consumer's set that names an outcome no producer records fails loudly, not by never
+    matching."""
     unknown = set(outcomes) - OUTCOMES[stage]
     if unknown:  # a typo here would silently never match
         raise ValueError(f"{stage} records no outcome {sorted(unknown)}")
     return frozenset(outcomes)
 
 
-ENQUEUED = _outcomes(Stage.DISPATCH, "queued", "deduplicated", "requeued_after_processing")
+ENQUEUED = known_outcomes(Stage.DISPATCH, "queued", "deduplicated", "requeued_after_processing")
 """Dispatch outcomes that put the request in the queue: only these can cause a reconcile."""
-REQUEUED = _outcomes(Stage.RECONCILE, "error", "requeue", "requeue_after")
+REQUEUED = known_outcomes(Stage.RECONCILE, "error", "requeue", "requeue_after")
 """Reconcile outcomes the controller follows with a REQUEUE record."""
-FAILED = _outcomes(Stage.RECONCILE, "error", "terminal_error")
-WATCH_FAILURES = _outcomes(Stage.WATCH, "forbidden", "kind_not_found", "error", "disconnected")
-LEASE_ERRORS = _outcomes(Stage.LEASE, "lost", "error")
+FAILED = known_outcomes(Stage.RECONCILE, "error", "terminal_error")
+WATCH_FAILURES = known_outcomes(Stage.WATCH, "forbidden", "kind_not_found", "error", "disconnected")
+LEASE_ERRORS = known_outcomes(Stage.LEASE, "lost", "error")
 
 # -- record attrs ------------------------------------------------------------------------------
 

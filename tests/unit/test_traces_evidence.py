@@ -31,7 +31,14 @@ from ctrltrace.exporters.otlp_json import encode_otlp_json
 from ctrltrace.exporters.spans import replay
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import Record, Stage
-from ctrltrace.spanmodel import REPLICA, SAMPLER, SERVICE_INSTANCE_ID, SERVICE_NAME, stage_of
+from ctrltrace.spanmodel import (
+    REPLICA,
+    SAMPLER,
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    known_outcomes,
+    stage_of,
+)
 from ctrltrace.testing import RunStory
 
 # What cannot survive spans: record ids (a write's event_id is one), times below the µs.
@@ -355,3 +362,9 @@ def test_service_on_the_url_reads_that_service_alone() -> None:
     assert {params.get("service") or params["query.service_name"] for _, params in asked} == {
         "shop-controller"
     }
+
+
+def test_an_outcome_set_naming_what_no_producer_records_fails_at_import() -> None:
+    assert known_outcomes(Stage.DISPATCH, "queued") == {"queued"}
+    with pytest.raises(ValueError, match=r"dispatch records no outcome \['enqueued'\]"):
+        known_outcomes(Stage.DISPATCH, "queued", "enqueued")
