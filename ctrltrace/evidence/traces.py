@@ -6,7 +6,7 @@ that exported there; rebuilding records from the spans as ``ctrltrace.spanmodel`
 (``records_from_otlp``); and answering the ``Evidence`` queries from those records, so that
 explain decides with the same procedure as on a journal. Each rebuilt record names the replica
 it came from in ``attrs["replica"]`` (the resource's ``k8s.pod.name``, else its
-``service.instance.id``, else its ``service.name``).
+``service.instance.id``, a UUID's first 8 digits, else its ``service.name``).
 
 What does not survive the trip: record ids (rebuilt ones are numbered here; causes follow the
 spans' parents and links), times below the nanosecond, a reconcile still running (its span is
@@ -25,6 +25,7 @@ import datetime
 import itertools
 import json
 import math
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -70,6 +71,7 @@ __all__ = ["DEFAULT_WINDOW", "TraceEvidence", "records_from_otlp"]
 DEFAULT_WINDOW = 3600.0
 """Seconds of spans read when no ``since`` is asked for."""
 _NUM_TRACES = 1_000  # per service and span name: Jaeger's memory store needs it <= max_traces
+_UUID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", re.IGNORECASE)
 _FOLLOW_OVERLAP = 300.0  # a refresh reads again this far back: spans arrive when they end
 # Records of one time in the order a run emits them (a fake clock gives many ties).
 _RANK = {
@@ -107,11 +109,7 @@ def _spans(document: Mapping[str, Any]) -> Iterator[_Span]:
     """ctrltrace's spans in an OTLP-JSON ``ExportTraceServiceRequest`` (or Jaeger's answer)."""
     for resource_spans in document.get("resourceSpans") or ():
         resource = _attributes(resource_spans.get("resource", {}).get("attributes"))
-        replica = str(
-            resource.get(K8S_POD_NAME)
-            or resource.get(SERVICE_INSTANCE_ID)
-            or resource.get(SERVICE_NAME, "")
-        )
+        replica = _replica(resource)
         sampler = str(resource.get(SAMPLER, ""))
         for scope_spans in resource_spans.get("scopeSpans") or ():
             if (scope_spans.get("scope") or {}).get("name") != SCOPE_NAME:
@@ -147,6 +145,15 @@ def _spans(document: Mapping[str, Any]) -> Iterator[_Span]:
                     replica,
                     sampler,
                 )
+
+
+def _replica(resource: Mapping[str, AttrValue]) -> str:
+    """The pod, else the process (a UUID shortened as git shortens hashes), else the service."""
+    pod = str(resource.get(K8S_POD_NAME, ""))
+    instance = str(resource.get(SERVICE_INSTANCE_ID, ""))
+    if pod or not instance:
+        return pod or str(resource.get(SERVICE_NAME, ""))
+    return instance[:8] if _UUID.fullmatch(instance) else instance
 
 
 def _attributes(pairs: Iterable[Mapping[str, Any]] | None) -> dict[str, AttrValue]:

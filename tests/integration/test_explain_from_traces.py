@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from ctrltrace.journal import Journal, JournalError, JournalWriter
 from ctrltrace.records import Record, Stage
 from ctrltrace.tui.app import TraceApp
 from ctrltrace.tui.feed import EvidenceFeed
+from ctrltrace.tui.table import LiveTable
 
 from ..unit.test_traces_evidence import _comparable, _explained, _jaeger, _otlp
 from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
@@ -237,6 +239,19 @@ def test_tui_traces_replays_and_follows_as_the_journal_does(
             await settled(pilot, len(records), within=30)
             assert _screen(app) == expected
             assert "✗ widget: terminal error, no retry" in screen_text(app)
+            # Enter explains the object from the traces too, naming the replica of each line.
+            events = app.query_one("#events", LiveTable)
+            row = next(r for r in app.live.events.values() if r.name == "b")
+            events.move_to(list(events.keys).index(row.key))
+            await pilot.press("enter")
+            deadline = time.monotonic() + 10
+            while "fix:" not in screen_text(app):
+                assert time.monotonic() < deadline, screen_text(app)
+                await pilot.pause(0.05)
+            text = screen_text(app)
+            assert "✓ reconciled  Reconcile of demo/b in widget succeeded after 2 runs" in text
+            # `ctrltrace export` names no pod: the replica is its process, the SDK's UUID.
+            assert re.search(r"▶ start +[0-9a-f]{8} +widget", text), text
 
     run(scenario)
 

@@ -166,6 +166,14 @@ def test_every_record_comes_back_with_its_replica() -> None:
         (r.stage, r.outcome) for r in story.records
     )
     assert {r.attrs[REPLICA] for r in rebuilt} == {"shop-7d9-abc"}
+    uuid = "362f64b1-34c1-4907-ba85-574221773200"
+    for resource, replica in (
+        ({SERVICE_INSTANCE_ID: uuid}, "362f64b1"),
+        ({SERVICE_INSTANCE_ID: "worker-3"}, "worker-3"),
+        ({}, "shop-controller"),
+    ):
+        rebuilt_here = records_from_otlp([_otlp(story.records[:1], **resource)])
+        assert rebuilt_here[0].attrs[REPLICA] == replica
     for original, back in zip(story.records, rebuilt, strict=True):
         assert math.isclose(original.time, back.time, abs_tol=1e-6)
         assert (original.stage, original.object, original.request, original.reason) == (
