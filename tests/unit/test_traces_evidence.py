@@ -376,3 +376,16 @@ def test_an_outcome_set_naming_what_no_producer_records_fails_at_import() -> Non
     assert known_outcomes(Stage.DISPATCH, "queued") == {"queued"}
     with pytest.raises(ValueError, match=r"dispatch records no outcome \['enqueued'\]"):
         known_outcomes(Stage.DISPATCH, "queued", "enqueued")
+
+
+def test_the_funnel_reads_from_traces_as_from_the_journal(tmp_path: Path) -> None:
+    story = _story()
+    since = datetime.datetime.fromtimestamp(story.records[0].time - 1).isoformat()
+    funnel = ["explain", "--controller", "configmap", "--funnel", "--json", "--since", since]
+    from_journal = CliRunner().invoke(
+        main, [*funnel, "--journal", str(_journal(tmp_path, story.records))]
+    )
+    with _FakeJaeger(_otlp(story.records)) as jaeger:
+        from_traces = CliRunner().invoke(main, [*funnel, "--traces", jaeger.url])
+    assert from_traces.exit_code == from_journal.exit_code == 0, from_traces.output
+    assert json.loads(from_traces.output) == json.loads(from_journal.output)
