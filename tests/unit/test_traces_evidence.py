@@ -283,7 +283,9 @@ def test_every_process_names_itself_and_its_sampler(monkeypatch: pytest.MonkeyPa
 class _FakeJaeger(http.server.ThreadingHTTPServer):
     """Jaeger's API v3 on loopback, answering from OTLP documents (or with ``body``)."""
 
-    def __init__(self, *documents: Mapping[str, Any], body: bytes | None = None) -> None:
+    def __init__(
+        self, *documents: Mapping[str, Any], body: bytes | None = None, status: int = 200
+    ) -> None:
         answer = _jaeger(*documents)
         fixed = body
 
@@ -293,7 +295,7 @@ class _FakeJaeger(http.server.ThreadingHTTPServer):
                 params = dict(urllib.parse.parse_qsl(url.query))
                 found = answer(url.path, params) if fixed is None else None
                 reply = fixed if fixed is not None else json.dumps(found).encode()
-                self.send_response(404 if found is None and fixed is None else 200)
+                self.send_response(404 if found is None and fixed is None else status)
                 self.end_headers()
                 self.wfile.write(reply)
 
@@ -332,14 +334,18 @@ def test_explain_traces_prints_the_replica_of_each_line_and_the_verdict() -> Non
 
 
 @pytest.mark.parametrize(
-    ("body", "code", "message"),
+    ("body", "status", "code", "message"),
     [
-        (b"<html>not jaeger</html>", ExitCode.JOURNAL, "did not answer JSON"),
-        (b'{"services": []}', ExitCode.JOURNAL, "no ctrltrace spans in"),
+        (b"<html>not jaeger</html>", 200, ExitCode.JOURNAL, "did not answer JSON"),
+        (b'{"services": []}', 200, ExitCode.JOURNAL, "no ctrltrace spans in"),
+        (b"oops", 500, ExitCode.JOURNAL, "answered HTTP 500: oops"),
+        (b"no", 403, ExitCode.ENVIRONMENT, "refused the request: HTTP 403"),
     ],
 )
-def test_explain_traces_fails_in_one_line(body: bytes, code: ExitCode, message: str) -> None:
-    with _FakeJaeger(body=body) as jaeger:
+def test_explain_traces_fails_in_one_line(
+    body: bytes, status: int, code: ExitCode, message: str
+) -> None:
+    with _FakeJaeger(body=body, status=status) as jaeger:
         result = CliRunner().invoke(main, ["explain", "shop/web", "--traces", jaeger.url])
     assert result.exit_code == code
     assert message in result.output and len(result.output.strip().splitlines()) == 1
