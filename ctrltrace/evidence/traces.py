@@ -13,7 +13,8 @@ spans' parents and links), times below the nanosecond, a reconcile still running
 exported when it ends) and causes a sink forgot (it remembers a bounded number). Where the
 exporting process sampled traces (``ctrltrace.sampler`` on its resource is not always-on),
 unsampled traces are missing evidence: a MANAGER ``journal_gap`` record over the window says
-so, and explain warns that the answer may be incomplete.
+so, and explain warns that the answer may be incomplete; the same where Jaeger gave fewer
+traces than the window holds.
 
 It may not import the OpenTelemetry SDK or the exporters (the TUI reads through it), decide
 anything (explain does), or write anywhere.
@@ -66,11 +67,13 @@ from ctrltrace.spanmodel import (
     stage_of,
 )
 
-__all__ = ["DEFAULT_WINDOW", "TraceEvidence", "records_from_otlp"]
+__all__ = ["DEFAULT_WINDOW", "NUM_TRACES", "TraceEvidence", "records_from_otlp"]
 
 DEFAULT_WINDOW = 3600.0
 """Seconds of spans read when no ``since`` is asked for."""
-_NUM_TRACES = 1_000  # per service and span name: Jaeger's memory store needs it <= max_traces
+NUM_TRACES = 1_000
+"""Traces asked for per service and span name: Jaeger's memory store wants no more than its
+``max_traces``."""
 _UUID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", re.IGNORECASE)
 _FOLLOW_OVERLAP = 300.0  # a refresh reads again this far back: spans arrive when they end
 # Records of one time in the order a run emits them (a fake clock gives many ties).
@@ -428,7 +431,9 @@ class TraceEvidence:
     ``tail`` reads again, for what has arrived since (at most every ``refresh_s`` on the
     ``monotonic`` clock). ``?service=NAME`` on the URL (repeated,
     or ``services``) reads only those services: the controller's, where one Jaeger holds
-    several controllers whose health must not mix. ``fetch`` replaces the HTTP client (tests).
+    several controllers whose health must not mix. Where a search returns ``num_traces``
+    traces, older ones may be missing: a ``journal_gap`` record says so. ``fetch`` replaces the
+    HTTP client (tests).
     """
 
     def __init__(
@@ -439,6 +444,7 @@ class TraceEvidence:
         timeout_s: float = 10.0,
         now: Callable[[], float] = time.time,
         refresh_s: float = 2.0,
+        num_traces: int = NUM_TRACES,
         monotonic: Callable[[], float] = time.monotonic,
         fetch: Fetch | None = None,
     ) -> None:
@@ -449,6 +455,8 @@ class TraceEvidence:
         self._timeout_s = timeout_s
         self._now = now
         self._refresh_s = refresh_s
+        self._num_traces = num_traces
+        self._truncated: dict[tuple[str, str], Record] = {}  # per service and span name
         self._monotonic = monotonic
         self._refreshed = -math.inf
         self._fetch = fetch or self._get
@@ -541,11 +549,22 @@ class TraceEvidence:
                         "query.operation_name": name,
                         "query.start_time_min": _rfc3339(start),
                         "query.start_time_max": _rfc3339(until),
-                        "query.num_traces": str(_NUM_TRACES),
+                        "query.num_traces": str(self._num_traces),
                     },
                 )
-                if found is not None:
-                    documents.append(self._result(found))
+                if found is None:
+                    continue
+                document = self._result(found)
+                documents.append(document)
+                earliest = _earliest_of_each_trace(document)
+                if len(earliest) >= self._num_traces:  # Jaeger answers the newest first
+                    self._truncated[(service, name)] = _gap(
+                        start,
+                        min(earliest.values()) / 1e9,
+                        f"Jaeger gave only the newest {len(earliest)} traces of {name!r} "
+                        f"from {service}: older ones in the window were not read (a shorter "
+                        "--since reads them all)",
+                    )
         for document in documents:  # a span seen again (a longer trace now) replaces itself
             self._spans.update(_keyed(document))
         self._read_until = until
@@ -557,7 +576,17 @@ class TraceEvidence:
                 f"no ctrltrace spans in {self.url} between {_rfc3339(self._read_from)} and "
                 f"{_rfc3339(until)} (services: {', '.join(services) or 'none'})"
             )
-        self._records = records + _sampling_gaps(rebuild.samplers, self._read_from, until)
+        sampling = [
+            _gap(
+                self._read_from,
+                until,
+                f"{replica} samples traces ({sampler}): spans of "
+                "traces it left out were never exported",
+                replica=replica,
+            )
+            for replica, sampler in sorted(rebuild.samplers.items())
+        ]
+        self._records = records + sampling + list(self._truncated.values())
 
     def _answer(self, path: str, params: Mapping[str, str], key: str) -> list[Any]:
         answer = self._fetch(path, params)
@@ -601,19 +630,26 @@ class TraceEvidence:
             ) from None
 
 
-def _sampling_gaps(samplers: Mapping[str, str], start: float, until: float) -> list[Record]:
-    """A journal_gap record per replica that sampled: its unsampled traces are missing."""
-    return [
-        Record(
-            time=start,
-            stage=Stage.MANAGER,
-            outcome=Vocab.JOURNAL_GAP,
-            reason=f"{replica} samples traces ({sampler}): spans of traces it left out "
-            "were never exported",
-            attrs={Vocab.FIRST_TIME: start, Vocab.LAST_TIME: until, REPLICA: replica},
-        )
-        for replica, sampler in sorted(samplers.items())
-    ]
+def _gap(first: float, last: float, reason: str, **attrs: AttrValue) -> Record:
+    """Missing evidence, said as explain hears it: a MANAGER ``journal_gap`` over the time."""
+    return Record(
+        time=first,
+        stage=Stage.MANAGER,
+        outcome=Vocab.JOURNAL_GAP,
+        reason=reason,
+        attrs={Vocab.FIRST_TIME: first, Vocab.LAST_TIME: last, **attrs},
+    )
+
+
+def _earliest_of_each_trace(document: Mapping[str, Any]) -> dict[str, int]:
+    """Each trace's id in an OTLP-JSON document, with its earliest span's start (ns)."""
+    earliest: dict[str, int] = {}
+    for resource_spans in document.get("resourceSpans") or ():
+        for scope_spans in resource_spans.get("scopeSpans") or ():
+            for span in scope_spans.get("spans") or ():
+                trace_id, start = str(span.get("traceId")), int(span.get("startTimeUnixNano", 0))
+                earliest[trace_id] = min(start, earliest.get(trace_id, start))
+    return earliest
 
 
 def _keyed(document: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:

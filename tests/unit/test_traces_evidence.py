@@ -395,3 +395,16 @@ def test_the_funnel_reads_from_traces_as_from_the_journal(tmp_path: Path) -> Non
         from_traces = CliRunner().invoke(main, [*funnel, "--traces", jaeger.url])
     assert from_traces.exit_code == from_journal.exit_code == 0, from_traces.output
     assert json.loads(from_traces.output) == json.loads(from_journal.output)
+
+
+def test_a_search_that_hit_its_limit_makes_missing_evidence_a_warning() -> None:
+    story = _story()
+    now = story.time + 1.0
+    fetch = _jaeger(_otlp(story.records))
+    with TraceEvidence("http://j", fetch=fetch, now=lambda: now, num_traces=3) as traced:
+        answer = _explained(traced, "web", now)
+    assert answer["verdict"]["code"] == "reconciled"  # what was read still decides
+    messages = [w["message"] for w in answer["verdict"]["warnings"]]
+    assert any("Jaeger gave only the newest" in m for m in messages), messages
+    with TraceEvidence("http://j", fetch=fetch, now=lambda: now, num_traces=100) as traced:
+        assert _explained(traced, "web", now)["verdict"]["warnings"] == []
