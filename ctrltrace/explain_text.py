@@ -17,6 +17,7 @@ from rich.text import Text
 from ctrltrace.explain import Code, Explanation, clock
 from ctrltrace.printable import printable
 from ctrltrace.records import Stage
+from ctrltrace.spanmodel import REPLICA
 
 
 def render_text(explanation: Explanation, width: int = 100) -> str:
@@ -55,13 +56,19 @@ class ExplanationView:
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         table.add_column("time", no_wrap=True)
         table.add_column("stage", no_wrap=True)
+        # Records read from traces say which replica (pod or process) each came from.
+        replicas = any(REPLICA in entry.details for entry in explanation.timeline)
+        if replicas:
+            table.add_column("replica", overflow="fold", max_width=24)
         table.add_column("controller", overflow="fold", max_width=20)
         table.add_column("what happened", overflow="fold", ratio=1)
         for entry in explanation.timeline:
             mark, style = _mark(entry.stage, entry.outcome)
+            replica = [printable(str(entry.details.get(REPLICA, "")))] if replicas else []
             table.add_row(
                 clock(entry.time),
                 Text(f"{mark} {_STAGE_LABELS.get(entry.stage, entry.stage)}", style=style),
+                *replica,
                 printable(entry.controller),
                 printable(entry.what),
             )

@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import (
 from ctrltrace.controller import Controller
 from ctrltrace.manager import Manager
 from ctrltrace.records import Record, Stage
+from ctrltrace.spanmodel import known_outcomes
 
 __all__ = [
     "RECONCILE_TIME_BUCKETS",
@@ -66,8 +67,11 @@ WORKQUEUE_DURATION_BUCKETS = _exponential_buckets(10e-9, 10, 12)
 # controller-runtime initialises these results to 0 when a controller starts.
 _RESULTS = ("error", "requeue", "requeue_after", "success")
 # client-go counts an add when the key is actually inserted: not when it is de-duplicated.
-_INSERTED = frozenset({"queued", "requeued_after_processing"})
+_INSERTED = known_outcomes(Stage.DISPATCH, "queued", "requeued_after_processing")
+_TERMINAL = known_outcomes(Stage.RECONCILE, "terminal_error")
+_RATE_LIMITED = known_outcomes(Stage.REQUEUE, "rate_limited")
 _LEADER = {"acquired": 1.0, "lost": 0.0, "released": 0.0, "standby": 0.0}
+known_outcomes(Stage.LEASE, *_LEADER)
 # The text format generate_latest writes, under the version every Prometheus parses.
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -198,7 +202,7 @@ class PrometheusSink:
         series.results[result] += 1
         if result == "error":  # a terminal error is labelled error too, as in controller-runtime
             series.errors += 1
-            if record.outcome == "terminal_error":
+            if record.outcome in _TERMINAL:
                 series.terminal_errors += 1
         duration = float(attrs["duration_s"])
         series.reconcile_time.observe(duration)
@@ -210,7 +214,7 @@ class PrometheusSink:
         # Counted when scheduled rather than when the delay ends and the key lands (it may then
         # be de-duplicated): the records say nothing at landing time.
         series.adds += 1
-        if record.outcome == "rate_limited":
+        if record.outcome in _RATE_LIMITED:
             series.retries += 1
 
     def _on_controller(self, record: Record) -> None:

@@ -61,20 +61,34 @@ class Source:
 def evidence_options(
     journal_help: str = "The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
 ) -> Callable[[FC], FC]:
-    """The options that say where the records come from (``--journal PATH``), passed to the
-    command as one ``source: Source``."""
+    """The options that say where the records come from (``--journal PATH``, ``--traces
+    URL``), passed to the command as one ``source: Source``."""
 
     def decorate(command: FC) -> FC:
         @functools.wraps(command)
-        def with_source(*args: Any, journal_path: Path, **kwargs: Any) -> object:
-            return command(*args, source=_source(journal_path), **kwargs)
+        def with_source(
+            *args: Any, journal_path: Path, traces_url: str | None, **kwargs: Any
+        ) -> object:
+            return command(*args, source=_source(journal_path, traces_url), **kwargs)
 
-        return journal_option(journal_help)(cast(FC, with_source))
+        traces = click.option(
+            "--traces",
+            "traces_url",
+            metavar="URL",
+            help="Read the spans of every replica from this Jaeger query service (API v3, "
+            "e.g. http://localhost:16686) instead of a journal; --since sets the window "
+            "(default: the last hour).",
+        )
+        return journal_option(journal_help)(traces(cast(FC, with_source)))
 
     return decorate
 
 
-def _source(journal_path: Path) -> Source:
+def _source(journal_path: Path, traces_url: str | None) -> Source:
+    if traces_url is not None:
+        from ctrltrace.evidence.traces import TraceEvidence
+
+        return Source(functools.partial(TraceEvidence, traces_url), f"traces at {traces_url}")
     from ctrltrace.journal import Journal  # only the commands that read it pay for it
 
     return Source(functools.partial(Journal, journal_path), f"journal {journal_path}")
