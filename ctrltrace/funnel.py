@@ -34,7 +34,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctrltrace.records import ObjectRef, Record, Stage, Vocab
+from ctrltrace.records import ObjectRef, Record, Stage
+from ctrltrace.vocabulary import (
+    ENQUEUED,
+    RECONCILE_FAILED,
+    WATCH_FAILURES,
+    Attr,
+    ControllerOutcome,
+    DispatchOutcome,
+    ManagerOutcome,
+    ReconcileOutcome,
+    WatchOutcome,
+)
 
 MAX_LOST = 200  # objects kept per drop (the newest)
 MAX_SECONDS = 600  # seconds of rates and latencies kept per controller
@@ -85,15 +96,12 @@ LOSS_WORDS = {
     Loss.STOPPED: "lost at stop",
 }
 _RESULT_LOOKS = (
-    ("success", "✓", "succeeded"),
-    ("error", "✗", "failed"),
-    ("terminal_error", "✗", "terminal"),
-    ("requeue", "↻", "requeued"),
-    ("requeue_after", "↻", "requeued after"),
+    (ReconcileOutcome.SUCCESS, "✓", "succeeded"),
+    (ReconcileOutcome.ERROR, "✗", "failed"),
+    (ReconcileOutcome.TERMINAL_ERROR, "✗", "terminal"),
+    (ReconcileOutcome.REQUEUE, "↻", "requeued"),
+    (ReconcileOutcome.REQUEUE_AFTER, "↻", "requeued after"),
 )
-_ENQUEUED = ("queued", "deduplicated", "requeued_after_processing")
-_FAILING = frozenset({"forbidden", "kind_not_found", "error", "disconnected"})
-_ERRORS = frozenset({"error", "terminal_error"})
 # Latency histograms: buckets a fourth of an octave wide (a value is known within 19 %) from
 # 0.1 ms to about 19 minutes.
 _BOUNDS = tuple(1e-4 * 2 ** (i / 4) for i in range(94))
@@ -230,7 +238,7 @@ class Second:
     def errors(self) -> int:
         """Reconciles that failed (error or terminal error)."""
         results = self.tally.results
-        return sum(results[outcome] for outcome in _ERRORS)
+        return sum(results[outcome] for outcome in RECONCILE_FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +441,7 @@ class FunnelFold:
             self._newest,
             tuple((step, tally.steps[step]) for step in Step),
             tuple(ordered),
-            {outcome: tally.enqueued[outcome] for outcome in _ENQUEUED},
+            {outcome: tally.enqueued[outcome] for outcome in ENQUEUED},
             dict(sorted(tally.results.items())),
             Latency.of(tally.queue_wait),
             Latency.of(tally.duration),
@@ -471,20 +479,20 @@ class FunnelFold:
             fold.last_event = event_id
             for tally in tallies:
                 tally.steps[Step.SEEN] += 1
-                if outcome != "dropped_by_predicate":
+                if outcome != DispatchOutcome.DROPPED_BY_PREDICATE:
                     tally.steps[Step.PASSED] += 1
-        if outcome == "dropped_by_predicate":
-            predicate = str(record.attrs.get("predicate", "a predicate"))
+        if outcome == DispatchOutcome.DROPPED_BY_PREDICATE:
+            predicate = str(record.attrs.get(Attr.PREDICATE, "a predicate"))
             lost = _lost(record.time, record.object, record.request, record.reason)
             fold.drop(Loss.PREDICATE, predicate, lost)
             return
-        if outcome == "not_mapped":
+        if outcome == DispatchOutcome.NOT_MAPPED:
             lost = _lost(record.time, record.object, record.request, record.reason)
             fold.drop(Loss.NOT_MAPPED, record.reason, lost)
             return
         for tally in tallies:
             tally.steps[Step.MAPPED] += 1
-        if outcome not in _ENQUEUED:  # shut_down: the queue no longer takes work
+        if outcome not in ENQUEUED:  # shut_down: the queue no longer takes work
             reason = "the queue was shutting down"
             fold.drop(Loss.SHUT_DOWN, reason, _lost(record.time, record.object, record.request))
             return
@@ -505,14 +513,14 @@ class FunnelFold:
                 for tally in tallies:
                     tally.steps[Step.RECONCILED] += 1
         fold.seconds[-1].depth = len(fold.waiting)
-        wait = record.attrs.get("queue_wait_s")
+        wait = record.attrs.get(Attr.QUEUE_WAIT_S)
         if isinstance(wait, int | float):
             for tally in tallies:
                 tally.queue_wait.add(float(wait))
 
     def _on_end(self, record: Record) -> None:
         fold = self._controller(record.controller)
-        duration = record.attrs.get("duration_s")
+        duration = record.attrs.get(Attr.DURATION_S)
         for tally in fold.tallies(record.time):
             tally.results[record.outcome] += 1
             if isinstance(duration, int | float):
@@ -521,28 +529,28 @@ class FunnelFold:
     # -- what the pipeline depends on --------------------------------------------------------
 
     def _on_watch(self, record: Record) -> None:
-        kind = str(record.attrs.get("kind", ""))
+        kind = str(record.attrs.get(Attr.KIND, ""))
         health = self._watches.get(kind)
         if health is None:
             health = self._watches[kind] = _WatchHealth()
-        if record.outcome == "synced":
+        if record.outcome == WatchOutcome.SYNCED:
             health.synced = True
             health.failure = ""
-        elif record.outcome in _FAILING:
-            status = record.attrs.get("status")
+        elif record.outcome in WATCH_FAILURES:
+            status = record.attrs.get(Attr.STATUS)
             health.failure = record.outcome + (f" ({status})" if status else "")
-        elif record.outcome in ("listed", "resumed"):
+        elif record.outcome in (WatchOutcome.LISTED, WatchOutcome.RESUMED):
             health.failure = ""
 
     def _on_controller(self, record: Record) -> None:
         fold = self._controller(record.controller)
-        if record.outcome == Vocab.WATCHING:
-            fold.watched.add(str(record.attrs.get("kind", "")))
-        elif record.outcome == "started":
+        if record.outcome == ControllerOutcome.WATCHING:
+            fold.watched.add(str(record.attrs.get(Attr.KIND, "")))
+        elif record.outcome == ControllerOutcome.STARTED:
             fold.started = True
 
     def _on_manager(self, record: Record) -> None:
-        if record.outcome not in ("started", "stopped"):  # stopping, drained, journal_gap
+        if record.outcome not in (ManagerOutcome.STARTED, ManagerOutcome.STOPPED):
             return
         # A process started or ended: what its queues held was never reconciled by it. What a
         # failed watch held back stays blocked by it: that, not the stop, is what lost it.
@@ -556,9 +564,9 @@ class FunnelFold:
                 lost = _lost(pending.time, pending.ref, pending.request, reason)
                 fold.drop(loss, reason, lost)
             fold.started = False
-            if record.outcome == "stopped":
+            if record.outcome == ManagerOutcome.STOPPED:
                 fold.watched.clear()
-        if record.outcome == "started":
+        if record.outcome == ManagerOutcome.STARTED:
             for health in self._watches.values():
                 health.synced = False
 

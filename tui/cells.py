@@ -44,6 +44,13 @@ from ctrltrace.tui.feed import (
     ViewState,
     WatchState,
 )
+from ctrltrace.vocabulary import (
+    ControllerOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    RequeueOutcome,
+    WatchOutcome,
+)
 
 Cells = tuple[Text, ...]
 
@@ -210,10 +217,10 @@ def event_cells(row: EventRow) -> Cells:
 
 
 _LIFECYCLE = {
-    "started": ("✓ running", "green"),
-    "cache_not_synced": ("◷ caches not synced", "yellow"),
-    "stopped": ("■ stopped", "dim"),
-    "build_error": ("✗ build error", "red"),
+    ControllerOutcome.STARTED: ("✓ running", "green"),
+    ControllerOutcome.CACHE_NOT_SYNCED: ("◷ caches not synced", "yellow"),
+    ManagerOutcome.STOPPED: ("■ stopped", "dim"),
+    "build_error": ("✗ build error", "red"),  # the TUI's own: the run never started
 }
 
 
@@ -252,7 +259,7 @@ def controller_cells(
 
 
 def _due_words(item: Scheduled, now: float) -> str:
-    why = f"retry {item.attempt}" if item.outcome == "rate_limited" else "requeue"
+    why = f"retry {item.attempt}" if item.outcome == RequeueOutcome.RATE_LIMITED else "requeue"
     late = now - item.due
     when = f"due {span(late)} ago" if late > 0 else f"in {span(-late)}"
     return f"{when} ({why})"
@@ -293,10 +300,10 @@ def work_rows(
 
 
 _ROLES = {
-    "acquired": ("✓ leader", "green"),
-    "standby": ("◷ standby: not the leader, no reconciles", "yellow"),
-    "lost": ("✗ lost the lease: reconciles stopped", "red"),
-    "released": ("■ released the lease", "dim"),
+    LeaseOutcome.ACQUIRED: ("✓ leader", "green"),
+    LeaseOutcome.STANDBY: ("◷ standby: not the leader, no reconciles", "yellow"),
+    LeaseOutcome.LOST: ("✗ lost the lease: reconciles stopped", "red"),
+    LeaseOutcome.RELEASED: ("■ released the lease", "dim"),
 }
 
 
@@ -338,13 +345,13 @@ def transition_cells(transition: Transition) -> Cells:
 
 
 _WATCH_STATES = {
-    "listed": ("✓ watching", "green"),
-    "synced": ("✓ watching", "green"),
-    "gone": ("↻ listing again (410)", "yellow"),
-    "forbidden": ("✗ forbidden", "red"),
-    "kind_not_found": ("✗ kind not found", "red"),
-    "disconnected": ("✗ disconnected", "red"),
-    "error": ("✗ error", "red"),
+    WatchOutcome.LISTED: ("✓ watching", "green"),
+    WatchOutcome.SYNCED: ("✓ watching", "green"),
+    WatchOutcome.GONE: ("↻ listing again (410)", "yellow"),
+    WatchOutcome.FORBIDDEN: ("✗ forbidden", "red"),
+    WatchOutcome.KIND_NOT_FOUND: ("✗ kind not found", "red"),
+    WatchOutcome.DISCONNECTED: ("✗ disconnected", "red"),
+    WatchOutcome.ERROR: ("✗ error", "red"),
 }
 
 
@@ -404,7 +411,7 @@ def feed_status(state: ViewState, now: float) -> Text:
     gaps = f" · ⚠ {state.gaps} journal gap(s)" if state.gaps else ""
     if now - state.newest <= IDLE_AFTER_S:
         return Text(f"● live{gaps}", "green")
-    stopped = " · manager stopped" if state.manager == "stopped" else ""
+    stopped = " · manager stopped" if state.manager == ManagerOutcome.STOPPED else ""
     return Text(f"◌ idle since {clock(state.newest)}{stopped}{gaps}", "yellow")
 
 

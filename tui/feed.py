@@ -27,7 +27,22 @@ from ctrltrace.evidence import explain_from_journal
 from ctrltrace.explain import Code, Explanation
 from ctrltrace.funnel import FunnelFold
 from ctrltrace.journal import Journal, JournalError
-from ctrltrace.records import Record, Stage, Vocab
+from ctrltrace.records import Record, Stage
+from ctrltrace.vocabulary import (
+    ENQUEUED,
+    LEASE_TRANSITIONS,
+    RECONCILE_FAILED,
+    SETTLED,
+    WATCH_FAILURES,
+    Attr,
+    ControllerOutcome,
+    DispatchOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    ReconcileOutcome,
+    RequeueOutcome,
+    WatchOutcome,
+)
 
 Notify = Callable[[], None]
 
@@ -365,7 +380,7 @@ class ControllerState:
 
     @property
     def errors(self) -> int:
-        return self.results["error"] + self.results["terminal_error"]
+        return sum(self.results[outcome] for outcome in RECONCILE_FAILED)
 
     @property
     def reconciled(self) -> int:
@@ -428,17 +443,13 @@ class WatchState:
     last_error: WatchFailure | None = None
 
 
-_TRANSITIONS = frozenset({"acquired", "standby", "lost", "released"})
-_QUEUE_BOUND = frozenset({"queued", "deduplicated", "requeued_after_processing"})
-_FAILURES = frozenset({"forbidden", "kind_not_found", "error", "disconnected"})
 _END_CODES = {
-    "success": Code.RECONCILED,
-    "error": Code.RECONCILE_FAILED,
-    "terminal_error": Code.TERMINAL_ERROR,
-    "requeue": Code.REQUEUE_SCHEDULED,
-    "requeue_after": Code.REQUEUE_SCHEDULED,
+    ReconcileOutcome.SUCCESS: Code.RECONCILED,
+    ReconcileOutcome.ERROR: Code.RECONCILE_FAILED,
+    ReconcileOutcome.TERMINAL_ERROR: Code.TERMINAL_ERROR,
+    ReconcileOutcome.REQUEUE: Code.REQUEUE_SCHEDULED,
+    ReconcileOutcome.REQUEUE_AFTER: Code.REQUEUE_SCHEDULED,
 }
-_NO_REQUEUE = frozenset({"success", "terminal_error"})  # settled: no REQUEUE record follows
 
 Cell = tuple[int, tuple[str, str]]  # (event row key, (controller, request))
 _V = TypeVar("_V")
@@ -526,7 +537,7 @@ class ViewState:
             ref.namespace,
             ref.name,
             record.outcome,
-            record.attrs.get("self_caused") is True,
+            record.attrs.get(Attr.SELF_CAUSED) is True,
             api_version=ref.api_version,
             resource_version=ref.resource_version,
         )
@@ -544,10 +555,10 @@ class ViewState:
     def _on_dispatch(self, record: Record) -> None:
         controller = self._controller(record.controller)
         request = record.request
-        if record.outcome == "queued":
+        if record.outcome == DispatchOutcome.QUEUED:
             controller.waiting[request] = record.time
             _cap(controller.waiting)
-        elif record.outcome == "requeued_after_processing":
+        elif record.outcome == DispatchOutcome.REQUEUED_AFTER_PROCESSING:
             controller.dirty.add(request)
         row_key = self._event_rows.get(record.cause_ids[0]) if record.cause_ids else None
         row = None if row_key is None else self.events.get(row_key)
@@ -556,22 +567,22 @@ class ViewState:
         outcome = Outcome(record.controller, request)
         attrs = record.attrs
         match record.outcome:
-            case "dropped_by_predicate":
+            case DispatchOutcome.DROPPED_BY_PREDICATE:
                 outcome.code = Code.DROPPED_BY_PREDICATE
-                outcome.detail = str(attrs.get("predicate", "a predicate"))
-            case "not_mapped":
+                outcome.detail = str(attrs.get(Attr.PREDICATE, "a predicate"))
+            case DispatchOutcome.NOT_MAPPED:
                 outcome.code = Code.NOT_MAPPED
                 outcome.detail = record.reason
-            case "queued" | "deduplicated" | "requeued_after_processing":
+            case _ if record.outcome in ENQUEUED:
                 outcome.code = Code.QUEUED
-                outcome.merged = record.outcome == "deduplicated"
-                if record.outcome == "requeued_after_processing":
+                outcome.merged = record.outcome == DispatchOutcome.DEDUPLICATED
+                if record.outcome == DispatchOutcome.REQUEUED_AFTER_PROCESSING:
                     outcome.detail = "after the running reconcile"
             case _:  # shut_down: the queue no longer takes work
                 outcome.detail = f"{record.outcome}: {record.reason}"
         row.outcomes[(record.controller, request)] = outcome
         self._changed.add(row.key)
-        if record.outcome in _QUEUE_BOUND:
+        if record.outcome in ENQUEUED:
             self._by_dispatch[record.id] = (row.key, (record.controller, request))
 
     def _on_start(self, record: Record) -> None:
@@ -608,7 +619,7 @@ class ViewState:
             controller.dirty.discard(request)
             controller.waiting[request] = record.time
         rid = record.reconcile_id
-        settled = record.outcome in _NO_REQUEUE
+        settled = record.outcome in SETTLED
         cells = self._by_reconcile.pop(rid, []) if settled else self._by_reconcile.get(rid, [])
         code = _END_CODES.get(record.outcome, Code.RECONCILED)
         for outcome in self._outcomes(cells):
@@ -619,23 +630,23 @@ class ViewState:
     def _on_requeue(self, record: Record) -> None:
         controller = self._controller(record.controller)
         attrs = record.attrs
-        due = attrs.get("due")
+        due = attrs.get(Attr.DUE)
         due_at = float(due) if isinstance(due, int | float) else record.time
-        attempt = int(attrs.get("attempt", 0))
+        attempt = int(attrs.get(Attr.ATTEMPT, 0))
         current = controller.scheduled.get(record.request)
         if current is None or due_at < current.due:  # add_after keeps the earliest time
             controller.scheduled[record.request] = Scheduled(
                 due_at, record.id, record.outcome, attempt
             )
             _cap(controller.scheduled)
-        if record.outcome == "rate_limited":
+        if record.outcome == RequeueOutcome.RATE_LIMITED:
             controller.retries += 1
         cells = self._by_reconcile.pop(record.reconcile_id, [])
         if not cells:
             return
         # A retry still serves the events that failed; a requeue the reconcile asked for
         # after succeeding is later work of the request, not of these events.
-        if record.outcome == "rate_limited":
+        if record.outcome == RequeueOutcome.RATE_LIMITED:
             self._by_requeue[record.id] = cells
         for outcome in self._outcomes(cells):
             outcome.due = due_at
@@ -644,7 +655,7 @@ class ViewState:
     def _on_write(self, record: Record) -> None:
         """Mark the event a write claims as its own (its answer came after the event), as
         explain pairs them: the write names the event, and their resourceVersions match."""
-        event_id = record.attrs.get("event_id")
+        event_id = record.attrs.get(Attr.EVENT_ID)
         row_key = self._event_rows.get(event_id) if isinstance(event_id, int) else None
         row = None if row_key is None else self.events.get(row_key)
         if row is None or record.object is None:
@@ -677,27 +688,27 @@ class ViewState:
 
     def _on_watch(self, record: Record) -> None:
         attrs = record.attrs
-        watch = self._watch(str(attrs.get("kind", "")), str(attrs.get("api_version", "")))
-        watch.namespaces.add(str(attrs.get("namespace", "")))
+        watch = self._watch(str(attrs.get(Attr.KIND, "")), str(attrs.get(Attr.API_VERSION, "")))
+        watch.namespaces.add(str(attrs.get(Attr.NAMESPACE, "")))
         watch.outcome = record.outcome
         watch.reason = record.reason
         watch.at = record.time
-        if record.outcome == "synced":
+        if record.outcome == WatchOutcome.SYNCED:
             watch.synced_at = record.time
-        elif record.outcome in _FAILURES:
-            status = int(attrs.get("status", 0))
+        elif record.outcome in WATCH_FAILURES:
+            status = int(attrs.get(Attr.STATUS, 0))
             watch.last_error = WatchFailure(record.outcome, record.reason, status, record.time)
 
     def _on_lease(self, record: Record) -> None:
         lease = self.lease
         attrs = record.attrs
-        lease.lease = str(attrs.get("lease", lease.lease))
-        lease.identity = str(attrs.get("identity", lease.identity))
-        lease.holder = str(attrs.get("holder", lease.holder))
-        if record.outcome == "error":
+        lease.lease = str(attrs.get(Attr.LEASE, lease.lease))
+        lease.identity = str(attrs.get(Attr.IDENTITY, lease.identity))
+        lease.holder = str(attrs.get(Attr.HOLDER, lease.holder))
+        if record.outcome == LeaseOutcome.ERROR:
             lease.last_error = record.reason
             return
-        if record.outcome in _TRANSITIONS:
+        if record.outcome in LEASE_TRANSITIONS:
             lease.outcome = record.outcome
             lease.since = record.time
             lease.last_error = ""
@@ -708,25 +719,26 @@ class ViewState:
 
     def _on_controller(self, record: Record) -> None:
         controller = self._controller(record.controller)
-        if record.outcome == Vocab.WATCHING:
-            controller.watched.add(str(record.attrs.get("kind", "")))
+        if record.outcome == ControllerOutcome.WATCHING:
+            controller.watched.add(str(record.attrs.get(Attr.KIND, "")))
             return
         controller.lifecycle = record.outcome
-        if record.outcome == "started":
-            controller.workers = int(record.attrs.get("max_concurrent_reconciles", 0))
+        if record.outcome == ControllerOutcome.STARTED:
+            controller.workers = int(record.attrs.get(Attr.MAX_CONCURRENT_RECONCILES, 0))
 
     def _on_manager(self, record: Record) -> None:
-        if record.outcome == Vocab.JOURNAL_GAP:  # the journal's, not the process's life
+        if record.outcome == ManagerOutcome.JOURNAL_GAP:  # the journal's, not the process's life
             self.gaps += 1
             return
         self.manager = record.outcome
         # A new process or the end of one: queues, caches and leadership start from nothing.
         for controller in self.controllers.values():
             controller.reset_work()
-            controller.lifecycle = "stopped" if record.outcome == "stopped" else ""
-            if record.outcome == "stopped":  # the next run names its watches again
+            stopped = record.outcome == ManagerOutcome.STOPPED
+            controller.lifecycle = ManagerOutcome.STOPPED if stopped else ""
+            if stopped:  # the next run names its watches again
                 controller.watched.clear()
-        if record.outcome == "started":
+        if record.outcome == ManagerOutcome.STARTED:
             for watch in self.watches.values():
                 watch.synced_at = None
 
@@ -739,7 +751,7 @@ class ViewState:
     def blocking(self, controller: ControllerState) -> list[WatchState]:
         """The watches holding back a controller whose workers have not started: failed
         without syncing (what ``explain`` calls ``cache_not_synced``)."""
-        if controller.lifecycle in ("started", "stopped"):
+        if controller.lifecycle in (ControllerOutcome.STARTED, ManagerOutcome.STOPPED):
             return []
         return [
             watch

@@ -25,7 +25,8 @@ from ctrltrace.journal.format import (
     seal_chunk,
     sqlite_errors,
 )
-from ctrltrace.records import Record, Stage, Vocab
+from ctrltrace.records import Record
+from ctrltrace.vocabulary import journal_gap_record
 
 _WRITE_TIMEOUT_S = 5.0  # waiting for another writer (a second process on the same file)
 _MAX_PENDING = 200_000
@@ -185,13 +186,7 @@ class JournalWriter:
         if gap is None:
             return
         count, first, last, why = gap
-        record = Record(
-            time=last,
-            stage=Stage.MANAGER,
-            outcome=Vocab.JOURNAL_GAP,
-            reason=f"{count} records lost on their way to the journal: {why}",
-            attrs={Vocab.COUNT: count, Vocab.FIRST_TIME: first, Vocab.LAST_TIME: last},
-        )
+        record = journal_gap_record(count, first, last, why)
         chunk = seal_chunk([record])
         self._gap_sent = (chunk, count, (first, last))
         with self._sealing:
