@@ -37,6 +37,7 @@ from textual.worker import get_current_worker
 from ctrltrace.explain_text import ExplanationView
 from ctrltrace.funnel import LOSS_WORDS, STEP_WORDS, Drop, Funnel
 from ctrltrace.journal import JournalError
+from ctrltrace.timetext import clock
 from ctrltrace.tui import cells
 from ctrltrace.tui.feed import (
     MAX_EVENT_ROWS,
@@ -256,7 +257,7 @@ class ObjectScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         kind = f"{self.target.kind} " if self.target.kind else ""
-        when = "latest" if self._until is None else f"as of {cells.clock(self._until)}"
+        when = "latest" if self._until is None else f"as of {clock(self._until)}"
         yield Static(f"object {kind}{self.target.key} · {when} · Esc back", id="object-title")
         with VerticalScroll():
             yield Static(Text("◷ explaining…", "yellow"), id="explanation")
@@ -623,9 +624,9 @@ class TraceApp(App[None]):
         parts: list[Text | str] = [cells.feed_status(self.live, self.clock())]
         if self.cursor is not None:
             replaying = " (replaying…)" if self.shown is self.live else ""
-            parts.append(Text(f"◀ at {cells.clock(self.cursor)}{replaying} · g: live", "cyan"))
+            parts.append(Text(f"◀ at {clock(self.cursor)}{replaying} · g: live", "cyan"))
         if self.paused_at is not None:
-            parts.append(Text(f"‖ paused at {cells.clock(self.paused_at)} · p: resume", "cyan"))
+            parts.append(Text(f"‖ paused at {clock(self.paused_at)} · p: resume", "cyan"))
         if self.filter:
             parts.append(Text(f"filter: {self.filter.text}", "bold"))
         if self._trouble:

@@ -9,7 +9,6 @@ Pure functions of the model: no Textual (the data side is tested without a termi
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ctrltrace.funnel import (
     results_words,
 )
 from ctrltrace.printable import printable
+from ctrltrace.timetext import clock, span
 from ctrltrace.tui.feed import (
     IDLE_AFTER_S,
     MAX_WORK_ROWS,
@@ -139,24 +139,6 @@ _LOOKS: dict[str, tuple[str, str]] = {
     Code.REQUEUE_SCHEDULED: ("↻", "yellow"),
 }
 _MERGED = ("≡", "yellow")
-
-
-def clock(seconds: float) -> str:
-    """A wall time as HH:MM:SS.mmm, local time (as explain prints it)."""
-    return datetime.datetime.fromtimestamp(seconds).astimezone().strftime("%H:%M:%S.%f")[:-3]
-
-
-def span(seconds: float) -> str:
-    """A duration in a few characters: 12ms, 3.4s, 5m07s, 2h03m."""
-    seconds = max(seconds, 0.0)
-    if seconds < 1.0:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60.0:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{rest:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def outcome_words(outcome: Outcome, row: EventRow) -> str:
