@@ -96,8 +96,8 @@ def drop_managed_fields(obj: Obj) -> Obj:
 def copy_object(obj: Obj) -> dict[str, Any]:
     """A deep copy of decoded JSON (dicts, lists, strings, numbers, booleans, None).
 
-    marshal does it in C: about 4x faster than ``copy.deepcopy`` on a Deployment
-    (``python -m bench.cachedread`` measures it).
+    marshal does it in C, faster than ``copy.deepcopy`` (``python -m bench.cachedread``
+    measures both; bench/README.md has the figures).
     """
     # Loads only what dumps made a moment ago, in this process: nothing untrusted.
     return cast(dict[str, Any], marshal.loads(marshal.dumps(cast(dict[str, Any], obj))))  # noqa: S302

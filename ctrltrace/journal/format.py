@@ -170,8 +170,8 @@ class Chunk(NamedTuple):
     Made of atomic values and tuples only, so the garbage collector stops tracing a chunk at
     its first pass: records waiting for the writer thread, each with its dict of attributes,
     were traced by every collection meanwhile and made the collector promote (and later
-    trace again and again) the controller's own young objects, which measured more than the
-    whole pipeline's cost per event.
+    trace again and again) the controller's own young objects (bench/README.md, "bench.journal",
+    says what that cost).
     """
 
     body: bytes

@@ -33,10 +33,9 @@ _MAX_PENDING = 200_000
 _RETENTION_EVERY_S = 10.0
 _SIZE_TARGET = 0.9  # trim to 90% of max_bytes, so a full journal is not trimmed every pass
 _CHUNK = 128  # records pickled together: few enough that they die young (see Chunk)
-# SQLite's default page. 64 KiB pages made a large batch a few WAL frames (the writer's cost
-# per record at 150k records/s fell by half) but every small commit writes whole pages, and
-# at a steady 200 events/s, which is what controllers mostly see, the journal cost twice as
-# much.
+# SQLite's default page: every small commit writes whole pages, and small commits at a steady,
+# modest rate are what controllers mostly make (bench/README.md, "bench.journal", has the
+# figures against larger pages).
 _PAGE_SIZE = 4096
 _CHECKPOINT_PAGES = 1024  # 4 MiB of WAL
 _WAL_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
