@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench._harness import cpu_seconds, rss_mib, verdict
+from ctrltrace.evidence import Opener
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import ObjectRef, Record, Sink, Stage
 from ctrltrace.tui.app import TraceApp
-from ctrltrace.tui.feed import Batch, Feed, JournalFeed, Notify, RecorderFeed
+from ctrltrace.tui.feed import Batch, EvidenceFeed, Feed, Notify, RecorderFeed
 
 TARGET_LAG_S = 1.0
 CATCH_UP_S = 30.0  # how long the view may take, once writing stopped, to show every record
@@ -281,8 +282,8 @@ class CountedFeed:
         self.dropped = 0
 
     @property
-    def journal(self) -> Path | None:
-        return self._feed.journal
+    def evidence(self) -> Opener | None:
+        return self._feed.evidence
 
     @property
     def label(self) -> str:
@@ -349,7 +350,9 @@ def run(rate: float, seconds: float, feed_kind: str, size: tuple[int, int]) -> R
             return report
         path = Path(scratch) / "journal.sqlite"
         JournalWriter(path).close()  # the view opens it before the child writes
-        asyncio.run(measure(JournalFeed(path), WriterProcess(path, rate, seconds), report, size))
+        asyncio.run(
+            measure(EvidenceFeed.of_journal(path), WriterProcess(path, rate, seconds), report, size)
+        )
     return report
 
 

@@ -1,11 +1,11 @@
 """The live terminal view: the Textual app, its screens, and the pace at which they change.
 
-Owns the screens (the five views in tabs, the object view, the objects a funnel drop lost,
-help, the journal failure), the keys, pause, the time cursor, and the render cadence: at most
-ten renders a second, tables updated in place. Records arrive through one feed, which posts
-``FeedReady`` (no payload) once per burst; the app then takes what is pending, folds it into
-the ``ViewState`` and renders. Journal reads for the object view and the time cursor run in
-thread workers, so the UI thread never waits on the file; the feed does its own reading.
+Owns the screens (the five views in tabs, the object view, the objects a funnel drop lost, help,
+the failure to read the records), the keys, pause, the time cursor, and the render cadence: at
+most ten renders a second, tables updated in place. Records arrive through one feed, which posts
+``FeedReady`` (no payload) once per burst; the app then takes what is pending, folds it into the
+``ViewState`` and renders. Evidence reads for the object view and the time cursor run in thread
+workers, so the UI thread never waits on a file or a server; the feed does its own reading.
 
 It never talks to Kubernetes, and it does not decide what records mean: ``feed`` folds them,
 ``cells`` words them, ``ctrltrace.explain`` explains them.
@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from itertools import takewhile
-from pathlib import Path
 from typing import ClassVar
 
 from rich.console import RenderableType
@@ -34,6 +33,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from ctrltrace.evidence import EvidenceError, Opener
 from ctrltrace.explain_text import ExplanationView
 from ctrltrace.funnel import LOSS_WORDS, STEP_WORDS, Drop, Funnel
 from ctrltrace.journal import JournalError
@@ -197,7 +197,7 @@ class HelpScreen(ModalScreen[None]):
 
 
 class FailureScreen(Screen[None]):
-    """The journal cannot be read: say so, and exit with explain's code on any key."""
+    """The records cannot be read: say so, and exit with explain's code on any key."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "leave", "quit"),
@@ -218,7 +218,7 @@ class FailureScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(
             Text.assemble(
-                ("✗ cannot read the journal\n\n", "bold red"),
+                ("✗ cannot read the records\n\n", "bold red"),
                 self.message,
                 "\n\nctrltrace tui reads the journal that `ctrltrace run` writes (--journal PATH "
                 "or $CTRLTRACE_JOURNAL). Press q, Esc or Enter to exit "
@@ -232,7 +232,7 @@ class FailureScreen(Screen[None]):
 
 
 class ObjectScreen(Screen[None]):
-    """What ``ctrltrace explain`` says about one object, from the journal, in a worker."""
+    """What ``ctrltrace explain`` says about one object, from the evidence, in a worker."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "back"),
@@ -247,10 +247,10 @@ class ObjectScreen(Screen[None]):
     """
 
     def __init__(
-        self, journal: Path | None, target: Target, now: Callable[[], float], until: float | None
+        self, evidence: Opener | None, target: Target, now: Callable[[], float], until: float | None
     ) -> None:
         super().__init__()
-        self.journal = journal
+        self.evidence = evidence
         self.target = target
         self._now = now
         self._until = until
@@ -267,7 +267,7 @@ class ObjectScreen(Screen[None]):
         self.action_refresh()
 
     def action_refresh(self) -> None:
-        if self.journal is None:
+        if self.evidence is None:
             self._show(
                 Text(
                     "· no journal: the object view explains from the journal the run writes; "
@@ -276,16 +276,16 @@ class ObjectScreen(Screen[None]):
                 )
             )
             return
-        self._explain(self.journal, self._now())
+        self._explain(self.evidence, self._now())
 
     @work(thread=True, exclusive=True)
-    def _explain(self, journal: Path, now: float) -> None:
+    def _explain(self, evidence: Opener, now: float) -> None:
         content: RenderableType
         try:
             content = ExplanationView(
-                explain_object(journal, self.target, now=now, until=self._until)
+                explain_object(evidence, self.target, now=now, until=self._until)
             )
-        except JournalError as error:
+        except (JournalError, EvidenceError) as error:
             content = Text(f"✗ {error}", "red")
         self.post_message(Explained(content))
 
@@ -312,14 +312,14 @@ class LostScreen(Screen[None]):
         self,
         controller: str,
         drop: Drop,
-        journal: Path | None,
+        evidence: Opener | None,
         now: Callable[[], float],
         until: float | None,
     ) -> None:
         super().__init__()
         self.controller = controller
         self.drop = drop
-        self.journal = journal
+        self.evidence = evidence
         self._now = now
         self._until = until
         self._lost = list(reversed(drop.objects))
@@ -349,7 +349,7 @@ class LostScreen(Screen[None]):
             return
         lost = self._lost[key]
         target = Target(lost.namespace, lost.name, lost.kind or None)
-        self.app.push_screen(ObjectScreen(self.journal, target, self._now, self._until))
+        self.app.push_screen(ObjectScreen(self.evidence, target, self._now, self._until))
 
 
 class TraceApp(App[None]):
@@ -691,7 +691,7 @@ class TraceApp(App[None]):
                 self.notify("Select a ✗ row of the funnel to list its objects.", severity="warning")
                 return
             self.push_screen(
-                LostScreen(funnel.controller, drop, self.feed.journal, self.now, until)
+                LostScreen(funnel.controller, drop, self.feed.evidence, self.now, until)
             )
             return
         if table.id == "events" and isinstance(key, int) and key in self.shown.events:
@@ -701,7 +701,7 @@ class TraceApp(App[None]):
         if target is None:
             self.notify("Select an event (1) or a request (2) to open it.", severity="warning")
             return
-        self.push_screen(ObjectScreen(self.feed.journal, target, self.now, until))
+        self.push_screen(ObjectScreen(self.feed.evidence, target, self.now, until))
 
     def action_next_controller(self) -> None:
         names = self.shown.funnel.controllers
@@ -730,8 +730,8 @@ class TraceApp(App[None]):
         self._redraw()
 
     def action_step(self, seconds: float) -> None:
-        journal = self.feed.journal
-        if journal is None:
+        evidence = self.feed.evidence
+        if evidence is None:
             self.notify("Moving in time needs a journal; this run writes none.", severity="warning")
             return
         newest = self.live.newest
@@ -742,7 +742,7 @@ class TraceApp(App[None]):
             return
         self.cursor = until
         self._render_status()
-        self._replay(journal, until)
+        self._replay(evidence, until)
 
     def action_live(self) -> None:
         self.cursor = None
@@ -751,16 +751,16 @@ class TraceApp(App[None]):
         self._redraw()
 
     @work(thread=True, exclusive=True, group="replay")
-    def _replay(self, journal: Path, until: float) -> None:
+    def _replay(self, evidence: Opener, until: float) -> None:
         worker = get_current_worker()
         try:
             state = replay(
-                journal,
+                evidence,
                 until,
                 cancelled=lambda: worker.is_cancelled,
                 max_events=self._max_events,
             )
-        except JournalError as error:
+        except (JournalError, EvidenceError) as error:
             self.post_message(Replayed(until, None, str(error)))
             return
         if state is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import sys
 import threading
@@ -22,35 +23,31 @@ from typing import TYPE_CHECKING, Self
 
 import click
 
-from ctrltrace.cli.options import journal_option
-from ctrltrace.journal import Journal, JournalError
+from ctrltrace.cli.options import Source, evidence_errors, evidence_options
 
 if TYPE_CHECKING:
     from ctrltrace.manager import Manager
 
 
 @click.command("tui")
-@journal_option("The journal a `ctrltrace run` writes (live) or wrote (replay).")
-def tui_command(journal_path: Path) -> None:
+@evidence_options("The journal a `ctrltrace run` writes (live) or wrote (replay).")
+def tui_command(source: Source) -> None:
     """Watch a controller run live, or replay a finished one, from its journal.
 
     Views: events (and what each controller did with them), controllers, leader election,
-    watches; Enter explains the selected object. Press ? for the keys. It reads the journal
+    watches; Enter explains the selected object. Press ? for the keys. It reads the records
     only and never talks to Kubernetes. A missing or foreign journal exits with code 5.
     """
     # Textual loads only when the view starts: other commands do not pay for it.
     from ctrltrace.tui.app import JOURNAL_EXIT, TraceApp  # noqa: PLC0415
-    from ctrltrace.tui.feed import JournalFeed  # noqa: PLC0415
+    from ctrltrace.tui.feed import EvidenceFeed  # noqa: PLC0415
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         # No screen to say it on, and no key would ever close the view: say it here.
-        try:
-            Journal(journal_path).close()
-        except JournalError as error:
-            click.echo(f"ctrltrace: error: {error}", err=True)
-            raise click.exceptions.Exit(JOURNAL_EXIT) from error
+        with evidence_errors():
+            source.open().close()
         raise click.UsageError("ctrltrace tui needs a terminal (stdin and stdout)")
-    app = TraceApp(JournalFeed(journal_path))
+    app = TraceApp(EvidenceFeed(source.open, label=source.label))
     app.run()
     if app.failure:  # shown on screen; repeated here, where it outlives the screen
         click.echo(f"ctrltrace: error: {app.failure}", err=True)
@@ -68,10 +65,11 @@ def run_with_tui(manager: Manager, journal_path: Path | None, *, headless: bool 
     ``Unreachable``, ``LeaderLost``, …) closes the view and is raised here. ``headless`` runs
     the view without a terminal (tests).
     """
+    from ctrltrace.journal import Journal  # noqa: PLC0415
     from ctrltrace.tui.app import TraceApp  # noqa: PLC0415
     from ctrltrace.tui.feed import RecorderFeed  # noqa: PLC0415
 
-    feed = RecorderFeed(journal_path)
+    feed = RecorderFeed(None if journal_path is None else functools.partial(Journal, journal_path))
     manager.add_sink(feed)
     app = TraceApp(feed)
     # This owns the process as Manager.run does, and sets the start-up heap (Textual's too)

@@ -1,10 +1,10 @@
 """The TUI's data side: the feeds that bring records in, and the model of what each view shows.
 
-Owns the two feeds (``JournalFeed``, a thread tailing a journal file, and ``RecorderFeed``, a
-recorder sink inside a running manager), the replay of a journal up to a time cursor, the
-explanation of one object from a journal, and ``ViewState``, which folds records into what the
-event stream, controllers, leader election, watches and funnel views show (the funnel through
-``ctrltrace.funnel``), every collection capped.
+Owns the two feeds (``EvidenceFeed``, a thread tailing a source of evidence such as a journal
+file, and ``RecorderFeed``, a recorder sink inside a running manager), the replay of evidence up
+to a time cursor, the explanation of one object, and ``ViewState``, which folds records into
+what the event stream, controllers, leader election, watches and funnel views show (the funnel
+through ``ctrltrace.funnel``), every collection capped.
 How those rows are worded and marked is ``cells``' business.
 
 It may not import Textual (as in toolong and harlequin, the data side is tested without a
@@ -15,15 +15,15 @@ through the ``notify`` callable a feed is started with, once per burst, never pe
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ctrltrace.evidence import explain_from_journal
+from ctrltrace.evidence import EvidenceError, Opener, explain_from
 from ctrltrace.explain import Code, Explanation
 from ctrltrace.funnel import FunnelFold
 from ctrltrace.journal import Journal, JournalError
@@ -76,8 +76,8 @@ class Feed(Protocol):
     """One source of records for the TUI: started once, taken from on the UI thread."""
 
     @property
-    def journal(self) -> Path | None:
-        """The journal explain and replay read, if there is one."""
+    def evidence(self) -> Opener | None:
+        """Opens the evidence explain and replay read, if there is any."""
 
     @property
     def label(self) -> str:
@@ -122,23 +122,27 @@ class _Buffer:
         return records
 
 
-class JournalFeed:
-    """Tails a journal file from its first record on, in a thread of its own.
+class EvidenceFeed:
+    """Tails a source of evidence (a journal file, a manager's debug endpoint, a trace
+    backend) from its first record on, in a thread of its own.
 
-    The thread opens the journal (a missing or foreign file is a ``failure``), then polls
-    ``Journal.tail`` every ``poll_s`` and, while it finds full chunks, at once. When the UI
-    falls behind it stops reading: the journal itself is the buffer, so nothing is lost.
+    The thread opens the source (one that cannot be opened, such as a missing or foreign
+    journal, is a ``failure``), then polls its ``tail`` every ``poll_s`` and, while it finds
+    full chunks, at once. When the UI falls behind it stops reading: the source itself is the
+    buffer, so nothing is lost.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        opener: Opener,
         *,
+        label: str,
         poll_s: float = _POLL_S,
         chunk: int = _TAIL_CHUNK,
         max_pending: int = _MAX_PENDING,
     ) -> None:
-        self._path = Path(path)
+        self._opener = opener
+        self._label = label
         self._poll_s = poll_s
         self._chunk = chunk
         self._buffer = _Buffer(max_pending)
@@ -147,19 +151,35 @@ class JournalFeed:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def of_journal(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        poll_s: float = _POLL_S,
+        chunk: int = _TAIL_CHUNK,
+        max_pending: int = _MAX_PENDING,
+    ) -> EvidenceFeed:
+        """Tail the journal file at ``path``."""
+        return cls(
+            functools.partial(Journal, path),
+            label=f"journal {path}",
+            poll_s=poll_s,
+            chunk=chunk,
+            max_pending=max_pending,
+        )
+
     @property
-    def journal(self) -> Path:
-        return self._path
+    def evidence(self) -> Opener:
+        return self._opener
 
     @property
     def label(self) -> str:
-        return f"journal {self._path}"
+        return self._label
 
     def start(self, notify: Notify) -> None:
         self._buffer.connect(notify)
-        self._thread = threading.Thread(
-            target=self._run, name=f"ctrltrace tui tail {self._path.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="ctrltrace tui tail", daemon=True)
         self._thread.start()
 
     def take(self) -> Batch:
@@ -172,20 +192,20 @@ class JournalFeed:
 
     def _run(self) -> None:
         try:
-            journal = Journal(self._path)
-        except JournalError as error:
+            evidence = self._opener()
+        except (JournalError, EvidenceError) as error:
             self._failure = str(error)
             self._buffer.signal()
             return
-        with journal:
+        with evidence:
             after = 0
             while not self._stopping.is_set():
                 if len(self._buffer.pending) >= self._buffer.max_pending:
                     self._stopping.wait(self._poll_s)
                     continue
                 try:
-                    rows = journal.tail(after, self._chunk)
-                except JournalError as error:  # busy or briefly unreadable: say so, retry
+                    rows = evidence.tail(after, self._chunk)
+                except (JournalError, EvidenceError) as error:  # busy or briefly unreadable: retry
                     self._trouble = str(error)
                     self._buffer.signal()
                     self._stopping.wait(self._poll_s)
@@ -204,19 +224,18 @@ class RecorderFeed:
 
     Calling it appends to a bounded buffer and, once per burst, calls ``notify``; it never
     blocks the manager. Past ``max_pending`` waiting records the oldest are dropped and counted.
-    ``journal`` is the journal the same run writes, for explain and replay, if it writes one.
+    ``evidence`` opens what the same run writes (its journal), for explain and replay, if it
+    writes any.
     """
 
-    def __init__(
-        self, journal: str | os.PathLike[str] | None = None, *, max_pending: int = _MAX_PENDING
-    ) -> None:
-        self._journal = None if journal is None else Path(journal)
+    def __init__(self, evidence: Opener | None = None, *, max_pending: int = _MAX_PENDING) -> None:
+        self._evidence = evidence
         self._buffer = _Buffer(max_pending)
         self._ended = False
 
     @property
-    def journal(self) -> Path | None:
-        return self._journal
+    def evidence(self) -> Opener | None:
+        return self._evidence
 
     @property
     def label(self) -> str:
@@ -253,22 +272,22 @@ class RecorderFeed:
 
 
 def replay(
-    path: Path,
+    opener: Opener,
     until: float,
     *,
     cancelled: Callable[[], bool] = lambda: False,
     max_events: int = MAX_EVENT_ROWS,
 ) -> ViewState | None:
-    """The views as they were at ``until``: the journal's records up to then, folded anew.
+    """The views as they were at ``until``: the evidence's records up to then, folded anew.
 
-    Reads from the first record, so its cost grows with the journal. None if ``cancelled``
-    said so between chunks. Raises ``JournalError``.
+    Reads from the first record, so its cost grows with the evidence. None if ``cancelled``
+    said so between chunks. Raises ``JournalError`` or ``EvidenceError``.
     """
     state = ViewState(max_events=max_events)
-    with Journal(path) as journal:
+    with opener() as evidence:
         after = 0
         while not cancelled():
-            rows = journal.tail(after, _TAIL_CHUNK)
+            rows = evidence.tail(after, _TAIL_CHUNK)
             records = [record for _, record in rows]
             state.apply(record for record in records if record.time <= until)
             # Seq order is time order within one writer; stop once a chunk lies wholly past.
@@ -279,12 +298,12 @@ def replay(
 
 
 def explain_object(
-    path: Path, target: Target, *, now: float, until: float | None = None
+    opener: Opener, target: Target, *, now: float, until: float | None = None
 ) -> Explanation:
-    """What ``ctrltrace explain`` says about ``target``, from the journal, as of ``until``."""
-    with Journal(path) as journal:
-        return explain_from_journal(
-            journal,
+    """What ``ctrltrace explain`` says about ``target``, from the evidence, as of ``until``."""
+    with opener() as evidence:
+        return explain_from(
+            evidence,
             namespace=target.namespace,
             name=target.name,
             kind=target.kind,

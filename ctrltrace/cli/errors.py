@@ -19,7 +19,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     FAILED = 3
     ENVIRONMENT = 4  # no binaries, or the local control plane failed to start
-    JOURNAL = 5
+    JOURNAL = 5  # the journal, or the evidence explain reads, cannot be read
     APP = 6  # MODULE:ATTR cannot be imported, is not a Manager, or the manager is mis-built
     KUBECONFIG = 7
     UNREACHABLE = 8  # the API server does not answer

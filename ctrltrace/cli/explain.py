@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-from pathlib import Path
 
 import click
 
 from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.cli.group import main
-from ctrltrace.cli.options import journal_option, parse_since
+from ctrltrace.cli.options import Source, evidence_errors, evidence_options, parse_since
 
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -21,7 +20,7 @@ _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 @click.argument("target", metavar="NAMESPACE/NAME", required=False)
 @click.option("--kind", help="KIND[.GROUP], kubectl style: case-insensitive, plural accepted.")
 @click.option("--controller", help="Only this controller's view of the object.")
-@journal_option()
+@evidence_options()
 @click.option("--since", help="Only records newer than this: 10m, 2h, or an ISO time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 @click.option(
@@ -42,14 +41,14 @@ def explain(
     target: str | None,
     kind: str | None,
     controller: str | None,
-    journal_path: Path,
+    source: Source,
     since: str | None,
     as_json: bool,
     limit: int,
     funnel: bool,
 ) -> None:
     """Say why the latest event for NAMESPACE/NAME (NAME if cluster-scoped) did or did not
-    reach Reconcile. Reads the journal only: works offline and on a CI artifact.
+    reach Reconcile. Reads the records only (a journal: works offline and on a CI artifact).
 
     Exits 0 when the verdict is reconciled or requeue_scheduled, 3 for any other verdict.
     With --funnel: exits 0, and 2 when the journal has no record of the controller.
@@ -58,12 +57,11 @@ def explain(
     import time
 
     from ctrltrace import explain as explaining
-    from ctrltrace.evidence import explain_from_journal
+    from ctrltrace.evidence import explain_from
     from ctrltrace.explain_text import render_text
-    from ctrltrace.journal import Journal, JournalError
 
     if funnel:
-        _explain_funnel(target, controller, journal_path, since, as_json)
+        _explain_funnel(target, controller, source, since, as_json)
         return
     if target is None:
         raise CommandError("give NAMESPACE/NAME, or --controller NAME --funnel", ExitCode.USAGE)
@@ -75,21 +73,18 @@ def explain(
         )
     now = time.time()
     since_time = parse_since(since, now)
-    try:
-        with Journal(journal_path) as journal:
-            watches = journal.watch_records(since=since_time)
-            explanation = explain_from_journal(
-                journal,
-                namespace=namespace,
-                name=name,
-                kind=explaining.resolve_kind(kind, watches) if kind else None,
-                controller=controller,
-                since=since_time,
-                now=now,
-                timeline_limit=limit,
-            )
-    except JournalError as error:
-        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    with evidence_errors(), source.open() as evidence:
+        watches = evidence.watch_records(since=since_time)
+        explanation = explain_from(
+            evidence,
+            namespace=namespace,
+            name=name,
+            kind=explaining.resolve_kind(kind, watches) if kind else None,
+            controller=controller,
+            since=since_time,
+            now=now,
+            timeline_limit=limit,
+        )
     if as_json:
         click.echo(json.dumps(explanation.to_json(), indent=2))
     else:
@@ -100,28 +95,24 @@ def explain(
 
 
 def _explain_funnel(
-    target: str | None, controller: str | None, journal_path: Path, since: str | None, as_json: bool
+    target: str | None, controller: str | None, source: Source, since: str | None, as_json: bool
 ) -> None:
     import json
     import time
 
     from ctrltrace.funnel import FunnelFold, render_funnel
-    from ctrltrace.journal import Journal, JournalError
 
     if target is not None or controller is None:
         raise CommandError("--funnel takes --controller NAME and no NAMESPACE/NAME", ExitCode.USAGE)
     now = time.time()
     fold = FunnelFold()
-    try:
-        with Journal(journal_path) as journal:
-            fold.apply(journal.window(parse_since(since, now) or 0.0, now))
-    except JournalError as error:
-        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    with evidence_errors(), source.open() as evidence:
+        fold.apply(evidence.window(parse_since(since, now) or 0.0, now))
     found = fold.funnel(controller)
     if found is None:
         known = ", ".join(fold.controllers) or "none"
         raise CommandError(
-            f"no record of controller {controller!r} in {journal_path} (controllers: {known})",
+            f"no record of controller {controller!r} in the {source.label} (controllers: {known})",
             ExitCode.USAGE,
         )
     click.echo(json.dumps(found.to_json(), indent=2) if as_json else render_funnel(found))

@@ -1,16 +1,22 @@
-"""Options and values several commands share: the journal, durations and ``--since``, and the
-epilog of exit codes. Defined once, here."""
+"""Options and values several commands share: the journal, where explain's evidence comes from,
+durations and ``--since``, and the epilog of exit codes. Defined once, here."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from ctrltrace.cli.errors import CommandError, ExitCode
+
+if TYPE_CHECKING:
+    from ctrltrace.evidence import Opener
 
 DEFAULT_JOURNAL = Path(".ctrltrace") / "journal.sqlite"
 FC = TypeVar("FC", bound=Callable[..., object])
@@ -30,6 +36,54 @@ def journal_option(
         type=click.Path(dir_okay=False, path_type=Path),
         help=help_text,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where explain and the TUI read records from, not opened yet."""
+
+    open: Opener
+    label: str
+
+
+def evidence_options(
+    journal_help: str = "The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
+) -> Callable[[FC], FC]:
+    """The options that say where the records come from (``--journal PATH``), passed to the
+    command as one ``source: Source``."""
+
+    def decorate(command: FC) -> FC:
+        @functools.wraps(command)
+        def with_source(*args: Any, journal_path: Path, **kwargs: Any) -> object:
+            return command(*args, source=_source(journal_path), **kwargs)
+
+        return journal_option(journal_help)(cast(FC, with_source))
+
+    return decorate
+
+
+def _source(journal_path: Path) -> Source:
+    from ctrltrace.journal import Journal  # only the commands that read it pay for it
+
+    return Source(functools.partial(Journal, journal_path), f"journal {journal_path}")
+
+
+@contextlib.contextmanager
+def evidence_errors() -> Iterator[None]:
+    """Turn a source's failure into the CLI's one-line error with its exit code."""
+    from ctrltrace.evidence import EvidenceError, EvidenceRefused, EvidenceUnreachable
+    from ctrltrace.journal import JournalError
+
+    try:
+        yield
+    except JournalError as error:
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
+    except EvidenceUnreachable as error:
+        raise CommandError(str(error), ExitCode.UNREACHABLE) from error
+    except EvidenceRefused as error:
+        raise CommandError(str(error), ExitCode.ENVIRONMENT) from error
+    except EvidenceError as error:  # unreadable: what the journal's code says for a journal
+        raise CommandError(str(error), ExitCode.JOURNAL) from error
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

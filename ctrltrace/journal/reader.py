@@ -75,6 +75,10 @@ class Journal:
             self._db.close()
             raise
 
+    @property
+    def label(self) -> str:
+        return f"journal {self.path}"
+
     def close(self) -> None:
         self._db.close()
 
@@ -282,16 +286,16 @@ class Journal:
         entries.sort(key=lambda found: (found[2][F_TIME], found[0]))
         return [restored(entry) for _, _, entry in entries]
 
-    def tail(self, after_seq: int = 0, limit: int = 1_000) -> list[tuple[int, Record]]:
-        """Up to ``limit`` records written after ``after_seq``, with their seq, oldest first."""
+    def tail(self, after: int = 0, limit: int = 1_000) -> list[tuple[int, Record]]:
+        """Up to ``limit`` records written after seq ``after``, with their seq, oldest first."""
         batches = self._select(
             "SELECT seq, run, chunks, body FROM batches WHERE seq >= coalesce("
             "(SELECT max(seq) FROM batches WHERE seq <= ?), 0) ORDER BY seq LIMIT ?",
-            (after_seq, limit + 1),  # each batch holds at least one record
+            (after, limit + 1),  # each batch holds at least one record
         )
         tail: list[tuple[int, Record]] = []
         for seq, _, entry in self._entries(batches):
-            if seq > after_seq:
+            if seq > after:
                 tail.append((seq, restored(entry)))
                 if len(tail) == limit:
                     break

@@ -10,6 +10,7 @@ real journal, show the three drops with their counts and reasons.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from ctrltrace import Context, Manager, Request, Stage, predicates
 from ctrltrace.cli import main as cli_main
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.envtest.pytest_plugin import MintIdentity
-from ctrltrace.journal import JournalWriter
+from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.tui import cells
 from ctrltrace.tui.feed import replay
 
@@ -115,7 +116,7 @@ def test_the_funnel_shows_a_predicate_an_unmapped_child_and_a_forbidden_watch(
     assert [stage["count"] for stage in answer["stages"]] == [3, 2, 1, 1, 0]
 
     # The TUI's funnel, replayed from the same journal, shows the same three rows.
-    state = replay(journal.path, time.time())
+    state = replay(functools.partial(Journal, journal.path), time.time())
     assert state is not None
     funnel = state.funnel.funnel("shop")
     assert funnel is not None

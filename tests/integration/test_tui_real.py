@@ -11,6 +11,7 @@ and durations. The order and content of the records are the real run's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import re
 import time
@@ -28,7 +29,7 @@ from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record
 from ctrltrace.tui.app import TraceApp
 from ctrltrace.tui.command import ManagerThread
-from ctrltrace.tui.feed import JournalFeed, RecorderFeed
+from ctrltrace.tui.feed import EvidenceFeed, RecorderFeed
 from ctrltrace.tui.table import LiveTable
 
 from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
@@ -364,7 +365,7 @@ def test_the_live_view_follows_a_real_run_as_it_writes(
                     lambda: bool(running.records.where(Stage.CONTROLLER, "started"))
                 )
                 writer.flush()
-                app = TraceApp(JournalFeed(path, poll_s=0.05))
+                app = TraceApp(EvidenceFeed.of_journal(path, poll_s=0.05))
                 async with app.run_test(size=SIZE) as pilot:
                     await settled(pilot, 1)
                     control_plane.request(
@@ -392,7 +393,7 @@ def test_run_with_a_tui_shows_the_manager_of_this_process(
     path = tmp_path / "journal.sqlite"
     widgets = f"/apis/example.com/v1/namespaces/{kube_namespace}/widgets"
     manager = widget_manager(manager_factory, kube_namespace)
-    feed = RecorderFeed(path)
+    feed = RecorderFeed(functools.partial(Journal, path))
     manager.add_sink(feed)
 
     async def scenario() -> None:
@@ -453,7 +454,7 @@ def test_real_watch_errors_show_with_their_message(
                 )
             finally:
                 await stop(running)
-        app = TraceApp(JournalFeed(path, poll_s=0.05))
+        app = TraceApp(EvidenceFeed.of_journal(path, poll_s=0.05))
         async with app.run_test(size=SIZE) as pilot:
             await settled(pilot, 4)
             await pilot.press("4")

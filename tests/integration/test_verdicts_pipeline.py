@@ -7,6 +7,7 @@ matters) and explained from a real journal through the CLI's ``--json``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from ctrltrace import (
 from ctrltrace.envtest import ControlPlane, FaultProxy
 from ctrltrace.envtest.pytest_plugin import MintIdentity
 from ctrltrace.events import Event
-from ctrltrace.journal import JournalWriter
+from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import Obj
 from ctrltrace.tui import cells
 from ctrltrace.tui.feed import Target, explain_object, replay
@@ -118,13 +119,16 @@ def test_a_controller_blocked_by_a_forbidden_watch_is_cache_not_synced_naming_it
     # The TUI, reading the same journal, shows the controller blocked by that watch, and its
     # object view gives the same verdict.
     now = time.time()
-    state = replay(journal.path, now)
+    state = replay(functools.partial(Journal, journal.path), now)
     assert state is not None
     (controller,) = state.controllers.values()
     shown = cells.controller_cells(controller, now, state.blocking(controller))
     assert shown[1].plain == "✗ blocked by ConfigMap forbidden"
     target = Target(kube_namespace, "blocked", "Widget")
-    assert explain_object(journal.path, target, now=now).verdict.code == verdict["code"]
+    assert (
+        explain_object(functools.partial(Journal, journal.path), target, now=now).verdict.code
+        == verdict["code"]
+    )
     assert verdict["code"] == "cache_not_synced"
     assert "waiting for a worker" not in verdict["message"]
     assert "max_concurrent_reconciles" not in verdict["fix"]

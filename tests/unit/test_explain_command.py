@@ -6,11 +6,15 @@ import json
 import sqlite3
 from pathlib import Path
 
+import click
+import pytest
 from click.testing import CliRunner
 
 from ctrltrace import ObjectRef, Record, Stage
 from ctrltrace.cli import ExitCode, main
-from ctrltrace.journal import JournalWriter
+from ctrltrace.cli.options import evidence_errors
+from ctrltrace.evidence import Evidence, EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
+from ctrltrace.journal import JournalMissing, JournalWriter
 
 
 def _explain(*args: str) -> tuple[int, str]:
@@ -80,3 +84,26 @@ def test_verdicts_set_the_exit_code_and_kind_is_kubectl_style(tmp_path: Path) ->
     assert code == 3
     assert "dropped_by_predicate" in output
     assert max(len(line) for line in output.splitlines()) <= 100
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (JournalMissing("no journal at x"), ExitCode.JOURNAL),
+        (EvidenceUnreachable("nothing answers at http://127.0.0.1:1"), ExitCode.UNREACHABLE),
+        (EvidenceRefused("the token was rejected"), ExitCode.ENVIRONMENT),
+        (EvidenceUnreadable("not a debug endpoint's answer"), ExitCode.JOURNAL),
+    ],
+)
+def test_each_source_failure_is_one_line_with_its_exit_code(error: Exception, code: int) -> None:
+    def failing() -> Evidence:
+        raise error
+
+    @click.command()
+    def command() -> None:
+        with evidence_errors(), failing():
+            raise AssertionError("the source opened")
+
+    result = CliRunner().invoke(command, [], standalone_mode=True)
+    assert result.exit_code == code
+    assert result.output == f"ctrltrace: error: {error}\n"

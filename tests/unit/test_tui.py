@@ -10,6 +10,7 @@ it pins syrupy 4, which requires pytest < 9.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import itertools
 import json
@@ -31,6 +32,7 @@ from textual.widgets import Input, Static
 from ctrltrace import BuildError, Manager
 from ctrltrace.cli import ExitCode
 from ctrltrace.cli import main as cli_main
+from ctrltrace.evidence import Opener
 from ctrltrace.explain import Code, explain
 from ctrltrace.explain_text import render_text
 from ctrltrace.funnel import Funnel, Loss, Step
@@ -42,8 +44,8 @@ from ctrltrace.tui.command import run_with_tui, tui_command
 from ctrltrace.tui.feed import (
     Batch,
     EventRow,
+    EvidenceFeed,
     Feed,
-    JournalFeed,
     Notify,
     RecorderFeed,
     Target,
@@ -322,7 +324,7 @@ class SteadyApp(TraceApp):
 
 
 def app_on(path: Path, clock: float, feed: Feed | None = None) -> TraceApp:
-    app = SteadyApp(feed or JournalFeed(path, poll_s=0.02), clock=at(clock))
+    app = SteadyApp(feed or EvidenceFeed.of_journal(path, poll_s=0.02), clock=at(clock))
     app.animation_level = "none"
     return app
 
@@ -331,12 +333,12 @@ class CountedWakeups:
     """A journal feed that counts the wake-ups it sent the view, each once it is sent."""
 
     def __init__(self, path: Path) -> None:
-        self._feed = JournalFeed(path, poll_s=0.02)
+        self._feed = EvidenceFeed.of_journal(path, poll_s=0.02)
         self.wakeups = 0
 
     @property
-    def journal(self) -> Path:
-        return self._feed.journal
+    def evidence(self) -> Opener:
+        return self._feed.evidence
 
     @property
     def label(self) -> str:
@@ -620,7 +622,7 @@ def test_the_journal_feed_tails_records_appended_while_it_runs(tmp_path: Path) -
     path = tmp_path / "journal.sqlite"
     story = demo()
     wakeups: list[int] = []
-    feed = JournalFeed(path, poll_s=0.01, chunk=10)
+    feed = EvidenceFeed.of_journal(path, poll_s=0.01, chunk=10)
     with JournalWriter(path) as writer:
         for record in story.records[:20]:
             writer(record)
@@ -639,7 +641,7 @@ def test_the_journal_feed_tails_records_appended_while_it_runs(tmp_path: Path) -
     assert 0 < len(wakeups) < len(story.records)
 
 
-def _take_until(feed: JournalFeed, count: int) -> list[Record]:
+def _take_until(feed: EvidenceFeed, count: int) -> list[Record]:
     taken: list[Record] = []
     deadline = time.monotonic() + 10
     while len(taken) < count:
@@ -669,7 +671,7 @@ def test_the_journal_feed_reports_a_journal_it_cannot_read(
         with sqlite3.connect(path) as db:
             db.execute("CREATE TABLE notes (text TEXT)")
         db.close()
-    feed = JournalFeed(path)
+    feed = EvidenceFeed.of_journal(path)
     feed.start(lambda: None)
     feed.stop()  # the thread ends by itself after the failure; stop() joins it
     batch = feed.take()
@@ -701,16 +703,16 @@ def test_replay_folds_the_journal_up_to_the_cursor(journal: Path) -> None:
         for r in DEMO.records
         if r.stage is Stage.RECONCILE and r.request == "shop/b" and r.outcome == "success"
     )
-    state = replay(journal, retry_end.time - 0.001)
+    state = replay(functools.partial(Journal, journal), retry_end.time - 0.001)
     assert state is not None
     assert words(state)["Widget shop/b ADDED"] == "▶ widget: reconciling, run 2"
     assert "Widget shop/c ADDED" not in words(state)
-    assert replay(journal, END, cancelled=lambda: True) is None
+    assert replay(functools.partial(Journal, journal), END, cancelled=lambda: True) is None
 
 
 def test_the_object_view_explains_as_explain_does(journal: Path) -> None:
     target = Target("shop", "b", "Widget")
-    shown = explain_object(journal, target, now=END)
+    shown = explain_object(functools.partial(Journal, journal), target, now=END)
     with Journal(journal) as reader:
         direct = explain(
             reader.about("shop", "b", kind="Widget"),
@@ -726,7 +728,9 @@ def test_the_object_view_explains_as_explain_does(journal: Path) -> None:
     assert shown.verdict.code is Code.RECONCILED
     # As of a cursor before the retry ended, it was still failing.
     error = next(r for r in DEMO.records if r.stage is Stage.RECONCILE and r.outcome == "error")
-    earlier = explain_object(journal, target, now=error.time, until=error.time + 0.005)
+    earlier = explain_object(
+        functools.partial(Journal, journal), target, now=error.time, until=error.time + 0.005
+    )
     assert earlier.verdict.code is Code.RECONCILE_FAILED
 
 
@@ -747,7 +751,9 @@ def test_the_object_view_shows_the_events_a_reconcile_emitted(tmp_path: Path) ->
     story.end(start)
     path = tmp_path / "journal.sqlite"
     write_journal(path, story.records)
-    shown = explain_object(path, Target("shop", "a", "Widget"), now=story.time)
+    shown = explain_object(
+        functools.partial(Journal, path), Target("shop", "a", "Widget"), now=story.time
+    )
     [entry] = [entry for entry in shown.timeline if entry.stage is Stage.KUBE_EVENT]
     assert entry.what == "counted: Normal Synced: Widget synced (count 2)"
     assert "⚑ Event" in render_text(shown)
@@ -1011,7 +1017,7 @@ def test_a_missing_or_foreign_journal_is_said_on_screen_and_exits_5(
             await _until(pilot, lambda: bool(app.failure))
             await pilot.pause()
             text = screen_text(app)
-            assert "✗ cannot read the journal" in text and message in text
+            assert "✗ cannot read the records" in text and message in text
             if content is None:
                 assert_snapshot(app, "missing-journal")
             await pilot.press("q")
@@ -1045,7 +1051,7 @@ def test_the_live_view_picks_up_records_appended_while_it_is_open(tmp_path: Path
             for record in story.records:
                 writer(record)
             writer.flush()
-            app = TraceApp(JournalFeed(path, poll_s=0.02))  # the real clock: live
+            app = TraceApp(EvidenceFeed.of_journal(path, poll_s=0.02))  # the real clock: live
             async with app.run_test(size=SIZE) as pilot:
                 await settled(pilot, 2)
                 table = app.query_one("#events", LiveTable)
