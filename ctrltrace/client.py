@@ -10,6 +10,10 @@ create-or-patch) and records each with the resourceVersion the server returned, 
 informer can recognise the controller's own writes when they come back as watch events.
 
 It may not change the cache: only watch events do.
+
+Over 500 lines because ``Client`` is controller-runtime's client surface, every verb over one
+cache, transport and write log; the verbs share ``_write`` and the read path, and split by verb
+they would share them across modules.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ objects are shared with every listener: nothing here copies them, and nothing ou
 change them. The client copies what it hands a reconciler (``copy_object``). A namespace
 index and the field indexes are kept up to date with the store, so listing a namespace or
 looking up an indexed value touches only the objects it returns.
+
+Over 500 lines because ``Informer`` is one object: its reflector loop, store, indexes and
+records all change the same state (the store, the versions per namespace, the sync status)
+under one event loop, as client-go's reflector and indexer do together.
 """
 
 from __future__ import annotations

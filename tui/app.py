@@ -38,7 +38,7 @@ from ctrltrace.evidence import EvidenceError, Opener
 from ctrltrace.funnel import Funnel
 from ctrltrace.journal import JournalError
 from ctrltrace.timetext import clock
-from ctrltrace.tui import cells
+from ctrltrace.tui import cells, funnel_cells
 from ctrltrace.tui.feed import (
     MAX_EVENT_ROWS,
     Feed,
@@ -118,7 +118,7 @@ _WATCH_COLUMNS = (
 _FUNNEL_COLUMNS = (
     Column("stage", 26, 12),
     Column("count", 7, 5),
-    Column("", cells.BAR_WIDTH, 4),
+    Column("", funnel_cells.BAR_WIDTH, 4),
     Column("why / how", 200, 10),
 )
 
@@ -405,15 +405,15 @@ class TraceApp(App[None]):
                 ]
             )
         )
-        _sync(table, cells.funnel_rows(funnel))
+        _sync(table, funnel_cells.funnel_rows(funnel))
         width = self.size.width - 2  # the padding of #rates; its own size lags a resize
-        rates.update(cells.time_view(funnel, now, width))
+        rates.update(funnel_cells.time_view(funnel, now, width))
         self._render_funnel_detail(table.cursor_key)
 
     def _render_funnel_detail(self, key: Hashable | None) -> None:
         funnel = self._shown_funnel()
         detail = self.query_one("#funnel-detail", Static)
-        detail.update("" if funnel is None else cells.funnel_detail(funnel, key))
+        detail.update("" if funnel is None else funnel_cells.funnel_detail(funnel, key))
 
     def _render_status(self) -> None:
         parts: list[Text | str] = [cells.feed_status(self.live, self.clock())]
@@ -481,7 +481,7 @@ class TraceApp(App[None]):
         until = self.cursor if self.cursor is not None else self.paused_at
         if table.id == "funnel":
             funnel = self._shown_funnel()
-            drop = None if funnel is None else cells.find_drop(funnel, key)
+            drop = None if funnel is None else funnel_cells.find_drop(funnel, key)
             if funnel is None or drop is None:
                 self.notify("Select a ✗ row of the funnel to list its objects.", severity="warning")
                 return

@@ -22,7 +22,7 @@ from ctrltrace.explain_text import ExplanationView
 from ctrltrace.funnel import LOSS_WORDS, STEP_WORDS, Drop
 from ctrltrace.journal import JournalError
 from ctrltrace.timetext import clock
-from ctrltrace.tui import cells
+from ctrltrace.tui import funnel_cells
 from ctrltrace.tui.feed import (
     Target,
     explain_object,
@@ -251,7 +251,9 @@ class LostScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#lost", LiveTable)
-        table.replace_rows((index, cells.lost_cells(lost)) for index, lost in enumerate(self._lost))
+        table.replace_rows(
+            (index, funnel_cells.lost_cells(lost)) for index, lost in enumerate(self._lost)
+        )
         table.focus()
 
     def action_open(self) -> None:
