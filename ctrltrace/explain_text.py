@@ -18,6 +18,14 @@ from ctrltrace.explain import Code, Explanation, clock
 from ctrltrace.printable import printable
 from ctrltrace.records import Stage
 from ctrltrace.spanmodel import REPLICA
+from ctrltrace.vocabulary import (
+    ControllerOutcome,
+    DispatchOutcome,
+    KubeEventOutcome,
+    LeaseOutcome,
+    ReconcileOutcome,
+    WatchOutcome,
+)
 
 
 def render_text(explanation: Explanation, width: int = 100) -> str:
@@ -100,26 +108,26 @@ class ExplanationView:
 
 
 _MARKS = {
-    (Stage.DISPATCH, "dropped_by_predicate"): ("✗", "red"),
-    (Stage.DISPATCH, "not_mapped"): ("✗", "red"),
-    (Stage.RECONCILE, "success"): ("✓", "green"),
-    (Stage.RECONCILE, "error"): ("✗", "red"),
-    (Stage.RECONCILE, "terminal_error"): ("✗", "red"),
-    (Stage.RECONCILE, "requeue"): ("↻", "yellow"),
-    (Stage.RECONCILE, "requeue_after"): ("↻", "yellow"),
-    (Stage.WATCH, "synced"): ("✓", "green"),
-    (Stage.WATCH, "forbidden"): ("✗", "red"),
-    (Stage.WATCH, "kind_not_found"): ("✗", "red"),
-    (Stage.WATCH, "error"): ("✗", "red"),
-    (Stage.WATCH, "disconnected"): ("✗", "red"),
-    (Stage.LEASE, "acquired"): ("✓", "green"),
-    (Stage.LEASE, "standby"): ("◷", "yellow"),
-    (Stage.LEASE, "lost"): ("✗", "red"),
-    (Stage.LEASE, "error"): ("✗", "red"),
-    (Stage.CONTROLLER, "started"): ("✓", "green"),
-    (Stage.CONTROLLER, "cache_not_synced"): ("◷", "yellow"),
-    (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
-    (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
+    (Stage.DISPATCH, DispatchOutcome.DROPPED_BY_PREDICATE): ("✗", "red"),
+    (Stage.DISPATCH, DispatchOutcome.NOT_MAPPED): ("✗", "red"),
+    (Stage.RECONCILE, ReconcileOutcome.SUCCESS): ("✓", "green"),
+    (Stage.RECONCILE, ReconcileOutcome.ERROR): ("✗", "red"),
+    (Stage.RECONCILE, ReconcileOutcome.TERMINAL_ERROR): ("✗", "red"),
+    (Stage.RECONCILE, ReconcileOutcome.REQUEUE): ("↻", "yellow"),
+    (Stage.RECONCILE, ReconcileOutcome.REQUEUE_AFTER): ("↻", "yellow"),
+    (Stage.WATCH, WatchOutcome.SYNCED): ("✓", "green"),
+    (Stage.WATCH, WatchOutcome.FORBIDDEN): ("✗", "red"),
+    (Stage.WATCH, WatchOutcome.KIND_NOT_FOUND): ("✗", "red"),
+    (Stage.WATCH, WatchOutcome.ERROR): ("✗", "red"),
+    (Stage.WATCH, WatchOutcome.DISCONNECTED): ("✗", "red"),
+    (Stage.LEASE, LeaseOutcome.ACQUIRED): ("✓", "green"),
+    (Stage.LEASE, LeaseOutcome.STANDBY): ("◷", "yellow"),
+    (Stage.LEASE, LeaseOutcome.LOST): ("✗", "red"),
+    (Stage.LEASE, LeaseOutcome.ERROR): ("✗", "red"),
+    (Stage.CONTROLLER, ControllerOutcome.STARTED): ("✓", "green"),
+    (Stage.CONTROLLER, ControllerOutcome.CACHE_NOT_SYNCED): ("◷", "yellow"),
+    (Stage.KUBE_EVENT, KubeEventOutcome.DROPPED): ("✗", "yellow"),
+    (Stage.KUBE_EVENT, KubeEventOutcome.FAILED): ("✗", "red"),
 }
 _STAGE_MARKS = {
     Stage.EVENT: ("●", "cyan"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from ctrltrace.records import OUTCOMES, AttrValue, ObjectRef, Stage
+from ctrltrace.records import AttrValue, ObjectRef, Stage
 
 
 class Settable(Protocol):
@@ -107,27 +107,6 @@ def stage_of(name: str) -> Stage | None:
     except ValueError:
         return None
 
-
-# -- outcomes the exporters match on, checked against the record vocabulary ---------------------
-
-
-def known_outcomes(stage: Stage, *outcomes: str) -> frozenset[str]:
-    """``outcomes`` of ``stage``, each checked against the record vocabulary at import: a
-    consumer's set that names an outcome no producer records fails loudly, not by never
-    matching."""
-    unknown = set(outcomes) - OUTCOMES[stage]
-    if unknown:  # a typo here would silently never match
-        raise ValueError(f"{stage} records no outcome {sorted(unknown)}")
-    return frozenset(outcomes)
-
-
-ENQUEUED = known_outcomes(Stage.DISPATCH, "queued", "deduplicated", "requeued_after_processing")
-"""Dispatch outcomes that put the request in the queue: only these can cause a reconcile."""
-REQUEUED = known_outcomes(Stage.RECONCILE, "error", "requeue", "requeue_after")
-"""Reconcile outcomes the controller follows with a REQUEUE record."""
-FAILED = known_outcomes(Stage.RECONCILE, "error", "terminal_error")
-WATCH_FAILURES = known_outcomes(Stage.WATCH, "forbidden", "kind_not_found", "error", "disconnected")
-LEASE_ERRORS = known_outcomes(Stage.LEASE, "lost", "error")
 
 # -- record attrs ------------------------------------------------------------------------------
 

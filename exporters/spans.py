@@ -57,11 +57,8 @@ from ctrltrace.spanmodel import (
     CAUSED_LINK,
     CONTROLLER,
     DISPATCH_LINK,
-    ENQUEUED,
     EVENT_TYPE,
-    FAILED,
     K8S_NAMESPACE_NAME,
-    LEASE_ERRORS,
     LINK,
     MESSAGING_BATCH_MESSAGE_COUNT,
     OUTCOME,
@@ -73,10 +70,8 @@ from ctrltrace.spanmodel import (
     REQUEUE_DELAY,
     REQUEUE_EVENT,
     REQUEUE_LINK,
-    REQUEUED,
     START_REASON,
     UNFINISHED,
-    WATCH_FAILURES,
     WRITE_EVENT,
     WRITE_LINK,
     WRITE_VERB,
@@ -84,6 +79,13 @@ from ctrltrace.spanmodel import (
     put_fields,
     put_object,
     span_name,
+)
+from ctrltrace.vocabulary import (
+    ENQUEUED,
+    LEASE_ERRORS,
+    RECONCILE_FAILED,
+    REQUEUED,
+    WATCH_FAILURES,
 )
 
 __all__ = ["SpanSink", "replay", "trace_ids_processor"]
@@ -306,7 +308,7 @@ class SpanSink:
         if record.reason:
             attributes[REASON] = record.reason
         put_attrs(Stage.RECONCILE, record.attrs, attributes)
-        if outcome in FAILED:
+        if outcome in RECONCILE_FAILED:
             span.set_status(Status(StatusCode.ERROR, record.reason))
         span.set_attributes(attributes)
         end = _ns(record.time)

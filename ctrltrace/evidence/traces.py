@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ctrltrace.evidence import EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
-from ctrltrace.records import AttrValue, ObjectRef, Record, Stage, Vocab
+from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 from ctrltrace.spanmodel import (
     CAUSED_LINK,
     COMPLETE_SAMPLERS,
@@ -66,6 +66,7 @@ from ctrltrace.spanmodel import (
     object_of,
     stage_of,
 )
+from ctrltrace.vocabulary import Attr, ManagerOutcome, manager_record
 
 __all__ = ["DEFAULT_WINDOW", "NUM_TRACES", "TraceEvidence", "records_from_otlp"]
 
@@ -632,12 +633,11 @@ class TraceEvidence:
 
 def _gap(first: float, last: float, reason: str, **attrs: AttrValue) -> Record:
     """Missing evidence, said as explain hears it: a MANAGER ``journal_gap`` over the time."""
-    return Record(
-        time=first,
-        stage=Stage.MANAGER,
-        outcome=Vocab.JOURNAL_GAP,
-        reason=reason,
-        attrs={Vocab.FIRST_TIME: first, Vocab.LAST_TIME: last, **attrs},
+    return manager_record(
+        first,
+        ManagerOutcome.JOURNAL_GAP,
+        reason,
+        {Attr.FIRST_TIME: first, Attr.LAST_TIME: last, **attrs},
     )
 
 

@@ -36,7 +36,6 @@ from ctrltrace.spanmodel import (
     SAMPLER,
     SERVICE_INSTANCE_ID,
     SERVICE_NAME,
-    known_outcomes,
     stage_of,
 )
 from ctrltrace.testing import RunStory
@@ -376,12 +375,6 @@ def test_service_on_the_url_reads_that_service_alone() -> None:
     assert {params.get("service") or params["query.service_name"] for _, params in asked} == {
         "shop-controller"
     }
-
-
-def test_an_outcome_set_naming_what_no_producer_records_fails_at_import() -> None:
-    assert known_outcomes(Stage.DISPATCH, "queued") == {"queued"}
-    with pytest.raises(ValueError, match=r"dispatch records no outcome \['enqueued'\]"):
-        known_outcomes(Stage.DISPATCH, "queued", "enqueued")
 
 
 def test_the_funnel_reads_from_traces_as_from_the_journal(tmp_path: Path) -> None:
