@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ctrltrace.records import AttrValue, ObjectRef, Stage
+from ctrltrace.vocabulary import Attr
 
 
 class Settable(Protocol):
@@ -81,7 +82,7 @@ SERVICE_NAME = "service.name"
 SERVICE_INSTANCE_ID = "service.instance.id"
 K8S_POD_NAME = "k8s.pod.name"
 SAMPLER = "ctrltrace.sampler"  # OTEL_TRACES_SAMPLER[:ARG] of the exporting process
-REPLICA = "replica"  # the record attr a reader adds: which replica exported the record's span
+REPLICA = Attr.REPLICA  # the record attr a reader adds: which replica exported the span
 COMPLETE_SAMPLERS = frozenset({"always_on", "parentbased_always_on"})
 """Samplers that keep every trace: spans missing under them were lost, not sampled out."""
 

@@ -128,6 +128,9 @@ class ManagerOutcome:
     DRAIN_TIMED_OUT = "drain_timed_out"
     STOPPED = "stopped"
     JOURNAL_GAP = "journal_gap"  # Attr.COUNT, FIRST_TIME, LAST_TIME; the reason says why
+    # Not the runtime's: a reader of evidence (traces) says what it could not read (traces a
+    # sampler left out, traces older than a search reached), between FIRST_TIME and LAST_TIME.
+    EVIDENCE_MISSING = "evidence_missing"
 
 
 def _values(outcomes: type) -> frozenset[str]:
@@ -257,6 +260,9 @@ class Attr:
     COUNT = "count"
     FIRST_TIME = "first_time"
     LAST_TIME = "last_time"
+    # Any stage, added by a reader of evidence gathered from several processes (traces): the
+    # replica (pod, process) whose record it is. Records of one process (a journal) have none.
+    REPLICA = "replica"
 
 
 class Unmapped:

@@ -632,10 +632,11 @@ class TraceEvidence:
 
 
 def _gap(first: float, last: float, reason: str, **attrs: AttrValue) -> Record:
-    """Missing evidence, said as explain hears it: a MANAGER ``journal_gap`` over the time."""
+    """Missing evidence, said as explain hears it: a MANAGER ``evidence_missing`` over the
+    time."""
     return manager_record(
         first,
-        ManagerOutcome.JOURNAL_GAP,
+        ManagerOutcome.EVIDENCE_MISSING,
         reason,
         {Attr.FIRST_TIME: first, Attr.LAST_TIME: last, **attrs},
     )

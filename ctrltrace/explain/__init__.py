@@ -19,7 +19,10 @@ The decision procedure, in order:
    mapped to it), whichever came last. Without either, go to 6.
 2. The trigger's DISPATCH records (one per controller and request; only ``controller``'s when
    given) are followed one by one. None at all → ``not_watched``: no controller took it.
-   ``dropped_by_predicate`` and ``not_mapped`` are verdicts as they stand.
+   ``dropped_by_predicate`` and ``not_mapped`` are verdicts as they stand. Evidence from
+   several replicas (records naming their ``replica``, as traces give them): every replica's
+   informer sees the event, so the same event (type and object, resourceVersion included)
+   as the other replicas saw it is followed too, each within its own replica.
 3. A queued, deduplicated or requeued-after-processing dispatch is followed to the
    RECONCILE_START naming it as a cause (or, should that link be missing, the next start of
    the same request in the same controller: the queue coalesced it into that one), then along
@@ -31,8 +34,9 @@ The decision procedure, in order:
    server answered (``api_status``: 409, 404, 403, 422, 429, 5xx) or a timeout gets the fix
    for that status; only other errors get "fix the error in the reconciler". A dispatch
    whose predicate or map function raised is a verdict about that function.
-4. A dispatch with no start yet: ``not_leader`` if the latest lease transition (acquired,
-   standby, lost, released) is not ``acquired`` (naming the holder). Else, if the controller
+4. A dispatch with no start yet, judged by the health of its own replica: ``not_leader`` if
+   the latest lease transition (acquired, standby, lost, released) is not ``acquired``
+   (naming the holder). Else, if the controller
    has no ``started`` record in the manager run of the dispatch (runs end at MANAGER
    ``stopped``), its workers never started: ``cache_not_synced`` naming each of its watches
    (its ``watching`` records) that failed without syncing, with the API server's error and
@@ -41,25 +45,30 @@ The decision procedure, in order:
    waiting for a worker, naming the reconciles running now (from ``activity``).
 5. With several dispatches, the one that got furthest is the verdict: reaching Reconcile beats
    waiting, which beats not_mapped and dropped_by_predicate; among those that reached
-   Reconcile, failures come first. The others are listed in the verdict's details. Then, if
+   Reconcile, failures come first; across replicas, a standby's ``not_leader`` gives way to any
+   other replica's verdict. The others are listed in the verdict's details. Then, if
    the trigger was the controller's own write coming back (EVENT ``attrs["self_caused"]``) and
    the object's last three or more reconciles were each triggered only by such events, the
    verdict becomes ``self_triggered``: the controller is reconciling itself in a loop.
 6. No event: the informer records for the object's kind (every kind when ``kind`` is not
    given) that cover its namespace decide. None → ``not_watched``; the latest is
    ``forbidden`` → ``watch_forbidden``; ``kind_not_found`` → ``kind_not_found``; never
-   ``synced`` → ``cache_not_synced``; otherwise ``no_events``. Across several kinds the
-   first of that order wins.
+   ``synced`` → ``cache_not_synced``; otherwise ``no_events``, unless the evidence says it
+   lacks something (a MANAGER ``journal_gap``, or ``evidence_missing`` from a reader such as
+   traces a sampler left out): then ``evidence_missing``, for the event may be in what is
+   missing. Across several kinds the first of that order wins.
 7. Deletion: if the object's latest event is DELETED, the message says so (and that
    Reconcile then ran). If it carries a deletionTimestamp and finalizers, and reconciles ran
    since the first event that carried it, a verdict that reached Reconcile becomes
    ``deletion_blocked`` (which finalizers, since when, how many reconciles).
-8. Warnings, whatever the verdict, from the manager run of the trigger: the object's kind's
+8. Warnings, whatever the verdict, from the manager run of the trigger in the replica of the
+   verdict's dispatch: the object's kind's
    watch is failing now (``watch_disconnected``) or its latest failure is a 403
    (``watch_forbidden``, unless that is the verdict), in both cases only while no watch was
    accepted (``resumed``) since; this replica's latest lease transition is ``lost``
-   (``lease_lost``); a MANAGER ``journal_gap`` overlaps the time from the first record about
-   the object until now (``journal_gap``: the answer may be incomplete).
+   (``lease_lost``); a MANAGER ``journal_gap`` or ``evidence_missing`` overlaps the time from
+   the first record about the object until now (``journal_gap``, ``evidence_missing``: the
+   answer may be incomplete).
 
 Record ids are unique only within one process run. Every link is therefore looked up in the
 direction of time (a cause is the latest record with that id before its effect, an effect the

@@ -3,7 +3,9 @@ reconcile start → reconcile → requeue), the recent activity of every request
 of the pipeline around the object (watches, the lease, each controller's workers).
 
 Record ids are unique only within one process run, so every link is looked up in the
-direction of time. Pure: no I/O.
+direction of time. Evidence gathered from several replicas (traces) names each record's
+replica (``Attr.REPLICA``): a request waits in one replica's queue and is taken by that
+replica's workers, so links and health are read within the replica. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ _SYNC_STATES = (ControllerOutcome.STARTED, ControllerOutcome.CACHE_NOT_SYNCED)
 _CONTROLLER_STAGES = frozenset(
     {Stage.DISPATCH, Stage.RECONCILE_START, Stage.RECONCILE, Stage.REQUEUE}
 )
+
+
+def replica_of(record: Record) -> str | None:
+    """The replica whose record it is, when the evidence came from several (else None)."""
+    replica = record.attrs.get(Attr.REPLICA)
+    return None if replica is None else str(replica)
 
 
 # -- following chains ------------------------------------------------------------------------
@@ -131,6 +139,7 @@ class Chains:
                 if record.stage is Stage.RECONCILE_START
                 and record.controller == cause.controller
                 and record.request == cause.request
+                and replica_of(record) == replica_of(cause)
             ),
             None,
         )
@@ -209,12 +218,16 @@ class Activity:
                 if isinstance(duration, int | float):
                     self.durations[record.controller].append(float(duration))
 
-    def running(self, controller: str, after: float, until: float) -> list[Record]:
-        """Reconciles of ``controller`` that started in (after, until] and have not ended."""
+    def running(
+        self, controller: str, after: float, until: float, replica: str | None = None
+    ) -> list[Record]:
+        """Reconciles of ``controller`` (in ``replica``) that started in (after, until] and
+        have not ended."""
         return [
             start
             for start in self.starts
             if start.controller == controller
+            and replica_of(start) == replica
             and after < start.time <= until
             and start.reconcile_id not in self.ended
         ]
@@ -250,6 +263,23 @@ class Health:
             ),
             key=lambda record: record.time,
         )
+        self._controller = controller
+        self._of: dict[str | None, Health] = {}
+
+    def of(self, replica: str | None) -> Health:
+        """The pipeline as one replica saw it: its own informer, lease and lifecycle records,
+        and those that belong to no replica (all of a journal's, a reader's own)."""
+        if replica is None:
+            return self
+        if replica not in self._of:
+            mine = (None, replica)
+            self._of[replica] = Health(
+                (record for record in self.watches if replica_of(record) in mine),
+                (record for record in self.leases if replica_of(record) in mine),
+                (record for record in self.lifecycle if replica_of(record) in mine),
+                self._controller,
+            )
+        return self._of[replica]
 
     def not_leader(self) -> Record | None:
         """The record saying this replica does not hold the lease, if it does not."""

@@ -7,11 +7,19 @@ across modules would hide that order; the words it needs live in ``fixes`` and `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ctrltrace.explain.chains import Activity, Blocker, Chains, Health, with_own_writes_paired
+from ctrltrace.explain.chains import (
+    Activity,
+    Blocker,
+    Chains,
+    Health,
+    replica_of,
+    with_own_writes_paired,
+)
 from ctrltrace.explain.fixes import (
     PREDICATE_FIXES,
     UNMAPPED_FIX,
@@ -61,6 +69,12 @@ _PREFERENCE = (
     Code.RECONCILE_FAILED,
     Code.TERMINAL_ERROR,
 )
+
+
+def _preference(pair: tuple[Record, Verdict]) -> int:
+    return _PREFERENCE.index(pair[1].code)
+
+
 _LOOP_AFTER = 3  # reconciles in a row triggered by the controller's own writes
 _REACHED = frozenset(
     {Code.RECONCILED, Code.REQUEUE_SCHEDULED, Code.RECONCILE_FAILED, Code.TERMINAL_ERROR}
@@ -133,6 +147,8 @@ class _Decision:
         self.activity = activity
         self.now = now
         self.evidence: list[Record] = []  # records outside the object's that decided
+        # The replica whose pipeline the verdict is about (None: one process's evidence).
+        self.replica: str | None = None
 
     def decide(self) -> Verdict:
         trigger = self._trigger()
@@ -142,13 +158,22 @@ class _Decision:
     def _verdict(self, trigger: Record | None) -> Verdict:
         if trigger is None:
             return self._without_events()
+        self.replica = replica_of(trigger)
         dispatches = self._dispatches(trigger)
         if not dispatches:
             return self._undispatched(trigger)
         outcomes = [(dispatch, self._follow(dispatch)) for dispatch in dispatches]
-        best, verdict = max(outcomes, key=lambda pair: _PREFERENCE.index(pair[1].code))
+        if len({replica_of(dispatch) for dispatch in dispatches}) > 1:
+            # A replica standing by queues what the leader reconciles: its not_leader says
+            # nothing about the object while another replica's dispatch says more.
+            leading = [pair for pair in outcomes if pair[1].code is not Code.NOT_LEADER]
+            best, verdict = max(leading or outcomes, key=_preference)
+        else:
+            best, verdict = max(outcomes, key=_preference)
+        self.replica = replica_of(best)
         others = [
             {"controller": d.controller, "request": d.request, "code": str(v.code)}
+            | ({"replica": replica} if (replica := replica_of(d)) is not None else {})
             for d, v in outcomes
             if d is not best
         ]
@@ -187,8 +212,24 @@ class _Decision:
             return [trigger]
         return [
             dispatch
-            for dispatch in self.chains.effects(trigger, Stage.DISPATCH)
+            for event in (trigger, *self._seen_elsewhere(trigger))
+            for dispatch in self.chains.effects(event, Stage.DISPATCH)
             if self.target.is_object_of(dispatch)
+        ]
+
+    def _seen_elsewhere(self, event: Record) -> list[Record]:
+        """The same watch event as the other replicas' informers saw it: every replica
+        watches, and the one that reconciles may not be the one whose record came last."""
+        replica = replica_of(event)
+        if replica is None:
+            return []
+        return [
+            record
+            for record in self.chains.records
+            if record.stage is Stage.EVENT
+            and replica_of(record) not in (None, replica)
+            and record.outcome == event.outcome
+            and record.object == event.object
         ]
 
     def _undispatched(self, event: Record) -> Verdict:
@@ -259,7 +300,8 @@ class _Decision:
         controller = dispatch.controller
         details: dict[str, Any] = {"controller": controller, "request": dispatch.request}
         queued = f"{controller} queued {dispatch.request} at {clock(dispatch.time)}"
-        lease = self.health.not_leader()
+        health = self.health.of(replica_of(dispatch))
+        lease = health.not_leader()
         if lease is not None:
             self.evidence.append(lease)
             holder = str(lease.attrs.get(Attr.HOLDER) or "") or "nobody yet"
@@ -273,10 +315,10 @@ class _Decision:
                 "stop it; run with leader election off to debug locally.",
                 details,
             )
-        blockers = self.health.blockers(controller, dispatch.time)
+        blockers = health.blockers(controller, dispatch.time)
         if blockers is not None:
             return self._blocked(dispatch, queued, blockers, details)
-        stopped = self.health.stopped_after(dispatch)
+        stopped = health.stopped_after(dispatch)
         if stopped is not None:
             self.evidence.append(stopped)
             return Verdict(
@@ -300,7 +342,7 @@ class _Decision:
         details: dict[str, Any],
     ) -> Verdict:
         """Queued in a controller whose workers never started: name the watches to blame."""
-        unsynced = self.health.unsynced(dispatch.controller)
+        unsynced = self.health.of(replica_of(dispatch)).unsynced(dispatch.controller)
         if unsynced is not None:
             self.evidence.append(unsynced)
         if not blockers:
@@ -337,6 +379,7 @@ class _Decision:
             if start.stage is Stage.RECONCILE_START
             and start.controller == dispatch.controller
             and start.request == dispatch.request
+            and replica_of(start) == replica_of(dispatch)
         ]
         if not running or running[-1].reconcile_id in self.chains.ends:
             return None
@@ -354,9 +397,11 @@ class _Decision:
     def _busy(self, dispatch: Record, queued: str, details: dict[str, Any]) -> Verdict:
         """Waiting for a worker: say what the workers are doing right now."""
         controller = dispatch.controller
-        after, until = self.health.run_of(dispatch.time)
-        running = self.activity.running(controller, after, until)
-        workers = self.health.workers(controller, dispatch.time)
+        replica = replica_of(dispatch)
+        health = self.health.of(replica)
+        after, until = health.run_of(dispatch.time)
+        running = self.activity.running(controller, after, until, replica)
+        workers = health.workers(controller, dispatch.time)
         usual = self.activity.usual(controller)
         doing = ", ".join(
             f"{start.request} for {span(self.now - start.time)} (reconcile_id {start.reconcile_id})"
@@ -423,7 +468,7 @@ class _Decision:
                     "awaits (a call without a timeout, a lock) in the logs with reconcile_id="
                     f"{start.reconcile_id}."
                 )
-        stopped = self.health.stopped_after(start)
+        stopped = self.health.of(replica_of(start)).stopped_after(start)
         if stopped is not None:
             self.evidence.append(stopped)
             message += f"; the manager stopped at {clock(stopped.time)} before it ended"
@@ -554,9 +599,10 @@ class _Decision:
     def _warnings(self, trigger: Record | None, verdict: Verdict) -> tuple[PipelineWarning, ...]:
         """Conditions around the object, whatever the verdict: its watch, the lease, gaps."""
         target = self.target
+        health = self.health.of(self.replica)
         # Without an event, the latest run the journal holds (not the empty one after it).
-        at = trigger.time if trigger is not None else self.health.latest(self.now)
-        after, until = self.health.run_of(at)
+        at = trigger.time if trigger is not None else health.latest(self.now)
+        after, until = health.run_of(at)
         kinds = (
             {target.kind}
             if target.kind
@@ -570,7 +616,7 @@ class _Decision:
         for kind in sorted(kinds):
             records = [
                 record
-                for record in self.health.watches
+                for record in health.watches
                 if after < record.time <= until
                 and record.attrs.get(Attr.KIND) == kind
                 and record.attrs.get(Attr.NAMESPACE, target.namespace) == target.namespace
@@ -580,7 +626,7 @@ class _Decision:
                 warnings.append(warning)
         transitions = [
             record
-            for record in self.health.leases
+            for record in health.leases
             if record.outcome in LEASE_TRANSITIONS and after < record.time <= until
         ]
         if (
@@ -599,23 +645,9 @@ class _Decision:
                 )
             )
         start = self.chains.records[0].time if self.chains.records else after
-        for gap in self.health.lifecycle:
-            if gap.stage is not Stage.MANAGER or gap.outcome != ManagerOutcome.JOURNAL_GAP:
-                continue
-            first = float(gap.attrs.get(Attr.FIRST_TIME, gap.time))
-            last = float(gap.attrs.get(Attr.LAST_TIME, gap.time))
-            if last >= start and first <= self.now:
-                warnings.append(
-                    PipelineWarning(
-                        WarningCode.JOURNAL_GAP,
-                        f"the journal lost {gap.attrs.get(Attr.COUNT, '?')} records between "
-                        f"{clock(first)} and {clock(last)} ({gap.reason}): this answer may "
-                        "be incomplete",
-                        "Records are lost when the journal's writer falls behind or a write "
-                        "fails: give it a faster disk or more room (--journal-max-size), and "
-                        "see the reason above.",
-                    )
-                )
+        warnings.extend(
+            _missing_warning(gap) for gap in _missing(health.lifecycle, start, self.now)
+        )
         return tuple(warnings)
 
     # step 5
@@ -676,7 +708,20 @@ class _Decision:
             return self._filtered(self._not_watched(kinds), kinds)
         verdicts = [self._watch_state(kind, records) for kind, records in covering.items()]
         verdict = min(verdicts, key=lambda verdict: WATCH_ORDER.index(verdict.code))
-        return self._filtered(verdict, kinds) if verdict.code is Code.NO_EVENTS else verdict
+        if verdict.code is not Code.NO_EVENTS:
+            return verdict
+        gaps = _missing(self.health.lifecycle, -math.inf, self.now)
+        if gaps:  # the event may be among what is missing: say that, not "no events"
+            self.evidence.extend(gaps)
+            return Verdict(
+                Code.EVIDENCE_MISSING,
+                f"no event for {target.key} was found, but the evidence is incomplete: "
+                + "; ".join(gap.reason for gap in gaps),
+                "Read a source that holds everything: the journal of the replica that "
+                "handled it, or traces sampled always_on (OTEL_TRACES_SAMPLER); then ask again.",
+                {**verdict.details, "missing": [gap.reason for gap in gaps]},
+            )
+        return self._filtered(verdict, kinds)
 
     def _filtered(self, verdict: Verdict, kinds: Mapping[str, list[Record]]) -> Verdict:
         """The cache holds only part of the kind (a label selector, some namespaces): name
@@ -764,3 +809,35 @@ class _Decision:
             "the manager's label selector, and that the journal covers when it changed.",
             details,
         )
+
+
+def _missing(lifecycle: Sequence[Record], start: float, now: float) -> list[Record]:
+    """What the evidence says it lacks (journal gaps, traces not read) from ``start`` on."""
+    return [
+        record
+        for record in lifecycle
+        if record.stage is Stage.MANAGER
+        and record.outcome in (ManagerOutcome.JOURNAL_GAP, ManagerOutcome.EVIDENCE_MISSING)
+        and float(record.attrs.get(Attr.LAST_TIME, record.time)) >= start
+        and float(record.attrs.get(Attr.FIRST_TIME, record.time)) <= now
+    ]
+
+
+def _missing_warning(gap: Record) -> PipelineWarning:
+    first = clock(float(gap.attrs.get(Attr.FIRST_TIME, gap.time)))
+    last = clock(float(gap.attrs.get(Attr.LAST_TIME, gap.time)))
+    if gap.outcome == ManagerOutcome.EVIDENCE_MISSING:
+        return PipelineWarning(
+            WarningCode.EVIDENCE_MISSING,
+            f"evidence between {first} and {last} may be missing ({gap.reason}): this answer "
+            "may be incomplete",
+            "Sample traces always_on (OTEL_TRACES_SAMPLER) where every answer counts, or read "
+            "the journal of the replica that handled the object.",
+        )
+    return PipelineWarning(
+        WarningCode.JOURNAL_GAP,
+        f"the journal lost {gap.attrs.get(Attr.COUNT, '?')} records between {first} and "
+        f"{last} ({gap.reason}): this answer may be incomplete",
+        "Records are lost when the journal's writer falls behind or a write fails: give it a "
+        "faster disk or more room (--journal-max-size), and see the reason above.",
+    )

@@ -34,6 +34,7 @@ class Code(enum.StrEnum):
     SELF_TRIGGERED = "self_triggered"
     DELETION_BLOCKED = "deletion_blocked"
     NO_EVENTS = "no_events"
+    EVIDENCE_MISSING = "evidence_missing"  # no event seen, but evidence may be missing
 
 
 class WarningCode(enum.StrEnum):
@@ -43,6 +44,7 @@ class WarningCode(enum.StrEnum):
     WATCH_DISCONNECTED = "watch_disconnected"  # the informer cannot reach the API server
     LEASE_LOST = "lease_lost"  # this replica lost the leader lease: the manager stopped
     JOURNAL_GAP = "journal_gap"  # records were lost on their way to the journal
+    EVIDENCE_MISSING = "evidence_missing"  # the source could not give all it saw (sampling)
 
 
 _SUCCESS = frozenset({Code.RECONCILED, Code.REQUEUE_SCHEDULED})

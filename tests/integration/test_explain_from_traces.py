@@ -106,7 +106,9 @@ def _replica(
         "--otlp-endpoint", jaeger.otlp_http_endpoint,
         "--journal", str(tmp_path / f"{name}.sqlite"),
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / f"{name}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=stderr, text=True)
     try:
         yield process
     finally:
@@ -146,11 +148,13 @@ def test_explain_from_traces_spans_a_takeover(
         with _replica("replica-b", *args) as survivor:
 
             def standby() -> bool:
+                log = (tmp_path / "replica-b.log").read_text()
+                assert survivor.poll() is None, f"replica-b exited: {log[-2000:]}"
                 return any(
                     r.stage is Stage.LEASE and r.outcome == "standby" for r in _records(b_journal)
                 )
 
-            _until(standby, "replica-b to stand by")
+            _until(standby, "replica-b to stand by", within=60)
             # The leader's spans must be in Jaeger before it dies: a killed process exports
             # nothing more.
             _until(_spans_of(jaeger, service, "replica-a", request), "replica-a's spans")

@@ -13,6 +13,7 @@ from ctrltrace.explain_text import ExplanationView, render_text
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, Record, Stage
 from ctrltrace.testing import START, RunStory
+from ctrltrace.vocabulary import Attr
 
 T0 = START
 FORBIDDEN = (
@@ -547,12 +548,14 @@ def test_the_vocabulary_is_closed_and_exit_codes_follow_it() -> None:
         "self_triggered",
         "deletion_blocked",
         "no_events",
+        "evidence_missing",
     }
     assert {str(code) for code in WarningCode} == {
         "watch_forbidden",
         "watch_disconnected",
         "lease_lost",
         "journal_gap",
+        "evidence_missing",
     }
     assert {code for code in Code if exit_code(code) == 0} == {"reconciled", "requeue_scheduled"}
     assert all(
@@ -955,3 +958,65 @@ def test_without_events_the_gap_of_the_run_that_ended_is_still_warned_of() -> No
     story.record(Stage.MANAGER, "stopped", reason="stopped")
     warnings = story.explain("lost", kind="ConfigMap").verdict.warnings
     assert [str(warning.code) for warning in warnings] == ["journal_gap"]
+
+
+# -- evidence from several replicas (traces) ---------------------------------------------------
+
+
+def _replicas(*stories: tuple[str, RunStory]) -> RunStory:
+    """One story of every replica's records, each marked with its replica, in time order."""
+    merged = RunStory(synced=False)
+    merged.records = sorted(
+        (
+            dataclasses.replace(record, attrs={**record.attrs, Attr.REPLICA: replica})
+            for replica, story in stories
+            for record in story.records
+        ),
+        key=lambda record: record.time,
+    )
+    merged.time = max(story.time for _, story in stories)
+    return merged
+
+
+def _standby(after: RunStory) -> RunStory:
+    """A replica standing by, whose informer sees the same event as ``after``'s, later."""
+    standby = RunStory(synced=False, start=after.records[0].time + 0.02)
+    standby.watch("listed")
+    standby.watch("synced")
+    standby.lease("standby", "pod-a")
+    return standby
+
+
+def test_a_standby_replica_seeing_the_event_last_does_not_hide_the_leaders_reconcile() -> None:
+    leader = RunStory()
+    leader.lease("acquired", "pod-a")
+    leader.reconciled(leader.event())
+    standby = _standby(leader)
+    standby.dispatch(standby.event())  # the same change (rv 101), queued where no worker runs
+    assert standby.records[-2].time > leader.records[-4].time  # its event is the latest
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain().verdict
+    assert verdict.code is Code.RECONCILED
+    assert verdict.details["other_dispatches"] == [
+        {"controller": "configmap", "request": "shop/web", "code": "not_leader", "replica": "pod-b"}
+    ]
+    assert verdict.warnings == ()
+
+
+def test_a_request_waiting_in_the_leaders_queue_is_queued_not_not_leader() -> None:
+    leader = RunStory()
+    leader.lease("acquired", "pod-a")
+    leader.dispatch(leader.event())
+    standby = _standby(leader)
+    standby.dispatch(standby.event())
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain().verdict
+    assert verdict.code is Code.QUEUED
+    assert "waiting" in verdict.message or "worker" in verdict.message
+
+
+def test_a_standby_is_not_leader_when_no_other_replica_saw_the_event() -> None:
+    leader = RunStory()
+    leader.lease("acquired", "pod-a")
+    standby = _standby(leader)
+    standby.dispatch(standby.event())
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain().verdict
+    assert verdict.code is Code.NOT_LEADER

@@ -200,16 +200,30 @@ def test_lifecycle_and_informer_health_are_spans() -> None:
     assert "watch ConfigMap" in names
 
 
-def test_a_sampled_replica_makes_missing_evidence_a_warning() -> None:
+def test_with_a_sampling_replica_no_event_found_is_missing_evidence_not_no_events() -> None:
     story = RunStory()
     now = story.time + 1.0
     document = _otlp(story.records, **{SAMPLER: "parentbased_traceidratio:0.1"})
     with TraceEvidence("http://jaeger", fetch=_jaeger(document), now=lambda: now) as traced:
         answer = _explained(traced, "web", now)
-    assert answer["verdict"]["code"] == "no_events"
-    warnings = answer["verdict"]["warnings"]
-    assert [w["code"] for w in warnings] == ["journal_gap"]
-    assert "parentbased_traceidratio:0.1" in warnings[0]["message"]
+    verdict = answer["verdict"]
+    assert verdict["code"] == "evidence_missing"
+    assert "parentbased_traceidratio:0.1" in verdict["message"]
+    assert "always_on" in verdict["fix"]
+    assert [w["code"] for w in verdict["warnings"]] == ["evidence_missing"]
+
+
+def test_a_sampling_replica_leaves_a_warning_on_the_verdict_it_reached() -> None:
+    story = RunStory()
+    story.reconciled(story.event())
+    now = story.time + 1.0
+    document = _otlp(story.records, **{SAMPLER: "parentbased_traceidratio:0.1"})
+    with TraceEvidence("http://jaeger", fetch=_jaeger(document), now=lambda: now) as traced:
+        answer = _explained(traced, "web", now)
+    assert answer["verdict"]["code"] == "reconciled"
+    [warning] = answer["verdict"]["warnings"]
+    assert warning["code"] == "evidence_missing"
+    assert "parentbased_traceidratio:0.1" in warning["message"]
 
 
 def test_no_spans_in_the_window_names_the_window_and_services() -> None:
