@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,10 @@ from typing import Any, cast
 
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
 
 from ctrltrace import Manager
+from ctrltrace.cli import ExitCode, main
 from ctrltrace.clock import FakeClock
 from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems
 from ctrltrace.evidence import (
@@ -430,3 +433,95 @@ def test_the_ring_answers_every_query_as_a_journal_of_the_same_records(tmp_path:
         assert ring.lease_records() == journal.lease_records() == []
         assert ring.reconciles(since=T0 - 4) == journal.reconciles(since=T0 - 4)
         assert ring.window(T0 - 6, T0 - 4) == journal.window(T0 - 6, T0 - 4)
+
+
+class ServedInThread:
+    """A debug server over ``records`` on an event loop in a thread: for commands that block."""
+
+    def __init__(self, records: list[Record], auth: str = "auto") -> None:
+        self._records = records
+        self._auth = auth
+        self._ready = threading.Event()
+        self._done: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()))
+        self.url = ""
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._done = self._loop.create_future()
+
+        async def until_done(url: str, _: DebugServer) -> None:
+            self.url = url
+            self._ready.set()
+            assert self._done is not None
+            await self._done
+
+        await serving(self._records, until_done, auth=self._auth)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self.url
+
+    def __exit__(self, *_: object) -> None:
+        assert self._loop is not None and self._done is not None
+        self._loop.call_soon_threadsafe(self._done.set_result, None)
+        self._thread.join()
+
+
+def _command(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output.strip()
+
+
+def test_explain_from_an_endpoint_prints_what_explain_prints_from_a_journal(
+    tmp_path: Path,
+) -> None:
+    records = pipeline()
+    journal = tmp_path / "journal.sqlite"
+    with JournalWriter(journal) as writer:
+        for record in records:
+            writer(record)
+    with ServedInThread(records) as url:
+        for view in ([], ["--json"]):
+            remote = _command("explain", "default/web", "--kind", "widget", "--from", url, *view)
+            local = _command(
+                "explain", "default/web", "--kind", "widget", "--journal", str(journal), *view
+            )
+            assert remote[0] == local[0] == ExitCode.FAILED  # reconcile_failed
+            if view:  # "now" is each command's own clock
+                assert {**json.loads(remote[1]), "now": 0} == {**json.loads(local[1]), "now": 0}
+            else:
+                assert remote[1] == local[1]
+
+
+def test_explain_from_says_in_one_line_why_it_could_not_read_the_endpoint(
+    tmp_path: Path,
+) -> None:
+    code, output = _command("explain", "a/b", "--from", "http://127.0.0.1:9")
+    assert code == ExitCode.UNREACHABLE
+    assert (
+        output
+        == "ctrltrace: error: cannot reach http://127.0.0.1:9: [Errno 111] Connection refused"
+    )
+    code, output = _command("explain", "a/b", "--from", "127.0.0.1:8082")
+    assert code == ExitCode.USAGE and "expected http://HOST:PORT" in output
+    code, output = _command("explain", "a/b", "--token", "x")
+    assert code == ExitCode.USAGE and "go with --from URL" in output
+    (tmp_path / "token").write_text("reader\n")
+    with ServedInThread(pipeline(), auth="required") as url:
+        code, output = _command("explain", "a/b", "--from", url)
+        assert code == ExitCode.ENVIRONMENT and "(401): a bearer token is required" in output
+        code, output = _command("explain", "a/b", "--from", url, "--token", "good")
+        assert code == ExitCode.ENVIRONMENT
+        assert "(403): alice lacks get on /debug/ctrltrace/evidence/watches" in output
+        code, output = _command(
+            "explain", "a/b", "--from", url, "--token-file", str(tmp_path / "token")
+        )
+        assert code == ExitCode.ENVIRONMENT and "bob lacks get" in output  # the file was read
+        code, output = _command(
+            "explain", "a/b", "--from", url, "--token", "x", "--token-file", "t"
+        )
+        assert code == ExitCode.USAGE and "not both" in output
