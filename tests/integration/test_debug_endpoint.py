@@ -31,14 +31,31 @@ from ctrltrace.envtest.pytest_plugin import MintIdentity
 from ctrltrace.evidence import explain_from
 from ctrltrace.evidence.endpoint import EndpointEvidence
 from ctrltrace.journal import Journal, JournalWriter
+from ctrltrace.records import Record
 from ctrltrace.tui.app import TraceApp
 from ctrltrace.tui.feed import EvidenceFeed
+from ctrltrace.tui.table import LiveTable
 
-from ..unit.test_tui import run, screen_text, settled, utc  # noqa: F401  # utc: autouse
+from ..unit.test_debugserver import ServedInThread
+from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
+    app_on,
+    assert_snapshot,
+    run,
+    screen_text,
+    settled,
+    utc,
+)
+from . import test_tui_real as tui_real
 from .conftest import Running, start, stop
 
 ManagerFactory = Callable[..., Manager]
+recorded_run, fixed_journal = tui_real.recorded_run, tui_real.fixed_journal  # the fixtures
 READER_RULES = [{"nonResourceURLs": ["/debug/ctrltrace/*"], "verbs": ["get"]}]
+
+
+def _reader_token(mint_identity: MintIdentity) -> str:
+    """A service account's token, bound to the ClusterRole that reads the debug endpoint."""
+    return _token(mint_identity(READER_RULES, service_account=True))
 
 
 def _token(identity: Identity) -> str:
@@ -83,7 +100,7 @@ def test_required_auth_lets_the_reader_role_in_and_no_one_else(
     manager_factory: ManagerFactory,
     mint_identity: MintIdentity,
 ) -> None:
-    reader = _token(mint_identity(READER_RULES, service_account=True))
+    reader = _reader_token(mint_identity)
     stranger = _token(
         mint_identity(
             [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
@@ -219,7 +236,7 @@ def test_a_manager_that_may_not_review_tokens_answers_503_and_says_why(
     manager_factory: ManagerFactory,
     mint_identity: MintIdentity,
 ) -> None:
-    reader = _token(mint_identity(READER_RULES, service_account=True))
+    reader = _reader_token(mint_identity)
     # May watch its ConfigMaps, and nothing else: no tokenreviews, no subjectaccessreviews.
     own = mint_identity(
         [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
@@ -250,3 +267,47 @@ def test_a_manager_that_may_not_review_tokens_answers_503_and_says_why(
         assert "tokenreviews.authentication.k8s.io" in warning["problem"]
 
     asyncio.run(scenario())
+
+
+def test_tui_from_replays_a_recorded_real_run_as_its_journal_does(
+    fixed_journal: tuple[Path, list[Record]],
+) -> None:
+    path, records = fixed_journal
+    clock = records[-1].time + 3600
+
+    async def screens(app: TraceApp, snapshot: str | None = None) -> list[str]:
+        shown = []
+        async with app.run_test(size=tui_real.SIZE) as pilot:
+            await settled(pilot, len(records))
+            shown.append(screen_text(app))
+            await pilot.press("2")
+            await pilot.pause()
+            shown.append(screen_text(app))
+            await pilot.press("1")
+            events = app.query_one("#events", LiveTable)
+            row = next(r for r in app.live.events.values() if r.name == "b")
+            events.move_to(list(events.keys).index(row.key))
+            await pilot.press("enter")
+            deadline = time.monotonic() + 10
+            while "fix:" not in screen_text(app):
+                assert time.monotonic() < deadline
+                await pilot.pause(0.05)
+            shown.append(screen_text(app))
+            if snapshot is not None:
+                assert_snapshot(app, snapshot)
+        return shown
+
+    with ServedInThread(records) as url:
+        feed = EvidenceFeed(
+            functools.partial(EndpointEvidence, url), label=f"debug endpoint {url}", poll_s=0.02
+        )
+        from_endpoint = asyncio.run(screens(app_on(path, clock, feed), "real-object"))
+    from_journal = asyncio.run(screens(app_on(path, clock)))
+    label = f"debug endpoint {url}"
+    for remote, local in zip(from_endpoint, from_journal, strict=True):
+        # The same screens but for the source's name on the status line (and its padding).
+        named = remote.replace(label, f"journal {path}")
+        assert [line.rstrip() for line in named.splitlines()] == [
+            line.rstrip() for line in local.splitlines()
+        ]
+    assert "✓ reconciled  Reconcile of demo/b in widget succeeded after 2 runs" in from_endpoint[2]
