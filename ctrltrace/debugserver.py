@@ -65,7 +65,7 @@ MAX_RECORDS_LIMIT = 10_000
 # How long a review's answer is reused (controller-runtime caches them too: one explain makes
 # several requests and a live view polls every second, each of which would otherwise cost two
 # API calls). Short, so a revoked token or binding stops working within a minute; a refusal
-# shorter still, so access just granted works at once on the next try.
+# shorter still (controller-runtime keeps one 30 s), so access just granted works within 10 s.
 TOKEN_TTL_S = 60.0
 ALLOWED_TTL_S = 60.0
 DENIED_TTL_S = 10.0
@@ -258,19 +258,22 @@ class TokenReviews:
 
 
 class DebugServer:
-    """Serves ``manager``'s evidence (from ``opener``) and state on ``address``."""
+    """Serves ``manager``'s evidence (from ``opener``, ``label`` saying what it is) and state
+    on ``address``."""
 
     def __init__(
         self,
         manager: Manager,
         opener: Opener,
         *,
+        label: str,
         address: str,
         auth: str,
         reviews: TokenReviews | None,
     ) -> None:
         self._manager = manager
         self._opener = opener
+        self._label = label
         self._address = address
         self._reviews = reviews if needs_auth(address, auth) else None
         self._runner: web.AppRunner | None = None
@@ -300,6 +303,15 @@ class DebugServer:
             return
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        structlog.get_logger("ctrltrace").info(
+            "Serving debug endpoint",
+            address=f"{host or '0.0.0.0'}:{self.port}",  # noqa: S104
+            path=f"{PREFIX}/",
+            access="bearer token: TokenReview + SubjectAccessReview"
+            if self.authenticates
+            else "no credentials (loopback)",
+            evidence=self._label,
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:

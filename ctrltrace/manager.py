@@ -37,7 +37,7 @@ from ctrltrace.leaderelection import (
 )
 from ctrltrace.narrator import Narrator
 from ctrltrace.records import AttrValue, Record, Recorder, Sink, Stage
-from ctrltrace.ring import RecordRing
+from ctrltrace.ring import RecordRing, RingEvidence
 from ctrltrace.source import IndexFunc, Informer, Transform, WriteLog, drop_managed_fields
 from ctrltrace.transport import Transport, load_configuration
 
@@ -134,9 +134,9 @@ class Manager:
         self.controllers: list[Controller] = []
         self.elector: LeaderElector | None = None
         self.health_port: int | None = None
-        # Where the debug endpoint reads records (``ctrltrace run`` gives its journal); None
-        # keeps the latest in memory while it serves (``ctrltrace.ring``).
-        self.debug_evidence: Opener | None = None
+        # Where the debug endpoint reads records, and what that is in words (``ctrltrace run``
+        # gives its journal); None keeps the latest in memory while it serves (``ctrltrace.ring``).
+        self.debug_evidence: tuple[Opener, str] | None = None
         self.debug_server: debugserver.DebugServer | None = None  # while serving
         self._ring: RecordRing | None = None
         self._stop_requested = False
@@ -454,8 +454,8 @@ class Manager:
         self.health_port = int(runner.addresses[0][1])
         return runner
 
-    def _debug_evidence(self) -> Opener | None:
-        """What the debug endpoint will read, if it is on."""
+    def _debug_evidence(self) -> tuple[Opener, str] | None:
+        """What the debug endpoint will read, and its label, if it is on."""
         if self.options.debug_bind_address in ("0", ""):
             return None
         if self.debug_evidence is not None:
@@ -463,16 +463,18 @@ class Manager:
         if self._ring is None:
             self._ring = RecordRing()
             self.recorder.add(self._ring)
-        return self._ring.evidence
+        return self._ring.evidence, RingEvidence.label
 
     async def _serve_debug(
-        self, transport: Transport, evidence: Opener | None
+        self, transport: Transport, evidence: tuple[Opener, str] | None
     ) -> debugserver.DebugServer | None:
         if evidence is None:
             return None
+        opener, label = evidence
         self.debug_server = debugserver.DebugServer(
             self,
-            evidence,
+            opener,
+            label=label,
             address=self.options.debug_bind_address,
             auth=self.options.debug_auth,
             reviews=debugserver.TokenReviews(transport, self.clock),

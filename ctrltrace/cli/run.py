@@ -122,7 +122,7 @@ def run(  # click passes every parameter by keyword
         options.debug_auth = debug_auth
     journal = _open_journal(journal_path, journal_max_age, journal_max_size)
     manager.add_sink(journal)
-    manager.debug_evidence = functools.partial(Journal, journal_path)  # what /debug/ reads
+    manager.debug_evidence = (functools.partial(Journal, journal_path), f"journal {journal_path}")
     # With /metrics off nobody can read a counter: no metric work on any record.
     metrics = PrometheusSink(manager) if serves(options.metrics_bind_address) else None
     if metrics is not None:

@@ -150,7 +150,9 @@ async def serving(
     manager = Manager(clock=clock)
     ring = records if isinstance(records, RecordRing) else ring_of(records)
     reviews = TokenReviews(cast(Transport, api or FakeApiServer()), clock)
-    server = DebugServer(manager, ring.evidence, address="127.0.0.1:0", auth=auth, reviews=reviews)
+    server = DebugServer(
+        manager, ring.evidence, label="ring", address="127.0.0.1:0", auth=auth, reviews=reviews
+    )
     await server.start()
     try:
         await scenario(f"http://127.0.0.1:{server.port}", server)
