@@ -10,8 +10,12 @@ own identity may not create TokenReviews answers 503 in one line and says so in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +32,7 @@ from ctrltrace.cli import main as cli_main
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.envtest.controlplane import Identity
 from ctrltrace.envtest.pytest_plugin import MintIdentity
+from ctrltrace.envtest.servers import free_port
 from ctrltrace.evidence import explain_from
 from ctrltrace.evidence.endpoint import EndpointEvidence
 from ctrltrace.journal import Journal, JournalWriter
@@ -311,3 +316,57 @@ def test_tui_from_replays_a_recorded_real_run_as_its_journal_does(
             line.rstrip() for line in local.splitlines()
         ]
     assert "✓ reconciled  Reconcile of demo/b in widget succeeded after 2 runs" in from_endpoint[2]
+
+
+NOOP_APP = """
+import ctrltrace as ct
+
+mgr = ct.Manager()
+
+async def reconcile(ctx, request):
+    return None
+
+mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
+"""
+
+
+def test_ctrltrace_run_serves_the_journal_it_writes(
+    control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
+) -> None:
+    (tmp_path / "noopapp.py").write_text(NOOP_APP)
+    port, journal = free_port(), tmp_path / "journal.sqlite"
+    command = [
+        sys.executable, "-m", "ctrltrace", "run", "noopapp:mgr",
+        "--kubeconfig", str(control_plane.kubeconfig), "--namespace", kube_namespace,
+        "--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+        "--debug-bind-address", f"127.0.0.1:{port}", "--journal", str(journal),
+        "--log-format", "json",
+    ]  # fmt: skip
+    control_plane.request(
+        "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {"metadata": {"name": "a"}}
+    )
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/debug/ctrltrace"
+    try:
+        deadline = time.monotonic() + 20
+        answer: Any = {}
+        while answer.get("verdict", {}).get("code") != "reconciled":
+            assert time.monotonic() < deadline, answer
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                answer = _get(f"{base}/explain?namespace={kube_namespace}&name=a")[1]
+            time.sleep(0.1)
+        served = EndpointEvidence(f"http://127.0.0.1:{port}").tail(0, 10_000)
+        with Journal(journal) as read:
+            written = read.tail(0, 10_000)
+        assert served == written[: len(served)]  # the journal's records, with its cursors
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    serving = [json.loads(line) for line in process.stderr if "Serving debug endpoint" in line]
+    assert [(line["address"], line["evidence"]) for line in serving] == [
+        (f"127.0.0.1:{port}", f"journal {journal}")
+    ]

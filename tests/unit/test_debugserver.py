@@ -17,10 +17,11 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from ctrltrace import Manager
+from ctrltrace import Context, Manager, Request
 from ctrltrace.cli import ExitCode, main
 from ctrltrace.clock import FakeClock
-from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems
+from ctrltrace.controller import Controller
+from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems, state
 from ctrltrace.evidence import (
     EvidenceError,
     EvidenceRefused,
@@ -527,3 +528,27 @@ def test_explain_from_says_in_one_line_why_it_could_not_read_the_endpoint(
             "explain", "a/b", "--from", url, "--token", "x", "--token-file", "t"
         )
         assert code == ExitCode.USAGE and "not both" in output
+
+
+def test_state_gives_each_in_flight_request_its_age_and_the_queue_its_depth() -> None:
+    clock = FakeClock(CLOCK_START)
+    manager = Manager(clock=clock)
+    controller = Controller("widget", _noop, recorder=manager.recorder, clock=clock)
+    manager.controllers.append(controller)
+    controller.stats.in_flight[Request("default", "web")] = CLOCK_START - 2.5
+    controller.queue.add(Request("default", "next"))
+    controller.queue.add_after(Request("default", "later"), 60)
+    (found,) = state(manager)["controllers"]
+    assert found == {
+        "name": "widget",
+        "started": False,
+        "workers": 1,
+        "active_workers": 0,
+        "queue": {"ready": 1, "delayed": 1, "processing": 0},
+        "in_flight": [{"request": "default/web", "age_s": 2.5}],
+        "waiting_for": [],
+    }
+
+
+async def _noop(ctx: Context, request: Request) -> None:
+    return None
