@@ -52,6 +52,7 @@ from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by 
 )
 from . import test_tui_real as tui_real
 from .conftest import Running, start, stop
+from .test_run_command import NOOP_APP
 
 ManagerFactory = Callable[..., Manager]
 recorded_run, fixed_journal = tui_real.recorded_run, tui_real.fixed_journal  # the fixtures
@@ -316,18 +317,6 @@ def test_tui_from_replays_a_recorded_real_run_as_its_journal_does(
             line.rstrip() for line in local.splitlines()
         ]
     assert "✓ reconciled  Reconcile of demo/b in widget succeeded after 2 runs" in from_endpoint[2]
-
-
-NOOP_APP = """
-import ctrltrace as ct
-
-mgr = ct.Manager()
-
-async def reconcile(ctx, request):
-    return None
-
-mgr.controller().for_("v1", "ConfigMap").complete(reconcile)
-"""
 
 
 def test_ctrltrace_run_serves_the_journal_it_writes(
