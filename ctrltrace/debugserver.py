@@ -24,7 +24,8 @@ processes in the pod's network namespace, ``kubectl port-forward`` among them, r
 anywhere else each request's bearer token is authenticated by the API server (TokenReview) and
 authorized for the request's path with verb get (SubjectAccessReview for a non-resource URL),
 through the manager's own transport (which records no API calls of its own). 401 without a
-valid token, 403 without the permission, 503 when the review cannot be made. It serves plain
+valid token, 403 without the permission, 503 when the review cannot be made (or the records
+cannot be read). It serves plain
 HTTP: put it behind loopback (port-forward) or a TLS proxy; tokens must not cross a network in
 the clear.
 
@@ -47,8 +48,9 @@ import structlog
 from aiohttp import web
 
 from ctrltrace.clock import Clock
-from ctrltrace.evidence import Evidence, Opener, explain_from
+from ctrltrace.evidence import Evidence, EvidenceError, Opener, explain_from
 from ctrltrace.explain import TIMELINE_LIMIT, resolve_kind
+from ctrltrace.journal import JournalError
 from ctrltrace.narrator import Reminders
 from ctrltrace.recordjson import record_json
 from ctrltrace.records import Record
@@ -276,6 +278,8 @@ class DebugServer:
         self._label = label
         self._address = address
         self._reviews = reviews if needs_auth(address, auth) else None
+        if needs_auth(address, auth) and reviews is None:  # never serve unchecked instead
+            raise ValueError(f"the debug endpoint on {address} needs TokenReviews to check tokens")
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -331,6 +335,8 @@ class DebugServer:
             return await handler(request)
         except BadQuery as error:
             return _error(400, str(error))
+        except (JournalError, EvidenceError) as error:  # locked, damaged, removed meanwhile
+            return _error(503, f"cannot read the manager's records: {error}")
 
     async def _read(self, query: Callable[[Evidence], T]) -> T:
         """``query`` on freshly opened evidence, in a worker thread."""

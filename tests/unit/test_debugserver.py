@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import threading
 import urllib.error
@@ -552,3 +553,21 @@ def test_state_gives_each_in_flight_request_its_age_and_the_queue_its_depth() ->
 
 async def _noop(ctx: Context, request: Request) -> None:
     return None
+
+
+def test_records_that_cannot_be_read_answer_503_in_one_line(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        manager = Manager(clock=FakeClock(CLOCK_START))
+        missing = functools.partial(Journal, tmp_path / "gone.sqlite")
+        server = DebugServer(
+            manager, missing, label="journal", address="127.0.0.1:0", auth="auto", reviews=None
+        )
+        await server.start()
+        try:
+            url = f"http://127.0.0.1:{server.port}"
+            with pytest.raises(EvidenceUnreadable, match="answered 503: cannot read the manager"):
+                await asyncio.to_thread(EndpointEvidence(url).lease_records)
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
