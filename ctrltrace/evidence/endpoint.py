@@ -159,7 +159,10 @@ class EndpointEvidence:
             raise self._refusal(error) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise EvidenceUnreachable(f"cannot reach {self._base}: {reason}") from None
+            hint = ""
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                hint = "; pass --certificate-authority FILE (or --insecure-skip-tls-verify)"
+            raise EvidenceUnreachable(f"cannot reach {self._base}: {reason}{hint}") from None
 
     def _refusal(self, error: urllib.error.HTTPError) -> Exception:
         """The one-line error for a non-2xx answer, in the server's words when it sent some."""

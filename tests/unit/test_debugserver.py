@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from ctrltrace.cli import ExitCode, main
 from ctrltrace.clock import FakeClock
 from ctrltrace.controller import Controller
 from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems, state
+from ctrltrace.envtest.pki import CertificateAuthority
 from ctrltrace.evidence import (
     EvidenceError,
     EvidenceRefused,
@@ -568,6 +570,59 @@ def test_records_that_cannot_be_read_answer_503_in_one_line(tmp_path: Path) -> N
             with pytest.raises(EvidenceUnreadable, match="answered 503: cannot read the manager"):
                 await asyncio.to_thread(EndpointEvidence(url).lease_records)
         finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_https_endpoint_is_verified_with_the_given_authority_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    authority = CertificateAuthority("a TLS proxy's CA")
+    pair = authority.serving()
+    (tmp_path / "ca.pem").write_bytes(authority.cert_pem)
+    (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "tls.key").write_bytes(pair.key_pem)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    records = pipeline()
+
+    async def scenario() -> None:
+        manager = Manager(clock=FakeClock(CLOCK_START))
+        app = web.Application()
+        server = DebugServer(
+            manager,
+            ring_of(records).evidence,
+            label="ring",
+            address="127.0.0.1:0",
+            auth="auto",
+            reviews=None,
+        )
+        await server.start()  # plain HTTP; the TLS proxy in front of it is this test's
+        assert server.port is not None
+        upstream = f"http://127.0.0.1:{server.port}"
+
+        async def proxy(request: web.Request) -> web.Response:
+            status, body = await asyncio.to_thread(fetch, upstream + request.path_qs)
+            return web.Response(status=status, body=body, content_type="application/json")
+
+        app.router.add_get("/{path:.*}", proxy)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            trusted = EndpointEvidence(url, certificate_authority=tmp_path / "ca.pem")
+            assert await asyncio.to_thread(trusted.controller_records) == records[:3:2]
+            unverified = EndpointEvidence(url, insecure=True)
+            assert await asyncio.to_thread(unverified.controller_records) == records[:3:2]
+            with pytest.raises(
+                EvidenceUnreachable,
+                match=r"CERTIFICATE_VERIFY_FAILED.*; pass --certificate-authority",
+            ):
+                await asyncio.to_thread(EndpointEvidence(url).controller_records)
+        finally:
+            await runner.cleanup()
             await server.stop()
 
     asyncio.run(scenario())
