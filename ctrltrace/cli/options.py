@@ -101,7 +101,11 @@ class EndpointAccess:
             evidence = opener()  # checks the URL; nothing is sent until a query
         except ValueError as error:
             raise CommandError(str(error), ExitCode.USAGE) from None
-        return Source(opener, evidence.label)
+
+        def open_checked() -> EndpointEvidence:
+            return opener().checked()  # as a journal's opening would, fails on a wrong source
+
+        return Source(open_checked, evidence.label)
 
 
 def _endpoint_options(command: FC) -> FC:

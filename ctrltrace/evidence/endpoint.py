@@ -70,6 +70,13 @@ class EndpointEvidence:
     def label(self) -> str:
         return f"debug endpoint {self._base}"
 
+    def checked(self) -> Self:
+        """This endpoint, once it has answered one small request: raises ``EvidenceError``
+        when it does not answer, refuses us or is not a debug endpoint (opening a source fails
+        on such things, not its first query: the TUI retries failed queries)."""
+        self.tail(0, 1)
+        return self
+
     def close(self) -> None:
         """Nothing held between requests."""
 

@@ -522,7 +522,7 @@ def test_explain_from_says_in_one_line_why_it_could_not_read_the_endpoint(
         assert code == ExitCode.ENVIRONMENT and "(401): a bearer token is required" in output
         code, output = _command("explain", "a/b", "--from", url, "--token", "good")
         assert code == ExitCode.ENVIRONMENT
-        assert "(403): alice lacks get on /debug/ctrltrace/evidence/watches" in output
+        assert "(403): alice lacks get on /debug/ctrltrace/records" in output
         code, output = _command(
             "explain", "a/b", "--from", url, "--token-file", str(tmp_path / "token")
         )
@@ -626,3 +626,17 @@ def test_an_https_endpoint_is_verified_with_the_given_authority_or_not_at_all(
             await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_tui_from_fails_at_once_in_one_line_on_an_endpoint_it_cannot_read() -> None:
+    code, output = _command("tui", "--from", "http://127.0.0.1:9")  # no terminal here
+    assert (code, output) == (
+        ExitCode.UNREACHABLE,
+        "ctrltrace: error: cannot reach http://127.0.0.1:9: [Errno 111] Connection refused",
+    )
+    with ServedInThread(pipeline(), auth="required") as url:
+        code, output = _command("tui", "--from", url)
+        assert code == ExitCode.ENVIRONMENT and "(401): a bearer token is required" in output
+    with ServedInThread(pipeline()) as url:
+        code, output = _command("tui", "--from", url)  # readable: then it wants a terminal
+        assert code == ExitCode.USAGE and "needs a terminal" in output
