@@ -10,6 +10,10 @@ create-or-patch) and records each with the resourceVersion the server returned, 
 informer can recognise the controller's own writes when they come back as watch events.
 
 It may not change the cache: only watch events do.
+
+Over 500 lines because ``Client`` is controller-runtime's client surface, every verb over one
+cache, transport and write log; the verbs share ``_write`` and the read path, and split by verb
+they would share them across modules.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from ctrltrace.clock import Clock
 from ctrltrace.events import Event, EventType
 from ctrltrace.kinds import Kind, RestMapper
 from ctrltrace.predicates import LabelSelector
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, next_id
+from ctrltrace.records import Obj, ObjectRef, Recorder, next_id
 from ctrltrace.source import Informer, WriteLog, copy_object
 from ctrltrace.transport import Json, NotFound, Transport
+from ctrltrace.vocabulary import WriteOutcome, write_record
 
 _PATCH_TYPES = {
     "merge": "application/merge-patch+json",
@@ -280,16 +285,16 @@ class Client:
 
     async def create(self, obj: Obj) -> Json:
         """Raises AlreadyExists, Invalid, Forbidden, ApiError."""
-        return await self._write("create", "POST", obj, name=False)
+        return await self._write(WriteOutcome.CREATE, "POST", obj, name=False)
 
     async def update(self, obj: Obj) -> Json:
         """Replace the object; its ``metadata.resourceVersion`` makes it conditional.
         Raises Conflict (changed since read), NotFound, Invalid, Forbidden, ApiError."""
-        return await self._write("update", "PUT", obj)
+        return await self._write(WriteOutcome.UPDATE, "PUT", obj)
 
     async def update_status(self, obj: Obj) -> Json:
         """Replace the status subresource. Raises as ``update`` does."""
-        return await self._write("update_status", "PUT", obj, subresource="status")
+        return await self._write(WriteOutcome.UPDATE_STATUS, "PUT", obj, subresource="status")
 
     async def patch(
         self,
@@ -305,7 +310,7 @@ class Client:
         """``patch_type``: merge, json or strategic. Raises NotFound, Conflict, Invalid,
         Forbidden, ApiError."""
         return await self._write(
-            "patch",
+            WriteOutcome.PATCH,
             "PATCH",
             _target(api_version, kind, name, namespace),
             body=patch,
@@ -330,7 +335,7 @@ class Client:
         if force:
             params["force"] = "true"
         return await self._write(
-            "apply",
+            WriteOutcome.APPLY,
             "PATCH",
             obj,
             body=obj,
@@ -382,7 +387,7 @@ class Client:
             return await self._transport.request(
                 "DELETE", resource.path(namespace, name), body=options
             )
-        return await self._write("delete", "DELETE", target, body=options)
+        return await self._write(WriteOutcome.DELETE, "DELETE", target, body=options)
 
     async def create_or_update(self, obj: Obj, mutate: Mutate) -> tuple[Json, OperationResult]:
         """controllerutil.CreateOrUpdate: read the object named by ``obj`` (cache, or the API
@@ -481,16 +486,15 @@ class Client:
         write_id = next_id()
         # The watch event of this write may have been dispatched already: link it from here.
         event_id = self._writes.write_returned(ref.resource_version, write_id)
+        scope = self._scope
         self._recorder.emit(
-            Record(
-                time=self._clock.wall(),
-                stage=Stage.WRITE,
-                outcome=verb,
-                controller=self._scope.controller,
-                reconcile_id=self._scope.reconcile_id,
-                object=ref,
-                reason=f"{verb} returned resourceVersion {ref.resource_version}",
-                attrs={"event_id": event_id} if event_id is not None else {},
+            write_record(
+                self._clock.wall(),
+                verb,
+                controller=scope.controller,
+                reconcile_id=scope.reconcile_id,
+                ref=ref,
+                event_id=event_id,
                 id=write_id,
             )
         )

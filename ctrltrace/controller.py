@@ -29,10 +29,18 @@ from ctrltrace.kubeevents import EventRecorder
 from ctrltrace.predicates import Predicate, Verdict, first_refusal
 from ctrltrace.queue import AddOutcome, QueueShutDown, WorkQueue
 from ctrltrace.reconcile import Action, Reconciler, Result, as_result, settle
-from ctrltrace.records import AttrValue, Obj, ObjectRef, Record, Recorder, Stage, Vocab, next_id
+from ctrltrace.records import AttrValue, Obj, ObjectRef, Recorder, Stage, next_id
 from ctrltrace.request import Request
 from ctrltrace.source import Informer
 from ctrltrace.transport import ApiError
+from ctrltrace.vocabulary import (
+    Attr,
+    ControllerOutcome,
+    DispatchOutcome,
+    ReconcileStartOutcome,
+    controller_record,
+    dispatch_record,
+)
 
 ReconcileCall = Callable[[Context, Request], Awaitable[Result | None]]
 
@@ -131,14 +139,14 @@ class Controller:
         # and what the cache holds of them (a label selector, some namespaces).
         self._emit(
             Stage.CONTROLLER,
-            Vocab.WATCHING,
+            ControllerOutcome.WATCHING,
             f"{watch.role} {kind}",
             attrs={
-                "kind": kind.kind,
-                "api_version": kind.api_version,
-                "role": watch.role,
-                Vocab.LABEL_SELECTOR: watch.informer.label_selector,
-                Vocab.NAMESPACES: ",".join(watch.informer.namespaces),
+                Attr.KIND: kind.kind,
+                Attr.API_VERSION: kind.api_version,
+                Attr.ROLE: watch.role,
+                Attr.LABEL_SELECTOR: watch.informer.label_selector,
+                Attr.NAMESPACES: ",".join(watch.informer.namespaces),
             },
         )
 
@@ -153,11 +161,11 @@ class Controller:
             raised = _raised(error)
         if verdict is not None:
             self._emit_dispatch(
-                "dropped_by_predicate",
+                DispatchOutcome.DROPPED_BY_PREDICATE,
                 verdict.reason,
                 ref,
                 event_id,
-                {"predicate": verdict.predicate, "event_type": str(event.type), **raised},
+                {Attr.PREDICATE: verdict.predicate, Attr.EVENT_TYPE: str(event.type), **raised},
             )
             return
         try:
@@ -167,10 +175,14 @@ class Controller:
             mapped = MapResult((), reason)
             raised = _raised(error)
         if not mapped.requests:
-            attrs = {"handler": watch.handler.describe(), "event_type": str(event.type), **raised}
+            attrs = {
+                Attr.HANDLER: watch.handler.describe(),
+                Attr.EVENT_TYPE: str(event.type),
+                **raised,
+            }
             if mapped.unmapped:
-                attrs[Vocab.UNMAPPED] = mapped.unmapped
-            self._emit_dispatch("not_mapped", mapped.reason, ref, event_id, attrs)
+                attrs[Attr.UNMAPPED] = mapped.unmapped
+            self._emit_dispatch(DispatchOutcome.NOT_MAPPED, mapped.reason, ref, event_id, attrs)
             return
         for request in mapped.requests:
             outcome = self.queue.add(request)
@@ -182,7 +194,7 @@ class Controller:
                 mapped.reason,
                 ref,
                 event_id,
-                {"handler": watch.handler.describe(), "event_type": str(event.type)},
+                {Attr.HANDLER: watch.handler.describe(), Attr.EVENT_TYPE: str(event.type)},
                 request=request,
                 record_id=dispatch_id,
             )
@@ -199,15 +211,14 @@ class Controller:
         record_id: int | None = None,
     ) -> None:
         self._recorder.emit(
-            Record(
-                time=self._clock.wall(),
-                stage=Stage.DISPATCH,
-                outcome=outcome,
-                reason=reason,
+            dispatch_record(
+                self._clock.wall(),
+                outcome,
+                reason,
                 controller=self.name,
-                object=ref,
+                ref=ref,
                 request=request.key if request is not None else ref.key,
-                cause_ids=(event_id,),
+                event_id=event_id,
                 attrs=attrs,
                 id=record_id if record_id is not None else next_id(),
             )
@@ -224,17 +235,17 @@ class Controller:
         kinds = ", ".join(sorted({str(watch.informer.kind) for watch in self.watches}))
         self._emit(
             Stage.CONTROLLER,
-            "starting",
+            ControllerOutcome.STARTING,
             f"waiting for the caches of {kinds}",
-            attrs={"watches": kinds},
+            attrs={Attr.WATCHES: kinds},
         )
         await self._wait_for_caches()
         self.started = True
         self._emit(
             Stage.CONTROLLER,
-            "started",
+            ControllerOutcome.STARTED,
             f"{self.options.max_concurrent_reconciles} worker(s)",
-            attrs={"max_concurrent_reconciles": self.options.max_concurrent_reconciles},
+            attrs={Attr.MAX_CONCURRENT_RECONCILES: self.options.max_concurrent_reconciles},
         )
         try:
             async with asyncio.TaskGroup() as workers:
@@ -269,14 +280,14 @@ class Controller:
             if pending:
                 self._emit(
                     Stage.CONTROLLER,
-                    "cache_sync_waiting",
+                    ControllerOutcome.CACHE_SYNC_WAITING,
                     f"workers not started: caches not synced after {patience:g}s: "
                     + ", ".join(self.unsynced()),
                 )
                 _, pending = await asyncio.wait(pending, timeout=timeout - patience)
             if pending:
                 reason = f"caches not synced after {timeout:g}s: " + ", ".join(self.unsynced())
-                self._emit(Stage.CONTROLLER, "cache_not_synced", reason)
+                self._emit(Stage.CONTROLLER, ControllerOutcome.CACHE_NOT_SYNCED, reason)
                 raise CacheSyncTimeout(self.name, reason)
         finally:
             for wait in waits:
@@ -311,12 +322,12 @@ class Controller:
         self.stats.in_flight[request] = started
         start = self._emit(
             Stage.RECONCILE_START,
-            "started",
+            ReconcileStartOutcome.STARTED,
             "",
             request=request,
             reconcile_id=reconcile_id,
             cause_ids=causes,
-            attrs={"queue_wait_s": waited, "retries": self.queue.retries(request)},
+            attrs={Attr.QUEUE_WAIT_S: waited, Attr.RETRIES: self.queue.retries(request)},
         )
         ctx = Context(
             client,
@@ -361,18 +372,18 @@ class Controller:
     ) -> None:
         settlement = settle(result, error)
         attrs: dict[str, str | int | float | bool] = {
-            "duration_s": duration,
-            "metric_result": settlement.metric_label,
+            Attr.DURATION_S: duration,
+            Attr.METRIC_RESULT: settlement.metric_label,
         }
         reason = ""
         if error is not None:
-            attrs["error_type"] = type(error).__name__
+            attrs[Attr.ERROR_TYPE] = type(error).__name__
             if isinstance(error, ApiError):  # what the API server said, for explain's fix
                 attrs |= {
-                    Vocab.API_STATUS: error.status,
-                    Vocab.API_REASON: error.reason,
+                    Attr.API_STATUS: error.status,
+                    Attr.API_REASON: error.reason,
                     # ApiError's text starts with the request's method (it keeps no field).
-                    Vocab.API_METHOD: str(error).partition(" ")[0],
+                    Attr.API_METHOD: str(error).partition(" ")[0],
                 }
             reason = f"{type(error).__name__}: {error}"
             if result is not None:
@@ -380,7 +391,7 @@ class Controller:
         requeues = settlement.action in (Action.AFTER, Action.RATE_LIMITED)
         if requeues and self.queue.shut_down:
             # The queue would ignore the requeue: say so instead of recording it as scheduled.
-            attrs["not_requeued"] = "the queue is shut down"
+            attrs[Attr.NOT_REQUEUED] = "the queue is shut down"
             reason = f"{reason or settlement.outcome}; not requeued: the queue is shut down"
         done = self._emit(
             Stage.RECONCILE,
@@ -402,7 +413,7 @@ class Controller:
             delay = settlement.delay
             self.queue.add_after(request, delay)
         else:
-            extra["attempt"] = self.queue.retries(request) + 1
+            extra[Attr.ATTEMPT] = self.queue.retries(request) + 1
             delay = self.queue.add_rate_limited(request)
         requeue = self._emit(
             Stage.REQUEUE,
@@ -411,7 +422,7 @@ class Controller:
             request=request,
             reconcile_id=reconcile_id,
             cause_ids=(done,),
-            attrs={"delay_s": delay, "due": self._clock.wall() + delay, **extra},
+            attrs={Attr.DELAY_S: delay, Attr.DUE: self._clock.wall() + delay, **extra},
         )
         self._causes[request].append(requeue)
 
@@ -426,16 +437,16 @@ class Controller:
         cause_ids: tuple[int, ...] = (),
         attrs: dict[str, str | int | float | bool] | None = None,
     ) -> int:
-        record = Record(
-            time=self._clock.wall(),
-            stage=stage,
-            outcome=outcome,
-            reason=reason,
+        record = controller_record(
+            self._clock.wall(),
+            stage,
+            outcome,
+            reason,
             controller=self.name,
             request=request.key if request is not None else "",
             reconcile_id=reconcile_id,
             cause_ids=cause_ids,
-            attrs=attrs or {},
+            attrs=attrs,
         )
         self._recorder.emit(record)
         return record.id
@@ -454,7 +465,7 @@ def _raised(error: Exception) -> dict[str, str | int | float | bool]:
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
     where = frame.tb_frame.f_code.co_qualname if frame is not None else ""
-    return {Vocab.RAISED: type(error).__name__, Vocab.RAISED_IN: where}
+    return {Attr.RAISED: type(error).__name__, Attr.RAISED_IN: where}
 
 
 def _raising(predicates: Sequence[Predicate], event: Event) -> str:

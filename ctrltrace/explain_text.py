@@ -17,6 +17,15 @@ from rich.text import Text
 from ctrltrace.explain import Code, Explanation, clock
 from ctrltrace.printable import printable
 from ctrltrace.records import Stage
+from ctrltrace.spanmodel import REPLICA
+from ctrltrace.vocabulary import (
+    ControllerOutcome,
+    DispatchOutcome,
+    KubeEventOutcome,
+    LeaseOutcome,
+    ReconcileOutcome,
+    WatchOutcome,
+)
 
 
 def render_text(explanation: Explanation, width: int = 100) -> str:
@@ -55,13 +64,19 @@ class ExplanationView:
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         table.add_column("time", no_wrap=True)
         table.add_column("stage", no_wrap=True)
+        # Records read from traces say which replica (pod or process) each came from.
+        replicas = any(REPLICA in entry.details for entry in explanation.timeline)
+        if replicas:
+            table.add_column("replica", overflow="fold", max_width=24)
         table.add_column("controller", overflow="fold", max_width=20)
         table.add_column("what happened", overflow="fold", ratio=1)
         for entry in explanation.timeline:
             mark, style = _mark(entry.stage, entry.outcome)
+            replica = [printable(str(entry.details.get(REPLICA, "")))] if replicas else []
             table.add_row(
                 clock(entry.time),
                 Text(f"{mark} {_STAGE_LABELS.get(entry.stage, entry.stage)}", style=style),
+                *replica,
                 printable(entry.controller),
                 printable(entry.what),
             )
@@ -93,26 +108,26 @@ class ExplanationView:
 
 
 _MARKS = {
-    (Stage.DISPATCH, "dropped_by_predicate"): ("✗", "red"),
-    (Stage.DISPATCH, "not_mapped"): ("✗", "red"),
-    (Stage.RECONCILE, "success"): ("✓", "green"),
-    (Stage.RECONCILE, "error"): ("✗", "red"),
-    (Stage.RECONCILE, "terminal_error"): ("✗", "red"),
-    (Stage.RECONCILE, "requeue"): ("↻", "yellow"),
-    (Stage.RECONCILE, "requeue_after"): ("↻", "yellow"),
-    (Stage.WATCH, "synced"): ("✓", "green"),
-    (Stage.WATCH, "forbidden"): ("✗", "red"),
-    (Stage.WATCH, "kind_not_found"): ("✗", "red"),
-    (Stage.WATCH, "error"): ("✗", "red"),
-    (Stage.WATCH, "disconnected"): ("✗", "red"),
-    (Stage.LEASE, "acquired"): ("✓", "green"),
-    (Stage.LEASE, "standby"): ("◷", "yellow"),
-    (Stage.LEASE, "lost"): ("✗", "red"),
-    (Stage.LEASE, "error"): ("✗", "red"),
-    (Stage.CONTROLLER, "started"): ("✓", "green"),
-    (Stage.CONTROLLER, "cache_not_synced"): ("◷", "yellow"),
-    (Stage.KUBE_EVENT, "dropped"): ("✗", "yellow"),
-    (Stage.KUBE_EVENT, "failed"): ("✗", "red"),
+    (Stage.DISPATCH, DispatchOutcome.DROPPED_BY_PREDICATE): ("✗", "red"),
+    (Stage.DISPATCH, DispatchOutcome.NOT_MAPPED): ("✗", "red"),
+    (Stage.RECONCILE, ReconcileOutcome.SUCCESS): ("✓", "green"),
+    (Stage.RECONCILE, ReconcileOutcome.ERROR): ("✗", "red"),
+    (Stage.RECONCILE, ReconcileOutcome.TERMINAL_ERROR): ("✗", "red"),
+    (Stage.RECONCILE, ReconcileOutcome.REQUEUE): ("↻", "yellow"),
+    (Stage.RECONCILE, ReconcileOutcome.REQUEUE_AFTER): ("↻", "yellow"),
+    (Stage.WATCH, WatchOutcome.SYNCED): ("✓", "green"),
+    (Stage.WATCH, WatchOutcome.FORBIDDEN): ("✗", "red"),
+    (Stage.WATCH, WatchOutcome.KIND_NOT_FOUND): ("✗", "red"),
+    (Stage.WATCH, WatchOutcome.ERROR): ("✗", "red"),
+    (Stage.WATCH, WatchOutcome.DISCONNECTED): ("✗", "red"),
+    (Stage.LEASE, LeaseOutcome.ACQUIRED): ("✓", "green"),
+    (Stage.LEASE, LeaseOutcome.STANDBY): ("◷", "yellow"),
+    (Stage.LEASE, LeaseOutcome.LOST): ("✗", "red"),
+    (Stage.LEASE, LeaseOutcome.ERROR): ("✗", "red"),
+    (Stage.CONTROLLER, ControllerOutcome.STARTED): ("✓", "green"),
+    (Stage.CONTROLLER, ControllerOutcome.CACHE_NOT_SYNCED): ("◷", "yellow"),
+    (Stage.KUBE_EVENT, KubeEventOutcome.DROPPED): ("✗", "yellow"),
+    (Stage.KUBE_EVENT, KubeEventOutcome.FAILED): ("✗", "red"),
 }
 _STAGE_MARKS = {
     Stage.EVENT: ("●", "cyan"),

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ctrltrace.events import Event, EventType
-from ctrltrace.records import Obj, Vocab
+from ctrltrace.records import Obj
 from ctrltrace.request import Request
+from ctrltrace.vocabulary import Unmapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class MapResult:
 
     requests: tuple[Request, ...]
     reason: str
-    unmapped: str = ""  # why none, as one of the Vocab codes, when the handler can tell
+    unmapped: str = ""  # why none (a ``vocabulary.Unmapped`` value), when the handler can tell
 
 
 class EventHandler(Protocol):
@@ -200,10 +201,10 @@ class ForOwner:
         if not refs:
             return (
                 f"no ownerReferences, so no {self._role} {self._owner} to enqueue",
-                Vocab.NO_OWNER,
+                Unmapped.NO_OWNER,
             )
         if self._match_every_owner:
-            return f"owned by {_refs_text(refs)}, not {self._owner}", Vocab.OTHER_OWNER
+            return f"owned by {_refs_text(refs)}, not {self._owner}", Unmapped.OTHER_OWNER
         controller = _controller_ref(refs)
         # Nothing mapped, so none of these is the controller reference.
         same_kind = [ref for ref in refs if self._matches(ref)]
@@ -212,18 +213,18 @@ class ForOwner:
                 return (
                     f"the ownerReference to {_refs_text(same_kind)} lacks controller: true; "
                     "set controller: true on it or use match_every_owner=True"
-                ), Vocab.NOT_CONTROLLER
+                ), Unmapped.NOT_CONTROLLER
             return (
                 f"owned by {_refs_text(refs)}, not {self._owner}, "
                 "and no ownerReference has controller: true"
-            ), Vocab.OTHER_OWNER
+            ), Unmapped.OTHER_OWNER
         controlled = f"controlled by {_ref_text(controller)}, not {self._owner}"
         if same_kind:
             return (
                 f"{controlled}; the ownerReference to {_refs_text(same_kind)} is not the "
                 "controller reference (there can be only one): use match_every_owner=True"
-            ), Vocab.NOT_CONTROLLER
-        return controlled, Vocab.OTHER_OWNER
+            ), Unmapped.NOT_CONTROLLER
+        return controlled, Unmapped.OTHER_OWNER
 
 
 def for_owner(
@@ -264,7 +265,7 @@ class MapTo:
         except Exception as err:  # reported as the reason, never raised
             return MapResult((), f"map function raised {type(err).__name__}: {err}")
         if not requests:
-            return MapResult((), "map function returned no requests", Vocab.MAP_EMPTY)
+            return MapResult((), "map function returned no requests", Unmapped.MAP_EMPTY)
         count = f"{len(requests)} request{'s' if len(requests) > 1 else ''}"
         return MapResult(requests, f"map function returned {count}")
 

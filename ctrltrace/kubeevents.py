@@ -37,8 +37,9 @@ import aiohttp
 
 from ctrltrace.clock import Clock
 from ctrltrace.objects import rfc3339
-from ctrltrace.records import ObjectRef, Record, Recorder, Stage
+from ctrltrace.records import ObjectRef, Recorder
 from ctrltrace.transport import ApiError, Json, NotFound
+from ctrltrace.vocabulary import KubeEventOutcome, kube_event_record
 
 NORMAL = "Normal"
 WARNING = "Warning"
@@ -186,7 +187,7 @@ class EventBroadcaster:
         outcome, error = await self._deliver(transport, pending, sent)
         count = f" (count {sent.count})" if sent.count > 1 else ""
         reason = f"{pending.words}{count}" + (f"; not sent: {error}" if error else "")
-        self._emit(pending, outcome, reason, {"event": f"{sent.namespace}/{sent.name}"})
+        self._emit(pending, outcome, reason, f"{sent.namespace}/{sent.name}")
 
     def _correlate(self, pending: _Pending) -> tuple[_Sent, tuple[str, ...]]:
         """The Event object this one counts into (a new one if none), and its spam key."""
@@ -218,14 +219,17 @@ class EventBroadcaster:
             try:
                 outcome = await self._attempt(transport, pending, sent)
             except ApiError as refused:  # the server said no: trying again changes nothing
-                return "failed", f"{refused.status} {refused.reason}: {refused.message}"
+                return (
+                    KubeEventOutcome.FAILED,
+                    f"{refused.status} {refused.reason}: {refused.message}",
+                )
             except _TRANSIENT as failure:
                 error = f"{type(failure).__name__}: {failure}"
                 if attempt < SEND_ATTEMPTS:
                     await self.clock.sleep(float(attempt))
             else:
                 return outcome, ""
-        return "failed", error
+        return KubeEventOutcome.FAILED, error
 
     async def _attempt(self, transport: Requests, pending: _Pending, sent: _Sent) -> str:
         """Patch the count of the Event object, or create it."""
@@ -243,9 +247,9 @@ class EventBroadcaster:
             except NotFound:  # expired (the API server keeps Events for an hour): create anew
                 pass
             else:
-                return "counted"
+                return KubeEventOutcome.COUNTED
         await transport.request("POST", path, body=self._body(pending, sent, stamp))
-        return "created"
+        return KubeEventOutcome.CREATED
 
     def _body(self, pending: _Pending, sent: _Sent, stamp: str) -> dict[str, Any]:
         return {
@@ -266,20 +270,19 @@ class EventBroadcaster:
 
     def _drop(self, pending: _Pending, why: str) -> None:
         self.dropped += 1
-        self._emit(pending, "dropped", f"{pending.words}; {why}", {})
+        self._emit(pending, KubeEventOutcome.DROPPED, f"{pending.words}; {why}")
 
-    def _emit(self, pending: _Pending, outcome: str, reason: str, attrs: dict[str, str]) -> None:
+    def _emit(self, pending: _Pending, outcome: str, reason: str, event: str = "") -> None:
         self._recorder.emit(
-            Record(
-                time=self.clock.wall(),
-                stage=Stage.KUBE_EVENT,
-                outcome=outcome,
-                reason=reason,
+            kube_event_record(
+                self.clock.wall(),
+                outcome,
+                reason,
                 controller=pending.controller,
-                object=pending.ref,
+                ref=pending.ref,
                 request=pending.request,
                 reconcile_id=pending.reconcile_id,
-                attrs=attrs,
+                event=event,
             )
         )
 

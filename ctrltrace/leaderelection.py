@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctrltrace.clock import Clock
-from ctrltrace.records import Record, Recorder, Stage
+from ctrltrace.records import Recorder
 from ctrltrace.transport import ApiError, Json, NotFound, Transport
+from ctrltrace.vocabulary import LeaseOutcome, lease_record
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_RENEWED = "renewed"  # on time: not recorded (a lease renews every retry period)
 
 
 # A pod's own namespace, from its service account: where controller-runtime puts the Lease when
@@ -116,7 +118,10 @@ class LeaderElector:
 
     async def acquire(self) -> None:
         """Return once this replica holds the lease."""
-        self._emit("attempting", f"{self.identity} tries to acquire {self.namespace}/{self.name}")
+        self._emit(
+            LeaseOutcome.ATTEMPTING,
+            f"{self.identity} tries to acquire {self.namespace}/{self.name}",
+        )
         while not await self._try_acquire_or_renew():
             await self._clock.sleep(self.timing.retry_period * random.uniform(1.0, 1.2))  # noqa: S311
         self.is_leader.set()
@@ -132,7 +137,8 @@ class LeaderElector:
                     if self._clock.monotonic() + self.timing.retry_period > deadline:
                         self.is_leader.clear()
                         self._emit(
-                            "lost", f"could not renew within {self.timing.renew_deadline:g}s"
+                            LeaseOutcome.LOST,
+                            f"could not renew within {self.timing.renew_deadline:g}s",
                         )
                         raise LeaderLost(f"lost the lease {self.namespace}/{self.name}")
                     await self._clock.sleep(self.timing.retry_period)
@@ -140,7 +146,7 @@ class LeaderElector:
                 if attempts > 1:
                     took = self._clock.monotonic() - began
                     self._emit(
-                        "renewed_late",
+                        LeaseOutcome.RENEWED_LATE,
                         f"renewed after {attempts} attempts, {took:.1f}s of the "
                         f"{self.timing.renew_deadline:g}s renew deadline",
                     )
@@ -168,7 +174,7 @@ class LeaderElector:
             }
             return await self._write("POST", self._path.rsplit("/", 1)[0], body, "acquired")
         except (ApiError, OSError, TimeoutError) as error:
-            self._emit("error", f"get lease: {error}", once=True)
+            self._emit(LeaseOutcome.ERROR, f"get lease: {error}", once=True)
             return False
 
         old = current.get("spec", {})
@@ -178,14 +184,14 @@ class LeaderElector:
         self.holder = holder
         expired = now > self._observed_at + float(old.get("leaseDurationSeconds") or 0)
         if holder and holder != self.identity and not expired:
-            self._emit("standby", f"held by {holder}", once=True)
+            self._emit(LeaseOutcome.STANDBY, f"held by {holder}", once=True)
             return False
         new_spec = {**old, **spec}
         if holder != self.identity:
             new_spec["acquireTime"] = _micro_time(now_wall)
             new_spec["leaseTransitions"] = int(old.get("leaseTransitions") or 0) + 1
         body = {**current, "spec": new_spec}
-        outcome = "renewed" if holder == self.identity else "acquired"
+        outcome = _RENEWED if holder == self.identity else LeaseOutcome.ACQUIRED
         return await self._write("PUT", self._path, body, outcome)
 
     async def _write(self, method: str, path: str, body: Json, outcome: str) -> bool:
@@ -194,11 +200,11 @@ class LeaderElector:
         except (ApiError, OSError, TimeoutError) as error:
             # 409: someone else wrote the lease first; anything else is worth saying.
             if not (isinstance(error, ApiError) and error.status == 409):
-                self._emit("error", f"{method.lower()} lease: {error}", once=True)
+                self._emit(LeaseOutcome.ERROR, f"{method.lower()} lease: {error}", once=True)
             return False
         self._observed, self._observed_at = written, self._clock.monotonic()
         self.holder = self.identity
-        if outcome != "renewed":
+        if outcome != _RENEWED:
             self._emit(outcome, f"{self.identity} holds {self.namespace}/{self.name}")
         return True
 
@@ -209,10 +215,10 @@ class LeaderElector:
         try:
             await self._transport.request("PUT", self._path, body={**self._observed, "spec": spec})
         except (ApiError, OSError, TimeoutError) as error:
-            self._emit("error", f"release lease: {error}")
+            self._emit(LeaseOutcome.ERROR, f"release lease: {error}")
             return
         self.is_leader.clear()
-        self._emit("released", "released on shutdown")
+        self._emit(LeaseOutcome.RELEASED, "released on shutdown")
 
     def _emit(self, outcome: str, reason: str, *, once: bool = False) -> None:
         # Standby and error repeat every retry period; record only when the story changes.
@@ -221,15 +227,12 @@ class LeaderElector:
             return
         self._last_outcome = key
         self._recorder.emit(
-            Record(
-                time=self._clock.wall(),
-                stage=Stage.LEASE,
-                outcome=outcome,
-                reason=reason,
-                attrs={
-                    "lease": f"{self.namespace}/{self.name}",
-                    "identity": self.identity,
-                    "holder": self.holder,
-                },
+            lease_record(
+                self._clock.wall(),
+                outcome,
+                reason,
+                lease=f"{self.namespace}/{self.name}",
+                identity=self.identity,
+                holder=self.holder,
             )
         )

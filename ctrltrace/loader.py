@@ -34,7 +34,12 @@ def load_manager(spec: str) -> Manager:
             raise AppError(f"module {module_part!r} has no attribute {attr!r}")
         target = getattr(target, part)
     if callable(target) and not isinstance(target, Manager):
-        target = target()  # a factory function, like uvicorn's --factory
+        try:
+            target = target()  # a factory function, like uvicorn's --factory
+        except Exception as error:
+            raise AppError(
+                f"{spec} failed as a factory: {type(error).__name__}: {error}"
+            ) from error
     if not isinstance(target, Manager):
         raise AppError(f"{spec} is a {type(target).__name__}, not a ctrltrace.Manager")
     return target

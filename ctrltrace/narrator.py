@@ -19,6 +19,16 @@ import structlog
 from ctrltrace.clock import Clock
 from ctrltrace.records import Record, Stage
 from ctrltrace.remedies import WATCH_REMEDIES
+from ctrltrace.vocabulary import (
+    RECONCILE_FAILED,
+    Attr,
+    ControllerOutcome,
+    KubeEventOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    ReconcileOutcome,
+    WatchOutcome,
+)
 
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -95,27 +105,30 @@ class Narrator:
 
     def _watch(self, record: Record) -> None:
         attrs = record.attrs
-        kind = str(attrs.get("kind", ""))
-        where = {"kind": kind, "api_version": attrs.get("api_version", "")}
-        if namespace := attrs.get("namespace"):
+        kind = str(attrs.get(Attr.KIND, ""))
+        where = {"kind": kind, "api_version": attrs.get(Attr.API_VERSION, "")}
+        if namespace := attrs.get(Attr.NAMESPACE):
             where["namespace"] = namespace
-        key = ("watch", kind, str(attrs.get("api_version", "")), str(namespace or ""))
+        key = ("watch", kind, str(attrs.get(Attr.API_VERSION, "")), str(namespace or ""))
         outcome = record.outcome
-        if outcome == "started":
-            selector = attrs.get("label_selector")
+        if outcome == WatchOutcome.STARTED:
+            selector = attrs.get(Attr.LABEL_SELECTOR)
             self._log.info(
                 "Starting EventSource",
                 **where,
                 **({"label_selector": selector} if selector else {}),
             )
-        elif outcome == "synced":
+        elif outcome == WatchOutcome.SYNCED:
             self._log.info(
-                "Caches synced", **where, objects=attrs.get("objects"), seconds=attrs.get("seconds")
+                "Caches synced",
+                **where,
+                objects=attrs.get(Attr.OBJECTS),
+                seconds=attrs.get(Attr.SECONDS),
             )
-        elif outcome == "resumed":
+        elif outcome == WatchOutcome.RESUMED:
             if (recovered := self._reminders.clear(key)) is not None:
                 self._log.info("Watch recovered", **where, reason=record.reason, **recovered)
-        elif outcome == "gone":
+        elif outcome == WatchOutcome.GONE:
             self._log.debug("Watch expired, listing again", **where, reason=record.reason)
         elif (remedy_for := WATCH_REMEDIES.get(outcome)) is not None:
             fields = self._reminders.report(key, outcome)
@@ -128,7 +141,7 @@ class Narrator:
                 event,
                 **where,
                 problem=outcome,
-                **({"status": attrs["status"]} if "status" in attrs else {}),
+                **({"status": attrs[Attr.STATUS]} if Attr.STATUS in attrs else {}),
                 error=remedy.message,
                 fix=remedy.fix,
                 **fields,
@@ -138,23 +151,23 @@ class Narrator:
 
     def _controller(self, record: Record) -> None:
         outcome = record.outcome
-        if outcome == "starting":
+        if outcome == ControllerOutcome.STARTING:
             self._log.info(
                 "Starting Controller",
                 controller=record.controller,
-                watches=record.attrs.get("watches"),
+                watches=record.attrs.get(Attr.WATCHES),
             )
-        elif outcome == "started":
+        elif outcome == ControllerOutcome.STARTED:
             self._log.info(
                 "Starting workers",
                 controller=record.controller,
-                worker_count=record.attrs.get("max_concurrent_reconciles"),
+                worker_count=record.attrs.get(Attr.MAX_CONCURRENT_RECONCILES),
             )
-        elif outcome == "cache_sync_waiting":
+        elif outcome == ControllerOutcome.CACHE_SYNC_WAITING:
             self._log.warning(
                 "Waiting for caches to sync", controller=record.controller, reason=record.reason
             )
-        elif outcome == "cache_not_synced":
+        elif outcome == ControllerOutcome.CACHE_NOT_SYNCED:
             self._log.error(
                 "Could not wait for Cache to sync",
                 controller=record.controller,
@@ -162,11 +175,11 @@ class Narrator:
                 fix="Each watch named has its own warning above with the fix; "
                 "raise cache_sync_timeout only for a very large first list.",
             )
-        elif outcome == "failed":
+        elif outcome == ControllerOutcome.FAILED:
             self._log.error("Controller stopped", controller=record.controller, error=record.reason)
 
     def _reconcile(self, record: Record) -> None:
-        if record.outcome not in ("error", "terminal_error"):
+        if record.outcome not in RECONCILE_FAILED:
             return
         key = ("reconcile", record.controller, record.request)
         fields = self._reminders.report(key, record.reason)
@@ -186,7 +199,7 @@ class Narrator:
             name=name,
             reconcile_id=record.reconcile_id,
             error=record.reason,
-            terminal=record.outcome == "terminal_error",
+            terminal=record.outcome == ReconcileOutcome.TERMINAL_ERROR,
             **fields,
         )
 
@@ -194,8 +207,8 @@ class Narrator:
         """Events that could not be sent (refused, unreachable, dropped): once per controller
         and outcome, then reminders; their end once they are sent again."""
         controller = record.controller or "manager"
-        if record.outcome in ("created", "counted"):
-            for outcome in ("failed", "dropped"):
+        if record.outcome in (KubeEventOutcome.CREATED, KubeEventOutcome.COUNTED):
+            for outcome in (KubeEventOutcome.FAILED, KubeEventOutcome.DROPPED):
                 fields = self._reminders.clear(("kube_event", controller, outcome))
                 if fields is not None:
                     self._log.info("Events are sent again", controller=controller, **fields)
@@ -203,7 +216,7 @@ class Narrator:
         fields = self._reminders.report(("kube_event", controller, record.outcome), "")
         if fields is not None:
             self._log.warning(
-                "Event not sent" if record.outcome == "failed" else "Event dropped",
+                "Event not sent" if record.outcome == KubeEventOutcome.FAILED else "Event dropped",
                 controller=controller,
                 what=record.reason,
                 **fields,
@@ -213,25 +226,25 @@ class Narrator:
 
     def _lease(self, record: Record) -> None:
         attrs = record.attrs
-        lease = {"lease": attrs.get("lease"), "identity": attrs.get("identity")}
+        lease = {"lease": attrs.get(Attr.LEASE), "identity": attrs.get(Attr.IDENTITY)}
         outcome = record.outcome
-        if outcome == "error":
+        if outcome == LeaseOutcome.ERROR:
             fields = self._reminders.report(("lease",), record.reason)
             if fields is not None:
                 self._log.warning("Leader election error", **lease, error=record.reason, **fields)
             return
         self._reminders.clear(("lease",))
-        if outcome == "attempting":
+        if outcome == LeaseOutcome.ATTEMPTING:
             self._log.info("Attempting to acquire leader lease", **lease)
-        elif outcome == "acquired":
+        elif outcome == LeaseOutcome.ACQUIRED:
             self._log.info("Successfully acquired lease", **lease)
-        elif outcome == "standby":
+        elif outcome == LeaseOutcome.STANDBY:
             self._log.info(
-                "Leader lease held by another replica", **lease, holder=attrs.get("holder")
+                "Leader lease held by another replica", **lease, holder=attrs.get(Attr.HOLDER)
             )
-        elif outcome == "renewed_late":
+        elif outcome == LeaseOutcome.RENEWED_LATE:
             self._log.warning("Leader lease renewed late", **lease, reason=record.reason)
-        elif outcome == "lost":
+        elif outcome == LeaseOutcome.LOST:
             self._log.error(
                 "Leader election lost",
                 **lease,
@@ -240,20 +253,20 @@ class Narrator:
                 "server's latency and this process's CPU (renewals must land within the renew "
                 "deadline).",
             )
-        elif outcome == "released":
+        elif outcome == LeaseOutcome.RELEASED:
             self._log.info("Leader lease released", **lease)
 
     def _manager(self, record: Record) -> None:
         outcome, fields = record.outcome, dict(record.attrs)
-        if outcome == "started":
+        if outcome == ManagerOutcome.STARTED:
             self._log.info("Starting manager", detail=record.reason, **fields)
-        elif outcome == "stopping":
+        elif outcome == ManagerOutcome.STOPPING:
             self._log.info(
                 "Stopping and waiting for in-flight reconciles", reason=record.reason, **fields
             )
-        elif outcome == "drained":
+        elif outcome == ManagerOutcome.DRAINED:
             self._log.info("All reconciles finished", **fields)
-        elif outcome == "drain_timed_out":
+        elif outcome == ManagerOutcome.DRAIN_TIMED_OUT:
             self._log.warning("Gave up waiting for reconciles", reason=record.reason, **fields)
-        elif outcome == "stopped":
+        elif outcome == ManagerOutcome.STOPPED:
             self._log.info("Manager stopped", reason=record.reason)

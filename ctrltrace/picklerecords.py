@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Collection
+from operator import attrgetter
 from typing import Any
 
 from ctrltrace import accelerators
@@ -35,7 +36,8 @@ __all__ = [
     "seal",
 ]
 
-# The stored order; the journal's reader and the C extension follow it.
+# The stored order, written once for Python: this writer and the journal's reader derive from
+# it. The C extension keeps its own list of names; test_picklerecords holds it to this one.
 RECORD_FIELDS = (
     "id",
     "time",
@@ -58,6 +60,8 @@ REF_FIELDS = (
     "resource_version",
     "generation",
 )
+_record_fields = attrgetter(*RECORD_FIELDS)
+_ref_fields = attrgetter(*REF_FIELDS)
 
 Sealed = tuple[bytes, float, float, set[str], list[int]]
 
@@ -119,21 +123,7 @@ class _Writer:
     def record(self, record: object) -> Record:
         if type(record) is not Record:
             raise TypeError(f"the journal stores Records, not {type(record).__name__}")
-        self._items(
-            (
-                record.id,
-                record.time,
-                record.stage,
-                record.outcome,
-                record.reason,
-                record.controller,
-                record.object,
-                record.request,
-                record.reconcile_id,
-                record.cause_ids,
-                record.attrs,
-            )
-        )
+        self._items(_record_fields(record))
         return record
 
     def finish(self) -> bytes:
@@ -262,17 +252,7 @@ class _Writer:
     def _ref(self, ref: ObjectRef) -> None:
         if self._memoised(ref):
             return
-        self._items(
-            (
-                ref.api_version,
-                ref.kind,
-                ref.namespace,
-                ref.name,
-                ref.uid,
-                ref.resource_version,
-                ref.generation,
-            )
-        )
+        self._items(_ref_fields(ref))
         self._memoise(ref)
 
     def _as_str(self, value: object) -> None:

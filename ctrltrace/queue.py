@@ -27,16 +27,18 @@ from typing import Generic, TypeVar
 
 from ctrltrace.clock import Clock, SystemClock
 from ctrltrace.ratelimit import ItemExponentialBackoff, RateLimiter
+from ctrltrace.vocabulary import DispatchOutcome
 
 T = TypeVar("T", bound=Hashable)
 
 
 class AddOutcome(enum.StrEnum):
-    QUEUED = "queued"  # appended; handed out in FIFO order
-    DEDUPLICATED = "deduplicated"  # merged into a run already pending for the key
-    REQUEUED_AFTER_PROCESSING = "requeued_after_processing"  # queued when its worker is done
-    DELAYED = "delayed"  # added when its time comes
-    SHUT_DOWN = "shut_down"  # ignored
+    # The dispatch record's outcome (``vocabulary.DispatchOutcome`` says what each means).
+    QUEUED = DispatchOutcome.QUEUED
+    DEDUPLICATED = DispatchOutcome.DEDUPLICATED
+    REQUEUED_AFTER_PROCESSING = DispatchOutcome.REQUEUED_AFTER_PROCESSING
+    DELAYED = DispatchOutcome.DELAYED
+    SHUT_DOWN = DispatchOutcome.SHUT_DOWN
 
 
 class QueueShutDown(Exception):

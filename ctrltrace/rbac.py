@@ -1,10 +1,13 @@
 """What RBAC a manager needs, and the Role / ClusterRole YAML that grants exactly that.
 
 Owns the rules a manager needs (get/list/watch of each watched kind where it caches, the
-leader-election Lease in its namespace, Events, and the writes the app declares), how kinds
-become resources (discovery through ``RestMapper``, or a guessed plural when nothing answers),
-the YAML and JSON rendering, and the ``ctrltrace rbac`` command. Also owns loading an app for
-the commands that inspect one without running it (``rbac`` and ``doctor``).
+leader-election Lease in its namespace, Events, the writes the app declares, and the
+TokenReview and SubjectAccessReview its debug endpoint checks callers with), the ClusterRole
+a person needs to read that endpoint, how kinds become resources (discovery through
+``RestMapper``, or a guessed plural when nothing answers), the YAML and JSON rendering (which
+``manifests`` reuses for its other objects), and the ``ctrltrace rbac`` command. Also owns
+loading an app for the commands that inspect one without running it (``rbac``, ``doctor``
+and ``manifests``).
 
 Reads the Manager and asks discovery; never starts the manager and never writes to the
 cluster. The runtime core does not import this module.
@@ -18,7 +21,7 @@ import json
 import re
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +39,7 @@ from ctrltrace.cli.app import (
     load_manager_for,
 )
 from ctrltrace.cli.errors import ExitCode
+from ctrltrace.cli.options import FC
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
 from ctrltrace.leaderelection import lease_namespace
 from ctrltrace.loader import AppError
@@ -45,6 +49,9 @@ from ctrltrace.transport import ApiError, ConfigError
 READ_VERBS = ("get", "list", "watch")  # an informer lists and watches; the client gets
 LEASE_VERBS = ("get", "create", "update")  # what leaderelection.LeaderElector sends
 EVENT_VERBS = ("create", "patch")  # kubeevents creates Events and patches their count
+# The debug endpoint's paths. The authorizer matches a non-resource URL ending in "*" as a
+# prefix (only there): this grants /debug/ctrltrace/explain, /state and /records.
+DEBUG_URLS = "/debug/ctrltrace/*"
 WRITES_ATTRIBUTE = "RBAC_WRITES"
 _RBAC_API = "rbac.authorization.k8s.io"
 _WIDTH = 100  # header comments wrap here, like doctor's checklist
@@ -58,17 +65,22 @@ class Purpose(enum.StrEnum):
     WRITE = "write"
     EVENTS = "events"
     LEASE = "lease"
+    TOKENS = "tokens"  # not checked by doctor: only an endpoint off loopback needs them
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One RBAC PolicyRule (without resourceNames, which no need here can use)."""
+    """One RBAC PolicyRule (without resourceNames, which no need here can use): on resources,
+    or with ``non_resource_urls`` on those paths (then groups and resources are empty)."""
 
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
+    non_resource_urls: tuple[str, ...] = ()
 
     def as_policy(self) -> dict[str, list[str]]:
+        if self.non_resource_urls:
+            return {"nonResourceURLs": list(self.non_resource_urls), "verbs": list(self.verbs)}
         return {
             "apiGroups": list(self.api_groups),
             "resources": list(self.resources),
@@ -84,6 +96,15 @@ class Rule:
             f"apiGroups {_flow(self.api_groups)}, resources {_flow(self.resources)}, "
             f"verbs {_flow(self.verbs)}"
         )
+
+
+# The reviews the debug endpoint sends to check a caller's bearer token, as
+# controller-runtime's metrics endpoint does (kubebuilder's metrics_auth_role).
+TOKEN_CHECKS = (
+    Rule(("authentication.k8s.io",), ("tokenreviews",), ("create",)),
+    Rule(("authorization.k8s.io",), ("subjectaccessreviews",), ("create",)),
+)
+DEBUG_READ = Rule((), (), ("get",), (DEBUG_URLS,))
 
 
 @dataclass(frozen=True)
@@ -290,6 +311,10 @@ def make_plan(
         lease = Rule(("coordination.k8s.io",), ("leases",), LEASE_VERBS)
         why = f"leader election: the Lease {namespace}/{options.leader_election_id}"
         needs.append(Need(lease, namespace, Purpose.LEASE, why))
+    # Reviews are cluster-scoped; granted always, as kubebuilder does, so that moving the
+    # endpoint off loopback (or --debug-auth required) needs no new RBAC.
+    why = "the debug endpoint checks callers' tokens (off loopback, or with --debug-auth required)"
+    needs.extend(Need(rule, "", Purpose.TOKENS, why) for rule in TOKEN_CHECKS)
     return Plan(tuple(needs), tuple(resolutions), writes is not None)
 
 
@@ -336,14 +361,30 @@ def default_subject(manager: Manager) -> Subject:
     return Subject(namespace, manager.name)
 
 
+def reader_role_name(name: str) -> str:
+    """The ClusterRole that lets a person read the debug endpoint of the manager ``name``."""
+    return f"{name}-debug-reader"
+
+
+def reader_hint(name: str) -> str:
+    """How to give a person the reader role: it is printed unbound, as nobody is known yet."""
+    reader = reader_role_name(name)
+    return (
+        f"The ClusterRole {reader} lets a person read the debug endpoint (explain --from); "
+        f"bind it to each reader: kubectl create clusterrolebinding {reader}-alice "
+        f"--clusterrole={reader} --user=alice"
+    )
+
+
 @dataclass(frozen=True)
 class _Manifest:
-    """A Role or ClusterRole (namespace ``""``) with its binding to one service account."""
+    """A Role or ClusterRole (namespace ``""``), each rule with why it is granted, and its
+    binding to one service account; without a subject, a role left for the user to bind."""
 
     name: str
     namespace: str
-    needs: tuple[Need, ...]
-    subject: Subject
+    rules: tuple[tuple[Rule, str], ...]
+    subject: Subject | None
 
     def _meta(self) -> dict[str, str]:
         meta = {"name": self.name}
@@ -360,66 +401,98 @@ class _Manifest:
             "apiVersion": f"{_RBAC_API}/v1",
             "kind": self.role_kind,
             "metadata": self._meta(),
-            "rules": [need.rule.as_policy() for need in self.needs],
+            "rules": [rule.as_policy() for rule, _ in self.rules],
         }
 
-    def binding(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{_RBAC_API}/v1",
-            "kind": f"{self.role_kind}Binding",
-            "metadata": self._meta(),
-            "roleRef": {"apiGroup": _RBAC_API, "kind": self.role_kind, "name": self.name},
-            "subjects": [self.subject.as_subject()],
-        }
+    def bindings(self) -> list[dict[str, Any]]:
+        if self.subject is None:
+            return []
+        return [
+            {
+                "apiVersion": f"{_RBAC_API}/v1",
+                "kind": f"{self.role_kind}Binding",
+                "metadata": self._meta(),
+                "roleRef": {"apiGroup": _RBAC_API, "kind": self.role_kind, "name": self.name},
+                "subjects": [self.subject.as_subject()],
+            }
+        ]
 
 
 def _manifests(plan: Plan, name: str, subject: Subject) -> list[_Manifest]:
-    return [
-        _Manifest(name, namespace, tuple(needs), subject)
+    granted = [
+        _Manifest(name, namespace, tuple((need.rule, need.why) for need in needs), subject)
         for namespace, needs in plan.scopes().items()
     ]
+    why = "GET on every path of the debug endpoint, which explain --from and tui --from read"
+    return [*granted, _Manifest(reader_role_name(name), "", ((DEBUG_READ, why),), None)]
 
 
 def objects(plan: Plan, name: str, subject: Subject) -> list[dict[str, Any]]:
-    """The roles and bindings as API objects, each role followed by its binding."""
+    """The roles and bindings as API objects, each role followed by its binding; last the
+    debug endpoint's reader role, unbound."""
     found: list[dict[str, Any]] = []
     for manifest in _manifests(plan, name, subject):
-        found += [manifest.role(), manifest.binding()]
+        found += [manifest.role(), *manifest.bindings()]
     return found
 
 
 def render_json(plan: Plan, name: str, subject: Subject) -> str:
     """A ``v1`` List of the objects, which ``kubectl apply -f`` takes like the YAML."""
-    listing = {"apiVersion": "v1", "kind": "List", "items": objects(plan, name, subject)}
-    return json.dumps(listing, indent=2)
+    return json_list(objects(plan, name, subject))
+
+
+def json_list(documents: Sequence[Mapping[str, Any]]) -> str:
+    """API objects as one ``v1`` List."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(documents)}, indent=2)
 
 
 def render_yaml(plan: Plan, name: str, subject: Subject, header: Sequence[str] = ()) -> str:
     """Multi-document YAML for ``kubectl apply -f``; every rule has a comment saying why."""
-    lines = [
-        wrapped
-        for line in header
-        for wrapped in textwrap.wrap(line, _WIDTH, initial_indent="# ", subsequent_indent="#   ")
-    ]
+    lines = _comments(header)
     for manifest in _manifests(plan, name, subject):
         role = manifest.role()
         lines += ["---", *_block({k: v for k, v in role.items() if k != "rules"}, 0), "rules:"]
-        for need in manifest.needs:
-            lines.append(f"  # {need.why}")
-            lines += _block(need.rule.as_policy(), 4, first="  - ")
-        lines += ["---", *_block(manifest.binding(), 0)]
+        for rule, why in manifest.rules:
+            lines.append(f"  # {why}")
+            lines += _block(rule.as_policy(), 4, first="  - ")
+        for binding in manifest.bindings():
+            lines += ["---", *_block(binding, 0)]
     return "\n".join(lines) + "\n"
+
+
+def yaml_documents(documents: Sequence[Mapping[str, Any]], header: Sequence[str] = ()) -> str:
+    """API objects as multi-document YAML, after ``header`` as comments, like ``render_yaml``."""
+    lines = _comments(header)
+    for document in documents:
+        lines += ["---", *_block(document, 0)]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _comments(text: Sequence[str]) -> list[str]:
+    return [
+        wrapped
+        for line in text
+        for wrapped in textwrap.wrap(line, _WIDTH, initial_indent="# ", subsequent_indent="#   ")
+    ]
 
 
 # The YAML 1.1 words PyYAML and kubectl read as booleans or null when unquoted.
 _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
+# Outside flow collections a plain scalar may also hold "=" and a ":" that a non-space follows,
+# and start with "/" or with dashes before a letter (a paths, a flag, an image, a URL).
+_PLAIN_BLOCK = re.compile(r"(?:[A-Za-z]|/|-+[A-Za-z])(?:[A-Za-z0-9._/=-]|:(?=\S))*")
 
 
-def _scalar(text: str) -> str:
-    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
-        return text
-    return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+def _scalar(value: str | int, *, block: bool = False) -> str:
+    if isinstance(value, bool):  # before int: a bool is one
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    plain = (_PLAIN_BLOCK if block else _PLAIN).fullmatch(value)
+    if plain and value.lower() not in _YAML_WORDS:
+        return value
+    return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
 
 
 def _flow(items: Sequence[str]) -> str:
@@ -427,21 +500,27 @@ def _flow(items: Sequence[str]) -> str:
 
 
 def _block(mapping: Mapping[str, Any], indent: int, first: str = "") -> list[str]:
-    """A mapping of strings, string lists and nested mappings or mapping lists, as YAML."""
+    """A mapping of scalars (strings, integers, booleans), string lists and nested mappings
+    or mapping lists, as YAML; a string list too long for one line is written one per line."""
     lines = []
     pad = " " * indent
     for index, (key, value) in enumerate(mapping.items()):
         prefix = first if index == 0 and first else pad
-        if isinstance(value, str):
-            lines.append(f"{prefix}{key}: {_scalar(value)}")
+        if isinstance(value, str | int):
+            lines.append(f"{prefix}{key}: {_scalar(value, block=True)}")
         elif isinstance(value, Mapping):
             lines += [f"{prefix}{key}:", *_block(value, len(pad) + 2)]
         elif value and isinstance(value[0], Mapping):
             lines.append(f"{prefix}{key}:")
             for item in value:
                 lines += _block(item, len(pad) + 4, first=f"{pad}  - ")
+        elif len(line := f"{prefix}{key}: {_flow(value)}") <= _WIDTH:
+            lines.append(line)
         else:
-            lines.append(f"{prefix}{key}: {_flow(value)}")
+            lines += [
+                f"{prefix}{key}:",
+                *(f"{pad}  - {_scalar(item, block=True)}" for item in value),
+            ]
     return lines
 
 
@@ -493,14 +572,16 @@ def _subject(_: click.Context, __: click.Parameter, value: str | None) -> Subjec
         raise click.BadParameter(str(error)) from error
 
 
+def subject_option(help_text: str) -> Callable[[FC], FC]:
+    """``--service-account NAMESPACE/NAME``, passed as ``service_account``."""
+    return click.option(
+        "--service-account", callback=_subject, metavar="NAMESPACE/NAME", help=help_text
+    )
+
+
 @click.command("rbac")
 @app_parameters
-@click.option(
-    "--service-account",
-    callback=_subject,
-    metavar="NAMESPACE/NAME",
-    help="Bind to this service account (default: one named after the manager).",
-)
+@subject_option("Bind to this service account (default: one named after the manager).")
 @click.option(
     "--name", "role_name", help="Name of the roles and bindings (default: the manager's)."
 )
@@ -510,30 +591,59 @@ def rbac_command(
 ) -> None:
     """Print the RBAC the Manager APP (MODULE:ATTR) needs, for `kubectl apply -f -`.
 
-    A ClusterRole, or a Role per namespace when the manager caches only some, plus bindings
-    to a service account: get/list/watch on each watched kind, the leader-election Lease,
-    Events, and the writes the app declares in RBAC_WRITES. Plurals come from the cluster's
-    discovery; with no cluster they are guessed, and the output says so (exit code 1).
+    Bound to a service account: a ClusterRole, or a Role per namespace when the manager caches
+    only some, with get/list/watch on each watched kind, Events, and the writes the app
+    declares (writes() or RBAC_WRITES); a Role for the leader-election Lease; a ClusterRole for
+    the token and access reviews the debug endpoint sends. Unbound, a ClusterRole for the people
+    who read the debug endpoint. Plurals come from the cluster's discovery; with no cluster
+    they are guessed, and the output says so (exit code 1).
     """
-    with command_errors():
-        app = load_app(args)
-        with cluster_for(args, app.manager.options):
-            resolutions = asyncio.run(_resolve_for_rbac(app.manager))
-    manager = app.manager
-    needed = make_plan(manager, resolutions, app.writes)
-    subject = service_account or default_subject(manager)
-    name = role_name or manager.name
-    warnings = needed.warnings()
+    granted = grant_for(args, service_account, role_name)
+    manager, subject, name = granted.app.manager, granted.subject, granted.name
     if as_json:
-        click.echo(render_json(needed, name, subject))
+        click.echo(render_json(granted.plan, name, subject))
     else:
         header = [
             f"RBAC for the ctrltrace manager {manager.name!r} ({args.app}), from `ctrltrace rbac`.",
             f"Bound to the service account {subject.namespace}/{subject.name}.",
-            *(f"WARNING: {warning}" for warning in warnings),
+            reader_hint(name),
+            *(f"WARNING: {warning}" for warning in granted.plan.warnings()),
         ]
-        click.echo(render_yaml(needed, name, subject, header), nl=False)
-    for warning in warnings:
-        click.echo(f"ctrltrace: warning: {warning}", err=True)
-    if warnings:
-        click.get_current_context().exit(ExitCode.WARNINGS)
+        click.echo(render_yaml(granted.plan, name, subject, header), nl=False)
+    granted.exit_with_warnings()
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The RBAC for one app: what ``rbac`` prints and ``manifests`` embeds."""
+
+    app: App
+    plan: Plan
+    subject: Subject
+    name: str  # of the roles and bindings
+
+    def exit_with_warnings(self) -> None:
+        """Repeat each warning on stderr; exit 1 when there was any."""
+        warnings = self.plan.warnings()
+        for warning in warnings:
+            click.echo(f"ctrltrace: warning: {warning}", err=True)
+        if warnings:
+            click.get_current_context().exit(ExitCode.WARNINGS)
+
+
+def grant_for(
+    args: AppArgs, service_account: Subject | None, role_name: str | None, *, in_pod: bool = False
+) -> Granted:
+    """Load the app and plan its RBAC, bound to ``service_account`` (default: named after the
+    manager). ``in_pod``: it will run in a pod of that account's namespace, where an unset Lease
+    namespace means that one."""
+    with command_errors():
+        app = load_app(args)
+        manager = app.manager
+        subject = service_account or default_subject(manager)
+        if in_pod and not manager.options.leader_election_namespace:
+            manager.options.leader_election_namespace = subject.namespace
+        with cluster_for(args, manager.options):
+            resolutions = asyncio.run(_resolve_for_rbac(manager))
+    plan = make_plan(manager, resolutions, app.writes)
+    return Granted(app, plan, subject, role_name or manager.name)

@@ -14,6 +14,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctrltrace.request import Request
+from ctrltrace.vocabulary import ReconcileOutcome as Outcome
+from ctrltrace.vocabulary import RequeueOutcome
 
 if TYPE_CHECKING:
     from ctrltrace.context import Context
@@ -72,8 +74,9 @@ Reconciler = AsyncReconcileFunc | SyncReconcileFunc | ReconcilerObject
 
 class Action(enum.Enum):
     FORGET = "forget"  # success: the back-off for this request starts over
-    RATE_LIMITED = "rate_limited"  # retry after the per-item back-off
-    AFTER = "after"  # back-off forgotten, run again after the delay
+    # The requeue record's outcome, for the two actions that requeue.
+    RATE_LIMITED = RequeueOutcome.RATE_LIMITED  # retry after the per-item back-off
+    AFTER = RequeueOutcome.AFTER  # back-off forgotten, run again after the delay
     NONE = "none"  # terminal error: no retry, back-off kept
 
 
@@ -88,11 +91,13 @@ class Settlement:
 def settle(result: Result | None, error: BaseException | None) -> Settlement:
     """controller-runtime's reconcileHandler, as data: an error wins over any Result."""
     if isinstance(error, TerminalError):
-        return Settlement("terminal_error", "error", Action.NONE)
+        return Settlement(Outcome.TERMINAL_ERROR, "error", Action.NONE)
     if error is not None:
-        return Settlement("error", "error", Action.RATE_LIMITED)
+        return Settlement(Outcome.ERROR, "error", Action.RATE_LIMITED)
     if result is not None and result.requeue_after > 0:
-        return Settlement("requeue_after", "requeue_after", Action.AFTER, result.requeue_after)
+        return Settlement(
+            Outcome.REQUEUE_AFTER, "requeue_after", Action.AFTER, result.requeue_after
+        )
     if result is not None and result.requeue:
-        return Settlement("requeue", "requeue", Action.RATE_LIMITED)
-    return Settlement("success", "success", Action.FORGET)
+        return Settlement(Outcome.REQUEUE, "requeue", Action.RATE_LIMITED)
+    return Settlement(Outcome.SUCCESS, "success", Action.FORGET)

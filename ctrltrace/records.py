@@ -20,122 +20,20 @@ Obj = Mapping[str, Any]
 
 
 class Stage(enum.StrEnum):
-    # Informer health: started, listed, synced, resumed (a watch accepted after a failure),
-    # forbidden, kind_not_found, disconnected, error, gone (410: listing again)
-    WATCH = "watch"
-    EVENT = "event"  # one watch event: ADDED, MODIFIED, DELETED
-    # One per controller and event (per request when the handler maps to several):
-    # dropped_by_predicate / not_mapped / queued / deduplicated / requeued_after_processing
-    DISPATCH = "dispatch"
+    """Which part of the pipeline a record comes from. The outcomes each stage records, and
+    the attribute keys it carries, are listed in ``ctrltrace.vocabulary``."""
+
+    WATCH = "watch"  # informer health
+    EVENT = "event"  # one watch event
+    DISPATCH = "dispatch"  # one per controller and event: predicates, handler, queue
     RECONCILE_START = "reconcile_start"
-    RECONCILE = "reconcile"  # success / error / terminal_error / requeue / requeue_after
-    REQUEUE = "requeue"  # rate_limited / after: when the next run is due
+    RECONCILE = "reconcile"
+    REQUEUE = "requeue"  # when the next run is due
     WRITE = "write"  # a write made through ctrltrace's client, with the returned RV
-    # A Kubernetes Event the controller emitted about the object (ctx.events), once it was
-    # sent or dropped: created / counted (an existing Event's count went up) / dropped (queue
-    # full or rate-limited) / failed (the API server refused it, or could not be reached).
-    KUBE_EVENT = "kube_event"
-    # attempting / acquired / renewed_late / lost / standby / released / error
+    KUBE_EVENT = "kube_event"  # a Kubernetes Event the controller emitted (ctx.events)
     LEASE = "lease"
-    # watching (one per watch, at build: attrs kind, api_version, role) / starting (waiting
-    # for caches) / cache_sync_waiting / started (workers running) / cache_not_synced (timed
-    # out: the manager stops) / failed (workers gone: the same)
     CONTROLLER = "controller"
-    # started / stopping / drained / drain_timed_out / stopped / journal_gap (records the
-    # journal lost)
     MANAGER = "manager"
-
-
-OUTCOMES: Mapping[Stage, frozenset[str]] = {
-    Stage.WATCH: frozenset(
-        {
-            "started",
-            "listed",
-            "synced",
-            "resumed",
-            "forbidden",
-            "kind_not_found",
-            "disconnected",
-            "error",
-            "gone",
-        }
-    ),
-    Stage.EVENT: frozenset({"ADDED", "MODIFIED", "DELETED"}),
-    Stage.DISPATCH: frozenset(
-        {
-            "dropped_by_predicate",
-            "not_mapped",
-            "queued",
-            "deduplicated",
-            "requeued_after_processing",
-            "delayed",
-            "shut_down",
-        }
-    ),
-    Stage.RECONCILE_START: frozenset({"started"}),
-    Stage.RECONCILE: frozenset({"success", "error", "terminal_error", "requeue", "requeue_after"}),
-    Stage.REQUEUE: frozenset({"rate_limited", "after"}),
-    Stage.WRITE: frozenset({"create", "update", "patch", "apply", "delete", "update_status"}),
-    Stage.KUBE_EVENT: frozenset({"created", "counted", "dropped", "failed"}),
-    Stage.LEASE: frozenset(
-        {"attempting", "acquired", "renewed_late", "lost", "standby", "released", "error"}
-    ),
-    Stage.CONTROLLER: frozenset(
-        {
-            "watching",
-            "starting",
-            "cache_sync_waiting",
-            "started",
-            "cache_not_synced",
-            "failed",
-        }
-    ),
-    Stage.MANAGER: frozenset(
-        {"started", "stopping", "drained", "drain_timed_out", "stopped", "journal_gap"}
-    ),
-}
-"""Every outcome each stage may record: the closed list producers keep to (the test suite
-fails on any other) and consumers can rely on."""
-
-
-class Vocab:
-    """Outcomes and attribute keys that one module writes and explain reads."""
-
-    # Stage.CONTROLLER, at build: one per watch, naming the kind the controller waits for
-    # (attrs kind, api_version, role) and what its cache holds: LABEL_SELECTOR ("" for every
-    # object) and NAMESPACES (comma-separated, "" for every namespace).
-    WATCHING = "watching"
-    LABEL_SELECTOR = "label_selector"
-    NAMESPACES = "namespaces"
-    # Stage.MANAGER: records that never reached the journal (attrs COUNT, FIRST_TIME,
-    # LAST_TIME; the reason says why: buffer full, write error).
-    JOURNAL_GAP = "journal_gap"
-    COUNT = "count"
-    FIRST_TIME = "first_time"
-    LAST_TIME = "last_time"
-    # Stage.EVENT, only on objects being deleted / holding finalizers: the deletionTimestamp
-    # as the API server wrote it, and the finalizers' names joined by commas (no bodies).
-    DELETION_TIMESTAMP = "deletion_timestamp"
-    FINALIZERS = "finalizers"
-    # Stage.RECONCILE with an error the API server answered: its HTTP status, reason and the
-    # request's method (GET is a read).
-    API_STATUS = "api_status"
-    API_REASON = "api_reason"
-    API_METHOD = "api_method"
-    # Stage.DISPATCH: a predicate or map function raised: the exception's type, and the
-    # qualified name of the function it was raised in (the innermost frame of user code).
-    RAISED = "raised"
-    RAISED_IN = "raised_in"
-    # Stage.DISPATCH not_mapped: why the handler found no request, when it can tell: the
-    # object has no ownerReferences (NO_OWNER), is owned or controlled by something else
-    # (OTHER_OWNER: not this controller's to reconcile), has an ownerReference of the owner
-    # kind that is not the controller reference (NOT_CONTROLLER), or the map function
-    # returned nothing (MAP_EMPTY).
-    UNMAPPED = "unmapped"
-    NO_OWNER = "no_owner"
-    OTHER_OWNER = "other_owner"
-    NOT_CONTROLLER = "not_controller"
-    MAP_EMPTY = "map_empty"
 
 
 @dataclass(frozen=True, slots=True)

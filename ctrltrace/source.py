@@ -12,6 +12,10 @@ objects are shared with every listener: nothing here copies them, and nothing ou
 change them. The client copies what it hands a reconciler (``copy_object``). A namespace
 index and the field indexes are kept up to date with the store, so listing a namespace or
 looking up an indexed value touches only the objects it returns.
+
+Over 500 lines because ``Informer`` is one object: its reflector loop, store, indexes and
+records all change the same state (the store, the versions per namespace, the sync status)
+under one event loop, as client-go's reflector and indexer do together.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import structlog
 
 from ctrltrace.clock import Clock
 from ctrltrace.kinds import Kind, KindNotFound, Resource, RestMapper
-from ctrltrace.records import Obj, ObjectRef, Record, Recorder, Stage, Vocab, next_id
+from ctrltrace.records import Obj, ObjectRef, Recorder, next_id
 from ctrltrace.transport import ApiError, Json, Transport, WatchExpired, api_error
+from ctrltrace.vocabulary import Attr, Attrs, EventOutcome, WatchOutcome, event_record, watch_record
 
 _LIST_PAGE = 500
 _BACKOFF_START, _BACKOFF_CAP = 0.8, 30.0  # client-go's reflector back-off
@@ -95,8 +100,8 @@ def drop_managed_fields(obj: Obj) -> Obj:
 def copy_object(obj: Obj) -> dict[str, Any]:
     """A deep copy of decoded JSON (dicts, lists, strings, numbers, booleans, None).
 
-    marshal does it in C: about 4x faster than ``copy.deepcopy`` on a Deployment
-    (``python -m bench.cachedread`` measures it).
+    marshal does it in C, faster than ``copy.deepcopy`` (``python -m bench.cachedread``
+    measures both; bench/README.md has the figures).
     """
     # Loads only what dumps made a moment ago, in this process: nothing untrusted.
     return cast(dict[str, Any], marshal.loads(marshal.dumps(cast(dict[str, Any], obj))))  # noqa: S302
@@ -330,7 +335,7 @@ class Informer:
         server keeps that version; list again only when the watch cannot go on (410 Gone, a
         refused watch, a failed list), served from the API server's cache unless after 410."""
         backoff = _Backoff(self._clock)
-        self._record_watch("started", self._scope(namespace), namespace)
+        self._record_watch(WatchOutcome.STARTED, self._scope(namespace), namespace)
         started = self._clock.monotonic()
         must_list, quorum = True, True
         failing = False  # a failure happened and no watch has been accepted since
@@ -348,23 +353,23 @@ class Informer:
                 if delivered or self._clock.monotonic() - opened >= _SHORT_WATCH:
                     continue  # the server ended the stream on time: watch on, at once
                 self._record_failure(
-                    "disconnected", "the watch ended at once without an event", namespace
+                    WatchOutcome.DISCONNECTED, "the watch ended at once without an event", namespace
                 )
             except WatchExpired as error:
                 self._record_watch(
-                    "gone", f"watch expired, listing again: {error.message}", namespace
+                    WatchOutcome.GONE, f"watch expired, listing again: {error.message}", namespace
                 )
                 must_list, quorum = True, True
                 continue
             except KindNotFound as error:
-                self._record_failure("kind_not_found", str(error), namespace)
+                self._record_failure(WatchOutcome.KIND_NOT_FOUND, str(error), namespace)
                 must_list = True
             except ApiError as error:
                 gone = await self._kind_gone() if error.status == 404 else None
                 if gone is not None:
-                    self._record_failure("kind_not_found", str(gone), namespace)
+                    self._record_failure(WatchOutcome.KIND_NOT_FOUND, str(gone), namespace)
                 else:
-                    outcome = "forbidden" if error.status == 403 else "error"
+                    outcome = WatchOutcome.FORBIDDEN if error.status == 403 else WatchOutcome.ERROR
                     reason = error.message or str(error)
                     self._record_failure(outcome, reason, namespace, error.status)
                 # Too many requests: the watch may go on later. Anything else the server
@@ -372,7 +377,9 @@ class Informer:
                 must_list = must_list or error.status != 429
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
                 detail = str(error) or type(error).__name__
-                self._record_failure("disconnected", f"connection failed: {detail}", namespace)
+                self._record_failure(
+                    WatchOutcome.DISCONNECTED, f"connection failed: {detail}", namespace
+                )
             failing = True
             await self._clock.sleep(backoff.next())
 
@@ -425,18 +432,19 @@ class Informer:
         resource_version = str(page["metadata"].get("resourceVersion", ""))
         self._versions[namespace] = resource_version
         self._record_watch(
-            "listed", f"listed {len(listed)} at resourceVersion {resource_version}", namespace
+            WatchOutcome.LISTED,
+            f"listed {len(listed)} at resourceVersion {resource_version}",
+            namespace,
         )
         self._synced_namespaces.add(namespace)
         if len(self._synced_namespaces) == len(self.namespaces) and not self.synced.is_set():
             self.synced.set()
             took = self._clock.monotonic() - started
             self._record_watch(
-                "synced",
+                WatchOutcome.SYNCED,
                 f"cache synced: {len(self.store)} objects in {took:.1f}s",
                 namespace,
-                objects=len(self.store),
-                seconds=round(took, 3),
+                extra={Attr.OBJECTS: len(self.store), Attr.SECONDS: round(took, 3)},
             )
 
     def _replace(self, listed: dict[str, Obj], namespace: str) -> None:
@@ -444,13 +452,13 @@ class Informer:
         for key, obj in listed.items():
             old = self.store.get(key)
             if old is None:
-                self._apply("ADDED", obj)
+                self._apply(EventOutcome.ADDED, obj)
             elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._apply("MODIFIED", obj)
+                self._apply(EventOutcome.MODIFIED, obj)
         prefix = f"{namespace}/" if namespace else ""
         gone = [key for key in self.store if key.startswith(prefix) and key not in listed]
         for key in gone:
-            self._apply("DELETED", self.store[key])
+            self._apply(EventOutcome.DELETED, self.store[key])
 
     async def _watch(self, resource: Resource, namespace: str, *, resumed: bool) -> int:
         """Apply events from the newest version seen until the stream ends; how many arrived.
@@ -487,45 +495,46 @@ class Informer:
         if self.metadata_only:
             self._name_kind(obj)
         key = cache_key(obj)
-        if watch_type == "DELETED":
+        if watch_type == EventOutcome.DELETED:
             old = self._drop(key)
         else:
             old = self.store.get(key)
             # As in client-go, the cache decides: an ADDED for a cached object is an update.
-            watch_type = "MODIFIED" if old is not None else "ADDED"
+            watch_type = EventOutcome.MODIFIED if old is not None else EventOutcome.ADDED
         ref = ObjectRef.of(obj, self.kind.api_version, self.kind.kind)
         # Recorded before the transform, which may drop the managedFields naming the writer.
         event_id = self._record_event(watch_type, obj, ref)
         if self.transform is not None:
             obj = self.transform(obj)
-        if watch_type != "DELETED":
+        if watch_type != EventOutcome.DELETED:
             self._keep(key, obj)
         for listener in self._listeners:
-            listener(watch_type, obj, old if watch_type == "MODIFIED" else None, ref, event_id)
+            listener(
+                watch_type, obj, old if watch_type == EventOutcome.MODIFIED else None, ref, event_id
+            )
 
     # -- records -----------------------------------------------------------------------------
 
     def _record_event(self, watch_type: str, obj: Obj, ref: ObjectRef) -> int:
         event_id = next_id()
         write_id = self._writes.event_seen(ref.resource_version, event_id)
-        attrs: dict[str, str | bool] = {
+        attrs: Attrs = {
             # A deletion leaves no trace in managedFields: its writer is unknown.
-            "writer": last_writer(obj) if watch_type != "DELETED" else "",
-            "self_caused": write_id is not None,
+            Attr.WRITER: last_writer(obj) if watch_type != EventOutcome.DELETED else "",
+            Attr.SELF_CAUSED: write_id is not None,
         }
         meta = obj["metadata"]
         deleting = meta.get("deletionTimestamp")
         if deleting:  # rare: only then are the finalizers' names worth a record
-            attrs[Vocab.DELETION_TIMESTAMP] = deleting
-            attrs[Vocab.FINALIZERS] = ",".join(meta.get("finalizers") or ())
+            attrs[Attr.DELETION_TIMESTAMP] = deleting
+            attrs[Attr.FINALIZERS] = ",".join(meta.get("finalizers") or ())
         self._recorder.emit(
-            Record(
-                time=self._clock.wall(),
-                stage=Stage.EVENT,
-                outcome=watch_type,
-                object=ref,
-                reason="the controller's own write coming back" if write_id else "",
-                cause_ids=(write_id,) if write_id else (),
+            event_record(
+                self._clock.wall(),
+                watch_type,
+                "the controller's own write coming back" if write_id else "",
+                ref=ref,
+                write_id=write_id,
                 attrs=attrs,
                 id=event_id,
             )
@@ -538,35 +547,27 @@ class Informer:
         reason: str,
         namespace: str,
         status: int = 0,
-        **extra: str | int | float,
+        *,
+        extra: Attrs | None = None,
     ) -> None:
-        attrs: dict[str, str | int | float] = {
-            "kind": self.kind.kind,
-            "api_version": self.kind.api_version,
-            **extra,
-        }
+        kind = self.kind
+        attrs: Attrs = {Attr.KIND: kind.kind, Attr.API_VERSION: kind.api_version, **(extra or {})}
         if namespace:
-            attrs["namespace"] = namespace
+            attrs[Attr.NAMESPACE] = namespace
         if self.label_selector:
-            attrs["label_selector"] = self.label_selector
+            attrs[Attr.LABEL_SELECTOR] = self.label_selector
         if status:
-            attrs["status"] = status
+            attrs[Attr.STATUS] = status
         if self.resource is not None:
-            attrs["resource"] = self.resource.group_resource
-        self._recorder.emit(
-            Record(
-                time=self._clock.wall(),
-                stage=Stage.WATCH,
-                outcome=outcome,
-                reason=reason,
-                attrs=attrs,
-            )
-        )
+            attrs[Attr.RESOURCE] = self.resource.group_resource
+        self._recorder.emit(watch_record(self._clock.wall(), outcome, reason, attrs))
 
     def _record_resumed(self, namespace: str, resource_version: str) -> None:
         self.last_error = ""
         self._record_watch(
-            "resumed", f"watching again from resourceVersion {resource_version}", namespace
+            WatchOutcome.RESUMED,
+            f"watching again from resourceVersion {resource_version}",
+            namespace,
         )
 
     def _record_failure(self, outcome: str, reason: str, namespace: str, status: int = 0) -> None:

@@ -16,6 +16,17 @@ from typing import Any
 from ctrltrace.explain import Explanation, explain
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 from ctrltrace.transport import ApiError
+from ctrltrace.vocabulary import (
+    Attr,
+    ControllerOutcome,
+    DispatchOutcome,
+    EventOutcome,
+    ReconcileOutcome,
+    ReconcileStartOutcome,
+    RequeueOutcome,
+    WatchOutcome,
+    WriteOutcome,
+)
 
 START = 1_700_000_000.0
 """Where a story's clock starts (seconds since the epoch)."""
@@ -36,9 +47,9 @@ class RunStory:
         self.records: list[Record] = []
         self.rv = 100
         if synced:
-            self.watch("listed")
-            self.watch("synced")
-            self.controller("started")
+            self.watch(WatchOutcome.LISTED)
+            self.watch(WatchOutcome.SYNCED)
+            self.controller(ControllerOutcome.STARTED)
 
     def add(self, record: Record) -> Record:
         """Append ``record`` and move the clock on."""
@@ -56,11 +67,11 @@ class RunStory:
         self, outcome: str, reason: str = "", kind: str = "ConfigMap", **attrs: AttrValue
     ) -> Record:
         api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        attrs = {"kind": kind, "api_version": api_version, **attrs}
+        attrs = {Attr.KIND: kind, Attr.API_VERSION: api_version, **attrs}
         return self.record(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
 
     def lease(self, outcome: str, holder: str) -> Record:
-        attrs = {"lease": "ops/widgets", "identity": "pod-a", "holder": holder}
+        attrs = {Attr.LEASE: "ops/widgets", Attr.IDENTITY: "pod-a", Attr.HOLDER: holder}
         return self.record(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
 
     def controller(self, outcome: str, reason: str = "", **attrs: AttrValue) -> Record:
@@ -73,7 +84,7 @@ class RunStory:
     def event(
         self,
         name: str = "web",
-        outcome: str = "MODIFIED",
+        outcome: str = EventOutcome.MODIFIED,
         *,
         kind: str = "ConfigMap",
         generation: int = 1,
@@ -90,13 +101,13 @@ class RunStory:
             object=ref,
             reason="the controller's own write coming back" if owned_write else "",
             cause_ids=(owned_write.id,) if owned_write else (),
-            attrs={"writer": writer, "self_caused": owned_write is not None, **(extra or {})},
+            attrs={Attr.WRITER: writer, Attr.SELF_CAUSED: owned_write is not None, **(extra or {})},
         )
 
     def dispatch(
         self,
         event: Record,
-        outcome: str = "queued",
+        outcome: str = DispatchOutcome.QUEUED,
         *,
         controller: str = "configmap",
         request: str | None = None,
@@ -104,8 +115,8 @@ class RunStory:
         **attrs: AttrValue,
     ) -> Record:
         assert event.object is not None
-        if "predicate" not in attrs:  # a dropped dispatch never reached the handler
-            attrs.setdefault("handler", "for the object itself")
+        if Attr.PREDICATE not in attrs:  # a dropped dispatch never reached the handler
+            attrs.setdefault(Attr.HANDLER, "for the object itself")
         return self.record(
             Stage.DISPATCH,
             outcome,
@@ -114,28 +125,32 @@ class RunStory:
             object=event.object,
             request=request or event.object.key,
             cause_ids=(event.id,),
-            attrs={**attrs, "event_type": "update"},
+            attrs={**attrs, Attr.EVENT_TYPE: "update"},
         )
 
     def start(self, *causes: Record, retries: int = 0) -> Record:
         first = causes[0]
         return self.record(
             Stage.RECONCILE_START,
-            "started",
+            ReconcileStartOutcome.STARTED,
             reason="waited 2.0 ms in the queue",
             controller=first.controller,
             request=first.request,
             reconcile_id=f"rid-{len(self.records)}",
             cause_ids=tuple(cause.id for cause in causes),
-            attrs={"queue_wait_s": 0.002, "retries": retries},
+            attrs={Attr.QUEUE_WAIT_S: 0.002, Attr.RETRIES: retries},
         )
 
     def end(
-        self, start: Record, outcome: str = "success", reason: str = "", **extra: AttrValue
+        self,
+        start: Record,
+        outcome: str = ReconcileOutcome.SUCCESS,
+        reason: str = "",
+        **extra: AttrValue,
     ) -> Record:
-        attrs: dict[str, AttrValue] = {"duration_s": 0.042, "metric_result": outcome, **extra}
+        attrs: dict[str, AttrValue] = {Attr.DURATION_S: 0.042, Attr.METRIC_RESULT: outcome, **extra}
         if reason:
-            attrs["error_type"] = reason.split(":", maxsplit=1)[0]
+            attrs[Attr.ERROR_TYPE] = reason.split(":", maxsplit=1)[0]
         return self.record(
             Stage.RECONCILE,
             outcome,
@@ -147,10 +162,12 @@ class RunStory:
             attrs=attrs,
         )
 
-    def requeue(self, end: Record, outcome: str = "rate_limited", delay: float = 0.005) -> Record:
-        attrs: dict[str, AttrValue] = {"delay_s": delay, "due": self.time + delay}
-        if outcome == "rate_limited":
-            attrs["attempt"] = 1 + sum(r.stage is Stage.REQUEUE for r in self.records)
+    def requeue(
+        self, end: Record, outcome: str = RequeueOutcome.RATE_LIMITED, delay: float = 0.005
+    ) -> Record:
+        attrs: dict[str, AttrValue] = {Attr.DELAY_S: delay, Attr.DUE: self.time + delay}
+        if outcome == RequeueOutcome.RATE_LIMITED:
+            attrs[Attr.ATTEMPT] = 1 + sum(r.stage is Stage.REQUEUE for r in self.records)
         return self.record(
             Stage.REQUEUE,
             outcome,
@@ -168,14 +185,16 @@ class RunStory:
         ref = ObjectRef("v1", "ConfigMap", "shop", "web", "uid-web", str(self.rv), 1)
         return self.record(
             Stage.WRITE,
-            "update_status",
+            WriteOutcome.UPDATE_STATUS,
             reason=f"update_status returned resourceVersion {self.rv}",
             controller=start.controller,
             reconcile_id=start.reconcile_id,
             object=ref,
         )
 
-    def reconciled(self, event: Record, outcome: str = "success", reason: str = "") -> Record:
+    def reconciled(
+        self, event: Record, outcome: str = ReconcileOutcome.SUCCESS, reason: str = ""
+    ) -> Record:
         return self.end(self.start(self.dispatch(event)), outcome, reason)
 
     # -- explaining --------------------------------------------------------------------------

@@ -21,7 +21,9 @@ def iso_time(seconds: float) -> str:
 
 
 def span(seconds: float) -> str:
-    """A duration in a few characters: 12.3 ms, 3.4s, 5m07s, 2h03m."""
+    """A duration in a few characters: 12.3 ms, 3.4s, 5m07s, 2h03m (never negative: a clock
+    that stepped back shows 0.0 ms)."""
+    seconds = max(seconds, 0.0)
     if seconds < 1.0:
         return f"{seconds * 1000:.1f} ms"
     if seconds < 120.0:

@@ -35,14 +35,24 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from ctrltrace._version import __version__
-from ctrltrace.exporters.attributes import Attributes
 from ctrltrace.exporters.otlpwire import encode_span
+from ctrltrace.spanmodel import SCOPE_NAME
 
-__all__ = ["MAX_LINKS", "SCOPE", "UNSET", "EncodedSpans", "Spanning", "span_maker"]
+__all__ = [
+    "MAX_LINKS",
+    "SCOPE",
+    "UNSET",
+    "Attributes",
+    "EncodedSpans",
+    "Spanning",
+    "span_maker",
+]
+
+Attributes = dict[str, AttributeValue]
 
 # The SDK keeps 128 links per span by default; making more only to have them dropped is waste.
 MAX_LINKS = 128
-SCOPE = InstrumentationScope("ctrltrace", __version__)
+SCOPE = InstrumentationScope(SCOPE_NAME, __version__)
 """The instrumentation scope of every span ctrltrace makes."""
 # The SDK's default limit of events per span; links are capped at MAX_LINKS likewise.
 _MAX_EVENTS = 128
@@ -402,5 +412,5 @@ def span_maker(
     if processor is not None or queue is not None:
         raise TypeError("a processor or queue needs the SDK's TracerProvider for its ids")
     if isinstance(tracer, trace.TracerProvider):
-        return _ThroughApi(tracer.get_tracer("ctrltrace", __version__))
+        return _ThroughApi(tracer.get_tracer(SCOPE_NAME, __version__))
     return _ThroughApi(tracer)

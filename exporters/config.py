@@ -36,10 +36,18 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_TRACES_HEADERS,
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
     OTEL_SDK_DISABLED,
+    OTEL_TRACES_SAMPLER,
+    OTEL_TRACES_SAMPLER_ARG,
 )
 from opentelemetry.util.re import parse_env_headers
 
-__all__ = ["BatchSettings", "OtlpHttpSettings", "TracingConfigError", "wanted_protocol"]
+__all__ = [
+    "BatchSettings",
+    "OtlpHttpSettings",
+    "TracingConfigError",
+    "sampler_setting",
+    "wanted_protocol",
+]
 
 Compression = Literal["none", "gzip", "deflate"]
 _COMPRESSIONS: tuple[Compression, ...] = ("none", "gzip", "deflate")
@@ -54,6 +62,13 @@ class TracingConfigError(ValueError):
 
 def _flag(environ: Mapping[str, str], name: str) -> str:
     return environ.get(name, "").strip().lower()
+
+
+def sampler_setting(environ: Mapping[str, str] = os.environ) -> str:
+    """The sampler the SDK takes from ``OTEL_TRACES_SAMPLER[_ARG]``, as "name" or "name:arg"."""
+    name = _flag(environ, OTEL_TRACES_SAMPLER) or "parentbased_always_on"
+    argument = environ.get(OTEL_TRACES_SAMPLER_ARG, "").strip()
+    return f"{name}:{argument}" if argument and "traceidratio" in name else name
 
 
 def wanted_protocol(

@@ -29,10 +29,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from ctrltrace.exporters.builders import SCOPE
-from ctrltrace.exporters.config import BatchSettings, TracingConfigError
+from ctrltrace.exporters.config import BatchSettings, TracingConfigError, sampler_setting
 from ctrltrace.exporters.otlp_http import OtlpHttpExporter
 from ctrltrace.exporters.otlp_proto import encode_request
 from ctrltrace.exporters.spans import SpanSink
+from ctrltrace.spanmodel import SAMPLER
 
 __all__ = ["DropCounter", "build_tracing"]
 
@@ -295,12 +296,17 @@ def build_tracing(
 
     The service name is ``service_name``, else ``OTEL_SERVICE_NAME`` (or ``service.name`` in
     ``OTEL_RESOURCE_ATTRIBUTES``), else "ctrltrace". The sampler comes from
-    ``OTEL_TRACES_SAMPLER`` (parent-based always-on by default). Call
+    ``OTEL_TRACES_SAMPLER`` (parent-based always-on by default), and the resource says which
+    (``ctrltrace.sampler``). Call
     ``DropCounter.shutdown()`` when done: nothing registers it to run at exit.
     """
     resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "ctrltrace"}))
+    # Readers of the traces must know whether traces are missing because the sampler left
+    # them out. (Which replica: the SDK gives each process a service.instance.id, unless
+    # OTEL_RESOURCE_ATTRIBUTES sets one, such as a pod's uid from the downward API.)
+    resource = resource.merge(Resource({SAMPLER: sampler_setting()}))
     # Not at exit: a collector that is away would hold the exit for the SDK's 30 s.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     counter = DropCounter(provider)

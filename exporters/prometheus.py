@@ -33,6 +33,14 @@ from prometheus_client.metrics_core import (
 from ctrltrace.controller import Controller
 from ctrltrace.manager import Manager
 from ctrltrace.records import Record, Stage
+from ctrltrace.vocabulary import (
+    INSERTED,
+    Attr,
+    ControllerOutcome,
+    LeaseOutcome,
+    ReconcileOutcome,
+    RequeueOutcome,
+)
 
 __all__ = [
     "RECONCILE_TIME_BUCKETS",
@@ -64,10 +72,13 @@ def _exponential_buckets(start: float, factor: float, count: int) -> tuple[float
 WORKQUEUE_DURATION_BUCKETS = _exponential_buckets(10e-9, 10, 12)
 
 # controller-runtime initialises these results to 0 when a controller starts.
-_RESULTS = ("error", "requeue", "requeue_after", "success")
-# client-go counts an add when the key is actually inserted: not when it is de-duplicated.
-_INSERTED = frozenset({"queued", "requeued_after_processing"})
-_LEADER = {"acquired": 1.0, "lost": 0.0, "released": 0.0, "standby": 0.0}
+_RESULTS = ("error", "requeue", "requeue_after", "success")  # the metric's labels
+_LEADER = {
+    LeaseOutcome.ACQUIRED: 1.0,
+    LeaseOutcome.LOST: 0.0,
+    LeaseOutcome.RELEASED: 0.0,
+    LeaseOutcome.STANDBY: 0.0,
+}
 # The text format generate_latest writes, under the version every Prometheus parses.
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -184,23 +195,23 @@ class PrometheusSink:
             handler(record)
 
     def _on_dispatch(self, record: Record) -> None:
-        if record.outcome in _INSERTED:
+        if record.outcome in INSERTED:
             self._series[record.controller].adds += 1
 
     def _on_reconcile_start(self, record: Record) -> None:
-        wait = float(record.attrs["queue_wait_s"])
+        wait = float(record.attrs[Attr.QUEUE_WAIT_S])
         self._series[record.controller].queue_duration.observe(wait)
 
     def _on_reconcile(self, record: Record) -> None:
         series = self._series[record.controller]
         attrs = record.attrs
-        result = str(attrs["metric_result"])
+        result = str(attrs[Attr.METRIC_RESULT])
         series.results[result] += 1
         if result == "error":  # a terminal error is labelled error too, as in controller-runtime
             series.errors += 1
-            if record.outcome == "terminal_error":
+            if record.outcome == ReconcileOutcome.TERMINAL_ERROR:
                 series.terminal_errors += 1
-        duration = float(attrs["duration_s"])
+        duration = float(attrs[Attr.DURATION_S])
         series.reconcile_time.observe(duration)
         # client-go times work from get to done; the reconcile is all a worker does between.
         series.work_duration.observe(duration)
@@ -210,19 +221,19 @@ class PrometheusSink:
         # Counted when scheduled rather than when the delay ends and the key lands (it may then
         # be de-duplicated): the records say nothing at landing time.
         series.adds += 1
-        if record.outcome == "rate_limited":
+        if record.outcome == RequeueOutcome.RATE_LIMITED:
             series.retries += 1
 
     def _on_controller(self, record: Record) -> None:
-        if record.outcome == "started":
-            limit = int(record.attrs["max_concurrent_reconciles"])
+        if record.outcome == ControllerOutcome.STARTED:
+            limit = int(record.attrs[Attr.MAX_CONCURRENT_RECONCILES])
             self._series[record.controller].max_concurrent = limit
 
     def _on_lease(self, record: Record) -> None:
         status = _LEADER.get(record.outcome)
         if status is not None:  # renewed and error leave leadership as it was
             # client-go labels it with the lease's name (the leader election id), no namespace.
-            lease = str(record.attrs.get("lease", ""))
+            lease = str(record.attrs.get(Attr.LEASE, ""))
             self._leader[lease.rpartition("/")[2]] = status
 
     # -- scraping -----------------------------------------------------------------------------

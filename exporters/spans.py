@@ -6,9 +6,12 @@ Owns the translation of records into spans: one span per watch event, one per di
 (predicate verdict, mapping and enqueue outcome as attributes) whose parent is the event, one
 per reconcile whose parent is the first dispatch that queued it and which links to every
 other dispatch de-duplicated into it (the messaging convention for batches), a link
-rather than a parent from a requeued reconcile to the one that asked for it, and spans for
-lease transitions and watch failures. Also the log correlation (``trace_ids_for`` and a
-structlog processor) and ``replay`` of recorded records.
+rather than a parent from a requeued reconcile to the one that asked for it (its requeue and
+its writes are events on it), and a span for each informer, lease, controller and manager
+record and each Kubernetes Event, so that spans carry every record explain reads
+(``ctrltrace.spanmodel`` says how, and ``ctrltrace.evidence.traces`` reads them back). Also
+the log correlation (``trace_ids_for`` and a structlog processor) and ``replay`` of recorded
+records.
 
 Where spans go is the caller's choice, through public interfaces only: any tracer, or an SDK
 tracer provider together with a span processor of the caller's or a queue of encoded spans
@@ -41,69 +44,61 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ctrltrace.exporters.attributes import (
+from ctrltrace.exporters.builders import (
+    MAX_LINKS,
+    UNSET,
+    Attributes,
+    EncodedSpans,
+    Spanning,
+    span_maker,
+)
+from ctrltrace.records import Record, Stage
+from ctrltrace.spanmodel import (
+    CAUSED_LINK,
     CONTROLLER,
-    DISPATCH_EVENT_TYPE,
-    ERROR_TYPE,
-    EVENT_SELF_CAUSED,
+    DISPATCH_LINK,
     EVENT_TYPE,
-    EVENT_WRITER,
-    HANDLER,
-    HTTP_RESPONSE_STATUS_CODE,
     K8S_NAMESPACE_NAME,
-    LEASE,
-    LEASE_HOLDER,
-    LEASE_IDENTITY,
     LINK,
     MESSAGING_BATCH_MESSAGE_COUNT,
-    OBJECT_API_VERSION,
-    OBJECT_KIND,
-    OBJECT_NAME,
     OUTCOME,
-    PREDICATE,
-    QUEUE_WAIT,
     REASON,
     RECONCILE_ID,
     REQUEST,
     REQUEUE,
     REQUEUE_ATTEMPT,
     REQUEUE_DELAY,
-    RESOURCE_VERSION,
-    RETRIES,
-    WATCH_RESOURCE,
+    REQUEUE_EVENT,
+    REQUEUE_LINK,
+    START_REASON,
+    UNFINISHED,
+    WRITE_EVENT,
+    WRITE_LINK,
     WRITE_VERB,
-    Attributes,
-    object_attributes,
+    put_attrs,
+    put_fields,
+    put_object,
+    span_name,
 )
-from ctrltrace.exporters.builders import (
-    MAX_LINKS,
-    UNSET,
-    EncodedSpans,
-    Spanning,
-    span_maker,
+from ctrltrace.vocabulary import (
+    ENQUEUED,
+    LEASE_ERRORS,
+    RECONCILE_FAILED,
+    REQUEUED,
+    WATCH_FAILURES,
 )
-from ctrltrace.records import Record, Stage
 
 __all__ = ["SpanSink", "replay", "trace_ids_processor"]
-
-# Dispatch outcomes that put the request in the queue: only these can cause a reconcile.
-_ENQUEUED = frozenset({"queued", "deduplicated", "requeued_after_processing"})
-# Reconcile outcomes the controller follows with a REQUEUE record.
-_REQUEUED = frozenset({"error", "requeue", "requeue_after"})
-_FAILED = frozenset({"error", "terminal_error"})
-# Watch records worth a span: the failures, and the 410 that makes the informer list again.
-_WATCH_SPANS = frozenset({"forbidden", "kind_not_found", "error", "disconnected", "gone"})
-_LEASE_ERRORS = frozenset({"lost", "error"})
 
 # A remembered context outlives at least half this many newer ones: over a second of queue
 # wait at the highest rate tracing sustains (two per event), far longer at ordinary rates.
 # One is about 300 bytes, so a full map is about 20 MB.
 _CAPACITY = 65_536
 
-_DISPATCH_LINK: Mapping[str, AttributeValue] = {LINK: "dispatch"}
-_REQUEUE_LINK: Mapping[str, AttributeValue] = {LINK: "requeue"}
-_WRITE_LINK: Mapping[str, AttributeValue] = {LINK: "write"}
-_CAUSED_LINK: Mapping[str, AttributeValue] = {LINK: "caused_event"}
+_DISPATCH_LINK: Mapping[str, AttributeValue] = {LINK: DISPATCH_LINK}
+_REQUEUE_LINK: Mapping[str, AttributeValue] = {LINK: REQUEUE_LINK}
+_WRITE_LINK: Mapping[str, AttributeValue] = {LINK: WRITE_LINK}
+_CAUSED_LINK: Mapping[str, AttributeValue] = {LINK: CAUSED_LINK}
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -143,14 +138,14 @@ class _Generations(Generic[K, V]):
 
 
 class _Names(dict[str, str]):
-    """Span names, "<stage> <controller or kind>", each made once."""
+    """Span names, "<stage> <controller, kind or outcome>" (``span_name``), each made once."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: Stage) -> None:
         super().__init__()
         self._stage = stage
 
     def __missing__(self, what: str) -> str:
-        name = self[what] = f"{self._stage} {what}"
+        name = self[what] = span_name(self._stage, what)
         return name
 
 
@@ -189,11 +184,14 @@ class SpanSink:
         # A reconcile that ended with a requeue: its span stays open for the REQUEUE record,
         # which the controller emits right after, in the same call.
         self._settling: tuple[Spanning, str, int] | None = None
-        self._event_names = _Names("event")
-        self._dispatch_names = _Names("dispatch")
-        self._reconcile_names = _Names("reconcile")
-        self._lease_names = _Names("lease")
-        self._watch_names = _Names("watch")
+        self._event_names = _Names(Stage.EVENT)
+        self._dispatch_names = _Names(Stage.DISPATCH)
+        self._reconcile_names = _Names(Stage.RECONCILE)
+        self._lease_names = _Names(Stage.LEASE)
+        self._watch_names = _Names(Stage.WATCH)
+        self._other_names = {
+            stage: _Names(stage) for stage in (Stage.CONTROLLER, Stage.MANAGER, Stage.KUBE_EVENT)
+        }
         # One dict lookup per record: stages with no span cost nothing more.
         self._handlers: dict[Stage, Callable[[Record], None]] = {
             Stage.EVENT: self._on_event,
@@ -204,6 +202,9 @@ class SpanSink:
             Stage.WRITE: self._on_write,
             Stage.LEASE: self._on_lease,
             Stage.WATCH: self._on_watch,
+            Stage.CONTROLLER: self._on_other,
+            Stage.MANAGER: self._on_other,
+            Stage.KUBE_EVENT: self._on_other,
         }
 
     # -- the sink: on the hot path ------------------------------------------------------------
@@ -219,14 +220,11 @@ class SpanSink:
         ref = record.object
         if ref is None:
             return
-        attributes = object_attributes(ref)
-        attributes[EVENT_TYPE] = record.outcome
-        writer = record.attrs.get("writer")
-        if writer:
-            attributes[EVENT_WRITER] = writer
+        attributes: Attributes = {EVENT_TYPE: record.outcome}
+        put_object(ref, attributes)
+        put_attrs(Stage.EVENT, record.attrs, attributes)
         links: Sequence[Link] = ()
         if record.cause_ids:  # the controller's own write coming back
-            attributes[EVENT_SELF_CAUSED] = True
             # A link, not a parent: a write-event-reconcile loop must not nest forever.
             writer_context = self._contexts.get(record.cause_ids[0])
             if writer_context is not None:
@@ -244,27 +242,15 @@ class SpanSink:
         self._contexts.put(record.id, context)
 
     def _on_dispatch(self, record: Record) -> None:
+        # Its object is its event's (the parent): a reader takes it from there.
         event = self._contexts.get(record.cause_ids[0]) if record.cause_ids else None
         outcome = record.outcome
-        attributes: Attributes = {
-            CONTROLLER: record.controller,
-            OUTCOME: outcome,
-            REQUEST: record.request,
-        }
-        if record.reason:
-            attributes[REASON] = record.reason
+        attributes = self._fields(record)
         ref = record.object
         if ref is not None and ref.namespace:
             attributes[K8S_NAMESPACE_NAME] = ref.namespace
-        attrs = record.attrs
-        if (predicate := attrs.get("predicate")) is not None:
-            attributes[PREDICATE] = predicate
-        if (handler := attrs.get("handler")) is not None:
-            attributes[HANDLER] = handler
-        if (event_type := attrs.get("event_type")) is not None:
-            attributes[DISPATCH_EVENT_TYPE] = event_type
         # Producer when it put a request in the queue, as a messaging "send"; else internal.
-        enqueued = outcome in _ENQUEUED
+        enqueued = outcome in ENQUEUED
         context = self._point(
             self._dispatch_names[record.controller],
             event,
@@ -296,11 +282,9 @@ class SpanSink:
         namespace, slash, _ = record.request.partition("/")
         if slash:
             attributes[K8S_NAMESPACE_NAME] = namespace
-        attrs = record.attrs
-        if (wait := attrs.get("queue_wait_s")) is not None:
-            attributes[QUEUE_WAIT] = wait
-        if retries := attrs.get("retries"):
-            attributes[RETRIES] = retries
+        put_attrs(Stage.RECONCILE_START, record.attrs, attributes)
+        if record.reason:
+            attributes[START_REASON] = record.reason
         if len(record.cause_ids) > 1:  # the convention leaves it off single-message spans
             attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(record.cause_ids)
         span = self._spans.start(
@@ -321,13 +305,14 @@ class SpanSink:
             return
         outcome = record.outcome
         attributes: Attributes = {OUTCOME: outcome}
-        if outcome in _FAILED:
+        if record.reason:
             attributes[REASON] = record.reason
-            attributes[ERROR_TYPE] = record.attrs.get("error_type") or outcome
+        put_attrs(Stage.RECONCILE, record.attrs, attributes)
+        if outcome in RECONCILE_FAILED:
             span.set_status(Status(StatusCode.ERROR, record.reason))
         span.set_attributes(attributes)
         end = _ns(record.time)
-        if outcome in _REQUEUED:
+        if outcome in REQUEUED:
             self._settling = (span, record.reconcile_id, end)
         else:
             span.end(end)
@@ -345,6 +330,10 @@ class SpanSink:
             if (attempt := attrs.get("attempt")) is not None:
                 attributes[REQUEUE_ATTEMPT] = attempt
             span.set_attributes(attributes)
+            # The record itself, for readers: an event, as its attrs would clash with the end's.
+            requeued: Attributes = {OUTCOME: record.outcome, REASON: record.reason}
+            put_attrs(Stage.REQUEUE, attrs, requeued)
+            span.add_event(REQUEUE_EVENT, requeued, _ns(record.time))
             self._requeues.put(record.id, span.get_span_context())
         span.end(end)
 
@@ -361,12 +350,16 @@ class SpanSink:
         attributes: Attributes = {WRITE_VERB: record.outcome}
         ref = record.object
         if ref is not None:
-            attributes[OBJECT_KIND] = ref.kind
-            attributes[OBJECT_NAME] = ref.name
-            if ref.namespace:
-                attributes[K8S_NAMESPACE_NAME] = ref.namespace
-            attributes[RESOURCE_VERSION] = ref.resource_version
-        span.add_event("write", attributes, _ns(record.time))
+            put_object(ref, attributes)
+        put_fields(
+            controller="",
+            request=record.request,
+            reconcile_id="",
+            reason=record.reason,
+            into=attributes,
+        )
+        put_attrs(Stage.WRITE, record.attrs, attributes)
+        span.add_event(WRITE_EVENT, attributes, _ns(record.time))
         context = span.get_span_context()
         self._contexts.put(record.id, context)  # for the watch event this write will cause
         event_id = record.attrs.get("event_id")
@@ -376,16 +369,8 @@ class SpanSink:
                 span.add_link(event, _CAUSED_LINK)
 
     def _on_lease(self, record: Record) -> None:
-        attrs = record.attrs
-        lease = str(attrs.get("lease", ""))
-        attributes: Attributes = {
-            OUTCOME: record.outcome,
-            REASON: record.reason,
-            LEASE: lease,
-            LEASE_IDENTITY: attrs.get("identity", ""),
-            LEASE_HOLDER: attrs.get("holder", ""),
-        }
-        namespace, slash, _ = lease.partition("/")
+        attributes = self._fields(record)
+        namespace, slash, _ = str(record.attrs.get("lease", "")).partition("/")
         if slash:
             attributes[K8S_NAMESPACE_NAME] = namespace
         self._point(
@@ -394,35 +379,46 @@ class SpanSink:
             SpanKind.INTERNAL,
             attributes,
             record.time,
-            error=record.reason if record.outcome in _LEASE_ERRORS else None,
+            error=record.reason if record.outcome in LEASE_ERRORS else None,
         )
 
     def _on_watch(self, record: Record) -> None:
         outcome = record.outcome
-        if outcome not in _WATCH_SPANS:  # listed and synced are health, not events
-            return
-        attrs = record.attrs
-        kind = str(attrs.get("kind", ""))
-        attributes: Attributes = {
-            OUTCOME: outcome,
-            REASON: record.reason,
-            OBJECT_KIND: kind,
-            OBJECT_API_VERSION: attrs.get("api_version", ""),
-        }
-        if namespace := attrs.get("namespace"):
-            attributes[K8S_NAMESPACE_NAME] = namespace
-        if status := attrs.get("status"):
-            attributes[HTTP_RESPONSE_STATUS_CODE] = status
-        if resource := attrs.get("resource"):
-            attributes[WATCH_RESOURCE] = resource
         self._point(
-            self._watch_names[kind],
+            self._watch_names[str(record.attrs.get("kind", ""))],
+            None,
+            SpanKind.INTERNAL,
+            self._fields(record),
+            record.time,
+            error=record.reason if outcome in WATCH_FAILURES else None,
+        )
+
+    def _on_other(self, record: Record) -> None:
+        """Controller and manager lifecycle, Kubernetes Events: one span each, as recorded."""
+        attributes = self._fields(record)
+        if record.object is not None:
+            put_object(record.object, attributes)
+        self._point(
+            self._other_names[record.stage][record.controller or record.outcome],
             None,
             SpanKind.INTERNAL,
             attributes,
             record.time,
-            error=None if outcome == "gone" else record.reason,
         )
+
+    @staticmethod
+    def _fields(record: Record) -> Attributes:
+        """A record's outcome, names, reason and attrs as a span's attributes."""
+        attributes: Attributes = {OUTCOME: record.outcome}
+        put_fields(
+            controller=record.controller,
+            request=record.request,
+            reconcile_id=record.reconcile_id,
+            reason=record.reason,
+            into=attributes,
+        )
+        put_attrs(record.stage, record.attrs, attributes)
+        return attributes
 
     def _point(
         self,
@@ -469,7 +465,7 @@ class SpanSink:
 
     def _end_unfinished(self, reconcile_id: str, end: int | None) -> None:
         span = self._open.pop(reconcile_id)
-        span.set_attribute(OUTCOME, "unfinished")
+        span.set_attribute(OUTCOME, UNFINISHED)
         span.end(end)
 
 

@@ -5,10 +5,10 @@ Installed as ``ctrltrace.exporters.tracing``; the entry point the CLI and users 
 Owns ``configure_tracing``: tracing from ``--otlp-endpoint`` or the standard ``OTEL_*``
 variables (read by ``config``), exported over OTLP/HTTP (``otlp_http``) or gRPC through the
 counted pipeline of ``export``. The rest lives in one module per role, the public names
-re-exported here: ``attributes`` (the names spans carry), ``spans`` (the record sink, log
-correlation and replay), ``builders`` (how the sink's spans are made and handed on),
-``export`` (batches, queues and drop counting), ``otlp_http`` (the OTLP/HTTP exporter),
-``config`` (the environment).
+re-exported here: ``spans`` (the record sink, log correlation and replay), ``builders`` (how
+the sink's spans are made and handed on), ``export`` (batches, queues and drop counting),
+``otlp_http`` (the OTLP/HTTP exporter), ``config`` (the environment). The names spans carry
+are ``ctrltrace.spanmodel``'s, which readers of the traces share.
 
 It may not be imported by the runtime core: the CLI attaches the sink only when tracing is
 configured, so without it no span work is done at all.

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ctrltrace.envtest.pytest_plugin import CONTROL_PLANE_PIDS
-from ctrltrace.records import OUTCOMES, Record, Recorder
+from ctrltrace.records import Record, Recorder
+from ctrltrace.vocabulary import OUTCOMES
 
 
 def child_pids() -> set[int]:
@@ -55,7 +56,7 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def outcomes_in_the_vocabulary(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every record any test makes a producer emit must carry an outcome the vocabulary
-    (``records.OUTCOMES``) lists for its stage: consumers rely on that closed list."""
+    (``vocabulary.OUTCOMES``) lists for its stage: consumers rely on that closed list."""
     unknown: list[str] = []
     emit = Recorder.emit
 
@@ -66,7 +67,7 @@ def outcomes_in_the_vocabulary(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 
     monkeypatch.setattr(Recorder, "emit", checked)
     yield
-    assert not unknown, f"outcomes not in records.OUTCOMES: {unknown}"
+    assert not unknown, f"outcomes not in vocabulary.OUTCOMES: {unknown}"
 
 
 @pytest.fixture

@@ -1,14 +1,17 @@
-"""The live terminal view: the Textual app, its screens, and the pace at which they change.
+"""The live terminal view: the Textual app and the pace at which its views change.
 
-Owns the screens (the five views in tabs, the object view, the objects a funnel drop lost, help,
-the failure to read the records), the keys, pause, the time cursor, and the render cadence: at
-most ten renders a second, tables updated in place. Records arrive through one feed, which posts
-``FeedReady`` (no payload) once per burst; the app then takes what is pending, folds it into the
-``ViewState`` and renders. Evidence reads for the object view and the time cursor run in thread
-workers, so the UI thread never waits on a file or a server; the feed does its own reading.
+Owns the five views in tabs (the other screens are in ``screens``), the keys, pause, the time
+cursor, and the render cadence: at most ten renders a second, tables updated in place. Records
+arrive through one feed, which posts ``FeedReady`` (no payload) once per burst; the app then
+takes what is pending, folds it into the ``ViewState`` and renders. Evidence reads for the
+object view and the time cursor run in thread workers, so the UI thread never waits on a file
+or a server; the feed does its own reading.
 
 It never talks to Kubernetes, and it does not decide what records mean: ``feed`` folds them,
 ``cells`` words them, ``ctrltrace.explain`` explains them.
+
+Over 500 lines because ``TraceApp`` is one Textual app: its key bindings, workers, timer and
+renders are its methods (Textual's way) and share its state (the cursor, pause, the feed).
 """
 
 from __future__ import annotations
@@ -21,40 +24,46 @@ from collections.abc import Callable, Hashable, Sequence
 from itertools import takewhile
 from typing import ClassVar
 
-from rich.console import RenderableType
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from ctrltrace.evidence import EvidenceError, Opener
-from ctrltrace.explain_text import ExplanationView
-from ctrltrace.funnel import LOSS_WORDS, STEP_WORDS, Drop, Funnel
+from ctrltrace.funnel import Funnel
 from ctrltrace.journal import JournalError
-from ctrltrace.tui import cells
+from ctrltrace.timetext import clock
+from ctrltrace.tui import cells, funnel_cells
 from ctrltrace.tui.feed import (
     MAX_EVENT_ROWS,
     Feed,
     Target,
     ViewState,
-    explain_object,
     replay,
+)
+from ctrltrace.tui.screens import (
+    JOURNAL_EXIT,
+    FailureScreen,
+    HelpScreen,
+    LostScreen,
+    ObjectScreen,
 )
 from ctrltrace.tui.table import Column, LiveTable
 
-# ctrltrace.cli.ExitCode.JOURNAL, the code explain exits with when it cannot read the journal.
-# Not imported: the CLI imports envtest and the exporters, and the TUI must stay independent
-# of both (import-linter's independence contract follows imports through the CLI).
-JOURNAL_EXIT = 5
+__all__ = ["JOURNAL_EXIT", "LostScreen", "TraceApp"]  # what the command and tests import
+
+
 RENDER_EVERY_S = 0.1  # at most ten renders a second, however fast records come
+
+
 # The funnel's windows, cycled by w: everything the view holds, then the last minute, 10 minutes.
 FUNNEL_WINDOWS: tuple[float | None, ...] = (None, 60.0, 600.0)
+
 
 _EVENT_COLUMNS = (
     Column("time", 12, 12),
@@ -63,6 +72,8 @@ _EVENT_COLUMNS = (
     Column("event", 16, 6),
     Column("outcome per controller", 200, 16),
 )
+
+
 _CONTROLLER_COLUMNS = (
     Column("controller", 24, 8),
     Column("state", 20, 5),
@@ -74,6 +85,8 @@ _CONTROLLER_COLUMNS = (
     Column("retries", 8, 4),
     Column("next requeue", 60, 8),
 )
+
+
 _WORK_COLUMNS = (
     Column("controller", 24, 8),
     Column("request", 40, 10),
@@ -81,12 +94,16 @@ _WORK_COLUMNS = (
     Column("for", 24, 6),
     Column("reconcile id", 40, 4),
 )
+
+
 _TRANSITION_COLUMNS = (
     Column("time", 12, 12),
     Column("transition", 20, 6),
     Column("holder", 30, 6),
     Column("reason", 100, 6),
 )
+
+
 _WATCH_COLUMNS = (
     Column("kind", 24, 6),
     Column("namespaces", 24, 3),
@@ -96,19 +113,16 @@ _WATCH_COLUMNS = (
     Column("last event", 12, 5),
     Column("last error", 200, 8),
 )
+
+
 _FUNNEL_COLUMNS = (
     Column("stage", 26, 12),
     Column("count", 7, 5),
-    Column("", cells.BAR_WIDTH, 4),
+    Column("", funnel_cells.BAR_WIDTH, 4),
     Column("why / how", 200, 10),
 )
-_LOST_COLUMNS = (
-    Column("time", 12, 12),
-    Column("kind", 16, 6),
-    Column("namespace/name", 36, 12),
-    Column("request", 36, 6),
-    Column("why", 200, 10),
-)
+
+
 # The table of each tab that gets the focus, and whose row Enter opens.
 _TABLE_OF_TAB = {
     "stream": "events",
@@ -118,51 +132,9 @@ _TABLE_OF_TAB = {
     "funnel-tab": "funnel",
 }
 
-HELP = """\
-[b]ctrltrace tui[/b]: the records of a controller run, live or replayed. It reads records only.
-
-[b]Views[/b] (tabs, or the keys 1 2 3 4 5)
-  1 events       each watch event and what every controller did with it: dropped by
-                 which predicate, not mapped, queued, merged, reconciled with its result
-  2 controllers  queue depth, workers busy/total, in-flight reconciles and their age,
-                 errors, retries, next requeue; then each request running, queued, scheduled
-  3 leader       the lease, its holder, this replica's role, the transitions
-  4 watches      per kind: synced, last event, errors (403, kind not found), their message
-  5 funnel       per controller (c: the next one), over all records or, w, the last
-                 1 or 10 min: events seen → passed its predicates → mapped → enqueued →
-                 reconciled, each drop with its reason (Enter lists the objects lost
-                 there); events/s, reconciles/s, errors/s, queue depth and p99 queue
-                 wait and reconcile time, a column a second
-
-[b]Keys[/b]
-  /        filter the events: words that must all occur; ns: name: kind: verdict:
-           controller: limit a word to one field, e.g. ns:shop verdict:dropped
-  Enter    open the object under the cursor (an event, or a request in controllers):
-           what ctrltrace explain says about it; r refreshes it. On a drop in the
-           funnel: the objects lost there, and Enter on one opens it
-  Esc      back: closes the object view or this help, clears the filter
-  p        pause or resume: the view holds still, records wait in the feed
-  [ ]      move the time cursor 1 s back or forward: the views (and the funnel's
-           lines, which end at the cursor) as they were then
-  { }      10 s back or forward;  g  back to live
-  ↑ ↓ PgUp PgDn Home End   move in a table; End follows the newest row
-  ?        this help;  q  quit
-
-[b]Marks[/b]  ✓ done  ✗ failed or refused  ◷ waiting  ▶ running  ↻ requeue or retry
-  ≡ merged  ■ stopped  · nothing yet. Colour only repeats the mark and the words.
-"""
-
 
 class FeedReady(Message):
     """The feed has records (or news) to take: posted once per burst, with no payload."""
-
-
-class Explained(Message):
-    """The object view's worker has the explanation (or why there is none)."""
-
-    def __init__(self, content: RenderableType) -> None:
-        super().__init__()
-        self.content = content
 
 
 class Replayed(Message):
@@ -173,182 +145,6 @@ class Replayed(Message):
         self.until = until
         self.state = state
         self.error = error
-
-
-class HelpScreen(ModalScreen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "dismiss", "back"),
-        Binding("question_mark", "dismiss", "back", show=False),
-        Binding("q", "dismiss", "back", show=False),
-    ]
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll {
-        width: 100; max-width: 100%; height: auto; max-height: 100%;
-        border: round $accent; background: $surface; padding: 0 1;
-    }
-    """
-
-    def compose(self) -> ComposeResult:
-        with VerticalScroll():
-            # Rich's markup, not Textual's: it keeps the spaces that align the columns.
-            yield Static(Text.from_markup(HELP))
-
-
-class FailureScreen(Screen[None]):
-    """The records cannot be read: say so, and exit with explain's code on any key."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "leave", "quit"),
-        Binding("escape", "leave", "quit", show=False),
-        Binding("enter", "leave", "quit", show=False),
-    ]
-    DEFAULT_CSS = """
-    FailureScreen { align: center middle; }
-    FailureScreen > Static {
-        width: 90; max-width: 100%; height: auto; border: heavy $error; padding: 0 1;
-    }
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__()
-        self.message = message
-
-    def compose(self) -> ComposeResult:
-        yield Static(
-            Text.assemble(
-                ("✗ cannot read the records\n\n", "bold red"),
-                self.message,
-                "\n\nctrltrace tui reads the journal that `ctrltrace run` writes (--journal PATH "
-                "or $CTRLTRACE_JOURNAL). Press q, Esc or Enter to exit "
-                f"(exit code {JOURNAL_EXIT}).",
-            )
-        )
-        yield Footer()
-
-    def action_leave(self) -> None:
-        self.app.exit(return_code=JOURNAL_EXIT, message=self.message)
-
-
-class ObjectScreen(Screen[None]):
-    """What ``ctrltrace explain`` says about one object, from the evidence, in a worker."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "back"),
-        Binding("r", "refresh", "refresh"),
-        Binding("q", "app.quit", "quit"),
-    ]
-    DEFAULT_CSS = """
-    ObjectScreen > #object-title {
-        height: 1; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis;
-    }
-    ObjectScreen > VerticalScroll { padding: 0 1; }
-    """
-
-    def __init__(
-        self, evidence: Opener | None, target: Target, now: Callable[[], float], until: float | None
-    ) -> None:
-        super().__init__()
-        self.evidence = evidence
-        self.target = target
-        self._now = now
-        self._until = until
-
-    def compose(self) -> ComposeResult:
-        kind = f"{self.target.kind} " if self.target.kind else ""
-        when = "latest" if self._until is None else f"as of {cells.clock(self._until)}"
-        yield Static(f"object {kind}{self.target.key} · {when} · Esc back", id="object-title")
-        with VerticalScroll():
-            yield Static(Text("◷ explaining…", "yellow"), id="explanation")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.action_refresh()
-
-    def action_refresh(self) -> None:
-        if self.evidence is None:
-            self._show(
-                Text(
-                    "· no journal: the object view explains from the journal the run writes; "
-                    "run with a journal to use it",
-                    "yellow",
-                )
-            )
-            return
-        self._explain(self.evidence, self._now())
-
-    @work(thread=True, exclusive=True)
-    def _explain(self, evidence: Opener, now: float) -> None:
-        content: RenderableType
-        try:
-            content = ExplanationView(
-                explain_object(evidence, self.target, now=now, until=self._until)
-            )
-        except (JournalError, EvidenceError) as error:
-            content = Text(f"✗ {error}", "red")
-        self.post_message(Explained(content))
-
-    def on_explained(self, message: Explained) -> None:
-        self._show(message.content)
-
-    def _show(self, content: RenderableType) -> None:
-        self.query_one("#explanation", Static).update(content)
-
-
-class LostScreen(Screen[None]):
-    """The objects whose events a funnel drop lost (the newest first); Enter opens one."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "back"),
-        Binding("enter", "open", "open"),
-        Binding("q", "app.quit", "quit"),
-    ]
-    DEFAULT_CSS = """
-    LostScreen > #lost-title { height: auto; background: $panel; padding: 0 1; }
-    """
-
-    def __init__(
-        self,
-        controller: str,
-        drop: Drop,
-        evidence: Opener | None,
-        now: Callable[[], float],
-        until: float | None,
-    ) -> None:
-        super().__init__()
-        self.controller = controller
-        self.drop = drop
-        self.evidence = evidence
-        self._now = now
-        self._until = until
-        self._lost = list(reversed(drop.objects))
-
-    def compose(self) -> ComposeResult:
-        drop = self.drop
-        yield Static(
-            Text.assemble(
-                f"{self.controller}: ",
-                (f"✗ {drop.count} {LOSS_WORDS[drop.loss]}", "red"),
-                f" after '{STEP_WORDS[drop.after]}': {drop.reason}",
-                f" · the newest {len(self._lost)} · Enter opens one · Esc back",
-            ),
-            id="lost-title",
-        )
-        yield LiveTable(_LOST_COLUMNS, empty="no objects kept", id="lost")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        table = self.query_one("#lost", LiveTable)
-        table.replace_rows((index, cells.lost_cells(lost)) for index, lost in enumerate(self._lost))
-        table.focus()
-
-    def action_open(self) -> None:
-        key = self.query_one("#lost", LiveTable).cursor_key
-        if not isinstance(key, int):
-            return
-        lost = self._lost[key]
-        target = Target(lost.namespace, lost.name, lost.kind or None)
-        self.app.push_screen(ObjectScreen(self.evidence, target, self._now, self._until))
 
 
 class TraceApp(App[None]):
@@ -609,23 +405,23 @@ class TraceApp(App[None]):
                 ]
             )
         )
-        _sync(table, cells.funnel_rows(funnel))
+        _sync(table, funnel_cells.funnel_rows(funnel))
         width = self.size.width - 2  # the padding of #rates; its own size lags a resize
-        rates.update(cells.time_view(funnel, now, width))
+        rates.update(funnel_cells.time_view(funnel, now, width))
         self._render_funnel_detail(table.cursor_key)
 
     def _render_funnel_detail(self, key: Hashable | None) -> None:
         funnel = self._shown_funnel()
         detail = self.query_one("#funnel-detail", Static)
-        detail.update("" if funnel is None else cells.funnel_detail(funnel, key))
+        detail.update("" if funnel is None else funnel_cells.funnel_detail(funnel, key))
 
     def _render_status(self) -> None:
         parts: list[Text | str] = [cells.feed_status(self.live, self.clock())]
         if self.cursor is not None:
             replaying = " (replaying…)" if self.shown is self.live else ""
-            parts.append(Text(f"◀ at {cells.clock(self.cursor)}{replaying} · g: live", "cyan"))
+            parts.append(Text(f"◀ at {clock(self.cursor)}{replaying} · g: live", "cyan"))
         if self.paused_at is not None:
-            parts.append(Text(f"‖ paused at {cells.clock(self.paused_at)} · p: resume", "cyan"))
+            parts.append(Text(f"‖ paused at {clock(self.paused_at)} · p: resume", "cyan"))
         if self.filter:
             parts.append(Text(f"filter: {self.filter.text}", "bold"))
         if self._trouble:
@@ -685,7 +481,7 @@ class TraceApp(App[None]):
         until = self.cursor if self.cursor is not None else self.paused_at
         if table.id == "funnel":
             funnel = self._shown_funnel()
-            drop = None if funnel is None else cells.find_drop(funnel, key)
+            drop = None if funnel is None else funnel_cells.find_drop(funnel, key)
             if funnel is None or drop is None:
                 self.notify("Select a ✗ row of the funnel to list its objects.", severity="warning")
                 return

@@ -1,37 +1,23 @@
 """How the TUI words, marks and filters what ``ViewState`` holds: cells of rich ``Text``.
 
 Owns the filter language of ``/``, the mark and words of every outcome and state, and the
-columns of each view. Every cell says what it means in words and with a mark (✓ ✗ ◷ ▶ ↻ ≡ ■);
-its colour only repeats that, so the views read without colour.
+columns of each view but the funnel and time views (``funnel_cells``). Every cell says what it
+means in words and with a mark (✓ ✗ ◷ ▶ ↻ ≡ ■); its colour only repeats that, so the views
+read without colour.
 
 Pure functions of the model: no Textual (the data side is tested without a terminal), no I/O.
 """
 
 from __future__ import annotations
 
-import datetime
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
 
 from ctrltrace.explain import Code, names_kind
-from ctrltrace.funnel import (
-    LOSS_WORDS,
-    STEP_WORDS,
-    Drop,
-    Funnel,
-    Histogram,
-    Latency,
-    Loss,
-    Lost,
-    Second,
-    Step,
-    enqueued_words,
-    results_words,
-)
 from ctrltrace.printable import printable
+from ctrltrace.timetext import clock, span
 from ctrltrace.tui.feed import (
     IDLE_AFTER_S,
     MAX_WORK_ROWS,
@@ -43,6 +29,13 @@ from ctrltrace.tui.feed import (
     Transition,
     ViewState,
     WatchState,
+)
+from ctrltrace.vocabulary import (
+    ControllerOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    RequeueOutcome,
+    WatchOutcome,
 )
 
 Cells = tuple[Text, ...]
@@ -134,24 +127,6 @@ _LOOKS: dict[str, tuple[str, str]] = {
 _MERGED = ("≡", "yellow")
 
 
-def clock(seconds: float) -> str:
-    """A wall time as HH:MM:SS.mmm, local time (as explain prints it)."""
-    return datetime.datetime.fromtimestamp(seconds).astimezone().strftime("%H:%M:%S.%f")[:-3]
-
-
-def span(seconds: float) -> str:
-    """A duration in a few characters: 12ms, 3.4s, 5m07s, 2h03m."""
-    seconds = max(seconds, 0.0)
-    if seconds < 1.0:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60.0:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{rest:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
 def outcome_words(outcome: Outcome, row: EventRow) -> str:
     """One controller's outcome for an event, e.g. ``widget: dropped by GenerationChanged``."""
     who = outcome.controller
@@ -210,10 +185,10 @@ def event_cells(row: EventRow) -> Cells:
 
 
 _LIFECYCLE = {
-    "started": ("✓ running", "green"),
-    "cache_not_synced": ("◷ caches not synced", "yellow"),
-    "stopped": ("■ stopped", "dim"),
-    "build_error": ("✗ build error", "red"),
+    ControllerOutcome.STARTED: ("✓ running", "green"),
+    ControllerOutcome.CACHE_NOT_SYNCED: ("◷ caches not synced", "yellow"),
+    ManagerOutcome.STOPPED: ("■ stopped", "dim"),
+    "build_error": ("✗ build error", "red"),  # the TUI's own: the run never started
 }
 
 
@@ -252,7 +227,7 @@ def controller_cells(
 
 
 def _due_words(item: Scheduled, now: float) -> str:
-    why = f"retry {item.attempt}" if item.outcome == "rate_limited" else "requeue"
+    why = f"retry {item.attempt}" if item.outcome == RequeueOutcome.RATE_LIMITED else "requeue"
     late = now - item.due
     when = f"due {span(late)} ago" if late > 0 else f"in {span(-late)}"
     return f"{when} ({why})"
@@ -293,10 +268,10 @@ def work_rows(
 
 
 _ROLES = {
-    "acquired": ("✓ leader", "green"),
-    "standby": ("◷ standby: not the leader, no reconciles", "yellow"),
-    "lost": ("✗ lost the lease: reconciles stopped", "red"),
-    "released": ("■ released the lease", "dim"),
+    LeaseOutcome.ACQUIRED: ("✓ leader", "green"),
+    LeaseOutcome.STANDBY: ("◷ standby: not the leader, no reconciles", "yellow"),
+    LeaseOutcome.LOST: ("✗ lost the lease: reconciles stopped", "red"),
+    LeaseOutcome.RELEASED: ("■ released the lease", "dim"),
 }
 
 
@@ -338,13 +313,13 @@ def transition_cells(transition: Transition) -> Cells:
 
 
 _WATCH_STATES = {
-    "listed": ("✓ watching", "green"),
-    "synced": ("✓ watching", "green"),
-    "gone": ("↻ listing again (410)", "yellow"),
-    "forbidden": ("✗ forbidden", "red"),
-    "kind_not_found": ("✗ kind not found", "red"),
-    "disconnected": ("✗ disconnected", "red"),
-    "error": ("✗ error", "red"),
+    WatchOutcome.LISTED: ("✓ watching", "green"),
+    WatchOutcome.SYNCED: ("✓ watching", "green"),
+    WatchOutcome.GONE: ("↻ listing again (410)", "yellow"),
+    WatchOutcome.FORBIDDEN: ("✗ forbidden", "red"),
+    WatchOutcome.KIND_NOT_FOUND: ("✗ kind not found", "red"),
+    WatchOutcome.DISCONNECTED: ("✗ disconnected", "red"),
+    WatchOutcome.ERROR: ("✗ error", "red"),
 }
 
 
@@ -404,166 +379,5 @@ def feed_status(state: ViewState, now: float) -> Text:
     gaps = f" · ⚠ {state.gaps} journal gap(s)" if state.gaps else ""
     if now - state.newest <= IDLE_AFTER_S:
         return Text(f"● live{gaps}", "green")
-    stopped = " · manager stopped" if state.manager == "stopped" else ""
+    stopped = " · manager stopped" if state.manager == ManagerOutcome.STOPPED else ""
     return Text(f"◌ idle since {clock(state.newest)}{stopped}{gaps}", "yellow")
-
-
-# -- the funnel and the time views -------------------------------------------------------------
-
-BAR_WIDTH = 20
-FunnelKey = tuple[str, ...]  # ("step", step) / ("drop", loss, reason) / ("runs",)
-
-
-def _bar(count: int, most: int, style: str) -> Text:
-    filled = round(BAR_WIDTH * count / most) if most else 0
-    return Text("█" * max(filled, 1 if count else 0), style)
-
-
-def funnel_rows(funnel: Funnel) -> list[tuple[FunnelKey, Cells]]:
-    """The funnel as table rows: each stage, then the drops before the next, then the runs."""
-    most = max((count for _, count in funnel.steps), default=0)
-    rows: list[tuple[FunnelKey, Cells]] = []
-    for step, count in funnel.steps:
-        detail = enqueued_words(funnel) if step is Step.ENQUEUED and count else ""
-        rows.append(
-            (
-                ("step", str(step)),
-                (
-                    Text(STEP_WORDS[step], "bold"),
-                    Text(str(count)),
-                    _bar(count, most, "green"),
-                    Text(detail),
-                ),
-            )
-        )
-        for drop in funnel.drops_after(step):
-            style = "yellow" if drop.loss is Loss.WAITING else "red"
-            mark = "◷" if drop.loss is Loss.WAITING else "✗"
-            rows.append(
-                (
-                    ("drop", str(drop.loss), drop.reason),
-                    (
-                        Text(f"  {mark} {LOSS_WORDS[drop.loss]}", style),
-                        Text(f"-{drop.count}", style),
-                        _bar(drop.count, most, style),
-                        Text(drop.reason),
-                    ),
-                )
-            )
-    rows.append(
-        (
-            ("runs",),
-            (
-                Text("reconcile runs", "bold"),
-                Text(str(funnel.runs)),
-                _bar(funnel.runs, most, "cyan"),
-                Text(results_words(funnel.results) or "none yet"),
-            ),
-        )
-    )
-    return rows
-
-
-def find_drop(funnel: Funnel, key: object) -> Drop | None:
-    """The drop a funnel row's key names (None for the stage rows)."""
-    if not (isinstance(key, tuple) and len(key) == 3 and key[0] == "drop"):
-        return None
-    return next((drop for drop in funnel.drops if (str(drop.loss), drop.reason) == key[1:]), None)
-
-
-def funnel_detail(funnel: Funnel, key: object) -> Text:
-    """The selected funnel row in full: the reason a table cell has to cut."""
-    drop = find_drop(funnel, key)
-    if drop is not None:
-        return Text.assemble(
-            (f"✗ {drop.count} lost after '{STEP_WORDS[drop.after]}': ", "red"),
-            f"{LOSS_WORDS[drop.loss]}: {drop.reason}. Enter lists the objects "
-            f"(the newest {len(drop.objects)}).",
-        )
-    if key == ("runs",):
-        return Text(
-            f"Reconciles that ran, retries and requeues included: "
-            f"{results_words(funnel.results) or 'none yet'}"
-        )
-    return Text(
-        "Each stage counts events, then requests from 'mapped' on (an event can map to "
-        "several). Select a ✗ row and press Enter for the objects lost there."
-    )
-
-
-def lost_cells(lost: Lost) -> Cells:
-    return (
-        Text(clock(lost.time)),
-        Text(lost.kind or "?"),
-        Text(lost.key, "bold"),
-        Text(lost.request if lost.request != lost.key else ""),
-        Text(lost.reason),
-    )
-
-
-SPARKS = "▁▂▃▄▅▆▇█"
-_LABEL_WIDTH = 15
-_FIGURES_WIDTH = 28
-
-
-def sparkline(values: Sequence[float | None]) -> Text:
-    """One character a value, scaled to the largest; nothing known is a space, zero is ▁."""
-    known = [value for value in values if value is not None]
-    most = max(known, default=0.0)
-    text = Text()
-    for value in values:
-        if value is None:
-            text.append(" ")
-        elif value <= 0 or most <= 0:
-            text.append(SPARKS[0], "dim")
-        else:
-            text.append(SPARKS[max(math.ceil(value / most * len(SPARKS)) - 1, 0)])
-    return text
-
-
-def _figure(seconds: float | None) -> str:
-    return "—" if seconds is None else ("≥ 19m" if math.isinf(seconds) else span(seconds))
-
-
-def time_view(funnel: Funnel, now: float, width: int) -> Text:
-    """Rates, queue depth and latencies over the last seconds up to ``now``, one a column."""
-    columns = max(width - _LABEL_WIDTH - _FIGURES_WIDTH - 2, 8)
-    end = int(now if funnel.until is None else min(now, funnel.until))
-    by_second = {second.at: second for second in funnel.seconds}
-    window = [by_second.get(at) for at in range(end - columns + 1, end + 1)]
-    last = by_second.get(end)
-
-    def line(label: str, values: Sequence[float | None], figures: str, style: str) -> Text:
-        spark = sparkline(values)
-        spark.stylize(style)
-        return Text.assemble(
-            (f"{label:<{_LABEL_WIDTH}}", "bold"), spark, "  ", figures[:_FIGURES_WIDTH]
-        )
-
-    def rate(label: str, pick: Callable[[Second], int], style: str) -> Text:
-        values = [0 if second is None else pick(second) for second in window]
-        now_value = pick(last) if last is not None else 0
-        return line(label, values, f"{now_value}/s now · max {max(values)}/s", style)
-
-    def p99(label: str, latency: Latency, pick: Callable[[Second], Histogram]) -> Text:
-        values = [None if second is None else pick(second).percentile(0.99) for second in window]
-        finite = [None if value is None or math.isinf(value) else value for value in values]
-        figures = f"p50 {_figure(latency.p50)} · p99 {_figure(latency.p99)}"
-        return line(f"{label} p99", finite, figures, "magenta")
-
-    depth: list[int] = []
-    held = 0
-    for second in window:
-        held = second.depth if second is not None else held
-        depth.append(held)
-    first = clock(end - columns + 1).split(".")[0]
-    lines = [
-        Text(f"last {columns} s, {first} to {clock(end).split('.')[0]}, a column a second", "dim"),
-        rate("events/s", lambda second: second.events, "green"),
-        rate("reconciles/s", lambda second: second.reconciles, "cyan"),
-        rate("errors/s", lambda second: second.errors, "red"),
-        line("queue depth", depth, f"{held} now · max {max(depth)}", "yellow"),
-        p99("queue wait", funnel.queue_wait, lambda second: second.tally.queue_wait),
-        p99("reconcile", funnel.duration, lambda second: second.tally.duration),
-    ]
-    return Text("\n").join(lines)

@@ -3,7 +3,8 @@ lists, and where each command lives.
 
 Command modules of this package add themselves to ``main``. ``doctor``, ``rbac`` and ``tui``
 are defined beside the code they run and are imported when first asked for, so they may use
-this package's shared options without an import cycle, and a ``run`` pays for none of them.
+this package's shared options without an import cycle, and a ``run`` pays for none of them;
+so is ``manifests``, which builds on ``rbac``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ctrltrace.cli.options import EPILOG
 
 _ELSEWHERE = {
     "doctor": ("ctrltrace.doctor", "doctor_command"),
+    "manifests": ("ctrltrace.cli.manifests", "manifests_command"),
     "rbac": ("ctrltrace.rbac", "rbac_command"),
     "tui": ("ctrltrace.tui.command", "tui_command"),  # no Textual until it runs
 }

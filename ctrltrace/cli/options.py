@@ -38,6 +38,18 @@ def journal_option(
     )
 
 
+def journal_max_size_option() -> Callable[[FC], FC]:
+    """``--journal-max-size MIB``, passed as ``journal_max_size``: run's limit, which
+    ``manifests`` also sizes the journal's volume from."""
+    return click.option(
+        "--journal-max-size",
+        default=256,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Keep the journal under this many MiB, dropping the oldest records.",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where explain and the TUI read records from, not opened yet."""
@@ -49,18 +61,36 @@ class Source:
 def evidence_options(
     journal_help: str = "The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
 ) -> Callable[[FC], FC]:
-    """The options that say where the records come from (``--journal PATH``, or ``--from URL``
-    with its credentials), passed to the command as one ``source: Source``."""
+    """The options that say where the records come from (``--journal PATH``, ``--traces
+    URL``, or ``--from URL`` with its credentials), passed to the command as one
+    ``source: Source``."""
 
     def decorate(command: FC) -> FC:
         @functools.wraps(command)
         def with_source(
-            *args: Any, journal_path: Path, endpoint: EndpointAccess, **kwargs: Any
+            *args: Any,
+            journal_path: Path,
+            traces_url: str | None,
+            endpoint: EndpointAccess,
+            **kwargs: Any,
         ) -> object:
-            source = _source(journal_path) if endpoint.url is None else endpoint.source()
+            if endpoint.url is None:
+                source = _source(journal_path, traces_url)
+            elif traces_url is None:
+                source = endpoint.source()
+            else:
+                raise CommandError("give --from or --traces, not both", ExitCode.USAGE)
             return command(*args, source=source, **kwargs)
 
-        return journal_option(journal_help)(_endpoint_options(cast(FC, with_source)))
+        traces = click.option(
+            "--traces",
+            "traces_url",
+            metavar="URL",
+            help="Read the spans of every replica from this Jaeger query service (API v3, "
+            "e.g. http://localhost:16686) instead of a journal; --since sets the window "
+            "(default: the last hour).",
+        )
+        return journal_option(journal_help)(traces(_endpoint_options(cast(FC, with_source))))
 
     return decorate
 
@@ -165,7 +195,11 @@ def _endpoint_options(command: FC) -> FC:
     return decorated
 
 
-def _source(journal_path: Path) -> Source:
+def _source(journal_path: Path, traces_url: str | None) -> Source:
+    if traces_url is not None:
+        from ctrltrace.evidence.traces import TraceEvidence
+
+        return Source(functools.partial(TraceEvidence, traces_url), f"traces at {traces_url}")
     from ctrltrace.journal import Journal  # only the commands that read it pay for it
 
     return Source(functools.partial(Journal, journal_path), f"journal {journal_path}")

@@ -16,7 +16,7 @@ import structlog
 from ctrltrace.cli.app import AppArgs, app_parameters, cluster_for, command_errors, load_manager_for
 from ctrltrace.cli.errors import CommandError, ExitCode
 from ctrltrace.cli.group import main
-from ctrltrace.cli.options import journal_option, parse_duration
+from ctrltrace.cli.options import journal_max_size_option, journal_option, parse_duration
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -49,12 +49,7 @@ if TYPE_CHECKING:
     show_default=True,
     help="Drop journal records older than this (s, m, h, d).",
 )
-@click.option(
-    "--journal-max-size",
-    default=256,
-    show_default=True,
-    help="Keep the journal under this many MiB, dropping the oldest records.",
-)
+@journal_max_size_option()
 @click.option(
     "--otlp-endpoint",
     help="Send spans over OTLP to this base URL (http://host:4318); else OTEL_* variables.",

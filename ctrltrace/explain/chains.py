@@ -15,12 +15,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ctrltrace.explain.fixes import forbidden_words, not_served_words
-from ctrltrace.explain.model import (
+from ctrltrace.records import Record, Stage
+from ctrltrace.vocabulary import (
     LEASE_TRANSITIONS,
     WATCH_FAILURES,
+    Attr,
+    ControllerOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    WatchOutcome,
 )
-from ctrltrace.records import Record, Stage, Vocab
 
+_SYNC_STATES = (ControllerOutcome.STARTED, ControllerOutcome.CACHE_NOT_SYNCED)
 _CONTROLLER_STAGES = frozenset(
     {Stage.DISPATCH, Stage.RECONCILE_START, Stage.RECONCILE, Stage.REQUEUE}
 )
@@ -30,14 +36,14 @@ _CONTROLLER_STAGES = frozenset(
 
 
 def with_own_writes_paired(records: Sequence[Record]) -> list[Record]:
-    """Mark events that a later WRITE record claims (``attrs["event_id"]``) as own writes.
+    """Mark events that a later WRITE record claims (``attrs[Attr.EVENT_ID]``) as own writes.
 
     A write's watch event can arrive before the write's answer; then the informer cannot tell
     and the client links the two from the write's side. Seen from here both links mean the
     same: the event is the controller's own write coming back.
     """
     claimed = {
-        (int(record.attrs["event_id"]), record.object.resource_version): record.id
+        (int(record.attrs[Attr.EVENT_ID]), record.object.resource_version): record.id
         for record in records
         if record.stage is Stage.WRITE and "event_id" in record.attrs and record.object
     }
@@ -149,7 +155,7 @@ class Chains:
             bool(events)
             and len(events) == len(causes)
             and all(
-                event is not None and event.attrs.get("self_caused") is True for event in events
+                event is not None and event.attrs.get(Attr.SELF_CAUSED) is True for event in events
             )
         )
 
@@ -172,11 +178,11 @@ class Blocker:
             "error": failure.reason,
         }
         if "status" in failure.attrs:
-            details["status"] = failure.attrs["status"]
-        if failure.outcome == "forbidden":
+            details["status"] = failure.attrs[Attr.STATUS]
+        if failure.outcome == WatchOutcome.FORBIDDEN:
             problem, fix, more = forbidden_words(self.kind, failure)
             return problem, fix, details | more
-        if failure.outcome == "kind_not_found":
+        if failure.outcome == WatchOutcome.KIND_NOT_FOUND:
             problem, fix, more = not_served_words(self.kind, failure)
             return problem, fix, details | more
         return (
@@ -199,7 +205,7 @@ class Activity:
                 self.starts.append(record)
             elif record.stage is Stage.RECONCILE:
                 self.ended.add(record.reconcile_id)
-                duration = record.attrs.get("duration_s")
+                duration = record.attrs.get(Attr.DURATION_S)
                 if isinstance(duration, int | float):
                     self.durations[record.controller].append(float(duration))
 
@@ -250,7 +256,7 @@ class Health:
         transitions = [record for record in self.leases if record.outcome in LEASE_TRANSITIONS]
         if transitions:
             latest = transitions[-1]
-            return None if latest.outcome == "acquired" else latest
+            return None if latest.outcome == LeaseOutcome.ACQUIRED else latest
         # Only errors: it never got the lease (and with no lease records, no election runs).
         return self.leases[-1] if self.leases else None
 
@@ -258,9 +264,14 @@ class Health:
         states = [
             record
             for record in self.lifecycle
-            if record.controller == controller and record.outcome in ("started", "cache_not_synced")
+            if record.controller == controller
+            and record.outcome in (ControllerOutcome.STARTED, ControllerOutcome.CACHE_NOT_SYNCED)
         ]
-        return states[-1] if states and states[-1].outcome == "cache_not_synced" else None
+        return (
+            states[-1]
+            if states and states[-1].outcome == ControllerOutcome.CACHE_NOT_SYNCED
+            else None
+        )
 
     def latest(self, default: float) -> float:
         """The time of the newest informer, lease or lifecycle record."""
@@ -282,7 +293,7 @@ class Health:
         stops = [
             record.time
             for record in self.lifecycle
-            if record.stage is Stage.MANAGER and record.outcome == "stopped"
+            if record.stage is Stage.MANAGER and record.outcome == ManagerOutcome.STOPPED
         ]
         after = max((time for time in stops if time < at), default=-math.inf)
         return after, min((time for time in stops if time >= at), default=math.inf)
@@ -296,22 +307,23 @@ class Health:
             for record in self.lifecycle
             if record.controller == controller and after < record.time <= until
         ]
-        if any(record.outcome == "started" for record in mine):
+        if any(record.outcome == ControllerOutcome.STARTED for record in mine):
             return None
         watched = {
-            str(record.attrs.get("kind", "")): str(record.attrs.get("api_version", ""))
+            str(record.attrs.get(Attr.KIND, "")): str(record.attrs.get(Attr.API_VERSION, ""))
             for record in mine
-            if record.outcome == Vocab.WATCHING
+            if record.outcome == ControllerOutcome.WATCHING
         }
         in_run = [record for record in self.watches if after < record.time <= until]
         if not watched:  # a journal from before controllers named their watches
             watched = {
-                str(r.attrs.get("kind", "")): str(r.attrs.get("api_version", "")) for r in in_run
+                str(r.attrs.get(Attr.KIND, "")): str(r.attrs.get(Attr.API_VERSION, ""))
+                for r in in_run
             }
         blockers = []
         for kind, api_version in watched.items():
-            records = [record for record in in_run if record.attrs.get("kind") == kind]
-            if any(record.outcome == "synced" for record in records):
+            records = [record for record in in_run if record.attrs.get(Attr.KIND) == kind]
+            if any(record.outcome == WatchOutcome.SYNCED for record in records):
                 continue
             failures = [record for record in records if record.outcome in WATCH_FAILURES]
             if failures:  # one still listing for the first time blocks nothing yet
@@ -325,10 +337,10 @@ class Health:
             record
             for record in self.lifecycle
             if record.controller == controller
-            and record.outcome == "started"
+            and record.outcome == ControllerOutcome.STARTED
             and after < record.time <= until
         ]
-        return int(started[-1].attrs.get("max_concurrent_reconciles", 0)) if started else 0
+        return int(started[-1].attrs.get(Attr.MAX_CONCURRENT_RECONCILES, 0)) if started else 0
 
     def stopped_after(self, record: Record) -> Record | None:
         return next(
@@ -336,7 +348,7 @@ class Health:
                 later
                 for later in self.lifecycle
                 if later.stage is Stage.MANAGER
-                and later.outcome == "stopped"
+                and later.outcome == ManagerOutcome.STOPPED
                 and later.time >= record.time
             ),
             None,

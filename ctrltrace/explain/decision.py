@@ -25,7 +25,6 @@ from ctrltrace.explain.fixes import (
     watch_warning,
 )
 from ctrltrace.explain.model import (
-    LEASE_TRANSITIONS,
     TIMELINE_LIMIT,
     Code,
     Explanation,
@@ -35,8 +34,19 @@ from ctrltrace.explain.model import (
     WarningCode,
 )
 from ctrltrace.explain.words import event_type_of, event_words, timeline_entry
-from ctrltrace.records import Record, Stage, Vocab
+from ctrltrace.records import Record, Stage
 from ctrltrace.timetext import clock, span
+from ctrltrace.vocabulary import (
+    LEASE_TRANSITIONS,
+    Attr,
+    ControllerOutcome,
+    DispatchOutcome,
+    EventOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    ReconcileOutcome,
+    WatchOutcome,
+)
 
 # Step 5: how far a dispatch got, lowest first.
 _PREFERENCE = (
@@ -198,11 +208,11 @@ class _Decision:
         raised = raised_verdict(dispatch)
         if raised is not None:
             return raised
-        if dispatch.outcome == "dropped_by_predicate":
+        if dispatch.outcome == DispatchOutcome.DROPPED_BY_PREDICATE:
             return self._dropped(dispatch)
-        if dispatch.outcome == "not_mapped":
-            handler = str(dispatch.attrs.get("handler", "the handler"))
-            unmapped = str(dispatch.attrs.get(Vocab.UNMAPPED, ""))
+        if dispatch.outcome == DispatchOutcome.NOT_MAPPED:
+            handler = str(dispatch.attrs.get(Attr.HANDLER, "the handler"))
+            unmapped = str(dispatch.attrs.get(Attr.UNMAPPED, ""))
             return Verdict(
                 Code.NOT_MAPPED,
                 f"{controller}: {handler} mapped the {event_type_of(dispatch)} event to no "
@@ -231,7 +241,7 @@ class _Decision:
             start = following
 
     def _dropped(self, dispatch: Record) -> Verdict:
-        predicate = str(dispatch.attrs.get("predicate", "a predicate"))
+        predicate = str(dispatch.attrs.get(Attr.PREDICATE, "a predicate"))
         fix = PREDICATE_FIXES.get(
             predicate,
             f"If {dispatch.controller} must see this event, relax {predicate} in the watch's "
@@ -252,8 +262,8 @@ class _Decision:
         lease = self.health.not_leader()
         if lease is not None:
             self.evidence.append(lease)
-            holder = str(lease.attrs.get("holder") or "") or "nobody yet"
-            name = str(lease.attrs.get("lease", "the lease"))
+            holder = str(lease.attrs.get(Attr.HOLDER) or "") or "nobody yet"
+            name = str(lease.attrs.get(Attr.LEASE, "the lease"))
             details |= {"lease": name, "holder": holder, "lease_outcome": lease.outcome}
             return Verdict(
                 Code.NOT_LEADER,
@@ -276,7 +286,7 @@ class _Decision:
                 "after the next start (the initial list queues every object).",
                 details | {"queued_at": dispatch.time},
             )
-        if dispatch.outcome == "requeued_after_processing":
+        if dispatch.outcome == DispatchOutcome.REQUEUED_AFTER_PROCESSING:
             held = self._held(dispatch, queued, details)
             if held is not None:
                 return held
@@ -425,7 +435,7 @@ class _Decision:
             "controller": controller,
             "reconcile_id": reconcile_id,
             "reconciles": attempts,
-            "duration_s": end.attrs.get("duration_s"),
+            "duration_s": end.attrs.get(Attr.DURATION_S),
         }
         ran = f"Reconcile of {end.request} in {controller}"
         after = f" after {attempts} runs" if attempts > 1 else ""
@@ -433,11 +443,11 @@ class _Decision:
         if requeue is not None:
             next_run = self._due(requeue)
             details |= {
-                "due": requeue.attrs.get("due"),
-                "delay_s": requeue.attrs.get("delay_s"),
-                "attempt": requeue.attrs.get("attempt"),
+                "due": requeue.attrs.get(Attr.DUE),
+                "delay_s": requeue.attrs.get(Attr.DELAY_S),
+                "attempt": requeue.attrs.get(Attr.ATTEMPT),
             }
-        if end.outcome == "success":
+        if end.outcome == ReconcileOutcome.SUCCESS:
             return Verdict(
                 Code.RECONCILED,
                 f"{ran} succeeded{after} at {clock(end.time)}",
@@ -447,7 +457,7 @@ class _Decision:
             )
         api = api_words(end, ends)
         meaning, api_fix, api_details = api if api is not None else ("", "", {})
-        if end.outcome == "terminal_error":
+        if end.outcome == ReconcileOutcome.TERMINAL_ERROR:
             return Verdict(
                 Code.TERMINAL_ERROR,
                 f"{ran} failed terminally at {clock(end.time)}: {end.reason}{meaning}; no retry",
@@ -456,7 +466,7 @@ class _Decision:
                 "trigger a new reconcile.",
                 details | {"error": end.reason} | api_details,
             )
-        if end.outcome == "error":
+        if end.outcome == ReconcileOutcome.ERROR:
             retry = (
                 f"retry attempt {details['attempt']} {next_run}" if requeue else "no retry recorded"
             )
@@ -477,9 +487,9 @@ class _Decision:
         )
 
     def _due(self, requeue: Record) -> str:
-        due = requeue.attrs.get("due")
+        due = requeue.attrs.get(Attr.DUE)
         if not isinstance(due, int | float):
-            return f"in {requeue.attrs.get('delay_s', '?')}s"
+            return f"in {requeue.attrs.get(Attr.DELAY_S, '?')}s"
         late = self.now - due
         if late > 1.0:  # it should have run; something else is wrong
             return f"was due at {clock(due)}, {span(late)} ago, and has not started"
@@ -497,7 +507,7 @@ class _Decision:
         if not events:
             return verdict
         latest = events[-1]
-        if latest.outcome == "DELETED":
+        if latest.outcome == EventOutcome.DELETED:
             ran = (
                 "; Reconcile then ran, normally finding it gone" if verdict.code in _REACHED else ""
             )
@@ -507,11 +517,11 @@ class _Decision:
                 f"{ran}: {verdict.message}",
                 details={**verdict.details, "deleted_at": latest.time},
             )
-        deleting = latest.attrs.get(Vocab.DELETION_TIMESTAMP)
-        finalizers = str(latest.attrs.get(Vocab.FINALIZERS, ""))
+        deleting = latest.attrs.get(Attr.DELETION_TIMESTAMP)
+        finalizers = str(latest.attrs.get(Attr.FINALIZERS, ""))
         if not deleting or not finalizers or verdict.code not in _REACHED:
             return verdict
-        first = next(e for e in events if e.attrs.get(Vocab.DELETION_TIMESTAMP) == deleting)
+        first = next(e for e in events if e.attrs.get(Attr.DELETION_TIMESTAMP) == deleting)
         since = [record for record in self.chains.after(first) if record.stage is Stage.RECONCILE]
         if not since:
             return verdict
@@ -562,8 +572,8 @@ class _Decision:
                 record
                 for record in self.health.watches
                 if after < record.time <= until
-                and record.attrs.get("kind") == kind
-                and record.attrs.get("namespace", target.namespace) == target.namespace
+                and record.attrs.get(Attr.KIND) == kind
+                and record.attrs.get(Attr.NAMESPACE, target.namespace) == target.namespace
             ]
             warning = watch_warning(kind, records, verdict.code)
             if warning is not None:
@@ -573,12 +583,16 @@ class _Decision:
             for record in self.health.leases
             if record.outcome in LEASE_TRANSITIONS and after < record.time <= until
         ]
-        if transitions and transitions[-1].outcome == "lost" and verdict.code != Code.NOT_LEADER:
+        if (
+            transitions
+            and transitions[-1].outcome == LeaseOutcome.LOST
+            and verdict.code != Code.NOT_LEADER
+        ):
             lost = transitions[-1]
             warnings.append(
                 PipelineWarning(
                     WarningCode.LEASE_LOST,
-                    f"this replica lost the leader lease {lost.attrs.get('lease', '')} at "
+                    f"this replica lost the leader lease {lost.attrs.get(Attr.LEASE, '')} at "
                     f"{clock(lost.time)} ({lost.reason}): it stopped reconciling then",
                     "Find why the lease was not renewed in time (API server latency, a blocked "
                     "event loop) in the logs; the leader now is whoever holds the Lease.",
@@ -586,15 +600,15 @@ class _Decision:
             )
         start = self.chains.records[0].time if self.chains.records else after
         for gap in self.health.lifecycle:
-            if gap.stage is not Stage.MANAGER or gap.outcome != Vocab.JOURNAL_GAP:
+            if gap.stage is not Stage.MANAGER or gap.outcome != ManagerOutcome.JOURNAL_GAP:
                 continue
-            first = float(gap.attrs.get(Vocab.FIRST_TIME, gap.time))
-            last = float(gap.attrs.get(Vocab.LAST_TIME, gap.time))
+            first = float(gap.attrs.get(Attr.FIRST_TIME, gap.time))
+            last = float(gap.attrs.get(Attr.LAST_TIME, gap.time))
             if last >= start and first <= self.now:
                 warnings.append(
                     PipelineWarning(
                         WarningCode.JOURNAL_GAP,
-                        f"the journal lost {gap.attrs.get(Vocab.COUNT, '?')} records between "
+                        f"the journal lost {gap.attrs.get(Attr.COUNT, '?')} records between "
                         f"{clock(first)} and {clock(last)} ({gap.reason}): this answer may "
                         "be incomplete",
                         "Records are lost when the journal's writer falls behind or a write "
@@ -611,7 +625,7 @@ class _Decision:
         if verdict.code in (Code.DROPPED_BY_PREDICATE, Code.NOT_MAPPED):
             return None
         event = self.chains.event_behind(trigger)
-        if event is None or event.attrs.get("self_caused") is not True:
+        if event is None or event.attrs.get(Attr.SELF_CAUSED) is not True:
             return None
         starts = [
             record
@@ -651,7 +665,9 @@ class _Decision:
         kinds = by_kind(self.health.watches, target.kind)
         covering = {
             kind: [
-                r for r in records if r.attrs.get("namespace", target.namespace) == target.namespace
+                r
+                for r in records
+                if r.attrs.get(Attr.NAMESPACE, target.namespace) == target.namespace
             ]
             for kind, records in kinds.items()
         }
@@ -668,17 +684,17 @@ class _Decision:
         target = self.target
         filters: dict[str, tuple[str, list[str]]] = {}
         for record in self.health.lifecycle:  # the latest watch of each kind says
-            kind = str(record.attrs.get("kind", ""))
-            if record.outcome == Vocab.WATCHING and target.kind in (None, kind):
-                listed = str(record.attrs.get(Vocab.NAMESPACES, "")).split(",")
+            kind = str(record.attrs.get(Attr.KIND, ""))
+            if record.outcome == ControllerOutcome.WATCHING and target.kind in (None, kind):
+                listed = str(record.attrs.get(Attr.NAMESPACES, "")).split(",")
                 filters[kind] = (
-                    str(record.attrs.get(Vocab.LABEL_SELECTOR, "")),
+                    str(record.attrs.get(Attr.LABEL_SELECTOR, "")),
                     [namespace for namespace in listed if namespace],
                 )
         problems, fixes = [], []
         where = f" -n {target.namespace}" if target.namespace else ""
         for kind, (selector, namespaces) in sorted(filters.items()):
-            resources = [str(r.attrs.get("resource", "")) for r in kinds.get(kind, ())]
+            resources = [str(r.attrs.get(Attr.RESOURCE, "")) for r in kinds.get(kind, ())]
             get = f"kubectl get {next(filter(None, resources), kind.lower())} {target.name}{where}"
             if selector:
                 problems.append(f"the cache of {kind} holds only objects with labels {selector}")
@@ -706,7 +722,7 @@ class _Decision:
         what = target.kind or "this object's kind"
         message = f"no informer watches {what}: no watch records for it"
         if kinds:  # watched, but in other namespaces only
-            namespaces = {str(r.attrs.get("namespace")) for rs in kinds.values() for r in rs}
+            namespaces = {str(r.attrs.get(Attr.NAMESPACE)) for rs in kinds.values() for r in rs}
             message = (
                 f"{what} is watched only in namespaces {', '.join(sorted(namespaces))}, not "
                 + (f"in {target.namespace}" if target.namespace else "cluster-wide")
@@ -723,12 +739,12 @@ class _Decision:
         latest = records[-1]
         self.evidence.append(latest)
         details: dict[str, Any] = {"kind": kind, "watch_outcome": latest.outcome}
-        if latest.outcome == "forbidden":
+        if latest.outcome == WatchOutcome.FORBIDDEN:
             return forbidden_verdict(kind, latest, details)
-        if latest.outcome == "kind_not_found":
+        if latest.outcome == WatchOutcome.KIND_NOT_FOUND:
             problem, fix, more = not_served_words(kind, latest)
             return Verdict(Code.KIND_NOT_FOUND, problem, fix, details | more)
-        if not any(record.outcome == "synced" for record in records):
+        if not any(record.outcome == WatchOutcome.SYNCED for record in records):
             return Verdict(
                 Code.CACHE_NOT_SYNCED,
                 f"the informer for {kind} has not finished its initial list; latest: "
@@ -738,7 +754,7 @@ class _Decision:
                 details,
             )
         failing = ""
-        if latest.outcome not in ("listed", "synced"):
+        if latest.outcome not in (WatchOutcome.LISTED, WatchOutcome.SYNCED):
             failing = f"; the watch is now {latest.outcome}: {latest.reason}"
         return Verdict(
             Code.NO_EVENTS,

@@ -12,15 +12,15 @@ from typing import Any
 
 from ctrltrace import remedies
 from ctrltrace.explain.model import (
-    WATCH_FAILURES,
     Code,
     PipelineWarning,
     Verdict,
     WarningCode,
 )
 from ctrltrace.explain.words import event_type_of
-from ctrltrace.records import Record, Vocab
+from ctrltrace.records import Record
 from ctrltrace.timetext import clock
+from ctrltrace.vocabulary import WATCH_FAILURES, Attr, DispatchOutcome, Unmapped, WatchOutcome
 
 _REPEATED = 3  # the same API status this many runs in a row is a pattern, not bad luck
 
@@ -43,10 +43,10 @@ def watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarni
     failures = [record for record in records if record.outcome in WATCH_FAILURES]
     if not failures:
         return None
-    if any(r.outcome == "resumed" for r in records if r.time >= failures[-1].time):
+    if any(r.outcome == WatchOutcome.RESUMED for r in records if r.time >= failures[-1].time):
         return None  # the server took a watch again after the last failure: it works now
     latest = records[-1]
-    if latest.outcome in ("disconnected", "error"):
+    if latest.outcome in (WatchOutcome.DISCONNECTED, WatchOutcome.ERROR):
         since = latest
         for record in reversed(records):
             if record.outcome not in WATCH_FAILURES:
@@ -61,10 +61,10 @@ def watch_warning(kind: str, records: list[Record], code: Code) -> PipelineWarni
             "lists again only if the server no longer has it).",
         )
     refused = failures[-1]
-    if refused.outcome != "forbidden" or code is Code.WATCH_FORBIDDEN:
+    if refused.outcome != WatchOutcome.FORBIDDEN or code is Code.WATCH_FORBIDDEN:
         return None
     problem, fix, _ = forbidden_words(kind, refused)
-    count = sum(record.outcome == "forbidden" for record in records)
+    count = sum(record.outcome == WatchOutcome.FORBIDDEN for record in records)
     return PipelineWarning(
         WarningCode.WATCH_FORBIDDEN,
         f"{problem} ({count} time(s), latest at {clock(refused.time)}): changes reach the "
@@ -81,15 +81,15 @@ def raised_verdict(dispatch: Record) -> Verdict | None:
     """A predicate or map function that raised: the verdict is about that function."""
     controller, event = dispatch.controller, event_type_of(dispatch)
     found = _RAISED.search(dispatch.reason)
-    raised = dispatch.attrs.get(Vocab.RAISED) or (found["type"] if found else None)
+    raised = dispatch.attrs.get(Attr.RAISED) or (found["type"] if found else None)
     details: dict[str, Any] = {
         "controller": controller,
         "exception": raised,
         "error": dispatch.reason,
     }
-    where = str(dispatch.attrs.get(Vocab.RAISED_IN, ""))
-    if dispatch.outcome == "dropped_by_predicate" and Vocab.RAISED in dispatch.attrs:
-        name = str(dispatch.attrs.get("predicate", "a predicate"))
+    where = str(dispatch.attrs.get(Attr.RAISED_IN, ""))
+    if dispatch.outcome == DispatchOutcome.DROPPED_BY_PREDICATE and Attr.RAISED in dispatch.attrs:
+        name = str(dispatch.attrs.get(Attr.PREDICATE, "a predicate"))
         function = where or name
         within = f" (in {where})" if where and where != name else ""
         return Verdict(
@@ -101,8 +101,8 @@ def raised_verdict(dispatch: Record) -> Verdict | None:
             "fields, no old object) instead of raising.",
             details | {"predicate": name, "function": function},
         )
-    if dispatch.outcome == "not_mapped" and raised:
-        handler = str(dispatch.attrs.get("handler", "the map function"))
+    if dispatch.outcome == DispatchOutcome.NOT_MAPPED and raised:
+        handler = str(dispatch.attrs.get(Attr.HANDLER, "the map function"))
         return Verdict(
             Code.NOT_MAPPED,
             f"{controller}: {handler} raised {raised} on the {event} event ({dispatch.reason}), "
@@ -117,9 +117,9 @@ def raised_verdict(dispatch: Record) -> Verdict | None:
 def api_words(end: Record, ends: Sequence[Record]) -> tuple[str, str, dict[str, Any]] | None:
     """What the API server's answer to a failed reconcile means, and the fix for that cause:
     (words appended to the message, the fix, details). None for an error of user code."""
-    status = end.attrs.get(Vocab.API_STATUS)
+    status = end.attrs.get(Attr.API_STATUS)
     if not isinstance(status, int):
-        if end.attrs.get("error_type") in _TRANSIENT_TYPES:
+        if end.attrs.get(Attr.ERROR_TYPE) in _TRANSIENT_TYPES:
             return (
                 " (a timeout or lost connection: transient)",
                 "Nothing to fix if it passes: the request is retried with back-off; if it "
@@ -127,8 +127,8 @@ def api_words(end: Record, ends: Sequence[Record]) -> tuple[str, str, dict[str, 
                 {"transient": True},
             )
         return None
-    method = str(end.attrs.get(Vocab.API_METHOD, ""))
-    said = f"{status} {end.attrs.get(Vocab.API_REASON, '')}"
+    method = str(end.attrs.get(Attr.API_METHOD, ""))
+    said = f"{status} {end.attrs.get(Attr.API_REASON, '')}"
     server = end.reason.partition(f"{said}: ")[2].removesuffix(
         " (the Result returned with it is ignored)"
     )
@@ -136,7 +136,7 @@ def api_words(end: Record, ends: Sequence[Record]) -> tuple[str, str, dict[str, 
     if status == 409:
         conflicts = 0
         for earlier in reversed(ends):
-            if earlier.attrs.get(Vocab.API_STATUS) != 409:
+            if earlier.attrs.get(Attr.API_STATUS) != 409:
                 break
             conflicts += 1
         details["conflicts_in_a_row"] = conflicts
@@ -223,23 +223,23 @@ WATCH_ORDER = (Code.WATCH_FORBIDDEN, Code.KIND_NOT_FOUND, Code.CACHE_NOT_SYNCED,
 # Not being mapped is often right: owns() follows only the controller owner, so an object
 # nobody (or something else) controls is not this controller's to reconcile.
 UNMAPPED_FIXES = {
-    Vocab.NO_OWNER: (
+    Unmapped.NO_OWNER: (
         "Nothing to fix if {controller} did not create this object: owns() reconciles an "
         "object's controller owner, and it has none. If {controller} should manage it, give "
         "it a controller reference to its owner (set_controller_reference) when creating it."
     ),
-    Vocab.OTHER_OWNER: (
+    Unmapped.OTHER_OWNER: (
         "Nothing to fix if this object is not {controller}'s: it belongs to another owner, "
         "so owns() rightly leaves it alone. Do not add controller: true for {controller}: "
         "an object has one controller. To react to it anyway, use .watches() with a map "
         "function."
     ),
-    Vocab.NOT_CONTROLLER: (
+    Unmapped.NOT_CONTROLLER: (
         "Its ownerReference to the owner kind is not the controller reference: make it one "
         "(set_controller_reference sets controller: true) if {controller} controls it, or "
         "use owns(..., match_every_owner=True) to follow every owner of that kind."
     ),
-    Vocab.MAP_EMPTY: (
+    Unmapped.MAP_EMPTY: (
         "The map function returned no request for this object: return one if it should "
         "trigger {controller}, or filter such events out with a predicate."
     ),
@@ -283,7 +283,7 @@ def not_served_words(kind: str, record: Record) -> tuple[str, str, dict[str, Any
 def by_kind(records: Iterable[Record], kind: str | None) -> dict[str, list[Record]]:
     kinds: dict[str, list[Record]] = {}
     for record in records:
-        record_kind = str(record.attrs.get("kind", ""))
+        record_kind = str(record.attrs.get(Attr.KIND, ""))
         if kind is None or record_kind == kind:
             kinds.setdefault(record_kind, []).append(record)
     return kinds

@@ -54,8 +54,6 @@ def exit_code(verdict_code: str) -> int:
 
 
 TIMELINE_LIMIT = 16  # records shown, the latest (and the object's own events): one screen
-LEASE_TRANSITIONS = frozenset({"acquired", "standby", "lost", "released"})
-WATCH_FAILURES = frozenset({"forbidden", "kind_not_found", "disconnected", "error"})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from ctrltrace.explain.model import (
 )
 from ctrltrace.records import AttrValue, Record, Stage
 from ctrltrace.timetext import clock, span
+from ctrltrace.vocabulary import RECONCILE_FAILED, Attr, DispatchOutcome
 
 # -- words -----------------------------------------------------------------------------------
 
@@ -46,19 +47,19 @@ def _what(record: Record) -> str:
         case Stage.DISPATCH:
             return _dispatch_words(record)
         case Stage.RECONCILE_START:
-            retries = int(attrs.get("retries", 0))
+            retries = int(attrs.get(Attr.RETRIES, 0))
             retry = f", retry {retries}" if retries else ""
-            waited = span(float(attrs.get("queue_wait_s", 0.0)))
+            waited = span(float(attrs.get(Attr.QUEUE_WAIT_S, 0.0)))
             return f"{record.request} after {waited} in the queue{retry}"
         case Stage.RECONCILE:
-            took = span(float(attrs.get("duration_s", 0.0)))
-            error = f": {record.reason}" if outcome in ("error", "terminal_error") else ""
+            took = span(float(attrs.get(Attr.DURATION_S, 0.0)))
+            error = f": {record.reason}" if outcome in RECONCILE_FAILED else ""
             return f"{outcome} in {took}{error}"
         case Stage.REQUEUE:
-            attempt = f"retry attempt {attrs['attempt']}, " if "attempt" in attrs else ""
-            due = attrs.get("due")
+            attempt = f"retry attempt {attrs[Attr.ATTEMPT]}, " if "attempt" in attrs else ""
+            due = attrs.get(Attr.DUE)
             when = f" at {clock(due)}" if isinstance(due, int | float) else ""
-            delay = span(float(attrs.get("delay_s", 0.0)))
+            delay = span(float(attrs.get(Attr.DELAY_S, 0.0)))
             return f"{outcome}: {attempt}next run in {delay}{when}"
         case Stage.WRITE:
             ref = record.object
@@ -66,7 +67,7 @@ def _what(record: Record) -> str:
             version = f" → rv {ref.resource_version}" if ref is not None else ""
             return f"{outcome}{target}{version}"
         case Stage.WATCH:
-            return f"{attrs.get('kind', '')} {outcome}: {record.reason}"
+            return f"{attrs.get(Attr.KIND, '')} {outcome}: {record.reason}"
     return f"{outcome}: {record.reason}" if record.reason else outcome
 
 
@@ -75,10 +76,10 @@ def event_words(event: Record) -> str:
     text = event.outcome
     if ref is not None:
         text += f" {ref.kind} {ref.key} rv {ref.resource_version} gen {ref.generation}"
-    writer = event.attrs.get("writer")
+    writer = event.attrs.get(Attr.WRITER)
     if writer:
         text += f" by {writer}"
-    if event.attrs.get("self_caused") is True:
+    if event.attrs.get(Attr.SELF_CAUSED) is True:
         text += " (own write)"
     return text
 
@@ -86,19 +87,19 @@ def event_words(event: Record) -> str:
 def _dispatch_words(dispatch: Record) -> str:
     attrs, outcome = dispatch.attrs, dispatch.outcome
     match outcome:
-        case "dropped_by_predicate":
-            return f"dropped by {attrs.get('predicate', 'a predicate')}: {dispatch.reason}"
-        case "not_mapped":
-            return f"not mapped by {attrs.get('handler', 'the handler')}: {dispatch.reason}"
-        case "deduplicated":
+        case DispatchOutcome.DROPPED_BY_PREDICATE:
+            return f"dropped by {attrs.get(Attr.PREDICATE, 'a predicate')}: {dispatch.reason}"
+        case DispatchOutcome.NOT_MAPPED:
+            return f"not mapped by {attrs.get(Attr.HANDLER, 'the handler')}: {dispatch.reason}"
+        case DispatchOutcome.DEDUPLICATED:
             return f"{dispatch.request} already waiting: deduplicated ({dispatch.reason})"
-        case "requeued_after_processing":
+        case DispatchOutcome.REQUEUED_AFTER_PROCESSING:
             return f"{dispatch.request} is being reconciled: queued again for after it"
     return f"{outcome} {dispatch.request} ({dispatch.reason})"
 
 
 def event_type_of(dispatch: Record) -> str:
-    return str(dispatch.attrs.get("event_type", "watch"))
+    return str(dispatch.attrs.get(Attr.EVENT_TYPE, "watch"))
 
 
 def resolve_kind(text: str, watch_records: Iterable[Record]) -> str:
@@ -106,9 +107,9 @@ def resolve_kind(text: str, watch_records: Iterable[Record]) -> str:
     plural, matched against the kinds the journal saw watched. Unknown input is kept as typed
     (it then explains as ``not_watched``)."""
     for record in watch_records:
-        kind = str(record.attrs.get("kind", ""))
-        api_version = str(record.attrs.get("api_version", ""))
-        plural = str(record.attrs.get("resource", "")).partition(".")[0]
+        kind = str(record.attrs.get(Attr.KIND, ""))
+        api_version = str(record.attrs.get(Attr.API_VERSION, ""))
+        plural = str(record.attrs.get(Attr.RESOURCE, "")).partition(".")[0]
         if names_kind(text, kind, api_version, plural):
             return kind
     return text

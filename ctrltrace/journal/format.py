@@ -11,10 +11,12 @@ import pickle
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ctrltrace.picklerecords import dumps, seal
+from ctrltrace.picklerecords import RECORD_FIELDS, REF_FIELDS, dumps, seal
 from ctrltrace.records import ObjectRef, Record, Stage
 
 APPLICATION_ID = 0x63747274  # "ctrt": tells a ctrltrace journal from any other SQLite file
@@ -51,8 +53,13 @@ PRAGMA user_version = {SCHEMA_VERSION};
 # A record as stored: a tuple of its fields in the order of ``picklerecords.RECORD_FIELDS``
 # (``restored`` and these indices follow it), with the ObjectRef as a tuple (``REF_FIELDS``)
 # and the Stage as its text.
-F_ID, F_TIME, F_STAGE, F_OBJECT, F_REQUEST, F_RECONCILE_ID, F_CAUSE_IDS = 0, 1, 2, 6, 7, 8, 9
-REF_NAMESPACE, REF_NAME, REF_KIND = 2, 3, 1  # in the stored ObjectRef tuple
+F_ID, F_TIME, F_STAGE, F_OBJECT, F_REQUEST, F_RECONCILE_ID, F_CAUSE_IDS = map(
+    RECORD_FIELDS.index,
+    ("id", "time", "stage", "object", "request", "reconcile_id", "cause_ids"),
+)
+REF_NAMESPACE, REF_NAME, REF_KIND = map(REF_FIELDS.index, ("namespace", "name", "kind"))
+# The stored tuple in the order of Record's own fields, for Record(*...).
+_IN_RECORD_ORDER = itemgetter(*(RECORD_FIELDS.index(field.name) for field in fields(Record)))
 
 Stored = tuple[Any, ...]
 Entry = tuple[int, str, Stored]  # (seq, run, stored record)
@@ -149,21 +156,12 @@ def chunk_spans(chunks: str) -> Iterator[tuple[int, int, int]]:
 
 
 def restored(stored: Stored) -> Record:
-    (id_, time_, stage, outcome, reason, controller, obj, request, reconcile_id, cause_ids,
-     attrs) = stored  # fmt: skip
-    return Record(
-        time_,
-        _STAGES[stage],
-        outcome,
-        reason,
-        controller,
-        None if obj is None else ObjectRef(*obj),
-        request,
-        reconcile_id,
-        id_,
-        cause_ids,
-        attrs,
-    )
+    record = Record(*_IN_RECORD_ORDER(stored))
+    record.stage = _STAGES[record.stage]  # stored as its text
+    obj: Any = record.object  # stored as a tuple of REF_FIELDS
+    if obj is not None:
+        record.object = ObjectRef(*obj)
+    return record
 
 
 class Chunk(NamedTuple):
@@ -172,8 +170,8 @@ class Chunk(NamedTuple):
     Made of atomic values and tuples only, so the garbage collector stops tracing a chunk at
     its first pass: records waiting for the writer thread, each with its dict of attributes,
     were traced by every collection meanwhile and made the collector promote (and later
-    trace again and again) the controller's own young objects, which measured more than the
-    whole pipeline's cost per event.
+    trace again and again) the controller's own young objects (bench/README.md, "bench.journal",
+    says what that cost).
     """
 
     body: bytes

@@ -25,17 +25,17 @@ from ctrltrace.journal.format import (
     seal_chunk,
     sqlite_errors,
 )
-from ctrltrace.records import Record, Stage, Vocab
+from ctrltrace.records import Record
+from ctrltrace.vocabulary import journal_gap_record
 
 _WRITE_TIMEOUT_S = 5.0  # waiting for another writer (a second process on the same file)
 _MAX_PENDING = 200_000
 _RETENTION_EVERY_S = 10.0
 _SIZE_TARGET = 0.9  # trim to 90% of max_bytes, so a full journal is not trimmed every pass
 _CHUNK = 128  # records pickled together: few enough that they die young (see Chunk)
-# SQLite's default page. 64 KiB pages made a large batch a few WAL frames (the writer's cost
-# per record at 150k records/s fell by half) but every small commit writes whole pages, and
-# at a steady 200 events/s, which is what controllers mostly see, the journal cost twice as
-# much.
+# SQLite's default page: every small commit writes whole pages, and small commits at a steady,
+# modest rate are what controllers mostly make (bench/README.md, "bench.journal", has the
+# figures against larger pages).
 _PAGE_SIZE = 4096
 _CHECKPOINT_PAGES = 1024  # 4 MiB of WAL
 _WAL_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
@@ -185,13 +185,7 @@ class JournalWriter:
         if gap is None:
             return
         count, first, last, why = gap
-        record = Record(
-            time=last,
-            stage=Stage.MANAGER,
-            outcome=Vocab.JOURNAL_GAP,
-            reason=f"{count} records lost on their way to the journal: {why}",
-            attrs={Vocab.COUNT: count, Vocab.FIRST_TIME: first, Vocab.LAST_TIME: last},
-        )
+        record = journal_gap_record(count, first, last, why)
         chunk = seal_chunk([record])
         self._gap_sent = (chunk, count, (first, last))
         with self._sealing:

@@ -22,7 +22,7 @@ from ctrltrace.cli import main as cli_main
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.envtest.pytest_plugin import MintIdentity
 from ctrltrace.journal import Journal, JournalWriter
-from ctrltrace.tui import cells
+from ctrltrace.tui import funnel_cells
 from ctrltrace.tui.feed import replay
 
 from . import test_verdicts as base
@@ -120,7 +120,7 @@ def test_the_funnel_shows_a_predicate_an_unmapped_child_and_a_forbidden_watch(
     assert state is not None
     funnel = state.funnel.funnel("shop")
     assert funnel is not None
-    rows = {key: [cell.plain for cell in row] for key, row in cells.funnel_rows(funnel)}
+    rows = {key: [cell.plain for cell in row] for key, row in funnel_cells.funnel_rows(funnel)}
     assert rows["drop", "dropped_by_predicate", "GenerationChanged"][:2] == [
         "  ✗ dropped by predicate",
         "-1",

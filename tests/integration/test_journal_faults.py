@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from ctrltrace.cli import main
 from ctrltrace.envtest import ControlPlane
 from ctrltrace.journal import Journal
-from ctrltrace.records import Stage, Vocab
+from ctrltrace.records import Stage
+from ctrltrace.vocabulary import Attr, ManagerOutcome
 
 from . import test_runtime_logs
 from .test_runtime_logs import LoggedRun, RunFactory
@@ -103,7 +104,7 @@ def gaps(journal: Path) -> list[Any]:
         return [
             record
             for record in written.window(0, time.time() + 60)
-            if record.stage == Stage.MANAGER and record.outcome == Vocab.JOURNAL_GAP
+            if record.stage == Stage.MANAGER and record.outcome == ManagerOutcome.JOURNAL_GAP
         ]
 
 
@@ -129,7 +130,7 @@ def test_a_full_disk_loses_records_not_reconciles_and_the_gap_is_journaled(
     (flushed,) = run.events("Journal flushed with losses")
 
     (gap,) = gaps(journal)  # every loss told by one record, once the disk took writes again
-    assert gap.attrs[Vocab.COUNT] == flushed["dropped"] >= dropped["lost"]
+    assert gap.attrs[Attr.COUNT] == flushed["dropped"] >= dropped["lost"]
     assert "write failed" in gap.reason
     before = explain(journal, kube_namespace, "before")["verdict"]
     assert before["code"] == "reconciled"

@@ -108,12 +108,17 @@ def test_the_generated_role_runs_the_sample_and_doctor_names_a_removed_rule(
     namespace = kube_namespace
     account = mint_identity([], namespace=namespace, service_account=True)  # no rules of its own
     options = ("--namespace", namespace, "--leader-elect", "--leader-election-namespace", namespace)
+    name = unique_name("widgets-rbac")  # ClusterRoles are cluster-wide: never reuse a name
     documents = _rbac(
-        widgets_app, control_plane, *options, "--service-account", f"{namespace}/{account.name}"
-    )
-    assert [(d["kind"], d["metadata"]["namespace"]) for d in documents] == [
+        widgets_app, control_plane, *options, "--name", name,
+        "--service-account", f"{namespace}/{account.name}",
+    )  # fmt: skip
+    assert [(d["kind"], d["metadata"].get("namespace")) for d in documents] == [
+        ("ClusterRole", None),  # the debug endpoint's token and access reviews
+        ("ClusterRoleBinding", None),
         ("Role", namespace),
         ("RoleBinding", namespace),
+        ("ClusterRole", None),  # the debug endpoint's readers, unbound
     ]
     _apply(control_plane, documents)
 
@@ -137,7 +142,7 @@ def test_the_generated_role_runs_the_sample_and_doctor_names_a_removed_rule(
     report = _doctor_until(widgets_app, account, ExitCode.WARNINGS, *options)
     assert [c["section"] for c in report["checks"] if c["status"] == "warn"] == ["Known traps"]
 
-    role_path = f"{RBAC}/namespaces/{namespace}/roles/widgets"
+    role_path = f"{RBAC}/namespaces/{namespace}/roles/{name}"
     role = control_plane.request("GET", role_path)
     removed = CONFIGMAPS_WATCH.as_policy()
     assert removed in role["rules"]
@@ -187,6 +192,7 @@ def test_a_cluster_wide_manager_gets_a_cluster_role_that_doctor_finds_sufficient
         ("ClusterRoleBinding", None),
         ("Role", kube_namespace),  # the Lease only: no cluster-wide Lease access
         ("RoleBinding", kube_namespace),
+        ("ClusterRole", None),
     ]
     assert documents[2]["rules"] == [
         {

@@ -18,8 +18,9 @@ from bench import journal as journal_bench
 from bench import pipeline
 from bench import tui as tui_bench
 from ctrltrace.journal import Journal, JournalWriter
-from ctrltrace.records import Record, Sink, Vocab
+from ctrltrace.records import Record, Sink
 from ctrltrace.tui.feed import RecorderFeed
+from ctrltrace.vocabulary import ManagerOutcome
 
 # -- bench.tui -----------------------------------------------------------------------------------
 
@@ -181,5 +182,5 @@ def test_the_journal_bench_ingest_counts_what_reached_the_file(
     assert written["written"] == 5_000 - written["dropped"]
     with Journal(tmp_path / "journal.sqlite") as journal:
         kept = [record for _, record in journal.tail(0, 10_000)]
-    gaps = [record for record in kept if record.outcome == Vocab.JOURNAL_GAP]
+    gaps = [record for record in kept if record.outcome == ManagerOutcome.JOURNAL_GAP]
     assert len(kept) - len(gaps) == written["written"]

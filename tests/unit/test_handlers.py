@@ -7,8 +7,9 @@ import pytest
 
 from ctrltrace.events import Event, EventType
 from ctrltrace.handlers import EventHandler, MapResult, for_object, for_owner, map_to
-from ctrltrace.records import Obj, Vocab
+from ctrltrace.records import Obj
 from ctrltrace.request import Request
+from ctrltrace.vocabulary import Unmapped
 
 NOT_UPDATE = [EventType.CREATE, EventType.DELETE, EventType.GENERIC]
 
@@ -92,7 +93,7 @@ def test_for_owner_without_owner_references_says_so() -> None:
     assert result.reason == (
         "no ownerReferences, so no controller owner example.com/Widget to enqueue"
     )
-    assert result.unmapped == Vocab.NO_OWNER
+    assert result.unmapped == Unmapped.NO_OWNER
 
 
 @pytest.mark.parametrize("controller", [False, None])
@@ -103,21 +104,21 @@ def test_for_owner_names_a_reference_without_controller_true(controller: bool | 
         "the ownerReference to example.com/Widget w1 lacks controller: true; "
         "set controller: true on it or use match_every_owner=True"
     )
-    assert result.unmapped == Vocab.NOT_CONTROLLER
+    assert result.unmapped == Unmapped.NOT_CONTROLLER
 
 
 def test_for_owner_names_the_controller_of_another_kind() -> None:
     rs = ref("web-123", kind="ReplicaSet", api_version="apps/v1")
     result = WIDGET_OWNER.map(event(EventType.DELETE, pod(rs)))
     assert result == MapResult(
-        (), "controlled by apps/ReplicaSet web-123, not example.com/Widget", Vocab.OTHER_OWNER
+        (), "controlled by apps/ReplicaSet web-123, not example.com/Widget", Unmapped.OTHER_OWNER
     )
 
 
 def test_for_owner_names_a_controller_of_the_same_kind_in_another_group() -> None:
     result = WIDGET_OWNER.map(event(EventType.CREATE, pod(ref("w1", api_version="other.io/v1"))))
     assert result == MapResult(
-        (), "controlled by other.io/Widget w1, not example.com/Widget", Vocab.OTHER_OWNER
+        (), "controlled by other.io/Widget w1, not example.com/Widget", Unmapped.OTHER_OWNER
     )
 
 
@@ -139,7 +140,7 @@ def test_for_owner_names_owners_of_other_kinds_when_none_is_a_controller() -> No
         (),
         "owned by ConfigMap settings, not example.com/Widget, "
         "and no ownerReference has controller: true",
-        Vocab.OTHER_OWNER,
+        Unmapped.OTHER_OWNER,
     )
 
 
@@ -152,7 +153,7 @@ def test_for_owner_matches_the_core_group() -> None:
     )
     result = handler.map(event(EventType.CREATE, pod(fake)))
     assert result == MapResult(
-        (), "controlled by fake.io/ConfigMap settings, not ConfigMap", Vocab.OTHER_OWNER
+        (), "controlled by fake.io/ConfigMap settings, not ConfigMap", Unmapped.OTHER_OWNER
     )
 
 
@@ -177,7 +178,7 @@ def test_for_owner_matching_every_owner_names_the_owners_it_skipped() -> None:
     assert result == MapResult(
         (),
         "owned by apps/ReplicaSet web-123, ConfigMap settings, not example.com/Widget",
-        Vocab.OTHER_OWNER,
+        Unmapped.OTHER_OWNER,
     )
 
 
@@ -219,7 +220,7 @@ def test_for_owner_update_mapping_nothing_explains_both_objects_when_they_differ
         (),
         "controlled by apps/ReplicaSet web-123, not example.com/Widget; before the update: "
         "no ownerReferences, so no controller owner example.com/Widget to enqueue",
-        Vocab.OTHER_OWNER,  # what the object is now
+        Unmapped.OTHER_OWNER,  # what the object is now
     )
 
 
@@ -267,7 +268,7 @@ def test_map_to_maps_the_old_and_the_new_object_of_an_update() -> None:
 
 def test_map_to_says_when_the_function_returned_nothing() -> None:
     result = map_to(lambda obj: []).map(event(EventType.CREATE, labelled()))
-    assert result == MapResult((), "map function returned no requests", Vocab.MAP_EMPTY)
+    assert result == MapResult((), "map function returned no requests", Unmapped.MAP_EMPTY)
 
 
 def test_map_to_counts_a_single_request() -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import enum
 import pickletools
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, NamedTuple
 
 import pytest
 
 from ctrltrace import _picklerecords, picklerecords
-from ctrltrace.journal.format import _HEALTH
+from ctrltrace.journal.format import _HEALTH, restored
 from ctrltrace.journal.format import unpickle as _unpickle
 from ctrltrace.records import ObjectRef, Record, Stage
 
@@ -242,3 +243,28 @@ def test_both_writers_refuse_what_the_journal_cannot_hold(
 ) -> None:
     with pytest.raises(error):
         pickler.dumps(Record(1.0, Stage.EVENT, "MODIFIED", attrs={"value": value}))  # type: ignore[dict-item]
+
+
+def test_the_stored_order_names_every_field_once_and_objectrefs_in_their_own_order() -> None:
+    assert sorted(picklerecords.RECORD_FIELDS) == sorted(f.name for f in fields(Record))
+    # The reader rebuilds an ObjectRef from its stored tuple positionally.
+    assert tuple(f.name for f in fields(ObjectRef)) == picklerecords.REF_FIELDS
+
+
+def test_both_writers_store_fields_in_the_one_python_order(pickler: Pickler) -> None:
+    """Every field distinct, so a writer that swapped two of them could not pass: the C
+    accelerator keeps its own list of names, and this holds it to ``RECORD_FIELDS``."""
+    ref = ObjectRef("a/v1", "Kind", "ns", "name", "uid", "rv", 7)
+    record = Record(
+        1.5, Stage.WRITE, "outcome", "reason", "ctl", ref, "req", "rid", 99, (3, 4), {"k": "v"}
+    )
+    stored_ref = tuple(getattr(ref, name) for name in picklerecords.REF_FIELDS)
+    expected = tuple(
+        {"stage": record.stage.value, "object": stored_ref, "attrs": {"k": "v"}}.get(
+            name, getattr(record, name)
+        )
+        for name in picklerecords.RECORD_FIELDS
+    )
+    assert len(set(map(repr, expected))) == len(expected)
+    assert _unpickle(pickler.dumps(record)) == expected
+    assert restored(expected) == record

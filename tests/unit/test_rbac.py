@@ -18,6 +18,8 @@ from ctrltrace.cli import ExitCode
 from ctrltrace.kinds import Kind, Resource
 from ctrltrace.loader import AppError
 from ctrltrace.rbac import (
+    DEBUG_URLS,
+    TOKEN_CHECKS,
     DeclaredWrite,
     Plan,
     Purpose,
@@ -37,6 +39,10 @@ WIDGET = Kind("example.com/v1", "Widget")
 CONFIGMAP = Kind("v1", "ConfigMap")
 SUBJECT = Subject("ops", "widgets")
 READ = ("get", "list", "watch")
+TOKENS = [(Purpose.TOKENS, rule) for rule in TOKEN_CHECKS]
+TOKENS_WHY = (
+    "the debug endpoint checks callers' tokens (off loopback, or with --debug-auth required)"
+)
 
 
 async def _noop(ctx: Context, request: Request) -> None:
@@ -71,6 +77,7 @@ def test_a_cluster_wide_manager_gets_a_cluster_role_and_a_lease_role_in_its_name
         (Purpose.WATCH, Rule(("example.com",), ("widgets",), READ)),
         (Purpose.WATCH, Rule(("",), ("configmaps",), READ)),
         (Purpose.EVENTS, Rule(("",), ("events",), ("create", "patch"))),
+        *TOKENS,
     ]
     assert _rules(plan, "ops") == [
         (Purpose.LEASE, Rule(("coordination.k8s.io",), ("leases",), ("get", "create", "update")))
@@ -80,14 +87,15 @@ def test_a_cluster_wide_manager_gets_a_cluster_role_and_a_lease_role_in_its_name
         "Widget.example.com: for_() in controller widget",
         "ConfigMap: owns() in controller widget",
     ]
-    assert whys[-1] == "leader election: the Lease ops/widgets.example.com"
+    assert whys[-3] == "leader election: the Lease ops/widgets.example.com"
 
 
 def test_a_namespaced_manager_gets_a_role_per_namespace_and_the_lease_joins_its_namespace() -> None:
     mgr = _widgets(namespaces=["a", "b"], leader_election=True, leader_election_namespace="b")
     plan = make_plan(mgr, WIDGETS_SERVED, writes=None)
 
-    assert list(plan.scopes()) == ["a", "b"]
+    assert list(plan.scopes()) == ["", "a", "b"]
+    assert _rules(plan, "") == TOKENS  # reviews are cluster-scoped: a ClusterRole anyway
     assert [purpose for purpose, _ in _rules(plan, "a")] == [
         Purpose.WATCH,
         Purpose.WATCH,
@@ -104,7 +112,7 @@ def test_a_namespaced_manager_gets_a_role_per_namespace_and_the_lease_joins_its_
 def test_a_lease_outside_the_cached_namespaces_gets_its_own_role() -> None:
     mgr = _widgets(namespaces=["a"], leader_election=True)  # the Lease goes to "default"
     plan = make_plan(mgr, WIDGETS_SERVED, writes=None)
-    assert list(plan.scopes()) == ["a", "default"]
+    assert list(plan.scopes()) == ["", "a", "default"]
     assert [purpose for purpose, _ in _rules(plan, "default")] == [Purpose.LEASE]
 
 
@@ -119,7 +127,7 @@ def test_a_cluster_scoped_kind_of_a_namespaced_manager_is_granted_cluster_wide()
     mgr.controller().for_("v1", "Namespace").complete(_noop)
     namespace = Kind("v1", "Namespace")
     plan = make_plan(mgr, _served((namespace, "namespaces", False)), writes=None)
-    assert _rules(plan, "") == [(Purpose.WATCH, Rule(("",), ("namespaces",), READ))]
+    assert _rules(plan, "") == [(Purpose.WATCH, Rule(("",), ("namespaces",), READ)), *TOKENS]
     assert [purpose for purpose, _ in _rules(plan, "a")] == [Purpose.EVENTS]
 
 
@@ -154,7 +162,7 @@ def test_events_are_granted_once_even_when_the_app_declares_them_too() -> None:
     mixed = Rule(("", "events.k8s.io"), ("events", "configmaps"), ("create", "delete"))
     writes = (*(declared_writes(_module(), mgr) or ()), DeclaredWrite(mixed, "RBAC_WRITES"))
     plan = make_plan(mgr, _served((WIDGET, "widgets", True)), writes)
-    assert list(plan.scopes()) == ["a"]
+    assert list(plan.scopes()) == ["", "a"]
     assert _rules(plan, "a") == [
         (Purpose.WATCH, Rule(("example.com",), ("widgets",), READ)),
         (Purpose.WRITE, Rule(("", "events.k8s.io"), ("configmaps",), ("create", "delete"))),
@@ -166,7 +174,7 @@ def test_events_are_granted_once_even_when_the_app_declares_them_too() -> None:
         (rule["apiGroups"], resource, verb)
         for item in objects(plan, "widgets", SUBJECT)
         for rule in item.get("rules", [])
-        for resource in rule["resources"]
+        for resource in rule.get("resources", [])
         for verb in rule["verbs"]
     ]
     assert (
@@ -298,12 +306,15 @@ def test_the_yaml_is_the_same_objects_as_the_json_and_binds_the_service_account(
     assert documents == objects(plan, "widgets", SUBJECT)
     assert json.loads(render_json(plan, "widgets", SUBJECT))["items"] == documents
     assert [(d["kind"], d["metadata"].get("namespace")) for d in documents] == [
+        ("ClusterRole", None),  # the token and access reviews only
+        ("ClusterRoleBinding", None),
         ("Role", "a"),
         ("RoleBinding", "a"),
         ("Role", "ops"),
         ("RoleBinding", "ops"),
+        ("ClusterRole", None),  # the debug endpoint's readers: not bound
     ]
-    binding = documents[1]
+    binding = documents[3]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -312,7 +323,7 @@ def test_the_yaml_is_the_same_objects_as_the_json_and_binds_the_service_account(
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "widgets", "namespace": "ops"}
     ]
-    assert documents[0]["rules"][0] == {
+    assert documents[2]["rules"][0] == {
         "apiGroups": ["example.com"],
         "resources": ["widgets"],
         "verbs": ["get", "list", "watch"],
@@ -324,33 +335,75 @@ def test_every_rule_in_the_yaml_has_a_comment_saying_why() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("# xxx") and lines[1].startswith("#   xxx")
     assert all(len(line) <= 100 for line in lines)
-    rule_starts = [i for i, line in enumerate(lines) if line.startswith("  - apiGroups:")]
-    assert len(rule_starts) == 5
+    rule_starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(("  - apiGroups:", "  - nonResourceURLs:"))
+    ]
+    assert len(rule_starts) == 8
     assert [lines[i - 1] for i in rule_starts] == [
+        *[f"  # {TOKENS_WHY}"] * 2,
         "  # Widget.example.com: for_() in controller widget",
         "  # ConfigMap: owns() in controller widget",
         "  # declared in RBAC_WRITES",
         "  # Events about the objects it reconciles",
         "  # leader election: the Lease ops/widgets.example.com",
+        "  # GET on every path of the debug endpoint, which explain --from and tui --from read",
     ]
 
 
 def test_a_cluster_role_and_its_binding_have_no_namespace() -> None:
     plan = make_plan(_widgets(), WIDGETS_SERVED, writes=())
     documents = list(yaml.safe_load_all(render_yaml(plan, "widgets", SUBJECT)))
-    assert [d["kind"] for d in documents] == ["ClusterRole", "ClusterRoleBinding"]
+    assert [d["kind"] for d in documents] == ["ClusterRole", "ClusterRoleBinding", "ClusterRole"]
     assert documents[1]["metadata"] == {"name": "widgets"}
     assert documents[1]["roleRef"]["kind"] == "ClusterRole"
 
 
+def test_the_manager_may_review_tokens_and_the_debug_reader_role_is_left_unbound() -> None:
+    plan = make_plan(_widgets(namespaces=["a"]), WIDGETS_SERVED, writes=())
+    documents = objects(plan, "widgets", SUBJECT)
+    [reviews, reviews_binding] = documents[:2]
+    assert reviews["kind"] == "ClusterRole"
+    assert reviews["rules"] == [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    assert reviews_binding["subjects"] == [SUBJECT.as_subject()]
+    reader = documents[-1]
+    assert reader == {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "widgets-debug-reader"},
+        # The authorizer reads a trailing * as a prefix, so this covers every endpoint path.
+        "rules": [{"nonResourceURLs": ["/debug/ctrltrace/*"], "verbs": ["get"]}],
+    }
+    assert DEBUG_URLS == "/debug/ctrltrace/*"
+    bound = {d["roleRef"]["name"] for d in documents if d["kind"].endswith("Binding")}
+    assert "widgets-debug-reader" not in bound
+    assert list(yaml.safe_load_all(render_yaml(plan, "widgets", SUBJECT))) == documents
+
+
 @pytest.mark.parametrize(
-    "tricky", ["", "*", "true", "No", "on", "null", "1.0", "0x1f", "a b", "x:y"]
-)
+    "tricky",
+    [
+        "", "*", "true", "No", "on", "null", "1.0", "0x1f", "a b", "x:y", "x:", "a: b", "a #b",
+        "-1", "-", "- a", "--x=:1", "/p", "a,b", "[a]", "{a}", "&a", "!a", "'a'", "%a", "@a",
+    ],
+)  # fmt: skip
 def test_scalars_that_yaml_would_misread_are_quoted(tricky: str) -> None:
     plan = make_plan(Manager(), [], (DeclaredWrite(Rule((tricky,), ("r",), ("get",)), "test"),))
     documents = list(yaml.safe_load_all(render_yaml(plan, tricky or "n", SUBJECT)))
-    assert documents[0]["rules"][0]["apiGroups"] == [tricky]
-    assert documents[0]["metadata"]["name"] == (tricky or "n")
+    assert documents[0]["rules"][0]["apiGroups"] == [tricky]  # in a flow list
+    assert documents[0]["metadata"]["name"] == (tricky or "n")  # a block value
 
 
 APP = """
@@ -389,8 +442,13 @@ def test_the_command_guesses_plurals_when_no_kubeconfig_exists_and_says_so(
         "before applying",
     ]
     assert "# WARNING: Widget.example.com: plural guessed" in result.stdout
+    assert (
+        "# The ClusterRole widgets-debug-reader lets a person read the debug endpoint"
+        in result.stdout
+    )
+    assert "#   --clusterrole=widgets-debug-reader --user=alice" in result.stdout
     documents = list(yaml.safe_load_all(result.stdout))
-    assert [d["kind"] for d in documents] == ["ClusterRole", "ClusterRoleBinding"]
+    assert [d["kind"] for d in documents] == ["ClusterRole", "ClusterRoleBinding", "ClusterRole"]
     assert documents[1]["subjects"][0] == {
         "kind": "ServiceAccount",
         "name": "w",
@@ -421,7 +479,11 @@ def test_the_command_guesses_plurals_when_the_server_does_not_answer(
     assert "cannot reach the API server" in result.stderr
     listing = json.loads(result.stdout)
     assert listing["kind"] == "List"
-    assert [item["metadata"]["name"] for item in listing["items"]] == ["w-rbac", "w-rbac"]
+    assert [item["metadata"]["name"] for item in listing["items"]] == [
+        "w-rbac",
+        "w-rbac",
+        "w-rbac-debug-reader",
+    ]
     # The default subject is named after the manager, in "default" when nothing says otherwise.
     assert listing["items"][1]["subjects"][0]["name"] == "widgets"
 

@@ -318,6 +318,7 @@ def test_an_event_is_one_root_span_with_the_objects_attributes(traced: Traced) -
         "ctrltrace.generation": 3,
         "ctrltrace.event.type": "ADDED",
         "ctrltrace.event.writer": "kubectl-client-side-apply",
+        "ctrltrace.event.self_caused": False,
     }
 
 
@@ -423,8 +424,12 @@ def test_a_reconcile_is_parented_on_the_first_dispatch_and_links_the_deduplicate
         "ctrltrace.reconcile_id": "r-1",
         "k8s.namespace.name": "default",
         "ctrltrace.queue.wait_s": 0.002,
+        "ctrltrace.retries": 0,
         "messaging.batch.message_count": 3,
         "ctrltrace.outcome": "success",
+        "ctrltrace.reason": "success",
+        "ctrltrace.attr.duration_s": 0.25,
+        "ctrltrace.attr.metric_result": "success",
     }
 
 
@@ -492,7 +497,7 @@ def test_a_reconcile_waiting_for_its_requeue_record_ends_when_another_record_com
     assert span.end_time == ns(T0 + 2) and "ctrltrace.requeue" not in attributes(span)
 
 
-def test_lease_transitions_and_watch_failures_are_spans_and_health_is_not(
+def test_lease_transitions_informer_health_and_lifecycle_are_spans(
     traced: Traced,
 ) -> None:
     traced.feed(
@@ -505,9 +510,14 @@ def test_lease_transitions_and_watch_failures_are_spans_and_health_is_not(
         Record(time=T0, stage=Stage.CONTROLLER, outcome="started", controller=CONTROLLER),
         Record(time=T0, stage=Stage.MANAGER, outcome="started"),
     )
+    # Every one: explain reads informer health and lifecycle, so spans carry them too.
     assert sorted(span.name for span in traced.spans) == [
+        f"controller {CONTROLLER}",
         "lease acquired",
         "lease lost",
+        "manager started",
+        "watch ConfigMap",
+        "watch ConfigMap",
         "watch ConfigMap",
         "watch ConfigMap",
     ]
@@ -522,7 +532,11 @@ def test_lease_transitions_and_watch_failures_are_spans_and_health_is_not(
         "ctrltrace.lease.holder": "me",
         "k8s.namespace.name": "kube-system",
     }
-    forbidden, gone = sorted(traced.named("watch ConfigMap"), key=lambda s: s.start_time or 0)
+    *health, forbidden, gone = sorted(
+        traced.named("watch ConfigMap"), key=lambda s: s.start_time or 0
+    )
+    assert [attributes(span)["ctrltrace.outcome"] for span in health] == ["listed", "synced"]
+    assert all(span.status.status_code is StatusCode.UNSET for span in health)
     assert forbidden.status.status_code is StatusCode.ERROR
     assert attributes(forbidden) == {
         "ctrltrace.outcome": "forbidden",
@@ -555,10 +569,14 @@ def test_writes_are_events_on_their_reconcile_and_the_event_they_cause_links_bac
     ]
     assert dict(reconcile.events[0].attributes or {}) == {
         "ctrltrace.write.verb": "patch",
+        "ctrltrace.object.api_version": "v1",
         "ctrltrace.object.kind": "ConfigMap",
         "ctrltrace.object.name": "web",
+        "ctrltrace.object.uid": "uid-web",
+        "ctrltrace.generation": 1,
         "k8s.namespace.name": "default",
         "ctrltrace.resource_version": "101",
+        "ctrltrace.reason": "patch returned resourceVersion 101",
     }
     back_span, early_span = sorted(
         (s for s in traced.named("event ConfigMap") if s.start_time != ns(T0)),

@@ -38,7 +38,7 @@ from ctrltrace.explain_text import render_text
 from ctrltrace.funnel import Funnel, Loss, Step
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
-from ctrltrace.tui import cells
+from ctrltrace.tui import cells, funnel_cells
 from ctrltrace.tui.app import JOURNAL_EXIT, LostScreen, TraceApp
 from ctrltrace.tui.command import run_with_tui, tui_command
 from ctrltrace.tui.feed import (
@@ -1278,10 +1278,10 @@ def test_rates_and_latencies_per_second_end_at_the_time_cursor() -> None:
         (2, 2, 0),
         (3, 3, 3),
     ]
-    text = cells.time_view(funnel, T0 + 2, 60).plain.splitlines()
+    text = funnel_cells.time_view(funnel, T0 + 2, 60).plain.splitlines()
     assert text[1].startswith("events/s") and "3/s now · max 3/s" in text[1]
     assert "▃▆█" in text[1] and "3/s now" in text[3]  # errors/s
-    before = cells.time_view(funnel, T0 + 1, 60).plain.splitlines()
+    before = funnel_cells.time_view(funnel, T0 + 1, 60).plain.splitlines()
     assert "2/s now · max 2/s" in before[1] and "0/s now" in before[3]
 
 

@@ -1,4 +1,5 @@
-"""Reconcile workers: no worker dies silently, whatever the reconciler returns or raises."""
+"""Controllers on the fake clock: events merged into one reconcile that names them, per-item
+back-off, and no worker dying silently, whatever the reconciler returns or raises."""
 
 from __future__ import annotations
 
@@ -255,3 +256,71 @@ def test_owns_under_a_cluster_scoped_for_kind_enqueues_the_owner_without_a_names
     )
     unknown = owns_watch.handler(spec.for_kind, Scopes(None)).map(created)
     assert unknown.requests == () and "scope of example.com/Cluster is not known" in unknown.reason
+
+
+def test_events_waiting_for_one_request_are_merged_into_one_reconcile_that_names_them() -> None:
+    """On the fake clock: two events for one object before a worker runs are one reconcile,
+    chained event → dispatch → reconcile start → reconcile."""
+    ran: list[str] = []
+
+    async def reconcile(ctx: Context, request: Request) -> None:
+        ran.append(request.key)
+
+    async def scenario() -> Harness:
+        harness = Harness(reconcile)
+        harness.add("a")
+        harness.informer._apply("MODIFIED", cm("a", rv="2"))
+        harness.start()
+        await harness.until(lambda: bool(harness.reconciled("success")))
+        await harness.stop()
+        return harness
+
+    harness = asyncio.run(scenario())
+    assert ran == ["ns/a"]
+    events = harness.records.where(Stage.EVENT)
+    dispatches = harness.records.where(Stage.DISPATCH)
+    assert [d.outcome for d in dispatches] == ["queued", "deduplicated"]
+    assert [d.cause_ids for d in dispatches] == [(events[0].id,), (events[1].id,)]
+    (start,) = harness.records.where(Stage.RECONCILE_START)
+    assert start.cause_ids == tuple(d.id for d in dispatches)
+    (done,) = harness.records.where(Stage.RECONCILE)
+    assert (done.cause_ids, done.reconcile_id) == ((start.id,), start.reconcile_id)
+    assert done.attrs["metric_result"] == "success"
+
+
+def test_a_failing_reconcile_backs_off_per_item_on_the_fake_clock_and_success_forgets() -> None:
+    failures = 2
+
+    async def reconcile(ctx: Context, request: Request) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("not yet")
+
+    async def scenario() -> Harness:
+        harness = Harness(reconcile)
+        harness.start()
+        harness.add("a")
+        await harness.until(lambda: len(harness.records.where(Stage.REQUEUE)) == 1)
+        await harness.clock.advance(0.004)  # not due yet: 5 ms
+        assert len(harness.records.where(Stage.RECONCILE)) == 1
+        await harness.clock.advance(0.001)
+        await harness.until(lambda: len(harness.records.where(Stage.REQUEUE)) == 2)
+        await harness.clock.advance(0.010)  # 5 ms · 2
+        await harness.until(lambda: bool(harness.reconciled("success")))
+        await harness.stop()
+        return harness
+
+    harness = asyncio.run(scenario())
+    requeues = harness.records.where(Stage.REQUEUE)
+    assert [(r.outcome, r.attrs["delay_s"], r.attrs["attempt"]) for r in requeues] == [
+        ("rate_limited", 0.005, 1),
+        ("rate_limited", 0.01, 2),
+    ]
+    assert [r.outcome for r in harness.records.where(Stage.RECONCILE)] == [
+        "error",
+        "error",
+        "success",
+    ]
+    assert [r.attrs["retries"] for r in harness.records.where(Stage.RECONCILE_START)] == [0, 1, 2]
+    assert harness.controller.queue.retries(Request("ns", "a")) == 0

@@ -1,35 +1,41 @@
-"""The TUI's data side: the feeds that bring records in, and the model of what each view shows.
+"""The model of what each view shows: ``ViewState`` folds records into the rows of the event
+stream, controllers, leader election and watches views, and the funnel (through
+``ctrltrace.funnel``), every collection capped. How those rows are worded and marked is
+``cells``' business.
 
-Owns the two feeds (``EvidenceFeed``, a thread tailing a source of evidence such as a journal
-file, and ``RecorderFeed``, a recorder sink inside a running manager), the replay of evidence up
-to a time cursor, the explanation of one object, and ``ViewState``, which folds records into
-what the event stream, controllers, leader election, watches and funnel views show (the funnel
-through ``ctrltrace.funnel``), every collection capped.
-How those rows are worded and marked is ``cells``' business.
+It may not import Textual, may not talk to Kubernetes (records are all it reads), and is not
+thread-safe: one thread (the UI's) applies records and reads rows.
 
-It may not import Textual (as in toolong and harlequin, the data side is tested without a
-terminal), may not talk to Kubernetes (records are all it reads), and calls into the UI only
-through the ``notify`` callable a feed is started with, once per burst, never per record.
-``ViewState`` is not thread-safe: one thread (the UI's) applies records and reads rows.
+Over 500 lines because ``ViewState`` is one fold: its handlers share the links from a record to
+the event rows it settles (dispatch → start → end → requeue), and split by view they would
+each have to keep those links again.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-from ctrltrace.evidence import EvidenceError, Opener, explain_from
-from ctrltrace.explain import Code, Explanation
+from ctrltrace.explain import Code
 from ctrltrace.funnel import FunnelFold
-from ctrltrace.journal import Journal, JournalError
-from ctrltrace.records import Record, Stage, Vocab
-
-Notify = Callable[[], None]
+from ctrltrace.records import Record, Stage
+from ctrltrace.vocabulary import (
+    ENQUEUED,
+    LEASE_TRANSITIONS,
+    RECONCILE_FAILED,
+    SETTLED,
+    WATCH_FAILURES,
+    Attr,
+    ControllerOutcome,
+    DispatchOutcome,
+    LeaseOutcome,
+    ManagerOutcome,
+    ReconcileOutcome,
+    RequeueOutcome,
+    WatchOutcome,
+)
 
 # A journal that gained no record for this long is idle (still a healthy journal, not an error).
 IDLE_AFTER_S = 2.0
@@ -37,267 +43,6 @@ MAX_EVENT_ROWS = 2_000
 MAX_TRANSITIONS = 50
 MAX_WORK_ROWS = 200
 _MAX_PER_CONTROLLER = 10_000  # waiting, running and scheduled requests kept per controller
-_MAX_PENDING = 100_000  # records a feed holds for the UI before it stops reading (or drops)
-_TAKE_LIMIT = 20_000  # records one take() hands the UI: bounds the work of one message
-_TAIL_CHUNK = 5_000
-_POLL_S = 0.1
-
-
-# -- feeds -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What a feed has for the UI since the last ``take``."""
-
-    records: list[Record]
-    dropped: int = 0  # records lost before reaching the view since the feed started
-    failure: str = ""  # the feed cannot go on (no journal, not a journal): one line
-    trouble: str = ""  # a passing problem (journal busy), retried meanwhile
-    ended: bool = False  # the process making the records ended: no more will come
-
-
-class Feed(Protocol):
-    """One source of records for the TUI: started once, taken from on the UI thread."""
-
-    @property
-    def evidence(self) -> Opener | None:
-        """Opens the evidence explain and replay read, if there is any."""
-
-    @property
-    def label(self) -> str:
-        """Where the records come from, in a few words."""
-
-    def start(self, notify: Notify) -> None: ...
-
-    def take(self) -> Batch: ...
-
-    def stop(self) -> None: ...
-
-
-class _Buffer:
-    """Records between a producer (a thread or a sink) and the UI, with wake-ups merged.
-
-    The producer calls ``notify`` only when it turns the signal on; ``take`` turns it off
-    before draining, so a record appended during a take either is drained by it or signals
-    again. Deque appends and pops are atomic: no lock on the producer's path.
-    """
-
-    def __init__(self, max_pending: int) -> None:
-        self.pending: deque[Record] = deque()
-        self.max_pending = max_pending
-        self.dropped = 0
-        self._signalled = False
-        self._notify: Notify | None = None
-
-    def connect(self, notify: Notify) -> None:
-        self._notify = notify
-
-    def signal(self) -> None:
-        if not self._signalled and self._notify is not None:
-            self._signalled = True
-            self._notify()
-
-    def take(self) -> list[Record]:
-        self._signalled = False
-        pending = self.pending
-        records = [pending.popleft() for _ in range(min(len(pending), _TAKE_LIMIT))]
-        if pending:  # more than one take's worth: come back for the rest
-            self.signal()
-        return records
-
-
-class EvidenceFeed:
-    """Tails a source of evidence (a journal file, a manager's debug endpoint, a trace
-    backend) from its first record on, in a thread of its own.
-
-    The thread opens the source (one that cannot be opened, such as a missing or foreign
-    journal, is a ``failure``), then polls its ``tail`` every ``poll_s`` and, while it finds
-    full chunks, at once. When the UI falls behind it stops reading: the source itself is the
-    buffer, so nothing is lost.
-    """
-
-    def __init__(
-        self,
-        opener: Opener,
-        *,
-        label: str,
-        poll_s: float = _POLL_S,
-        chunk: int = _TAIL_CHUNK,
-        max_pending: int = _MAX_PENDING,
-    ) -> None:
-        self._opener = opener
-        self._label = label
-        self._poll_s = poll_s
-        self._chunk = chunk
-        self._buffer = _Buffer(max_pending)
-        self._failure = ""
-        self._trouble = ""
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @classmethod
-    def of_journal(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        poll_s: float = _POLL_S,
-        chunk: int = _TAIL_CHUNK,
-        max_pending: int = _MAX_PENDING,
-    ) -> EvidenceFeed:
-        """Tail the journal file at ``path``."""
-        return cls(
-            functools.partial(Journal, path),
-            label=f"journal {path}",
-            poll_s=poll_s,
-            chunk=chunk,
-            max_pending=max_pending,
-        )
-
-    @property
-    def evidence(self) -> Opener:
-        return self._opener
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    def start(self, notify: Notify) -> None:
-        self._buffer.connect(notify)
-        self._thread = threading.Thread(target=self._run, name="ctrltrace tui tail", daemon=True)
-        self._thread.start()
-
-    def take(self) -> Batch:
-        return Batch(self._buffer.take(), 0, self._failure, self._trouble)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            evidence = self._opener()
-        except (JournalError, EvidenceError) as error:
-            self._failure = str(error)
-            self._buffer.signal()
-            return
-        with evidence:
-            after = 0
-            while not self._stopping.is_set():
-                if len(self._buffer.pending) >= self._buffer.max_pending:
-                    self._stopping.wait(self._poll_s)
-                    continue
-                try:
-                    rows = evidence.tail(after, self._chunk)
-                except (JournalError, EvidenceError) as error:  # busy or briefly unreadable: retry
-                    self._trouble = str(error)
-                    self._buffer.signal()
-                    self._stopping.wait(self._poll_s)
-                    continue
-                self._trouble = ""
-                if rows:
-                    after = rows[-1][0]
-                    self._buffer.pending.extend(record for _, record in rows)
-                    self._buffer.signal()
-                if len(rows) < self._chunk:
-                    self._stopping.wait(self._poll_s)
-
-
-class RecorderFeed:
-    """A recorder sink that hands a running manager's records to the TUI in the same process.
-
-    Calling it appends to a bounded buffer and, once per burst, calls ``notify``; it never
-    blocks the manager. Past ``max_pending`` waiting records the oldest are dropped and counted.
-    ``evidence`` opens what the same run writes (its journal), for explain and replay, if it
-    writes any.
-    """
-
-    def __init__(self, evidence: Opener | None = None, *, max_pending: int = _MAX_PENDING) -> None:
-        self._evidence = evidence
-        self._buffer = _Buffer(max_pending)
-        self._ended = False
-
-    @property
-    def evidence(self) -> Opener | None:
-        return self._evidence
-
-    @property
-    def label(self) -> str:
-        return "this process"
-
-    def __call__(self, record: Record, /) -> None:
-        buffer = self._buffer
-        buffer.pending.append(record)
-        if len(buffer.pending) > buffer.max_pending:
-            try:
-                buffer.pending.popleft()
-                buffer.dropped += 1
-            except IndexError:  # the UI emptied it meanwhile
-                pass
-        buffer.signal()
-
-    def end(self) -> None:
-        """The manager has ended (from any thread): the view takes what is left, then closes."""
-        self._ended = True
-        self._buffer.signal()
-
-    def start(self, notify: Notify) -> None:
-        self._buffer.connect(notify)
-        if self._buffer.pending or self._ended:  # whatever came before the view was ready
-            self._buffer.signal()
-
-    def take(self) -> Batch:
-        ended = self._ended  # read first: records appended before the end are then taken too
-        records = self._buffer.take()
-        return Batch(records, self._buffer.dropped, ended=ended and not self._buffer.pending)
-
-    def stop(self) -> None:
-        self._buffer.connect(lambda: None)
-
-
-def replay(
-    opener: Opener,
-    until: float,
-    *,
-    cancelled: Callable[[], bool] = lambda: False,
-    max_events: int = MAX_EVENT_ROWS,
-) -> ViewState | None:
-    """The views as they were at ``until``: the evidence's records up to then, folded anew.
-
-    Reads from the first record, so its cost grows with the evidence. None if ``cancelled``
-    said so between chunks. Raises ``JournalError`` or ``EvidenceError``.
-    """
-    state = ViewState(max_events=max_events)
-    with opener() as evidence:
-        after = 0
-        while not cancelled():
-            rows = evidence.tail(after, _TAIL_CHUNK)
-            records = [record for _, record in rows]
-            state.apply(record for record in records if record.time <= until)
-            # Seq order is time order within one writer; stop once a chunk lies wholly past.
-            if len(rows) < _TAIL_CHUNK or min(record.time for record in records) > until:
-                return state
-            after = rows[-1][0]
-    return None
-
-
-def explain_object(
-    opener: Opener, target: Target, *, now: float, until: float | None = None
-) -> Explanation:
-    """What ``ctrltrace explain`` says about ``target``, from the evidence, as of ``until``."""
-    with opener() as evidence:
-        return explain_from(
-            evidence,
-            namespace=target.namespace,
-            name=target.name,
-            kind=target.kind,
-            until=until,
-            now=now,
-        )
-
-
-# -- the model ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +129,7 @@ class ControllerState:
 
     @property
     def errors(self) -> int:
-        return self.results["error"] + self.results["terminal_error"]
+        return sum(self.results[outcome] for outcome in RECONCILE_FAILED)
 
     @property
     def reconciled(self) -> int:
@@ -447,17 +192,13 @@ class WatchState:
     last_error: WatchFailure | None = None
 
 
-_TRANSITIONS = frozenset({"acquired", "standby", "lost", "released"})
-_QUEUE_BOUND = frozenset({"queued", "deduplicated", "requeued_after_processing"})
-_FAILURES = frozenset({"forbidden", "kind_not_found", "error", "disconnected"})
 _END_CODES = {
-    "success": Code.RECONCILED,
-    "error": Code.RECONCILE_FAILED,
-    "terminal_error": Code.TERMINAL_ERROR,
-    "requeue": Code.REQUEUE_SCHEDULED,
-    "requeue_after": Code.REQUEUE_SCHEDULED,
+    ReconcileOutcome.SUCCESS: Code.RECONCILED,
+    ReconcileOutcome.ERROR: Code.RECONCILE_FAILED,
+    ReconcileOutcome.TERMINAL_ERROR: Code.TERMINAL_ERROR,
+    ReconcileOutcome.REQUEUE: Code.REQUEUE_SCHEDULED,
+    ReconcileOutcome.REQUEUE_AFTER: Code.REQUEUE_SCHEDULED,
 }
-_NO_REQUEUE = frozenset({"success", "terminal_error"})  # settled: no REQUEUE record follows
 
 Cell = tuple[int, tuple[str, str]]  # (event row key, (controller, request))
 _V = TypeVar("_V")
@@ -545,7 +286,7 @@ class ViewState:
             ref.namespace,
             ref.name,
             record.outcome,
-            record.attrs.get("self_caused") is True,
+            record.attrs.get(Attr.SELF_CAUSED) is True,
             api_version=ref.api_version,
             resource_version=ref.resource_version,
         )
@@ -563,10 +304,10 @@ class ViewState:
     def _on_dispatch(self, record: Record) -> None:
         controller = self._controller(record.controller)
         request = record.request
-        if record.outcome == "queued":
+        if record.outcome == DispatchOutcome.QUEUED:
             controller.waiting[request] = record.time
             _cap(controller.waiting)
-        elif record.outcome == "requeued_after_processing":
+        elif record.outcome == DispatchOutcome.REQUEUED_AFTER_PROCESSING:
             controller.dirty.add(request)
         row_key = self._event_rows.get(record.cause_ids[0]) if record.cause_ids else None
         row = None if row_key is None else self.events.get(row_key)
@@ -575,22 +316,22 @@ class ViewState:
         outcome = Outcome(record.controller, request)
         attrs = record.attrs
         match record.outcome:
-            case "dropped_by_predicate":
+            case DispatchOutcome.DROPPED_BY_PREDICATE:
                 outcome.code = Code.DROPPED_BY_PREDICATE
-                outcome.detail = str(attrs.get("predicate", "a predicate"))
-            case "not_mapped":
+                outcome.detail = str(attrs.get(Attr.PREDICATE, "a predicate"))
+            case DispatchOutcome.NOT_MAPPED:
                 outcome.code = Code.NOT_MAPPED
                 outcome.detail = record.reason
-            case "queued" | "deduplicated" | "requeued_after_processing":
+            case _ if record.outcome in ENQUEUED:
                 outcome.code = Code.QUEUED
-                outcome.merged = record.outcome == "deduplicated"
-                if record.outcome == "requeued_after_processing":
+                outcome.merged = record.outcome == DispatchOutcome.DEDUPLICATED
+                if record.outcome == DispatchOutcome.REQUEUED_AFTER_PROCESSING:
                     outcome.detail = "after the running reconcile"
             case _:  # shut_down: the queue no longer takes work
                 outcome.detail = f"{record.outcome}: {record.reason}"
         row.outcomes[(record.controller, request)] = outcome
         self._changed.add(row.key)
-        if record.outcome in _QUEUE_BOUND:
+        if record.outcome in ENQUEUED:
             self._by_dispatch[record.id] = (row.key, (record.controller, request))
 
     def _on_start(self, record: Record) -> None:
@@ -627,7 +368,7 @@ class ViewState:
             controller.dirty.discard(request)
             controller.waiting[request] = record.time
         rid = record.reconcile_id
-        settled = record.outcome in _NO_REQUEUE
+        settled = record.outcome in SETTLED
         cells = self._by_reconcile.pop(rid, []) if settled else self._by_reconcile.get(rid, [])
         code = _END_CODES.get(record.outcome, Code.RECONCILED)
         for outcome in self._outcomes(cells):
@@ -638,23 +379,23 @@ class ViewState:
     def _on_requeue(self, record: Record) -> None:
         controller = self._controller(record.controller)
         attrs = record.attrs
-        due = attrs.get("due")
+        due = attrs.get(Attr.DUE)
         due_at = float(due) if isinstance(due, int | float) else record.time
-        attempt = int(attrs.get("attempt", 0))
+        attempt = int(attrs.get(Attr.ATTEMPT, 0))
         current = controller.scheduled.get(record.request)
         if current is None or due_at < current.due:  # add_after keeps the earliest time
             controller.scheduled[record.request] = Scheduled(
                 due_at, record.id, record.outcome, attempt
             )
             _cap(controller.scheduled)
-        if record.outcome == "rate_limited":
+        if record.outcome == RequeueOutcome.RATE_LIMITED:
             controller.retries += 1
         cells = self._by_reconcile.pop(record.reconcile_id, [])
         if not cells:
             return
         # A retry still serves the events that failed; a requeue the reconcile asked for
         # after succeeding is later work of the request, not of these events.
-        if record.outcome == "rate_limited":
+        if record.outcome == RequeueOutcome.RATE_LIMITED:
             self._by_requeue[record.id] = cells
         for outcome in self._outcomes(cells):
             outcome.due = due_at
@@ -663,7 +404,7 @@ class ViewState:
     def _on_write(self, record: Record) -> None:
         """Mark the event a write claims as its own (its answer came after the event), as
         explain pairs them: the write names the event, and their resourceVersions match."""
-        event_id = record.attrs.get("event_id")
+        event_id = record.attrs.get(Attr.EVENT_ID)
         row_key = self._event_rows.get(event_id) if isinstance(event_id, int) else None
         row = None if row_key is None else self.events.get(row_key)
         if row is None or record.object is None:
@@ -696,27 +437,27 @@ class ViewState:
 
     def _on_watch(self, record: Record) -> None:
         attrs = record.attrs
-        watch = self._watch(str(attrs.get("kind", "")), str(attrs.get("api_version", "")))
-        watch.namespaces.add(str(attrs.get("namespace", "")))
+        watch = self._watch(str(attrs.get(Attr.KIND, "")), str(attrs.get(Attr.API_VERSION, "")))
+        watch.namespaces.add(str(attrs.get(Attr.NAMESPACE, "")))
         watch.outcome = record.outcome
         watch.reason = record.reason
         watch.at = record.time
-        if record.outcome == "synced":
+        if record.outcome == WatchOutcome.SYNCED:
             watch.synced_at = record.time
-        elif record.outcome in _FAILURES:
-            status = int(attrs.get("status", 0))
+        elif record.outcome in WATCH_FAILURES:
+            status = int(attrs.get(Attr.STATUS, 0))
             watch.last_error = WatchFailure(record.outcome, record.reason, status, record.time)
 
     def _on_lease(self, record: Record) -> None:
         lease = self.lease
         attrs = record.attrs
-        lease.lease = str(attrs.get("lease", lease.lease))
-        lease.identity = str(attrs.get("identity", lease.identity))
-        lease.holder = str(attrs.get("holder", lease.holder))
-        if record.outcome == "error":
+        lease.lease = str(attrs.get(Attr.LEASE, lease.lease))
+        lease.identity = str(attrs.get(Attr.IDENTITY, lease.identity))
+        lease.holder = str(attrs.get(Attr.HOLDER, lease.holder))
+        if record.outcome == LeaseOutcome.ERROR:
             lease.last_error = record.reason
             return
-        if record.outcome in _TRANSITIONS:
+        if record.outcome in LEASE_TRANSITIONS:
             lease.outcome = record.outcome
             lease.since = record.time
             lease.last_error = ""
@@ -727,25 +468,26 @@ class ViewState:
 
     def _on_controller(self, record: Record) -> None:
         controller = self._controller(record.controller)
-        if record.outcome == Vocab.WATCHING:
-            controller.watched.add(str(record.attrs.get("kind", "")))
+        if record.outcome == ControllerOutcome.WATCHING:
+            controller.watched.add(str(record.attrs.get(Attr.KIND, "")))
             return
         controller.lifecycle = record.outcome
-        if record.outcome == "started":
-            controller.workers = int(record.attrs.get("max_concurrent_reconciles", 0))
+        if record.outcome == ControllerOutcome.STARTED:
+            controller.workers = int(record.attrs.get(Attr.MAX_CONCURRENT_RECONCILES, 0))
 
     def _on_manager(self, record: Record) -> None:
-        if record.outcome == Vocab.JOURNAL_GAP:  # the journal's, not the process's life
+        if record.outcome == ManagerOutcome.JOURNAL_GAP:  # the journal's, not the process's life
             self.gaps += 1
             return
         self.manager = record.outcome
         # A new process or the end of one: queues, caches and leadership start from nothing.
         for controller in self.controllers.values():
             controller.reset_work()
-            controller.lifecycle = "stopped" if record.outcome == "stopped" else ""
-            if record.outcome == "stopped":  # the next run names its watches again
+            stopped = record.outcome == ManagerOutcome.STOPPED
+            controller.lifecycle = ManagerOutcome.STOPPED if stopped else ""
+            if stopped:  # the next run names its watches again
                 controller.watched.clear()
-        if record.outcome == "started":
+        if record.outcome == ManagerOutcome.STARTED:
             for watch in self.watches.values():
                 watch.synced_at = None
 
@@ -758,7 +500,7 @@ class ViewState:
     def blocking(self, controller: ControllerState) -> list[WatchState]:
         """The watches holding back a controller whose workers have not started: failed
         without syncing (what ``explain`` calls ``cache_not_synced``)."""
-        if controller.lifecycle in ("started", "stopped"):
+        if controller.lifecycle in (ControllerOutcome.STARTED, ManagerOutcome.STOPPED):
             return []
         return [
             watch
