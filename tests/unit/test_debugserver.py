@@ -516,6 +516,8 @@ def test_explain_from_says_in_one_line_why_it_could_not_read_the_endpoint(
     assert code == ExitCode.USAGE and "expected http://HOST:PORT" in output
     code, output = _command("explain", "a/b", "--token", "x")
     assert code == ExitCode.USAGE and "go with --from URL" in output
+    code, output = _command("explain", "a/b", "--from", "http://a", "--traces", "http://b")
+    assert code == ExitCode.USAGE and "give --from or --traces, not both" in output
     (tmp_path / "token").write_text("reader\n")
     with ServedInThread(pipeline(), auth="required") as url:
         code, output = _command("explain", "a/b", "--from", url)
