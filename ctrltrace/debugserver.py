@@ -15,8 +15,8 @@ Owns the routes under ``/debug/ctrltrace/`` and who may call them. Routes:
 
 Evidence is whatever the manager's opener gives: the journal ``ctrltrace run`` writes (opened
 read-only per request, in a worker thread: the loop never waits on the disk), or the recent
-records it keeps in memory (``ctrltrace.ring``). Records are JSON as ``ctrltrace.recordjson``
-writes them. Bad query parameters answer 400 with a one-line ``{"error": ...}``.
+records it keeps in memory (``ctrltrace.ring``). Paths and records are as ``ctrltrace.debugwire``
+names and writes them. Bad query parameters answer 400 with a one-line ``{"error": ...}``.
 
 Access is controller-runtime's secured metrics (``filters.WithAuthenticationAndAuthorization``):
 on a loopback address nobody needs credentials unless ``debug_auth="required"`` (only
@@ -48,18 +48,17 @@ import structlog
 from aiohttp import web
 
 from ctrltrace.clock import Clock
+from ctrltrace.debugwire import CURSOR, ERROR, PREFIX, RECORD, RECORDS, Query, Route, record_json
 from ctrltrace.evidence import Evidence, EvidenceError, Opener, explain_from
 from ctrltrace.explain import TIMELINE_LIMIT, resolve_kind
 from ctrltrace.journal import JournalError
 from ctrltrace.narrator import Reminders
-from ctrltrace.recordjson import record_json
 from ctrltrace.records import Record
 from ctrltrace.transport import ApiError, Forbidden, Json, Transport
 
 if TYPE_CHECKING:
     from ctrltrace.manager import Manager
 
-PREFIX = "/debug/ctrltrace"
 AUTH_MODES = ("auto", "required")
 RECORDS_LIMIT = 1_000  # records per /records answer unless asked for fewer
 MAX_RECORDS_LIMIT = 10_000
@@ -290,10 +289,10 @@ class DebugServer:
     async def start(self) -> None:
         """Listen; a port that cannot be bound is said in the log and the manager runs on."""
         app = web.Application(middlewares=[self._access])
-        app.router.add_get(f"{PREFIX}/explain", self._explain)
-        app.router.add_get(f"{PREFIX}/state", self._state)
-        app.router.add_get(f"{PREFIX}/records", self._records)
-        app.router.add_get(f"{PREFIX}/evidence/{{query}}", self._evidence)
+        app.router.add_get(f"{PREFIX}/{Route.EXPLAIN}", self._explain)
+        app.router.add_get(f"{PREFIX}/{Route.STATE}", self._state)
+        app.router.add_get(f"{PREFIX}/{Route.RECORDS}", self._records)
+        app.router.add_get(f"{PREFIX}/{Route.EVIDENCE}/{{query}}", self._evidence)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, _, port = self._address.rpartition(":")
@@ -373,19 +372,19 @@ class DebugServer:
         params, query = request.query, request.match_info["query"]
         since = _number(params, "since", float, None)
         queries: dict[str, Callable[[Evidence], list[Record]]] = {
-            "about": lambda evidence: evidence.about(
+            Query.ABOUT: lambda evidence: evidence.about(
                 _text(params, "namespace"),
                 _text(params, "name", required=True),
                 kind=_text(params, "kind") or None,
                 since=since,
             ),
-            "watches": lambda evidence: evidence.watch_records(
+            Query.WATCHES: lambda evidence: evidence.watch_records(
                 _text(params, "kind") or None, since
             ),
-            "leases": lambda evidence: evidence.lease_records(since),
-            "controllers": lambda evidence: evidence.controller_records(since),
-            "reconciles": lambda evidence: evidence.reconciles(since),
-            "window": lambda evidence: evidence.window(
+            Query.LEASES: lambda evidence: evidence.lease_records(since),
+            Query.CONTROLLERS: lambda evidence: evidence.controller_records(since),
+            Query.RECONCILES: lambda evidence: evidence.reconciles(since),
+            Query.WINDOW: lambda evidence: evidence.window(
                 _number(params, "t0", float, 0.0),
                 _number(params, "t1", float, self._manager.clock.wall()),
             ),
@@ -393,7 +392,7 @@ class DebugServer:
         if query not in queries:
             raise BadQuery(f"no evidence query {query!r}; one of {', '.join(queries)}")
         records = await self._read(queries[query])
-        return web.json_response({"records": [record_json(record) for record in records]})
+        return web.json_response({RECORDS: [record_json(record) for record in records]})
 
     async def _records(self, request: web.Request) -> web.Response:
         after = _number(request.query, "since", int, 0)
@@ -401,7 +400,7 @@ class DebugServer:
         if not 0 < limit <= MAX_RECORDS_LIMIT:
             raise BadQuery(f"limit must be between 1 and {MAX_RECORDS_LIMIT}, not {limit}")
         tail = await self._read(lambda evidence: evidence.tail(after, limit))
-        lines = (json.dumps({"cursor": c, "record": record_json(r)}) + "\n" for c, r in tail)
+        lines = (json.dumps({CURSOR: c, RECORD: record_json(r)}) + "\n" for c, r in tail)
         return web.Response(body="".join(lines).encode(), content_type="application/x-ndjson")
 
     async def _state(self, _: web.Request) -> web.Response:
@@ -456,7 +455,7 @@ def state(manager: Manager) -> dict[str, Any]:
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return web.json_response({ERROR: message}, status=status, headers=headers)
 
 
 def _text(params: Mapping[str, str], name: str, *, required: bool = False) -> str:

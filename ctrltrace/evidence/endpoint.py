@@ -27,11 +27,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from ctrltrace.debugwire import (
+    CURSOR,
+    ERROR,
+    PREFIX,
+    RECORD,
+    RECORDS,
+    NotARecord,
+    Query,
+    Route,
+    record_from_json,
+)
 from ctrltrace.evidence import EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
-from ctrltrace.recordjson import NotARecord, record_from_json
 from ctrltrace.records import Record
 
-PREFIX = "/debug/ctrltrace"  # as ctrltrace.debugserver serves it
 TIMEOUT_S = 30.0
 
 
@@ -97,42 +106,42 @@ class EndpointEvidence:
         self, namespace: str, name: str, *, kind: str | None = None, since: float | None = None
     ) -> list[Record]:
         return self._records(
-            "about", {"namespace": namespace, "name": name, "kind": kind, "since": since}
+            Query.ABOUT, {"namespace": namespace, "name": name, "kind": kind, "since": since}
         )
 
     def watch_records(self, kind: str | None = None, since: float | None = None) -> list[Record]:
-        return self._records("watches", {"kind": kind, "since": since})
+        return self._records(Query.WATCHES, {"kind": kind, "since": since})
 
     def lease_records(self, since: float | None = None) -> list[Record]:
-        return self._records("leases", {"since": since})
+        return self._records(Query.LEASES, {"since": since})
 
     def controller_records(self, since: float | None = None) -> list[Record]:
-        return self._records("controllers", {"since": since})
+        return self._records(Query.CONTROLLERS, {"since": since})
 
     def reconciles(self, since: float | None = None) -> list[Record]:
-        return self._records("reconciles", {"since": since})
+        return self._records(Query.RECONCILES, {"since": since})
 
     def window(self, t0: float, t1: float) -> list[Record]:
-        return self._records("window", {"t0": t0, "t1": t1})
+        return self._records(Query.WINDOW, {"t0": t0, "t1": t1})
 
     def tail(self, after: int = 0, limit: int = 1_000) -> list[tuple[int, Record]]:
-        body = self._get("records", {"since": after, "limit": limit})
+        body = self._get(Route.RECORDS, {"since": after, "limit": limit})
         tail = []
         for line in body.splitlines():
             if line.strip():
                 entry = self._decode(line)
-                if not isinstance(entry, dict) or not _is_cursor(entry.get("cursor")):
+                if not isinstance(entry, dict) or not _is_cursor(entry.get(CURSOR)):
                     raise self._unreadable("a records line without a cursor")
-                tail.append((entry["cursor"], self._record(entry.get("record"))))
+                tail.append((entry[CURSOR], self._record(entry.get(RECORD))))
         return tail
 
     # -- HTTP --------------------------------------------------------------------------------
 
     def _records(self, query: str, params: dict[str, Any]) -> list[Record]:
-        answer = self._decode(self._get(f"evidence/{query}", params))
-        if not isinstance(answer, dict) or not isinstance(answer.get("records"), list):
+        answer = self._decode(self._get(f"{Route.EVIDENCE}/{query}", params))
+        if not isinstance(answer, dict) or not isinstance(answer.get(RECORDS), list):
             raise self._unreadable("no list of records")
-        return [self._record(data) for data in answer["records"]]
+        return [self._record(data) for data in answer[RECORDS]]
 
     def _record(self, data: Any) -> Record:
         try:
@@ -174,7 +183,7 @@ class EndpointEvidence:
     def _refusal(self, error: urllib.error.HTTPError) -> Exception:
         """The one-line error for a non-2xx answer, in the server's words when it sent some."""
         try:
-            said = json.loads(error.read()).get("error")
+            said = json.loads(error.read()).get(ERROR)
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
             said = None
         status = error.code

@@ -24,6 +24,7 @@ from ctrltrace.cli import ExitCode, main
 from ctrltrace.clock import FakeClock
 from ctrltrace.controller import Controller
 from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems, state
+from ctrltrace.debugwire import NotARecord, record_from_json, record_json
 from ctrltrace.envtest.pki import CertificateAuthority
 from ctrltrace.evidence import (
     EvidenceError,
@@ -34,7 +35,6 @@ from ctrltrace.evidence import (
 )
 from ctrltrace.evidence.endpoint import EndpointEvidence
 from ctrltrace.journal import Journal, JournalWriter
-from ctrltrace.recordjson import NotARecord, record_from_json, record_json
 from ctrltrace.records import ObjectRef, Record, Stage
 from ctrltrace.ring import RecordRing
 from ctrltrace.transport import Forbidden, Transport

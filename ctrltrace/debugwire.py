@@ -1,8 +1,10 @@
-"""A record as JSON: what the debug endpoint sends and its client reads back.
+"""What the debug endpoint (``ctrltrace.debugserver``) and its client
+(``ctrltrace.evidence.endpoint``) agree on: the paths, the evidence queries, and a record as JSON.
 
-Owns the one JSON form of a ``Record`` (its fields by name, the object reference as an object,
-the stage as its text) and checking a decoded one field by field, so that a reply that is not
-a record is refused with a one-line ``NotARecord`` instead of failing later in explain. No I/O.
+Owns those names and the one JSON form of a ``Record`` (its fields by name, the object
+reference as an object, the stage as its text), and checking a decoded one field by field, so
+that a reply that is not a record is refused with a one-line ``NotARecord`` instead of failing
+later in explain. No I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +13,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctrltrace.records import ObjectRef, Record, Stage
+
+PREFIX = "/debug/ctrltrace"
+
+
+class Route:
+    """The paths under ``PREFIX``; ``EVIDENCE`` is followed by ``/`` and a ``Query``."""
+
+    EXPLAIN = "explain"
+    STATE = "state"
+    RECORDS = "records"  # NDJSON: one {CURSOR, RECORD} a line
+    EVIDENCE = "evidence"  # JSON: {RECORDS: [...]}
+
+
+class Query:
+    """The evidence queries, one per method of the ``Evidence`` interface that lists records."""
+
+    ABOUT = "about"
+    WATCHES = "watches"
+    LEASES = "leases"
+    CONTROLLERS = "controllers"
+    RECONCILES = "reconciles"
+    WINDOW = "window"
+
+
+# Keys of the answers.
+CURSOR = "cursor"
+RECORD = "record"
+RECORDS = "records"
+ERROR = "error"
 
 
 class NotARecord(ValueError):
