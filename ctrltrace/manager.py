@@ -19,11 +19,12 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ctrltrace import logs
+from ctrltrace import debugserver, logs
 from ctrltrace.builder import Builder, BuildError, ControllerSpec, _Registry
 from ctrltrace.client import Client
 from ctrltrace.clock import Clock, SystemClock
 from ctrltrace.controller import CacheSyncTimeout, Controller, ControllerFailed, Watch
+from ctrltrace.evidence import Opener
 from ctrltrace.kinds import Kind, RestMapper
 from ctrltrace.kubeevents import EventBroadcaster, EventRecorder
 from ctrltrace.leaderelection import (
@@ -36,6 +37,7 @@ from ctrltrace.leaderelection import (
 )
 from ctrltrace.narrator import Narrator
 from ctrltrace.records import AttrValue, Record, Recorder, Sink, Stage
+from ctrltrace.ring import RecordRing, RingEvidence
 from ctrltrace.source import IndexFunc, Informer, Transform, WriteLog, drop_managed_fields
 from ctrltrace.transport import Transport, load_configuration
 
@@ -62,6 +64,9 @@ class ManagerOptions:
     leader_election_release_on_cancel: bool = False
     metrics_bind_address: str = "127.0.0.1:8080"  # "0" disables
     health_probe_bind_address: str = "127.0.0.1:8081"  # "0" disables
+    # Loopback by default: kubectl port-forward reaches it, other pods do not ("0" disables).
+    debug_bind_address: str = "127.0.0.1:8082"
+    debug_auth: str = "auto"  # "required": a reviewed token even on loopback
     graceful_shutdown_timeout: float = 30.0
     kubeconfig: str | None = None
     context: str | None = None
@@ -88,6 +93,8 @@ class Manager:
         leader_election_release_on_cancel: bool = False,
         metrics_bind_address: str = "127.0.0.1:8080",
         health_probe_bind_address: str = "127.0.0.1:8081",
+        debug_bind_address: str = "127.0.0.1:8082",
+        debug_auth: str = "auto",
         graceful_shutdown_timeout: float = 30.0,
         kubeconfig: str | None = None,
         context: str | None = None,
@@ -107,6 +114,8 @@ class Manager:
             leader_election_release_on_cancel=leader_election_release_on_cancel,
             metrics_bind_address=metrics_bind_address,
             health_probe_bind_address=health_probe_bind_address,
+            debug_bind_address=debug_bind_address,
+            debug_auth=debug_auth,
             graceful_shutdown_timeout=graceful_shutdown_timeout,
             kubeconfig=kubeconfig,
             context=context,
@@ -125,6 +134,11 @@ class Manager:
         self.controllers: list[Controller] = []
         self.elector: LeaderElector | None = None
         self.health_port: int | None = None
+        # Where the debug endpoint reads records, and what that is in words (``ctrltrace run``
+        # gives its journal); None keeps the latest in memory while it serves (``ctrltrace.ring``).
+        self.debug_evidence: tuple[Opener, str] | None = None
+        self.debug_server: debugserver.DebugServer | None = None  # while serving
+        self._ring: RecordRing | None = None
         self._stop_requested = False
         self._stop_reason = "stop requested"
         self.ran = False  # connected and started its informers at least once
@@ -172,6 +186,7 @@ class Manager:
             if problem := validate_lease_name(options.leader_election_id):
                 found.append(problem)
             found.extend(options.lease_timing.problems())
+        found.extend(debugserver.problems(options.debug_bind_address, options.debug_auth))
         return found
 
     # -- running -----------------------------------------------------------------------------
@@ -238,6 +253,7 @@ class Manager:
 
     async def _run(self, transport: Transport) -> None:
         self.ran = True
+        debug_evidence = self._debug_evidence()  # first: an in-memory ring sees every record
         mapper = RestMapper(transport)
         writes = WriteLog()
         self._build(transport, mapper, writes)
@@ -259,6 +275,7 @@ class Manager:
         ] + [asyncio.create_task(runnable()) for runnable in self._runnables]
         background.append(asyncio.create_task(self._events.run(transport), name="Events"))
         health = await self._serve_health()
+        debug = await self._serve_debug(transport, debug_evidence)
         workers: list[asyncio.Task[None]] = []
         lost: BaseException | None = None
         try:
@@ -285,6 +302,8 @@ class Manager:
             await asyncio.gather(*background, *workers, return_exceptions=True)
             if health is not None:
                 await health.cleanup()
+            if debug is not None:
+                await debug.stop()
             self._emit("stopped", str(lost) if lost else "stopped")
         if lost is not None:
             raise lost
@@ -434,6 +453,34 @@ class Manager:
         await site.start()
         self.health_port = int(runner.addresses[0][1])
         return runner
+
+    def _debug_evidence(self) -> tuple[Opener, str] | None:
+        """What the debug endpoint will read, and its label, if it is on."""
+        if self.options.debug_bind_address in ("0", ""):
+            return None
+        if self.debug_evidence is not None:
+            return self.debug_evidence
+        if self._ring is None:
+            self._ring = RecordRing()
+            self.recorder.add(self._ring)
+        return self._ring.evidence, RingEvidence.label
+
+    async def _serve_debug(
+        self, transport: Transport, evidence: tuple[Opener, str] | None
+    ) -> debugserver.DebugServer | None:
+        if evidence is None:
+            return None
+        opener, label = evidence
+        self.debug_server = debugserver.DebugServer(
+            self,
+            opener,
+            label=label,
+            address=self.options.debug_bind_address,
+            auth=self.options.debug_auth,
+            reviews=debugserver.TokenReviews(transport, self.clock),
+        )
+        await self.debug_server.start()
+        return self.debug_server
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")

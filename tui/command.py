@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 @click.command("tui")
 @evidence_options("The journal a `ctrltrace run` writes (live) or wrote (replay).")
 def tui_command(source: Source) -> None:
-    """Watch a controller run live, or replay a finished one, from its journal.
+    """Watch a controller run live, or replay a finished one, from its journal (or, with
+    --from URL, from a running manager's debug endpoint).
 
     Views: events (and what each controller did with them), controllers, leader election,
     watches; Enter explains the selected object. Press ? for the keys. It reads the records

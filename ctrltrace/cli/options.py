@@ -62,14 +62,25 @@ def evidence_options(
     journal_help: str = "The journal file (SQLite; also $CTRLTRACE_JOURNAL).",
 ) -> Callable[[FC], FC]:
     """The options that say where the records come from (``--journal PATH``, ``--traces
-    URL``), passed to the command as one ``source: Source``."""
+    URL``, or ``--from URL`` with its credentials), passed to the command as one
+    ``source: Source``."""
 
     def decorate(command: FC) -> FC:
         @functools.wraps(command)
         def with_source(
-            *args: Any, journal_path: Path, traces_url: str | None, **kwargs: Any
+            *args: Any,
+            journal_path: Path,
+            traces_url: str | None,
+            endpoint: EndpointAccess,
+            **kwargs: Any,
         ) -> object:
-            return command(*args, source=_source(journal_path, traces_url), **kwargs)
+            if endpoint.url is None:
+                source = _source(journal_path, traces_url)
+            elif traces_url is None:
+                source = endpoint.source()
+            else:
+                raise CommandError("give --from or --traces, not both", ExitCode.USAGE)
+            return command(*args, source=source, **kwargs)
 
         traces = click.option(
             "--traces",
@@ -79,9 +90,109 @@ def evidence_options(
             "e.g. http://localhost:16686) instead of a journal; --since sets the window "
             "(default: the last hour).",
         )
-        return journal_option(journal_help)(traces(cast(FC, with_source)))
+        return journal_option(journal_help)(traces(_endpoint_options(cast(FC, with_source))))
 
     return decorate
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointAccess:
+    """``--from URL`` and how to get in: a manager's debug endpoint instead of the journal."""
+
+    url: str | None
+    token: str | None
+    token_file: Path | None
+    certificate_authority: Path | None
+    insecure: bool
+
+    def source(self) -> Source:
+        from ctrltrace.evidence.endpoint import EndpointEvidence
+
+        assert self.url is not None
+        if self.token is not None and self.token_file is not None:
+            raise CommandError("give --token or --token-file, not both", ExitCode.USAGE)
+        token = self.token
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                reason = getattr(error, "strerror", None) or error
+                raise CommandError(
+                    f"cannot read --token-file {self.token_file}: {reason}", ExitCode.USAGE
+                ) from None
+        opener = functools.partial(
+            EndpointEvidence,
+            self.url,
+            token=token,
+            certificate_authority=self.certificate_authority,
+            insecure=self.insecure,
+        )
+        try:
+            evidence = opener()  # checks the URL; nothing is sent until a query
+        except ValueError as error:
+            raise CommandError(str(error), ExitCode.USAGE) from None
+
+        def open_checked() -> EndpointEvidence:
+            return opener().checked()  # as a journal's opening would, fails on a wrong source
+
+        return Source(open_checked, evidence.label)
+
+
+def _endpoint_options(command: FC) -> FC:
+    """``--from URL`` with ``--token``/``--token-file`` and the TLS options, passed to the
+    command as one ``endpoint: EndpointAccess``."""
+
+    @functools.wraps(command)
+    def with_endpoint(
+        *args: Any,
+        endpoint_url: str | None,
+        token: str | None,
+        token_file: Path | None,
+        certificate_authority: Path | None,
+        insecure_skip_tls_verify: bool,
+        **kwargs: Any,
+    ) -> object:
+        access = EndpointAccess(
+            endpoint_url, token, token_file, certificate_authority, insecure_skip_tls_verify
+        )
+        if endpoint_url is None and (token or token_file or certificate_authority):
+            raise CommandError(
+                "--token, --token-file and --certificate-authority go with --from URL",
+                ExitCode.USAGE,
+            )
+        return command(*args, endpoint=access, **kwargs)
+
+    options = [
+        click.option(
+            "--from",
+            "endpoint_url",
+            metavar="URL",
+            help="Read a running manager's debug endpoint instead of the journal "
+            "(kubectl port-forward deploy/NAME 8082, then http://127.0.0.1:8082).",
+        ),
+        click.option(
+            "--token", help="Bearer token for --from (an endpoint off loopback asks for one)."
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Read the bearer token for --from from this file.",
+        ),
+        click.option(
+            "--certificate-authority",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="PEM file to verify an https --from endpoint (behind a TLS proxy) with.",
+        ),
+        click.option(
+            "--insecure-skip-tls-verify",
+            is_flag=True,
+            help="Do not verify an https --from endpoint's certificate.",
+        ),
+    ]
+    decorated = cast(FC, with_endpoint)
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
 
 
 def _source(journal_path: Path, traces_url: str | None) -> Source:

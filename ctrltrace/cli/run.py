@@ -6,6 +6,7 @@ it closes them; the manager owns the run itself."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,17 @@ if TYPE_CHECKING:
 @app_parameters
 @click.option("--metrics-bind-address", help="host:port for /metrics; 0 disables.")
 @click.option("--health-probe-bind-address", help="host:port for /healthz and /readyz; 0 disables.")
+@click.option(
+    "--debug-bind-address",
+    help="host:port for /debug/ctrltrace/ (explain --from, tui --from); 0 disables. "
+    "Default 127.0.0.1:8082: kubectl port-forward reaches it, other pods do not.",
+)
+@click.option(
+    "--debug-auth",
+    type=click.Choice(["auto", "required"]),
+    help="auto (default): a token reviewed by the API server off loopback only; required: "
+    "on loopback too.",
+)
 @journal_option()
 @click.option(
     "--journal-max-age",
@@ -60,6 +72,8 @@ def run(  # click passes every parameter by keyword
     *,
     metrics_bind_address: str | None,
     health_probe_bind_address: str | None,
+    debug_bind_address: str | None,
+    debug_auth: str | None,
     journal_path: Path,
     journal_max_age: str,
     journal_max_size: int,
@@ -73,10 +87,12 @@ def run(  # click passes every parameter by keyword
     """Run the Manager APP (MODULE:ATTR, like uvicorn: app:mgr or ./app.py:mgr).
 
     Every record goes to the journal (by default kept for 24 hours and under 256 MiB), to
-    /metrics unless it is disabled, and to OpenTelemetry when an endpoint is configured.
+    /metrics unless it is disabled, and to OpenTelemetry when an endpoint is configured. The
+    debug endpoint serves the journal to explain --from and tui --from.
     """
     from ctrltrace.exporters.prometheus import MetricsEndpoint, PrometheusSink, serves
     from ctrltrace.exporters.tracing import trace_ids_processor
+    from ctrltrace.journal import Journal
     from ctrltrace.logs import configure
 
     tracing = _tracing(otlp_endpoint, otlp_protocol, verbose)
@@ -95,8 +111,13 @@ def run(  # click passes every parameter by keyword
         options.metrics_bind_address = metrics_bind_address
     if health_probe_bind_address is not None:
         options.health_probe_bind_address = health_probe_bind_address
+    if debug_bind_address is not None:
+        options.debug_bind_address = debug_bind_address
+    if debug_auth is not None:
+        options.debug_auth = debug_auth
     journal = _open_journal(journal_path, journal_max_age, journal_max_size)
     manager.add_sink(journal)
+    manager.debug_evidence = (functools.partial(Journal, journal_path), f"journal {journal_path}")
     # With /metrics off nobody can read a counter: no metric work on any record.
     metrics = PrometheusSink(manager) if serves(options.metrics_bind_address) else None
     if metrics is not None:

@@ -117,6 +117,7 @@ def manager_factory(control_plane: ControlPlane) -> Callable[..., Manager]:
     def make(**options: Any) -> Manager:
         options.setdefault("kubeconfig", str(control_plane.kubeconfig))
         options.setdefault("health_probe_bind_address", "127.0.0.1:0")
+        options.setdefault("debug_bind_address", "127.0.0.1:0")
         return Manager(**options)
 
     return make

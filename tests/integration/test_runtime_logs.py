@@ -30,7 +30,8 @@ class LoggedRun:
         (tmp_path / "voiceapp.py").write_text(app)
         command = [
             sys.executable, "-m", "ctrltrace", "run", "voiceapp:mgr", "--log-format", "json",
-            "--metrics-bind-address", "0", "--health-probe-bind-address", "0", *args,
+            "--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+            "--debug-bind-address", "0", *args,
         ]  # fmt: skip
         self.lines: list[Line] = []
         self.raw: list[str] = []

@@ -1,0 +1,477 @@
+"""The manager's debug endpoint: its records and state, read-only, for ``explain --from`` and
+``tui --from``.
+
+Owns the routes under ``/debug/ctrltrace/`` and who may call them. Routes:
+
+- ``explain?namespace=&name=&kind=&controller=&limit=``: exactly ``explain --json``'s JSON
+  (``explain_from`` over the same evidence);
+- ``state``: controllers (workers, queue, in-flight requests and their age), watches (synced,
+  last error) and the lease, from the manager's public attributes;
+- ``records?since=CURSOR&limit=N``: newline-delimited JSON, one ``{"cursor", "record"}`` per
+  line, resumable from the last cursor seen (the live view's tail);
+- ``evidence/{about,watches,leases,controllers,reconciles,window}``: the record lists explain is
+  given (``{"records": [...]}``), so a client runs the decision procedure itself
+  (``ctrltrace.evidence.endpoint`` says why).
+
+Evidence is whatever the manager's opener gives: the journal ``ctrltrace run`` writes (opened
+read-only per request, in a worker thread: the loop never waits on the disk), or the recent
+records it keeps in memory (``ctrltrace.ring``). Paths and records are as ``ctrltrace.debugwire``
+names and writes them. Bad query parameters answer 400 with a one-line ``{"error": ...}``.
+
+Access is controller-runtime's secured metrics (``filters.WithAuthenticationAndAuthorization``):
+on a loopback address nobody needs credentials unless ``debug_auth="required"`` (only
+processes in the pod's network namespace, ``kubectl port-forward`` among them, reach it);
+anywhere else each request's bearer token is authenticated by the API server (TokenReview) and
+authorized for the request's path with verb get (SubjectAccessReview for a non-resource URL),
+through the manager's own transport (which records no API calls of its own). 401 without a
+valid token, 403 without the permission, 503 when the review cannot be made (or the records
+cannot be read). It serves plain
+HTTP: put it behind loopback (port-forward) or a TLS proxy; tokens must not cross a network in
+the clear.
+
+It may not change anything in the manager, and sends no record anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from ctrltrace.clock import Clock
+from ctrltrace.debugwire import CURSOR, ERROR, PREFIX, RECORD, RECORDS, Query, Route, record_json
+from ctrltrace.evidence import Evidence, EvidenceError, Opener, explain_from
+from ctrltrace.explain import TIMELINE_LIMIT, resolve_kind
+from ctrltrace.journal import JournalError
+from ctrltrace.narrator import Reminders
+from ctrltrace.records import Record
+from ctrltrace.transport import ApiError, Forbidden, Json, Transport
+
+if TYPE_CHECKING:
+    from ctrltrace.manager import Manager
+
+AUTH_MODES = ("auto", "required")
+RECORDS_LIMIT = 1_000  # records per /records answer unless asked for fewer
+MAX_RECORDS_LIMIT = 10_000
+
+# How long a review's answer is reused (controller-runtime caches them too: one explain makes
+# several requests and a live view polls every second, each of which would otherwise cost two
+# API calls). Short, so a revoked token or binding stops working within a minute; a refusal
+# shorter still (controller-runtime keeps one 30 s), so access just granted works within 10 s.
+TOKEN_TTL_S = 60.0
+ALLOWED_TTL_S = 60.0
+DENIED_TTL_S = 10.0
+_CACHED = 4_096  # answers kept, oldest forgotten first
+_REVIEW_TIMEOUT_S = 10.0
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+D = TypeVar("D")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+_AUTHENTICATION = "tokenreviews.authentication.k8s.io"
+_AUTHORIZATION = "subjectaccessreviews.authorization.k8s.io"
+
+
+class BadQuery(ValueError):
+    """A query parameter is missing or malformed: answered with 400."""
+
+
+def problems(address: str, auth: str) -> list[str]:
+    """What is wrong with the debug endpoint's options, in start-up's words."""
+    found = []
+    if auth not in AUTH_MODES:
+        found.append(f"debug_auth must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
+    if address not in ("0", ""):
+        port = address.rpartition(":")[2]
+        if not port.isdigit() or int(port) > 65535:
+            found.append(f"debug_bind_address {address!r} is not HOST:PORT (or 0 to disable)")
+    return found
+
+
+def needs_auth(address: str, auth: str) -> bool:
+    """Whether requests must bring a token: always with ``required``, else off loopback."""
+    return auth == "required" or not is_loopback(address.rpartition(":")[0])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # empty (every address) or a name other than localhost
+        return False
+
+
+# -- access ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int  # 401, 403, 503
+    message: str
+
+
+@dataclass(frozen=True)
+class _User:
+    spec: Json  # user, uid, groups, extra: what a SubjectAccessReview is about
+    name: str
+
+
+def _unsure(answer: object) -> TypeGuard[Refusal]:
+    """A review that could not be made (503): never cached."""
+    return isinstance(answer, Refusal) and answer.status == 503
+
+
+class _Expiring(Generic[K, V]):
+    """Answers kept until they expire, at most ``_CACHED`` of them (oldest forgotten first)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._answers: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> tuple[V] | None:
+        """The answer, in a tuple (an answer may be None), unless unknown or expired."""
+        found = self._answers.get(key)
+        if found is None or found[0] <= self._clock.monotonic():
+            return None
+        return (found[1],)
+
+    def put(self, key: K, answer: V, ttl_s: float) -> None:
+        self._answers[key] = (self._clock.monotonic() + ttl_s, answer)
+        self._answers.move_to_end(key)
+        while len(self._answers) > _CACHED:
+            self._answers.popitem(last=False)
+
+
+class TokenReviews:
+    """Authenticates bearer tokens and authorizes them for a path, through the API server."""
+
+    def __init__(self, transport: Transport, clock: Clock) -> None:
+        self._transport = transport
+        # Keyed by the token's SHA-256: the tokens themselves are not kept.
+        self._users: _Expiring[str, _User | Refusal] = _Expiring(clock)
+        self._access: _Expiring[tuple[str, str], Refusal | None] = _Expiring(clock)
+        self._reminders = Reminders(clock)
+        self._log = structlog.get_logger("ctrltrace")
+
+    async def check(self, authorization: str, path: str) -> Refusal | None:
+        """None when the ``Authorization`` header's bearer token may get ``path``."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return Refusal(
+                401,
+                "a bearer token is required (Authorization: Bearer TOKEN): pass --token or "
+                "--token-file",
+            )
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if (known := self._users.get(digest)) is None:
+            user = await self._review(_AUTHENTICATION, self._authenticate(token))
+            if _unsure(user):
+                return user  # not the token's fault: ask again next time
+            self._users.put(digest, user, TOKEN_TTL_S)
+        else:
+            (user,) = known
+        if isinstance(user, Refusal):
+            return user
+        if (decided := self._access.get((digest, path))) is not None:
+            return decided[0]
+        refusal = await self._review(_AUTHORIZATION, self._authorize(user, path))
+        if not _unsure(refusal):
+            self._access.put((digest, path), refusal, DENIED_TTL_S if refusal else ALLOWED_TTL_S)
+        return refusal
+
+    async def _review(self, resource: str, review: Awaitable[T]) -> T | Refusal:
+        """Wait for one review (of ``resource``); failing to make it is a 503, said in the log
+        once per problem and then at the narrator's slow interval."""
+        try:
+            async with asyncio.timeout(_REVIEW_TIMEOUT_S):
+                answer = await review
+        except Forbidden:
+            problem = f"the manager's identity lacks create on {resource}"
+            fix = "grant it (ctrltrace rbac prints the rule)"
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+            problem = f"the API server did not answer for {resource}: {error or 'timed out'}"
+            fix = "requests are refused until it does"
+        else:
+            if (cleared := self._reminders.clear((resource,))) is not None:
+                self._log.info("Debug endpoint reviews tokens again", review=resource, **cleared)
+            return answer
+        if (reminder := self._reminders.report((resource,), problem)) is not None:
+            self._log.warning(
+                "Debug endpoint cannot check tokens", problem=problem, fix=fix, **reminder
+            )
+        return Refusal(503, f"cannot check the token: {problem}; {fix}")
+
+    async def _authenticate(self, token: str) -> _User | Refusal:
+        answer = await self._transport.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            body={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token},
+            },
+        )
+        status = answer.get("status") or {}
+        if not status.get("authenticated"):
+            why = status.get("error") or "not authenticated"
+            return Refusal(401, f"token rejected by the API server (TokenReview): {why}")
+        user = status.get("user") or {}
+        spec: Json = {"user": str(user.get("username", ""))}
+        for field in ("uid", "groups", "extra"):
+            if user.get(field):
+                spec[field] = user[field]
+        return _User(spec, spec["user"])
+
+    async def _authorize(self, user: _User, path: str) -> Refusal | None:
+        answer = await self._transport.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {**user.spec, "nonResourceAttributes": {"path": path, "verb": "get"}},
+            },
+        )
+        status = answer.get("status") or {}
+        if status.get("allowed"):
+            return None
+        return Refusal(
+            403,
+            f"{user.name} lacks get on {path}: grant it the ClusterRole for nonResourceURLs "
+            f'["{PREFIX}/*"] (ctrltrace rbac prints it)',
+        )
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+class DebugServer:
+    """Serves ``manager``'s evidence (from ``opener``, ``label`` saying what it is) and state
+    on ``address``."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        opener: Opener,
+        *,
+        label: str,
+        address: str,
+        auth: str,
+        reviews: TokenReviews | None,
+    ) -> None:
+        self._manager = manager
+        self._opener = opener
+        self._label = label
+        self._address = address
+        self._reviews = reviews if needs_auth(address, auth) else None
+        if needs_auth(address, auth) and reviews is None:  # never serve unchecked instead
+            raise ValueError(f"the debug endpoint on {address} needs TokenReviews to check tokens")
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def authenticates(self) -> bool:
+        return self._reviews is not None
+
+    async def start(self) -> None:
+        """Listen; a port that cannot be bound is said in the log and the manager runs on."""
+        app = web.Application(middlewares=[self._access])
+        app.router.add_get(f"{PREFIX}/{Route.EXPLAIN}", self._explain)
+        app.router.add_get(f"{PREFIX}/{Route.STATE}", self._state)
+        app.router.add_get(f"{PREFIX}/{Route.RECORDS}", self._records)
+        app.router.add_get(f"{PREFIX}/{Route.EVIDENCE}/{{query}}", self._evidence)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, _, port = self._address.rpartition(":")
+        try:
+            await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()  # noqa: S104
+        except OSError as error:
+            await runner.cleanup()
+            structlog.get_logger("ctrltrace").warning(
+                "Debug endpoint not served", address=self._address, error=str(error)
+            )
+            return
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        structlog.get_logger("ctrltrace").info(
+            "Serving debug endpoint",
+            address=f"{host or '0.0.0.0'}:{self.port}",  # noqa: S104
+            path=f"{PREFIX}/",
+            access="bearer token: TokenReview + SubjectAccessReview"
+            if self.authenticates
+            else "no credentials (loopback)",
+            evidence=self._label,
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _access(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._reviews is not None:
+            authorization = request.headers.get("Authorization", "")
+            if refusal := await self._reviews.check(authorization, request.path):
+                headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+                return _error(refusal.status, refusal.message, headers)
+        try:
+            return await handler(request)
+        except BadQuery as error:
+            return _error(400, str(error))
+        except (JournalError, EvidenceError) as error:  # locked, damaged, removed meanwhile
+            return _error(503, f"cannot read the manager's records: {error}")
+
+    async def _read(self, query: Callable[[Evidence], T]) -> T:
+        """``query`` on freshly opened evidence, in a worker thread."""
+
+        def run() -> T:
+            with self._opener() as evidence:
+                return query(evidence)
+
+        return await asyncio.to_thread(run)
+
+    async def _explain(self, request: web.Request) -> web.Response:
+        params = request.query
+        name = _text(params, "name", required=True)
+        namespace = _text(params, "namespace")
+        kind = _text(params, "kind") or None
+        controller = _text(params, "controller") or None
+        limit = _number(params, "limit", int, TIMELINE_LIMIT)
+        now = self._manager.clock.wall()
+
+        def answer(evidence: Evidence) -> dict[str, Any]:
+            return explain_from(
+                evidence,
+                namespace=namespace,
+                name=name,
+                kind=resolve_kind(kind, evidence.watch_records()) if kind else None,
+                controller=controller,
+                now=now,
+                timeline_limit=limit,
+            ).to_json()
+
+        return web.json_response(await self._read(answer))
+
+    async def _evidence(self, request: web.Request) -> web.Response:
+        params, query = request.query, request.match_info["query"]
+        since = _number(params, "since", float, None)
+        queries: dict[str, Callable[[Evidence], list[Record]]] = {
+            Query.ABOUT: lambda evidence: evidence.about(
+                _text(params, "namespace"),
+                _text(params, "name", required=True),
+                kind=_text(params, "kind") or None,
+                since=since,
+            ),
+            Query.WATCHES: lambda evidence: evidence.watch_records(
+                _text(params, "kind") or None, since
+            ),
+            Query.LEASES: lambda evidence: evidence.lease_records(since),
+            Query.CONTROLLERS: lambda evidence: evidence.controller_records(since),
+            Query.RECONCILES: lambda evidence: evidence.reconciles(since),
+            Query.WINDOW: lambda evidence: evidence.window(
+                _number(params, "t0", float, 0.0),
+                _number(params, "t1", float, self._manager.clock.wall()),
+            ),
+        }
+        if query not in queries:
+            raise BadQuery(f"no evidence query {query!r}; one of {', '.join(queries)}")
+        records = await self._read(queries[query])
+        return web.json_response({RECORDS: [record_json(record) for record in records]})
+
+    async def _records(self, request: web.Request) -> web.Response:
+        after = _number(request.query, "since", int, 0)
+        limit = _number(request.query, "limit", int, RECORDS_LIMIT)
+        if not 0 < limit <= MAX_RECORDS_LIMIT:
+            raise BadQuery(f"limit must be between 1 and {MAX_RECORDS_LIMIT}, not {limit}")
+        tail = await self._read(lambda evidence: evidence.tail(after, limit))
+        lines = (json.dumps({CURSOR: c, RECORD: record_json(r)}) + "\n" for c, r in tail)
+        return web.Response(body="".join(lines).encode(), content_type="application/x-ndjson")
+
+    async def _state(self, _: web.Request) -> web.Response:
+        return web.json_response(state(self._manager))
+
+
+def state(manager: Manager) -> dict[str, Any]:
+    """What the manager is doing now: its controllers, watches and lease."""
+    now = manager.clock.monotonic()
+    elector = manager.elector
+    return {
+        "manager": manager.name,
+        "controllers": [
+            {
+                "name": controller.name,
+                "started": controller.started,
+                "workers": controller.options.max_concurrent_reconciles,
+                "active_workers": controller.stats.active_workers,
+                "queue": {
+                    "ready": len(controller.queue),
+                    "delayed": controller.queue.delayed_count,
+                    "processing": controller.queue.processing_count,
+                },
+                "in_flight": [
+                    {"request": request.key, "age_s": round(now - started, 3)}
+                    for request, started in controller.stats.in_flight.items()
+                ],
+                "waiting_for": controller.unsynced() if not controller.started else [],
+            }
+            for controller in manager.controllers
+        ],
+        "watches": [
+            {
+                "kind": str(informer.kind),
+                "synced": informer.synced.is_set(),
+                "error": informer.last_error,
+                "namespaces": [namespace for namespace in informer.namespaces if namespace],
+                "label_selector": informer.label_selector,
+            }
+            for informer in manager.informers.values()
+        ],
+        "lease": None
+        if elector is None
+        else {
+            "namespace": elector.namespace,
+            "name": elector.name,
+            "identity": elector.identity,
+            "leader": elector.is_leader.is_set(),
+            "holder": elector.holder,
+        },
+    }
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({ERROR: message}, status=status, headers=headers)
+
+
+def _text(params: Mapping[str, str], name: str, *, required: bool = False) -> str:
+    value = params.get(name, "")
+    if required and not value:
+        raise BadQuery(f"the query parameter {name} is required")
+    return value
+
+
+def _number(params: Mapping[str, str], name: str, parse: Callable[[str], N], default: D) -> N | D:
+    if name not in params:
+        return default
+    try:
+        value = parse(params[name])
+    except ValueError:
+        raise BadQuery(f"{name}={params[name]!r} is not a number") from None
+    if value < 0:
+        raise BadQuery(f"{name} must not be negative, not {value}")
+    return value
