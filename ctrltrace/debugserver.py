@@ -25,9 +25,15 @@ anywhere else each request's bearer token is authenticated by the API server (To
 authorized for the request's path with verb get (SubjectAccessReview for a non-resource URL),
 through the manager's own transport (which records no API calls of its own). 401 without a
 valid token, 403 without the permission, 503 when the review cannot be made (or the records
-cannot be read). It serves plain
-HTTP: put it behind loopback (port-forward) or a TLS proxy; tokens must not cross a network in
-the clear.
+cannot be read).
+
+Whenever it asks for a token it serves HTTPS (controller-runtime's secure metrics do the same),
+so that no token crosses a network in the clear: with ``tls.crt``/``tls.key`` from
+``debug_cert_dir`` (cert-manager's Secret layout), else with a self-signed certificate made at
+start (``ctrltrace.pki``), written into a private temporary directory removed at stop; its
+SHA-256 fingerprint is logged either way. On loopback without ``required`` it serves plain
+HTTP: only the pod's own network namespace reaches it, and ``kubectl port-forward`` carries it
+through the API server's own TLS tunnel.
 
 It may not change anything in the manager, and sends no record anywhere else.
 """
@@ -35,18 +41,24 @@ It may not change anything in the manager, and sends no record anywhere else.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import ipaddress
 import json
+import shutil
+import ssl
+import tempfile
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from ctrltrace import pki
 from ctrltrace.clock import Clock
 from ctrltrace.debugwire import CURSOR, ERROR, PREFIX, RECORD, RECORDS, Query, Route, record_json
 from ctrltrace.evidence import Evidence, EvidenceError, Opener, explain_from
@@ -62,6 +74,10 @@ if TYPE_CHECKING:
 AUTH_MODES = ("auto", "required")
 RECORDS_LIMIT = 1_000  # records per /records answer unless asked for fewer
 MAX_RECORDS_LIMIT = 10_000
+CERT_FILE, KEY_FILE = "tls.crt", "tls.key"  # in debug_cert_dir: cert-manager's Secret keys
+# The self-signed certificate lives as long as the process that made it, which a restart
+# replaces; a week bounds what a copied key is worth.
+SELF_SIGNED_VALIDITY = datetime.timedelta(days=7)
 
 # How long a review's answer is reused (controller-runtime caches them too: one explain makes
 # several requests and a live view polls every second, each of which would otherwise cost two
@@ -87,9 +103,15 @@ class BadQuery(ValueError):
     """A query parameter is missing or malformed: answered with 400."""
 
 
-def problems(address: str, auth: str) -> list[str]:
+def problems(address: str, auth: str, cert_dir: str | None = None, ring_size: int = 1) -> list[str]:
     """What is wrong with the debug endpoint's options, in start-up's words."""
     found = []
+    if ring_size < 1:
+        found.append(f"debug_ring_size must be at least 1, not {ring_size}")
+    if cert_dir is not None:
+        missing = [name for name in (CERT_FILE, KEY_FILE) if not (Path(cert_dir) / name).is_file()]
+        if missing:
+            found.append(f"debug_cert_dir {cert_dir!r} lacks {' and '.join(missing)}")
     if auth not in AUTH_MODES:
         found.append(f"debug_auth must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
     if address not in ("0", ""):
@@ -271,8 +293,11 @@ class DebugServer:
         address: str,
         auth: str,
         reviews: TokenReviews | None,
+        cert_dir: str | None = None,
     ) -> None:
         self._manager = manager
+        self._cert_dir = cert_dir
+        self._made_dir: str | None = None  # the self-signed certificate's, removed at stop
         self._opener = opener
         self._label = label
         self._address = address
@@ -296,30 +321,69 @@ class DebugServer:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, _, port = self._address.rpartition(":")
+        log = structlog.get_logger("ctrltrace")
         try:
-            await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()  # noqa: S104
-        except OSError as error:
+            tls = self._tls(host) if self.authenticates else None
+            site = web.TCPSite(runner, host or "0.0.0.0", int(port), ssl_context=tls)  # noqa: S104
+            await site.start()
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             await runner.cleanup()
-            structlog.get_logger("ctrltrace").warning(
-                "Debug endpoint not served", address=self._address, error=str(error)
-            )
+            self._remove_made_dir()
+            log.warning("Debug endpoint not served", address=self._address, error=str(error))
             return
         self._runner = runner
         self.port = int(runner.addresses[0][1])
-        structlog.get_logger("ctrltrace").info(
+        log.info(
             "Serving debug endpoint",
-            address=f"{host or '0.0.0.0'}:{self.port}",  # noqa: S104
+            address=f"{'https' if tls else 'http'}://{host or '0.0.0.0'}:{self.port}",  # noqa: S104
             path=f"{PREFIX}/",
             access="bearer token: TokenReview + SubjectAccessReview"
             if self.authenticates
             else "no credentials (loopback)",
             evidence=self._label,
+            **({} if tls is None else self._certificate_fields()),
         )
+
+    def _tls(self, host: str) -> ssl.SSLContext:
+        """The server's TLS: the certificate in ``cert_dir``, else a self-signed one for
+        ``host``, ``localhost`` and the loopback addresses, written 0600 in a 0700 directory
+        (ssl loads a key from a file only)."""
+        directory = self._cert_dir
+        if directory is None:
+            pair = pki.self_signed(
+                "ctrltrace-debug",
+                [name for name in (host,) if name not in ("", "0.0.0.0", "::")]  # noqa: S104
+                + ["localhost", "127.0.0.1", "::1"],
+                SELF_SIGNED_VALIDITY,
+            )
+            directory = self._made_dir = tempfile.mkdtemp(prefix="ctrltrace-debug-tls-")
+            for name, data in ((CERT_FILE, pair.cert_pem), (KEY_FILE, pair.key_pem)):
+                path = Path(directory) / name
+                path.touch(mode=0o600)
+                path.write_bytes(data)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(Path(directory) / CERT_FILE, Path(directory) / KEY_FILE)
+        return tls
+
+    def _certificate_fields(self) -> dict[str, str]:
+        directory = self._made_dir or self._cert_dir
+        assert directory is not None  # serving TLS
+        cert_pem = (Path(directory) / CERT_FILE).read_bytes()
+        return {
+            "certificate": "self-signed" if self._made_dir else str(Path(directory) / CERT_FILE),
+            "sha256_fingerprint": pki.fingerprint(cert_pem),
+        }
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._remove_made_dir()
+
+    def _remove_made_dir(self) -> None:
+        if self._made_dir is not None:
+            shutil.rmtree(self._made_dir, ignore_errors=True)
+            self._made_dir = None
 
     @web.middleware
     async def _access(

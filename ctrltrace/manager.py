@@ -37,7 +37,7 @@ from ctrltrace.leaderelection import (
 )
 from ctrltrace.narrator import Narrator
 from ctrltrace.records import AttrValue, Record, Recorder, Sink, Stage
-from ctrltrace.ring import RecordRing, RingEvidence
+from ctrltrace.ring import DEFAULT_CAPACITY, RecordRing, RingEvidence
 from ctrltrace.source import IndexFunc, Informer, Transform, WriteLog, drop_managed_fields
 from ctrltrace.transport import Transport, load_configuration
 
@@ -67,6 +67,8 @@ class ManagerOptions:
     # Loopback by default: kubectl port-forward reaches it, other pods do not ("0" disables).
     debug_bind_address: str = "127.0.0.1:8082"
     debug_auth: str = "auto"  # "required": a reviewed token even on loopback
+    debug_cert_dir: str | None = None  # tls.crt/tls.key when it asks for tokens; else self-signed
+    debug_ring_size: int = DEFAULT_CAPACITY  # records kept in memory without a journal
     graceful_shutdown_timeout: float = 30.0
     kubeconfig: str | None = None
     context: str | None = None
@@ -95,6 +97,8 @@ class Manager:
         health_probe_bind_address: str = "127.0.0.1:8081",
         debug_bind_address: str = "127.0.0.1:8082",
         debug_auth: str = "auto",
+        debug_cert_dir: str | None = None,
+        debug_ring_size: int = DEFAULT_CAPACITY,
         graceful_shutdown_timeout: float = 30.0,
         kubeconfig: str | None = None,
         context: str | None = None,
@@ -116,6 +120,8 @@ class Manager:
             health_probe_bind_address=health_probe_bind_address,
             debug_bind_address=debug_bind_address,
             debug_auth=debug_auth,
+            debug_cert_dir=debug_cert_dir,
+            debug_ring_size=debug_ring_size,
             graceful_shutdown_timeout=graceful_shutdown_timeout,
             kubeconfig=kubeconfig,
             context=context,
@@ -186,7 +192,14 @@ class Manager:
             if problem := validate_lease_name(options.leader_election_id):
                 found.append(problem)
             found.extend(options.lease_timing.problems())
-        found.extend(debugserver.problems(options.debug_bind_address, options.debug_auth))
+        found.extend(
+            debugserver.problems(
+                options.debug_bind_address,
+                options.debug_auth,
+                options.debug_cert_dir,
+                options.debug_ring_size,
+            )
+        )
         return found
 
     # -- running -----------------------------------------------------------------------------
@@ -461,7 +474,7 @@ class Manager:
         if self.debug_evidence is not None:
             return self.debug_evidence
         if self._ring is None:
-            self._ring = RecordRing()
+            self._ring = RecordRing(self.options.debug_ring_size)
             self.recorder.add(self._ring)
         return self._ring.evidence, RingEvidence.label
 
@@ -478,6 +491,7 @@ class Manager:
             address=self.options.debug_bind_address,
             auth=self.options.debug_auth,
             reviews=debugserver.TokenReviews(transport, self.clock),
+            cert_dir=self.options.debug_cert_dir,
         )
         await self.debug_server.start()
         return self.debug_server

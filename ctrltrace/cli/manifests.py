@@ -36,6 +36,11 @@ ENTRYPOINT = ("ctrltrace", "run")  # the Deployment's command, and examples/Dock
 RUN_AS = 65532  # a non-root uid, as examples/Dockerfile's USER
 REPLICAS = 2  # one leads, one stands by to take the Lease over
 JOURNAL_DIR = "/var/lib/ctrltrace"  # an emptyDir: the root filesystem is read-only
+# The debug endpoint (bound off loopback: it asks for tokens) serves https with a certificate
+# from a Secret mounted here (--debug-cert-secret), or else a self-signed one it writes under
+# /tmp: an emptyDir in memory, so that the key never reaches the node's disk.
+DEBUG_CERT_DIR = "/etc/ctrltrace/debug-tls"
+TMP_DIR = "/tmp"  # noqa: S108  # the pod's own, in memory
 # Each port's name and number, and the ``run`` flag that binds it on every address.
 PORTS = (
     ("metrics", 8080, "--metrics-bind-address"),
@@ -98,13 +103,19 @@ class Deployed:
     replicas: int
     journal_max_size: int  # MiB
     otel: Mapping[str, str]  # OTEL_* variables beyond the service name and resource
+    debug_cert_secret: str | None = None  # a kubernetes.io/tls Secret for the debug endpoint
 
 
-def run_args(args: AppArgs, journal_max_size: int) -> list[str]:
+def run_args(args: AppArgs, deployed: Deployed) -> list[str]:
     """``ctrltrace run``'s arguments in the pod: the app, the fixed flags, and the manager
     overrides the command line gave (kubeconfig and context: the pod's own account)."""
     flags = [args.app, "--leader-elect", *(f"{flag}=:{port}" for _, port, flag in PORTS)]
-    flags += [f"--journal={JOURNAL_DIR}/journal.sqlite", f"--journal-max-size={journal_max_size}"]
+    flags += [
+        f"--journal={JOURNAL_DIR}/journal.sqlite",
+        f"--journal-max-size={deployed.journal_max_size}",
+    ]
+    if deployed.debug_cert_secret:
+        flags.append(f"--debug-cert-dir={DEBUG_CERT_DIR}")
     flags += [f"--namespace={namespace}" for namespace in args.namespaces]
     if args.leader_election_id:
         flags.append(f"--leader-election-id={args.leader_election_id}")
@@ -133,11 +144,15 @@ def deployment(granted: Granted, args: AppArgs, deployed: Deployed) -> dict[str,
         **deployed.otel,
     }
     env += [{"name": name, "value": value} for name, value in otel.items()]
+    mounts: list[dict[str, Any]] = [
+        {"name": "journal", "mountPath": JOURNAL_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
     container = {
         "name": "manager",
         "image": deployed.image,
         "command": list(ENTRYPOINT),
-        "args": run_args(args, deployed.journal_max_size),
+        "args": run_args(args, deployed),
         "env": env,
         "ports": [{"name": name, "containerPort": port} for name, port, _ in PORTS],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}},
@@ -148,9 +163,16 @@ def deployment(granted: Granted, args: AppArgs, deployed: Deployed) -> dict[str,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "journal", "mountPath": JOURNAL_DIR}],
+        "volumeMounts": mounts,
     }
     size = f"{volume_size_mib(deployed.journal_max_size)}Mi"
+    volumes: list[dict[str, Any]] = [
+        {"name": "journal", "emptyDir": {"sizeLimit": size}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
+    if deployed.debug_cert_secret:
+        mounts.append({"name": "debug-tls", "mountPath": DEBUG_CERT_DIR, "readOnly": True})
+        volumes.append({"name": "debug-tls", "secret": {"secretName": deployed.debug_cert_secret}})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -169,11 +191,27 @@ def deployment(granted: Granted, args: AppArgs, deployed: Deployed) -> dict[str,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": "journal", "emptyDir": {"sizeLimit": size}}],
+                    "volumes": volumes,
                 },
             },
         },
     }
+
+
+def debug_tls_hint(secret: str | None) -> list[str]:
+    """The header's lines on the debug endpoint's certificate."""
+    if secret:
+        return [
+            f"The debug endpoint serves https with the Secret {secret} (tls.crt, tls.key), "
+            f"mounted at {DEBUG_CERT_DIR}; verify it with --certificate-authority (its ca.crt)."
+        ]
+    return [
+        "The debug endpoint serves https with a self-signed certificate made at start (its "
+        "SHA-256 fingerprint is in the log): read it with --insecure-skip-tls-verify. For a "
+        "cert-manager Certificate's Secret instead, mount it (tls.crt, tls.key) at "
+        f"{DEBUG_CERT_DIR} and add --debug-cert-dir={DEBUG_CERT_DIR}: --debug-cert-secret NAME "
+        "prints that."
+    ]
 
 
 def carried_otel(endpoint: str | None, environ: Mapping[str, str]) -> dict[str, str]:
@@ -205,6 +243,12 @@ def carried_otel(endpoint: str | None, environ: Mapping[str, str]) -> dict[str, 
     "--otlp-endpoint",
     help="The pod's OTEL_EXPORTER_OTLP_ENDPOINT (default: this environment's, if set).",
 )
+@click.option(
+    "--debug-cert-secret",
+    metavar="SECRET",
+    help="A kubernetes.io/tls Secret (as cert-manager writes) for the debug endpoint's https, "
+    f"mounted at {DEBUG_CERT_DIR} (default: a self-signed certificate made at start).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a v1 List as JSON instead of YAML.")
 def manifests_command(
     args: AppArgs,
@@ -215,6 +259,7 @@ def manifests_command(
     replicas: int,
     journal_max_size: int,
     otlp_endpoint: str | None,
+    debug_cert_secret: str | None,
     as_json: bool,
 ) -> None:
     """Print what runs the Manager APP (MODULE:ATTR) in a cluster, for `kubectl apply -f -`.
@@ -235,7 +280,7 @@ def manifests_command(
     args = dataclasses.replace(args, leader_elect=True)
     granted = grant_for(args, service_account, role_name, in_pod=True)
     otel = carried_otel(otlp_endpoint, os.environ)
-    deployed = Deployed(image, replicas, journal_max_size, otel)
+    deployed = Deployed(image, replicas, journal_max_size, otel, debug_cert_secret)
     subject, plan = granted.subject, granted.plan
     account, running = service_account_object(subject), deployment(granted, args, deployed)
     if as_json:
@@ -248,6 +293,7 @@ def manifests_command(
             f"The Deployment {granted.name} runs `ctrltrace run` in {image} as "
             f"{subject.namespace}/{subject.name}, replicas: {replicas}, one leading at a time.",
             reader_hint(granted.name),
+            *debug_tls_hint(debug_cert_secret),
             *(
                 f"{name} comes from the environment that printed this"
                 for name in otel

@@ -181,7 +181,8 @@ def _endpoint_options(command: FC) -> FC:
         click.option(
             "--certificate-authority",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="PEM file to verify an https --from endpoint (behind a TLS proxy) with.",
+            help="PEM file (a CA, or the certificate itself) to verify an https --from endpoint "
+            "with.",
         ),
         click.option(
             "--insecure-skip-tls-verify",

@@ -42,6 +42,13 @@ if TYPE_CHECKING:
     help="auto (default): a token reviewed by the API server off loopback only; required: "
     "on loopback too.",
 )
+@click.option(
+    "--debug-cert-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory with tls.crt and tls.key (a cert-manager Secret) for the debug endpoint's "
+    "https, which it serves whenever it asks for a token; default: a self-signed certificate "
+    "made at start.",
+)
 @journal_option()
 @click.option(
     "--journal-max-age",
@@ -74,6 +81,7 @@ def run(  # click passes every parameter by keyword
     health_probe_bind_address: str | None,
     debug_bind_address: str | None,
     debug_auth: str | None,
+    debug_cert_dir: Path | None,
     journal_path: Path,
     journal_max_age: str,
     journal_max_size: int,
@@ -115,6 +123,8 @@ def run(  # click passes every parameter by keyword
         options.debug_bind_address = debug_bind_address
     if debug_auth is not None:
         options.debug_auth = debug_auth
+    if debug_cert_dir is not None:
+        options.debug_cert_dir = str(debug_cert_dir)
     journal = _open_journal(journal_path, journal_max_age, journal_max_size)
     manager.add_sink(journal)
     manager.debug_evidence = (functools.partial(Journal, journal_path), f"journal {journal_path}")

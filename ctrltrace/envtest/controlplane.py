@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ctrltrace.envtest.binaries import Binaries, find_binaries
-from ctrltrace.envtest.pki import CertificateAuthority, KeyPair, service_account_signing_key
 from ctrltrace.envtest.servers import LoopbackServers, Server, free_port
+from ctrltrace.pki import CertificateAuthority, KeyPair, service_account_signing_key
 
 UNCACHED_RESOURCE = "podtemplates"
 """The one built-in kind the API server serves without its watch cache (from etcd)."""

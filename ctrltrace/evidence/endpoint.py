@@ -1,9 +1,9 @@
 """Evidence read from a running manager's debug endpoint (``explain --from URL``, ``tui --from``).
 
 Owns the client side of ``ctrltrace.debugserver``'s routes: a bearer token, TLS settings for an
-endpoint behind a TLS proxy, and turning every way a request can fail into the one-line
-``EvidenceError`` the CLI maps to an exit code (unreachable, refused with 401 or 403, or a reply
-that is not evidence).
+endpoint that asks for one (it serves https then), and turning every way a request can fail
+into the one-line ``EvidenceError`` the CLI maps to an exit code (unreachable, refused with 401
+or 403, or a reply that is not evidence).
 
 Why it fetches records and not the server's ``/explain``: with the record lists
 (``/debug/ctrltrace/evidence/...``) the decision procedure runs here, in the same
@@ -68,9 +68,15 @@ class EndpointEvidence:
         self._timeout_s = timeout_s
         self._context: ssl.SSLContext | None = None
         if parsed.scheme == "https":
-            self._context = ssl.create_default_context(
-                cafile=str(certificate_authority) if certificate_authority else None
-            )
+            try:
+                self._context = ssl.create_default_context(
+                    cafile=str(certificate_authority) if certificate_authority else None
+                )
+            except ssl.SSLError as error:
+                raise ValueError(
+                    f"--certificate-authority {certificate_authority}: not a PEM certificate "
+                    f"({error.reason or error})"
+                ) from None
             if insecure:
                 self._context.check_hostname = False
                 self._context.verify_mode = ssl.CERT_NONE
@@ -178,6 +184,8 @@ class EndpointEvidence:
             hint = ""
             if isinstance(reason, ssl.SSLCertVerificationError):
                 hint = "; pass --certificate-authority FILE (or --insecure-skip-tls-verify)"
+            elif self._context is None and isinstance(reason, ConnectionResetError):
+                hint = "; an endpoint that asks for a token serves https: try https://"
             raise EvidenceUnreachable(f"cannot reach {self._base}: {reason}{hint}") from None
 
     def _refusal(self, error: urllib.error.HTTPError) -> Exception:

@@ -2,7 +2,9 @@
 
 With ``debug_auth="required"`` on loopback, tokens are reviewed by the real kube-apiserver: a
 service account bound to the reader ClusterRole gets the explanation, one without it 403, no
-token 401. On loopback without ``required`` no token is needed, and ``explain --from`` gives
+token 401; all of it over https, with the certificate given in ``debug_cert_dir`` (verified with
+its CA) or the self-signed one (not verified), and a certificate the client cannot verify is a
+one-line error. On loopback without ``required`` no token is needed, and ``explain --from`` gives
 what the journal of the same run gives; ``tui --from`` follows the run live. A manager whose
 own identity may not create TokenReviews answers 503 in one line and says so in its log.
 """
@@ -36,12 +38,13 @@ from ctrltrace.envtest.servers import free_port
 from ctrltrace.evidence import explain_from
 from ctrltrace.evidence.endpoint import EndpointEvidence
 from ctrltrace.journal import Journal, JournalWriter
+from ctrltrace.pki import CertificateAuthority, fingerprint
 from ctrltrace.records import Record
 from ctrltrace.tui.app import TraceApp
 from ctrltrace.tui.feed import EvidenceFeed
 from ctrltrace.tui.table import LiveTable
 
-from ..unit.test_debugserver import ServedInThread
+from ..unit.test_debugserver import INSECURE, ServedInThread, fetch
 from ..unit.test_tui import (  # noqa: F401  # utc: an autouse fixture, used by being imported
     app_on,
     assert_snapshot,
@@ -70,13 +73,8 @@ def _token(identity: Identity) -> str:
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)  # the test's own URL
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    status, body = fetch(url, token)
+    return status, json.loads(body)
 
 
 async def _noop(ctx: Context, request: Request) -> None:
@@ -120,7 +118,7 @@ def test_required_auth_lets_the_reader_role_in_and_no_one_else(
         try:
             server = manager.debug_server
             assert server is not None and server.authenticates
-            base = f"http://127.0.0.1:{server.port}/debug/ctrltrace"
+            base = f"https://127.0.0.1:{server.port}/debug/ctrltrace"
             explain = f"{base}/explain?namespace={kube_namespace}&name=web"
             status, answer = await asyncio.to_thread(_get, explain, reader)
             assert status == 200, answer
@@ -147,22 +145,79 @@ def test_required_auth_lets_the_reader_role_in_and_no_one_else(
             assert status == 401
             assert answer["error"].startswith("token rejected by the API server (TokenReview)")
 
-            # The CLI, through the same endpoint: the answer, or the refusal with exit 4.
+            # The CLI, through the same endpoint and its self-signed certificate: the answer,
+            # or the refusal with exit 4; unverified only when asked.
             cli = CliRunner()
-            url = f"http://127.0.0.1:{server.port}"
+            url = f"https://127.0.0.1:{server.port}"
             target = f"{kube_namespace}/web"
+            explain_cli = ["explain", target, "--from", url]
             result = await asyncio.to_thread(
-                cli.invoke, cli_main, ["explain", target, "--from", url, "--token", reader]
+                cli.invoke, cli_main, [*explain_cli, INSECURE, "--token", reader]
             )
             assert result.exit_code == 0, result.output
             assert "reconciled" in result.output
             result = await asyncio.to_thread(
-                cli.invoke, cli_main, ["explain", target, "--from", url, "--token", stranger]
+                cli.invoke, cli_main, [*explain_cli, INSECURE, "--token", stranger]
             )
             assert result.exit_code == ExitCode.ENVIRONMENT
             assert result.output.count("\n") == 1 and "(403)" in result.output
+            result = await asyncio.to_thread(
+                cli.invoke, cli_main, [*explain_cli, "--token", reader]
+            )
+            assert result.exit_code == ExitCode.UNREACHABLE
+            assert result.output.count("\n") == 1
+            assert "CERTIFICATE_VERIFY_FAILED" in result.output
+            assert result.output.endswith(
+                "; pass --certificate-authority FILE (or --insecure-skip-tls-verify)\n"
+            )
         finally:
             await stop(running)
+
+    asyncio.run(scenario())
+
+
+def test_the_certificate_given_in_debug_cert_dir_is_served_and_verified_with_its_ca(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    manager_factory: ManagerFactory,
+    mint_identity: MintIdentity,
+    tmp_path: Path,
+) -> None:
+    reader = _reader_token(mint_identity)
+    authority = CertificateAuthority("the cluster's cert-manager")
+    pair = authority.serving(("127.0.0.1", "localhost"))
+    certs = tmp_path / "debug-tls"  # a Secret of type kubernetes.io/tls, as mounted
+    certs.mkdir()
+    (certs / "tls.crt").write_bytes(pair.cert_pem)
+    (certs / "tls.key").write_bytes(pair.key_pem)
+    (tmp_path / "ca.crt").write_bytes(authority.cert_pem)
+
+    async def scenario() -> None:
+        manager = manager_factory(
+            namespaces=[kube_namespace], debug_auth="required", debug_cert_dir=str(certs)
+        )
+        with structlog.testing.capture_logs() as logs:
+            running = await _reconciled_configmap(control_plane, manager, kube_namespace, "web")
+        try:
+            assert manager.debug_server is not None
+            url = f"https://127.0.0.1:{manager.debug_server.port}"
+            explain_cli = ["explain", f"{kube_namespace}/web", "--from", url, "--token", reader]
+            cli = CliRunner()
+            result = await asyncio.to_thread(
+                cli.invoke,
+                cli_main,
+                [*explain_cli, "--certificate-authority", str(tmp_path / "ca.crt")],
+            )
+            assert result.exit_code == 0, result.output
+            assert "reconciled" in result.output
+            result = await asyncio.to_thread(cli.invoke, cli_main, explain_cli)
+            assert result.exit_code == ExitCode.UNREACHABLE
+            assert result.output.count("\n") == 1 and "--certificate-authority" in result.output
+        finally:
+            await stop(running)
+        (served,) = [log for log in logs if log["event"] == "Serving debug endpoint"]
+        assert served["certificate"] == str(certs / "tls.crt")
+        assert served["sha256_fingerprint"] == fingerprint(pair.cert_pem)
 
     asyncio.run(scenario())
 
@@ -257,7 +312,7 @@ def test_a_manager_that_may_not_review_tokens_answers_503_and_says_why(
             running = await _reconciled_configmap(control_plane, manager, kube_namespace, "web")
             try:
                 assert manager.debug_server is not None
-                url = f"http://127.0.0.1:{manager.debug_server.port}/debug/ctrltrace/state"
+                url = f"https://127.0.0.1:{manager.debug_server.port}/debug/ctrltrace/state"
                 started = time.monotonic()
                 status, answer = await asyncio.to_thread(_get, url, reader)
                 assert time.monotonic() - started < 10  # an answer, not a hang
@@ -357,5 +412,5 @@ def test_ctrltrace_run_serves_the_journal_it_writes(
     assert process.stderr is not None
     serving = [json.loads(line) for line in process.stderr if "Serving debug endpoint" in line]
     assert [(line["address"], line["evidence"]) for line in serving] == [
-        (f"127.0.0.1:{port}", f"journal {journal}")
+        (f"http://127.0.0.1:{port}", f"journal {journal}")
     ]

@@ -127,6 +127,7 @@ def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
             APP, "--image", IMAGE, "--kubeconfig", str(control_plane.kubeconfig),
             "--service-account", f"{namespace}/widgets", "--name", name,
             "--otlp-endpoint", "http://jaeger.tracing:4318",
+            "--debug-cert-secret", "widgets-debug-tls",
         ],
     )  # fmt: skip
     assert result.exit_code == ExitCode.OK, result.output  # plurals served, writes declared

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import functools
 import json
 import ssl
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +20,9 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from structlog.testing import capture_logs
 
 from ctrltrace import Context, Manager, Request
 from ctrltrace.cli import ExitCode, main
@@ -25,7 +30,6 @@ from ctrltrace.clock import FakeClock
 from ctrltrace.controller import Controller
 from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems, state
 from ctrltrace.debugwire import NotARecord, record_from_json, record_json
-from ctrltrace.envtest.pki import CertificateAuthority
 from ctrltrace.evidence import (
     EvidenceError,
     EvidenceRefused,
@@ -35,12 +39,14 @@ from ctrltrace.evidence import (
 )
 from ctrltrace.evidence.endpoint import EndpointEvidence
 from ctrltrace.journal import Journal, JournalWriter
+from ctrltrace.pki import CertificateAuthority, fingerprint, self_signed
 from ctrltrace.records import ObjectRef, Record, Stage
 from ctrltrace.ring import RecordRing
 from ctrltrace.transport import Forbidden, Transport
 
 CLOCK_START = 1_000.0
 T0 = 1_700_000_000.0 + CLOCK_START  # FakeClock's wall time at start
+INSECURE = "--insecure-skip-tls-verify"
 WIDGET = ObjectRef("example.com/v1", "Widget", "default", "web", "uid-web", "7", 2)
 
 
@@ -149,25 +155,39 @@ async def serving(
     *,
     auth: str = "auto",
     api: FakeApiServer | None = None,
+    cert_dir: Path | None = None,
 ) -> None:
+    """``scenario`` given the server's URL: https when it asks for tokens."""
     clock = FakeClock(CLOCK_START)
     manager = Manager(clock=clock)
     ring = records if isinstance(records, RecordRing) else ring_of(records)
     reviews = TokenReviews(cast(Transport, api or FakeApiServer()), clock)
     server = DebugServer(
-        manager, ring.evidence, label="ring", address="127.0.0.1:0", auth=auth, reviews=reviews
+        manager,
+        ring.evidence,
+        label="ring",
+        address="127.0.0.1:0",
+        auth=auth,
+        reviews=reviews,
+        cert_dir=None if cert_dir is None else str(cert_dir),
     )
     await server.start()
+    scheme = "https" if server.authenticates else "http"
     try:
-        await scenario(f"http://127.0.0.1:{server.port}", server)
+        await scenario(f"{scheme}://127.0.0.1:{server.port}", server)
     finally:
         await server.stop()
 
 
 def fetch(url: str, token: str | None = None) -> tuple[int, bytes]:
+    """GET ``url``; an https server's certificate is not checked (tests of it do)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as response:
+        with urllib.request.urlopen(request, context=unverified) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
@@ -325,9 +345,11 @@ def test_required_auth_reviews_the_token_and_the_path_and_caches_the_answers() -
 def test_the_client_says_which_refusal_it_met() -> None:
     async def scenario(url: str, _: DebugServer) -> None:
         with pytest.raises(EvidenceRefused, match=r"refused the request \(401\): a bearer token"):
-            await asyncio.to_thread(EndpointEvidence(url).lease_records)
+            await asyncio.to_thread(EndpointEvidence(url, insecure=True).lease_records)
         with pytest.raises(EvidenceRefused, match=r"\(403\): bob lacks get on /debug/ctrltrace/"):
-            await asyncio.to_thread(EndpointEvidence(url, token="reader").lease_records)
+            await asyncio.to_thread(
+                EndpointEvidence(url, token="reader", insecure=True).lease_records
+            )
 
     asyncio.run(serving(pipeline(), scenario, auth="required"))
 
@@ -344,7 +366,9 @@ def test_a_manager_that_may_not_review_tokens_answers_503_in_one_line() -> None:
             "tokenreviews.authentication.k8s.io; grant it (ctrltrace rbac prints the rule)"
         )
         with pytest.raises(EvidenceUnreadable, match="answered 503: cannot check the token"):
-            await asyncio.to_thread(EndpointEvidence(url, token="good").lease_records)
+            await asyncio.to_thread(
+                EndpointEvidence(url, token="good", insecure=True).lease_records
+            )
         assert api.calls == ["tokenreviews", "tokenreviews"]  # a failed review is not cached
 
     asyncio.run(serving(pipeline(), scenario, auth="required", api=api))
@@ -521,12 +545,24 @@ def test_explain_from_says_in_one_line_why_it_could_not_read_the_endpoint(
     (tmp_path / "token").write_text("reader\n")
     with ServedInThread(pipeline(), auth="required") as url:
         code, output = _command("explain", "a/b", "--from", url)
+        assert code == ExitCode.UNREACHABLE and "pass --certificate-authority" in output
+        code, output = _command("explain", "a/b", "--from", url.replace("https:", "http:"))
+        assert code == ExitCode.UNREACHABLE
+        assert output.endswith("; an endpoint that asks for a token serves https: try https://")
+        code, output = _command(
+            "explain", "a/b", "--from", url, "--certificate-authority", str(tmp_path / "token")
+        )
+        assert code == ExitCode.USAGE
+        assert output.startswith(
+            f"ctrltrace: error: --certificate-authority {tmp_path / 'token'}: not a PEM certificate"
+        )
+        code, output = _command("explain", "a/b", "--from", url, INSECURE)
         assert code == ExitCode.ENVIRONMENT and "(401): a bearer token is required" in output
-        code, output = _command("explain", "a/b", "--from", url, "--token", "good")
+        code, output = _command("explain", "a/b", "--from", url, INSECURE, "--token", "good")
         assert code == ExitCode.ENVIRONMENT
         assert "(403): alice lacks get on /debug/ctrltrace/records" in output
         code, output = _command(
-            "explain", "a/b", "--from", url, "--token-file", str(tmp_path / "token")
+            "explain", "a/b", "--from", url, INSECURE, "--token-file", str(tmp_path / "token")
         )
         assert code == ExitCode.ENVIRONMENT and "bob lacks get" in output  # the file was read
         code, output = _command(
@@ -577,57 +613,85 @@ def test_records_that_cannot_be_read_answer_503_in_one_line(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
-def test_an_https_endpoint_is_verified_with_the_given_authority_or_not_at_all(
+def test_an_endpoint_asking_for_tokens_serves_the_certificate_it_is_given(
     tmp_path: Path,
 ) -> None:
-    authority = CertificateAuthority("a TLS proxy's CA")
+    authority = CertificateAuthority("cert-manager's CA")
     pair = authority.serving()
     (tmp_path / "ca.pem").write_bytes(authority.cert_pem)
     (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
     (tmp_path / "tls.key").write_bytes(pair.key_pem)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
     records = pipeline()
 
-    async def scenario() -> None:
-        manager = Manager(clock=FakeClock(CLOCK_START))
-        app = web.Application()
-        server = DebugServer(
-            manager,
-            ring_of(records).evidence,
-            label="ring",
-            address="127.0.0.1:0",
-            auth="auto",
-            reviews=None,
-        )
-        await server.start()  # plain HTTP; the TLS proxy in front of it is this test's
-        assert server.port is not None
-        upstream = f"http://127.0.0.1:{server.port}"
+    async def scenario(url: str, _: DebugServer) -> None:
+        assert url.startswith("https://")
+        trusted = EndpointEvidence(url, token="good", certificate_authority=tmp_path / "ca.pem")
+        assert await asyncio.to_thread(trusted.controller_records) == records[:3:2]
+        with pytest.raises(
+            EvidenceUnreachable,
+            match=r"CERTIFICATE_VERIFY_FAILED.*; pass --certificate-authority FILE "
+            r"\(or --insecure-skip-tls-verify\)$",
+        ):
+            await asyncio.to_thread(EndpointEvidence(url, token="good").controller_records)
 
-        async def proxy(request: web.Request) -> web.Response:
-            status, body = await asyncio.to_thread(fetch, upstream + request.path_qs)
-            return web.Response(status=status, body=body, content_type="application/json")
+    api = FakeApiServer()
+    api.allowed.add(("alice", "/debug/ctrltrace/evidence/controllers"))
+    with capture_logs() as logs:
+        asyncio.run(serving(records, scenario, auth="required", api=api, cert_dir=tmp_path))
+    (served,) = [log for log in logs if log["event"] == "Serving debug endpoint"]
+    assert served["certificate"] == str(tmp_path / "tls.crt")
+    assert served["sha256_fingerprint"] == fingerprint(pair.cert_pem)
 
-        app.router.add_get("/{path:.*}", proxy)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
-        url = f"https://127.0.0.1:{runner.addresses[0][1]}"
-        try:
-            trusted = EndpointEvidence(url, certificate_authority=tmp_path / "ca.pem")
-            assert await asyncio.to_thread(trusted.controller_records) == records[:3:2]
-            unverified = EndpointEvidence(url, insecure=True)
-            assert await asyncio.to_thread(unverified.controller_records) == records[:3:2]
-            with pytest.raises(
-                EvidenceUnreachable,
-                match=r"CERTIFICATE_VERIFY_FAILED.*; pass --certificate-authority",
-            ):
-                await asyncio.to_thread(EndpointEvidence(url).controller_records)
-        finally:
-            await runner.cleanup()
-            await server.stop()
 
-    asyncio.run(scenario())
+def modes(directory: Path) -> dict[str, int]:
+    """The permission bits of ``directory``'s subdirectories and their files, by name."""
+    return {
+        str(path.relative_to(directory)): path.stat().st_mode & 0o777
+        for path in sorted(directory.glob("**/*"))
+    }
+
+
+def test_without_a_certificate_it_makes_a_self_signed_one_and_removes_it_at_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made: dict[str, int] = {}
+
+    async def scenario(url: str, _: DebugServer) -> None:
+        assert url.startswith("https://")
+        host, port = url.removeprefix("https://").split(":")
+        pem = await asyncio.to_thread(ssl.get_server_certificate, (host, int(port)))
+        (served,) = [log for log in logs if log["event"] == "Serving debug endpoint"]
+        assert served["certificate"] == "self-signed"
+        assert served["sha256_fingerprint"] == fingerprint(pem.encode())
+        made.update(await asyncio.to_thread(modes, tmp_path))
+        client = EndpointEvidence(url, token="reader", insecure=True)
+        assert await asyncio.to_thread(client.lease_records) == []
+        with pytest.raises(EvidenceUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            await asyncio.to_thread(EndpointEvidence(url, token="reader").lease_records)
+
+    api = FakeApiServer()
+    api.allowed.add(("bob", "/debug/ctrltrace/evidence/leases"))
+    with capture_logs() as logs:
+        asyncio.run(serving(pipeline(), scenario, auth="required", api=api))
+    (directory,) = [name for name in made if "/" not in name]
+    assert directory.startswith("ctrltrace-debug-tls-")
+    assert made == {directory: 0o700, f"{directory}/tls.crt": 0o600, f"{directory}/tls.key": 0o600}
+    assert modes(tmp_path) == {}  # removed at stop
+
+
+def test_a_self_signed_certificate_names_the_bound_host_and_loopback() -> None:
+    pair = self_signed("ctrltrace-debug", ["10.1.2.3", "localhost", "127.0.0.1"])
+    cert = x509.load_pem_x509_certificate(pair.cert_pem)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == [
+        "10.1.2.3",
+        "127.0.0.1",
+    ]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert cert.issuer == cert.subject
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(days=8)
 
 
 def test_tui_from_fails_at_once_in_one_line_on_an_endpoint_it_cannot_read() -> None:
@@ -637,7 +701,7 @@ def test_tui_from_fails_at_once_in_one_line_on_an_endpoint_it_cannot_read() -> N
         "ctrltrace: error: cannot reach http://127.0.0.1:9: [Errno 111] Connection refused",
     )
     with ServedInThread(pipeline(), auth="required") as url:
-        code, output = _command("tui", "--from", url)
+        code, output = _command("tui", "--from", url, INSECURE)
         assert code == ExitCode.ENVIRONMENT and "(401): a bearer token is required" in output
     with ServedInThread(pipeline()) as url:
         code, output = _command("tui", "--from", url)  # readable: then it wants a terminal

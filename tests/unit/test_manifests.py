@@ -106,9 +106,37 @@ def test_a_service_account_the_rbac_and_a_deployment_running_ctrltrace_run(app_f
     assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # The journal is the one writable place, and its volume leaves room above the limit.
-    assert container["volumeMounts"] == [{"name": "journal", "mountPath": "/var/lib/ctrltrace"}]
-    assert pod["volumes"] == [{"name": "journal", "emptyDir": {"sizeLimit": "384Mi"}}]
+    # The journal's volume leaves room above the limit; /tmp, in memory, holds the debug
+    # endpoint's self-signed certificate.
+    assert container["volumeMounts"] == [
+        {"name": "journal", "mountPath": "/var/lib/ctrltrace"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    assert pod["volumes"] == [
+        {"name": "journal", "emptyDir": {"sizeLimit": "384Mi"}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
+
+
+def test_the_debug_endpoint_serves_a_tls_secret_when_given_one(app_file: str) -> None:
+    args = [app_file, "--image", IMAGE, "--namespace", "a"]
+    result = _invoke(*args)
+    assert "--insecure-skip-tls-verify" in result.stdout.split("\n---")[0]  # the header
+    assert "--debug-cert-dir=/etc/ctrltrace/debug-tls" not in _container(_documents(*args))["args"]
+    documents = _documents(*args, "--debug-cert-secret", "widgets-debug-tls")
+    container = _container(documents)
+    assert "--debug-cert-dir=/etc/ctrltrace/debug-tls" in container["args"]
+    assert container["volumeMounts"][-1] == {
+        "name": "debug-tls",
+        "mountPath": "/etc/ctrltrace/debug-tls",
+        "readOnly": True,
+    }
+    volumes = documents[-1]["spec"]["template"]["spec"]["volumes"]
+    assert volumes[-1] == {"name": "debug-tls", "secret": {"secretName": "widgets-debug-tls"}}
+    header = _invoke(*args, "--debug-cert-secret", "widgets-debug-tls").stdout.split("\n---")[0]
+    assert "with the Secret widgets-debug-tls (tls.crt, tls.key)" in " ".join(
+        line.lstrip("# ") for line in header.splitlines()
+    )
 
 
 def test_each_replica_names_itself_in_its_spans_and_no_endpoint_is_invented(app_file: str) -> None:
@@ -133,13 +161,13 @@ def test_otel_variables_come_from_the_environment_or_the_option_but_never_header
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.observability:4318")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer secret")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer s3cr3t-t0ken")
     result = _invoke(app_file, "--image", IMAGE)
     env = _env(_container(list(yaml.safe_load_all(result.stdout))))
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.observability:4318"
     assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
     assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
-    assert "secret" not in result.stdout
+    assert "s3cr3t-t0ken" not in result.stdout
     assert "# OTEL_EXPORTER_OTLP_ENDPOINT comes from the environment that printed this" in (
         result.stdout
     )
@@ -257,11 +285,14 @@ def test_the_command_is_listed_in_the_group() -> None:
 def test_every_flag_the_deployment_passes_is_one_ctrltrace_run_takes(app_file: str) -> None:
     from ctrltrace.cli.run import run
 
-    args = _container(_documents(app_file, "--image", IMAGE, "--namespace", "a"))["args"]
+    documents = _documents(
+        app_file, "--image", IMAGE, "--namespace", "a", "--debug-cert-secret", "s"
+    )
+    args = _container(documents)["args"]
     taken = {option for parameter in run.params for option in parameter.opts}
     flags = {arg.partition("=")[0] for arg in args[1:]}
-    # The debug endpoint's flag is added to `run` on its own branch of #21, by this name.
-    assert flags - taken <= {"--debug-bind-address"}
+    assert flags <= taken
+    assert "--debug-cert-dir" in flags
     assert {"--leader-elect", "--journal", "--journal-max-size", "--namespace"} <= flags
 
 
