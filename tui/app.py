@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from itertools import takewhile
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from rich.text import Text
 from textual import work
@@ -55,7 +55,12 @@ from ctrltrace.tui.screens import (
 )
 from ctrltrace.tui.table import Column, LiveTable
 
-__all__ = ["JOURNAL_EXIT", "LostScreen", "TraceApp"]  # what the command and tests import
+__all__ = [
+    "JOURNAL_EXIT",
+    "ExitCodeFor",
+    "LostScreen",
+    "TraceApp",
+]  # what the command and tests import
 
 
 RENDER_EVERY_S = 0.1  # at most ten renders a second, however fast records come
@@ -147,8 +152,19 @@ class Replayed(Message):
         self.error = error
 
 
+class ExitCodeFor(Protocol):
+    """The process's exit code for the error that stopped a feed (the command's to decide)."""
+
+    def __call__(self, error: Exception, /) -> int: ...
+
+
+def _journal_exit(_: Exception) -> int:
+    return JOURNAL_EXIT
+
+
 class TraceApp(App[None]):
-    """The views over one feed. ``clock`` gives wall time (tests freeze it)."""
+    """The views over one feed. ``clock`` gives wall time (tests freeze it); ``exit_code``
+    gives the code to exit with when the feed fails (by default the journal's)."""
 
     TITLE = "ctrltrace"
     ENABLE_COMMAND_PALETTE = False
@@ -209,16 +225,18 @@ class TraceApp(App[None]):
         *,
         clock: Callable[[], float] = time.time,
         max_events: int = MAX_EVENT_ROWS,
+        exit_code: ExitCodeFor = _journal_exit,
     ) -> None:
         super().__init__()
         self.feed = feed
         self.clock = clock
+        self.exit_code = exit_code
         self.live = ViewState(max_events=max_events)
         self.shown = self.live  # the live state, or one replayed up to the cursor
         self.cursor: float | None = None
         self.paused_at: float | None = None
         self.filter = cells.RowFilter()
-        self.failure = ""
+        self.error: Exception | None = None  # what stopped the feed, shown on screen
         self.lag: float | None = None  # wall time minus the newest record's, at the last render
         self._trouble = ""
         self._dropped = 0
@@ -286,9 +304,9 @@ class TraceApp(App[None]):
         if self.paused_at is not None:  # the records wait in the feed until resumed
             return
         batch = self.feed.take()
-        if batch.failure and not self.failure:
-            self.failure = batch.failure
-            self.push_screen(FailureScreen(batch.failure))
+        if batch.error is not None and self.error is None:
+            self.error = batch.error
+            self.push_screen(FailureScreen(batch.failure, self.exit_code(batch.error)))
             return
         self._trouble = batch.trouble
         self._dropped = batch.dropped
@@ -325,7 +343,7 @@ class TraceApp(App[None]):
         self._last_render = time.monotonic()
         # Not while another screen is on top, or while the app starts or stops: the tables are
         # the main screen's (a tick then found no '#events' and raised).
-        if self.failure or not self.is_running or not self.query("#events"):
+        if self.error is not None or not self.is_running or not self.query("#events"):
             return
         state, now = self.shown, self.now()
         self._render_events(state)

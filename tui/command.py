@@ -1,6 +1,7 @@
 """``ctrltrace tui`` and ``ctrltrace run --tui``: how the live view is started.
 
-Owns the command's options, the exit for a journal that cannot be read, and running a manager
+Owns the command's options, the exit for records that cannot be read (explain's code for the
+same failure), and running a manager
 on an event loop in a thread of its own beside the view, in one process. Importing this
 module is cheap: Textual is imported when a command runs, so ``ctrltrace --help`` stays fast.
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Self
 
 import click
 
+from ctrltrace.cli.errors import CommandError
 from ctrltrace.cli.options import Source, evidence_errors, evidence_options
 
 if TYPE_CHECKING:
@@ -37,10 +39,11 @@ def tui_command(source: Source) -> None:
 
     Views: events (and what each controller did with them), controllers, leader election,
     watches; Enter explains the selected object. Press ? for the keys. It reads the records
-    only and never talks to Kubernetes. A missing or foreign journal exits with code 5.
+    only and never talks to Kubernetes. Records it cannot read exit with explain's code: a
+    missing or foreign journal 5, an endpoint that refuses 4, one that does not answer 8.
     """
     # Textual loads only when the view starts: other commands do not pay for it.
-    from ctrltrace.tui.app import JOURNAL_EXIT, TraceApp  # noqa: PLC0415
+    from ctrltrace.tui.app import TraceApp  # noqa: PLC0415
     from ctrltrace.tui.feed import EvidenceFeed  # noqa: PLC0415
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -48,11 +51,20 @@ def tui_command(source: Source) -> None:
         with evidence_errors():
             source.open().close()
         raise click.UsageError("ctrltrace tui needs a terminal (stdin and stdout)")
-    app = TraceApp(EvidenceFeed(source.open, label=source.label))
+    app = TraceApp(EvidenceFeed(source.open, label=source.label), exit_code=exit_code)
     app.run()
-    if app.failure:  # shown on screen; repeated here, where it outlives the screen
-        click.echo(f"ctrltrace: error: {app.failure}", err=True)
-        raise click.exceptions.Exit(JOURNAL_EXIT)
+    if app.error is not None:  # shown on screen; repeated here, where it outlives the screen
+        with evidence_errors():
+            raise app.error
+
+
+def exit_code(error: Exception) -> int:
+    """The code ``explain`` exits with when its source fails with ``error``."""
+    try:
+        with evidence_errors():
+            raise error
+    except CommandError as failed:
+        return failed.exit_code
 
 
 def run_with_tui(manager: Manager, journal_path: Path | None, *, headless: bool = False) -> None:

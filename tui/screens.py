@@ -29,9 +29,10 @@ from ctrltrace.tui.feed import (
 )
 from ctrltrace.tui.table import Column, LiveTable
 
-# ctrltrace.cli.ExitCode.JOURNAL, the code explain exits with when it cannot read the journal.
-# Not imported: the CLI imports envtest and the exporters, and the TUI must stay independent
-# of both (import-linter's independence contract follows imports through the CLI).
+# ctrltrace.cli.ExitCode.JOURNAL, the code explain exits with when it cannot read the journal:
+# the app's exit for a failed feed unless its command says otherwise (``TraceApp``'s
+# ``exit_code``). Not imported: the CLI imports envtest and the exporters, and the TUI must stay
+# independent of both (import-linter's independence contract follows imports through the CLI).
 JOURNAL_EXIT = 5
 
 
@@ -122,9 +123,10 @@ class FailureScreen(Screen[None]):
     }
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: int = JOURNAL_EXIT) -> None:
         super().__init__()
         self.message = message
+        self.code = code
 
     def compose(self) -> ComposeResult:
         yield Static(
@@ -133,13 +135,13 @@ class FailureScreen(Screen[None]):
                 self.message,
                 "\n\nctrltrace tui reads the journal that `ctrltrace run` writes (--journal PATH "
                 "or $CTRLTRACE_JOURNAL). Press q, Esc or Enter to exit "
-                f"(exit code {JOURNAL_EXIT}).",
+                f"(exit code {self.code}).",
             )
         )
         yield Footer()
 
     def action_leave(self) -> None:
-        self.app.exit(return_code=JOURNAL_EXIT, message=self.message)
+        self.app.exit(return_code=self.code, message=self.message)
 
 
 class ObjectScreen(Screen[None]):

@@ -32,14 +32,15 @@ from textual.widgets import Input, Static
 from ctrltrace import BuildError, Manager
 from ctrltrace.cli import ExitCode
 from ctrltrace.cli import main as cli_main
-from ctrltrace.evidence import Opener
+from ctrltrace.evidence import EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable, Opener
 from ctrltrace.explain import Code, explain
 from ctrltrace.explain_text import render_text
 from ctrltrace.funnel import Funnel, Loss, Step
-from ctrltrace.journal import Journal, JournalWriter
+from ctrltrace.journal import Journal, JournalError, JournalWriter
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
 from ctrltrace.tui import cells, funnel_cells
 from ctrltrace.tui.app import JOURNAL_EXIT, LostScreen, TraceApp
+from ctrltrace.tui.command import exit_code as tui_exit_code
 from ctrltrace.tui.command import run_with_tui, tui_command
 from ctrltrace.tui.feed import (
     Batch,
@@ -966,7 +967,7 @@ def test_q_quits(journal: Path) -> None:
             await settled(pilot, len(DEMO.records))
             await pilot.press("q")
             await pilot.pause()
-        assert app.return_code == 0 and not app.failure
+        assert app.return_code == 0 and app.error is None
 
     run(scenario)
 
@@ -1014,7 +1015,7 @@ def test_a_missing_or_foreign_journal_is_said_on_screen_and_exits_5(
     async def scenario() -> None:
         app = app_on(path, END)
         async with app.run_test(size=(80, 24)) as pilot:
-            await _until(pilot, lambda: bool(app.failure))
+            await _until(pilot, lambda: app.error is not None)
             await pilot.pause()
             text = screen_text(app)
             assert "✗ cannot read the records" in text and message in text
@@ -1023,7 +1024,41 @@ def test_a_missing_or_foreign_journal_is_said_on_screen_and_exits_5(
             await pilot.press("q")
             await pilot.pause()
         assert app.return_code == ExitCode.JOURNAL
-        assert message in app.failure
+        assert message in str(app.error)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (EvidenceUnreachable("cannot reach http://127.0.0.1:9: refused"), ExitCode.UNREACHABLE),
+        (
+            EvidenceRefused("http://a refused the request (403): bob lacks get"),
+            ExitCode.ENVIRONMENT,
+        ),
+        (EvidenceUnreadable("http://a answered with something that is not"), ExitCode.JOURNAL),
+        (JournalError("no journal at journal.sqlite"), ExitCode.JOURNAL),
+    ],
+)
+def test_a_source_that_fails_exits_with_the_code_explain_gives_for_the_same_failure(
+    error: Exception, code: ExitCode
+) -> None:
+    def failing() -> Journal:
+        raise error
+
+    async def scenario() -> None:
+        feed = EvidenceFeed(failing, label="the source", poll_s=0.02)
+        app = SteadyApp(feed, clock=at(END), exit_code=tui_exit_code)
+        async with app.run_test(size=(110, 24)) as pilot:
+            await _until(pilot, lambda: app.error is not None)
+            await pilot.pause()
+            text = screen_text(app)
+            assert str(error) in text and f"(exit code {int(code)})" in text
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_code == code
+        assert app.error is error
 
     run(scenario)
 

@@ -35,9 +35,16 @@ class Batch:
 
     records: list[Record]
     dropped: int = 0  # records lost before reaching the view since the feed started
-    failure: str = ""  # the feed cannot go on (no journal, not a journal): one line
+    # Why the feed cannot go on (no journal, not a journal, refused, unreachable): the error
+    # itself, so that the command exits with the code explain gives for it.
+    error: JournalError | EvidenceError | None = None
     trouble: str = ""  # a passing problem (journal busy), retried meanwhile
     ended: bool = False  # the process making the records ended: no more will come
+
+    @property
+    def failure(self) -> str:
+        """``error`` in one line, or empty."""
+        return "" if self.error is None else str(self.error)
 
 
 class Feed(Protocol):
@@ -114,7 +121,7 @@ class EvidenceFeed:
         self._poll_s = poll_s
         self._chunk = chunk
         self._buffer = _Buffer(max_pending)
-        self._failure = ""
+        self._error: JournalError | EvidenceError | None = None
         self._trouble = ""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,7 +158,7 @@ class EvidenceFeed:
         self._thread.start()
 
     def take(self) -> Batch:
-        return Batch(self._buffer.take(), 0, self._failure, self._trouble)
+        return Batch(self._buffer.take(), 0, self._error, self._trouble)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -162,7 +169,7 @@ class EvidenceFeed:
         try:
             evidence = self._opener()
         except (JournalError, EvidenceError) as error:
-            self._failure = str(error)
+            self._error = error
             self._buffer.signal()
             return
         with evidence:
