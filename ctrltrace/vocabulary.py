@@ -400,6 +400,17 @@ def manager_record(time: float, outcome: str, reason: str, attrs: Attrs | None =
     return Record(time, Stage.MANAGER, outcome, reason, attrs=attrs or {})
 
 
+def evidence_missing_record(first: float, last: float, reason: str, **attrs: AttrValue) -> Record:
+    """Evidence a reader could not give (traces not sampled, records a memory ring dropped),
+    said as explain hears it: a MANAGER ``evidence_missing`` over the time, at its start."""
+    return manager_record(
+        first,
+        ManagerOutcome.EVIDENCE_MISSING,
+        reason,
+        {Attr.FIRST_TIME: first, Attr.LAST_TIME: last, **attrs},
+    )
+
+
 def journal_gap_record(count: int, first: float, last: float, why: str) -> Record:
     """Records that never reached the journal, as a record of their own at the last one's
     time."""

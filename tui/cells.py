@@ -373,10 +373,11 @@ def watch_detail(watch: WatchState) -> Text:
 
 def feed_status(state: ViewState, now: float) -> Text:
     """Live, or idle since the newest record: a journal that stops growing is not an error.
-    Records the journal lost are said either way: what is shown may be incomplete."""
+    Records the journal lost, or its source dropped, are said either way: what is shown may be
+    incomplete."""
     if state.newest is None:
         return Text("◷ waiting for records", "yellow")
-    gaps = f" · ⚠ {state.gaps} journal gap(s)" if state.gaps else ""
+    gaps = f" · ⚠ {state.gaps} gap(s) in the records" if state.gaps else ""
     if now - state.newest <= IDLE_AFTER_S:
         return Text(f"● live{gaps}", "green")
     stopped = " · manager stopped" if state.manager == ManagerOutcome.STOPPED else ""

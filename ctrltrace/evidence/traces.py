@@ -66,7 +66,7 @@ from ctrltrace.spanmodel import (
     object_of,
     stage_of,
 )
-from ctrltrace.vocabulary import Attr, ManagerOutcome, manager_record
+from ctrltrace.vocabulary import evidence_missing_record
 
 __all__ = ["DEFAULT_WINDOW", "NUM_TRACES", "TraceEvidence", "records_from_otlp"]
 
@@ -559,7 +559,7 @@ class TraceEvidence:
                 documents.append(document)
                 earliest = _earliest_of_each_trace(document)
                 if len(earliest) >= self._num_traces:  # Jaeger answers the newest first
-                    self._truncated[(service, name)] = _gap(
+                    self._truncated[(service, name)] = evidence_missing_record(
                         start,
                         min(earliest.values()) / 1e9,
                         f"Jaeger gave only the newest {len(earliest)} traces of {name!r} "
@@ -578,7 +578,7 @@ class TraceEvidence:
                 f"{_rfc3339(until)} (services: {', '.join(services) or 'none'})"
             )
         sampling = [
-            _gap(
+            evidence_missing_record(
                 self._read_from,
                 until,
                 f"{replica} samples traces ({sampler}): spans of "
@@ -629,17 +629,6 @@ class TraceEvidence:
             raise EvidenceUnreadable(
                 f"{self.url}{path} did not answer JSON: not Jaeger's query API v3?"
             ) from None
-
-
-def _gap(first: float, last: float, reason: str, **attrs: AttrValue) -> Record:
-    """Missing evidence, said as explain hears it: a MANAGER ``evidence_missing`` over the
-    time."""
-    return manager_record(
-        first,
-        ManagerOutcome.EVIDENCE_MISSING,
-        reason,
-        {Attr.FIRST_TIME: first, Attr.LAST_TIME: last, **attrs},
-    )
 
 
 def _earliest_of_each_trace(document: Mapping[str, Any]) -> dict[str, int]:

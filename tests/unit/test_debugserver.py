@@ -38,11 +38,13 @@ from ctrltrace.evidence import (
     explain_from,
 )
 from ctrltrace.evidence.endpoint import EndpointEvidence
+from ctrltrace.explain import Code
 from ctrltrace.journal import Journal, JournalWriter
 from ctrltrace.pki import CertificateAuthority, fingerprint, self_signed
 from ctrltrace.records import ObjectRef, Record, Stage
 from ctrltrace.ring import RecordRing
 from ctrltrace.transport import Forbidden, Transport
+from ctrltrace.vocabulary import Attr, ManagerOutcome
 
 CLOCK_START = 1_000.0
 T0 = 1_700_000_000.0 + CLOCK_START  # FakeClock's wall time at start
@@ -247,11 +249,51 @@ def test_records_resume_from_a_cursor_and_page_by_limit() -> None:
     asyncio.run(serving(records, scenario))
 
 
-def test_a_ring_drops_its_oldest_records_and_resumes_an_old_cursor_at_the_oldest_kept() -> None:
+def test_a_ring_drops_its_oldest_records_and_says_how_many_a_cursor_lost() -> None:
     records = pipeline()
     ring = ring_of(records, capacity=3)
     assert ring.evidence().tail(0, 100) == [(6, records[5]), (7, records[6]), (8, records[7])]
     assert ring.evidence().tail(7, 100) == [(8, records[7])]
+    (cursor, gap), *rest = ring.evidence().tail(2, 100)
+    assert rest == [(6, records[5]), (7, records[6]), (8, records[7])]
+    assert cursor == 5  # the last one lost: resuming from it loses nothing more
+    assert (gap.stage, gap.outcome) == (Stage.MANAGER, ManagerOutcome.EVIDENCE_MISSING)
+    assert gap.reason == (
+        "3 records older than the 3 the manager keeps in memory were dropped (debug_ring_size)"
+    )
+    assert gap.attrs == {
+        Attr.COUNT: 3,
+        Attr.FIRST_TIME: records[0].time,
+        Attr.LAST_TIME: records[4].time,
+    }
+    # All five dropped are among the controller records, over their time: explain hears it.
+    [dropped] = [r for r in ring.evidence().controller_records() if r.stage is Stage.MANAGER]
+    assert dropped.attrs[Attr.COUNT] == 5
+    assert ring.evidence().controller_records(since=records[4].time + 1) == []
+
+
+def test_a_gap_in_the_ring_reaches_the_client_and_explain_says_evidence_is_missing() -> None:
+    other = dataclasses.replace(WIDGET, name="other", uid="uid-other")
+    burst = [
+        Record(time=T0 - 2 + i / 100, stage=Stage.EVENT, outcome="MODIFIED", object=other)
+        for i in range(5)
+    ]
+    records = [*pipeline(), *burst]
+    ring = ring_of(records, capacity=5)  # everything about default/web is gone, not the health
+
+    async def scenario(url: str, _: DebugServer) -> None:
+        client = EndpointEvidence(url)
+        (cursor, gap), *rest = await asyncio.to_thread(client.tail, 2, 100)
+        (served_cursor, served_gap), *served_rest = ring.evidence().tail(2, 100)
+        assert (cursor, rest) == (served_cursor, served_rest)
+        assert dataclasses.replace(gap, id=0) == dataclasses.replace(served_gap, id=0)
+        answer = await asyncio.to_thread(
+            explain_from, client, namespace="default", name="web", now=T0
+        )
+        assert answer.verdict.code is Code.EVIDENCE_MISSING  # not no_events
+        assert "8 records older than the 5 the manager keeps in memory" in answer.verdict.message
+
+    asyncio.run(serving(ring, scenario))
 
 
 @pytest.mark.parametrize(
@@ -301,7 +343,7 @@ def test_loopback_needs_no_token_unless_required() -> None:
     assert needs_auth("10.1.2.3:8082", "auto")
 
 
-def test_bad_options_are_start_up_problems() -> None:
+def test_bad_options_are_start_up_problems(tmp_path: Path) -> None:
     assert problems("127.0.0.1:8082", "auto") == []
     assert problems("0", "required") == []
     assert problems(":http", "sometimes") == [
@@ -310,6 +352,14 @@ def test_bad_options_are_start_up_problems() -> None:
     ]
     assert Manager(debug_auth="never").problems() == [
         "debug_auth must be one of auto, required, not 'never'"
+    ]
+    assert Manager(debug_ring_size=0, debug_cert_dir=str(tmp_path)).problems() == [
+        "debug_ring_size must be at least 1, not 0",
+        f"debug_cert_dir {str(tmp_path)!r} lacks tls.crt and tls.key",
+    ]
+    (tmp_path / "tls.crt").write_text("")
+    assert problems("127.0.0.1:0", "auto", str(tmp_path)) == [
+        f"debug_cert_dir {str(tmp_path)!r} lacks tls.key"
     ]
 
 

@@ -1214,7 +1214,11 @@ def test_a_journal_gap_is_said_in_the_feed_status_and_is_not_the_managers_life()
     state = ViewState()
     state.apply(story.records)
     assert state.manager == "started"
-    assert "⚠ 1 journal gap(s)" in cells.feed_status(state, story.time).plain
+    assert "⚠ 1 gap(s) in the records" in cells.feed_status(state, story.time).plain
+    story.add(Stage.MANAGER, "evidence_missing", reason="dropped", attrs={"count": 2})
+    state.apply(story.records[-1:])
+    assert state.manager == "started"
+    assert "⚠ 2 gap(s) in the records" in cells.feed_status(state, story.time).plain
 
 
 # -- the funnel and the time views -------------------------------------------------------------

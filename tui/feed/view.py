@@ -44,6 +44,9 @@ MAX_TRANSITIONS = 50
 MAX_WORK_ROWS = 200
 _MAX_PER_CONTROLLER = 10_000  # waiting, running and scheduled requests kept per controller
 
+# Records that say records are missing (lost on the way to the journal, dropped by a source).
+_GAPS = (ManagerOutcome.JOURNAL_GAP, ManagerOutcome.EVIDENCE_MISSING)
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -221,7 +224,7 @@ class ViewState:
         self.watches: dict[str, WatchState] = {}
         self.newest: float | None = None  # time of the newest record applied
         self.manager = ""  # started / stopped: the latest manager record
-        self.gaps = 0  # journal_gap records: records lost on their way to the journal
+        self.gaps = 0  # journal_gap and evidence_missing records: what is shown may lack some
         self.applied = 0
         self.funnel = FunnelFold()  # each controller's funnel, rates and latencies
         self._next_key = 1
@@ -476,7 +479,7 @@ class ViewState:
             controller.workers = int(record.attrs.get(Attr.MAX_CONCURRENT_RECONCILES, 0))
 
     def _on_manager(self, record: Record) -> None:
-        if record.outcome == ManagerOutcome.JOURNAL_GAP:  # the journal's, not the process's life
+        if record.outcome in _GAPS:  # the evidence's, not the process's life
             self.gaps += 1
             return
         self.manager = record.outcome
