@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import click
 
+from ctrltrace import debugwire
 from ctrltrace.cli.app import (
     AppArgs,
     app_parameters,
@@ -51,7 +52,7 @@ LEASE_VERBS = ("get", "create", "update")  # what leaderelection.LeaderElector s
 EVENT_VERBS = ("create", "patch")  # kubeevents creates Events and patches their count
 # The debug endpoint's paths. The authorizer matches a non-resource URL ending in "*" as a
 # prefix (only there): this grants /debug/ctrltrace/explain, /state and /records.
-DEBUG_URLS = "/debug/ctrltrace/*"
+DEBUG_URLS = f"{debugwire.PREFIX}/*"
 WRITES_ATTRIBUTE = "RBAC_WRITES"
 _RBAC_API = "rbac.authorization.k8s.io"
 _WIDTH = 100  # header comments wrap here, like doctor's checklist
