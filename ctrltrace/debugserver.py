@@ -31,7 +31,9 @@ Whenever it asks for a token it serves HTTPS (controller-runtime's secure metric
 so that no token crosses a network in the clear: with ``tls.crt``/``tls.key`` from
 ``debug_cert_dir`` (cert-manager's Secret layout), else with a self-signed certificate made at
 start (``ctrltrace.pki``), written into a private temporary directory removed at stop; its
-SHA-256 fingerprint is logged either way. On loopback without ``required`` it serves plain
+SHA-256 fingerprint is logged either way. Files in ``debug_cert_dir`` are checked every
+``CERT_CHECK_S`` and loaded again when they change (new connections get the renewed
+certificate). On loopback without ``required`` it serves plain
 HTTP: only the pod's own network namespace reaches it, and ``kubectl port-forward`` carries it
 through the API server's own TLS tunnel.
 
@@ -41,10 +43,12 @@ It may not change anything in the manager, and sends no record anywhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import json
+import os
 import shutil
 import ssl
 import tempfile
@@ -78,6 +82,9 @@ CERT_FILE, KEY_FILE = "tls.crt", "tls.key"  # in debug_cert_dir: cert-manager's 
 # The self-signed certificate lives as long as the process that made it, which a restart
 # replaces; a week bounds what a copied key is worth.
 SELF_SIGNED_VALIDITY = datetime.timedelta(days=7)
+# How often debug_cert_dir's files are checked for a renewal (the kubelet updates a mounted
+# Secret within a minute or so of cert-manager renewing it).
+CERT_CHECK_S = 30.0
 
 # How long a review's answer is reused (controller-runtime caches them too: one explain makes
 # several requests and a live view polls every second, each of which would otherwise cost two
@@ -305,6 +312,7 @@ class DebugServer:
         if needs_auth(address, auth) and reviews is None:  # never serve unchecked instead
             raise ValueError(f"the debug endpoint on {address} needs TokenReviews to check tokens")
         self._runner: web.AppRunner | None = None
+        self._reloading: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     @property
@@ -343,6 +351,27 @@ class DebugServer:
             evidence=self._label,
             **({} if tls is None else self._certificate_fields()),
         )
+        if tls is not None and self._cert_dir is not None:
+            self._reloading = asyncio.create_task(self._reload_renewed(tls, self._cert_dir))
+
+    async def _reload_renewed(self, tls: ssl.SSLContext, directory: str) -> None:
+        """Load ``directory``'s certificate into ``tls`` again whenever its files change; a
+        pair that cannot be loaded (caught half-written) is tried again at the next check."""
+        files = (Path(directory) / CERT_FILE, Path(directory) / KEY_FILE)
+        log = structlog.get_logger("ctrltrace")
+        loaded = await asyncio.to_thread(_stamp, files)
+        while True:
+            await self._manager.clock.sleep(CERT_CHECK_S)
+            stamp = await asyncio.to_thread(_stamp, files)
+            if stamp == loaded:
+                continue
+            try:
+                await asyncio.to_thread(tls.load_cert_chain, *files)
+            except (OSError, ValueError) as error:
+                log.warning("Debug endpoint certificate not reloaded", error=str(error))
+                continue
+            loaded = stamp
+            log.info("Debug endpoint certificate reloaded", **self._certificate_fields())
 
     def _tls(self, host: str) -> ssl.SSLContext:
         """The server's TLS: the certificate in ``cert_dir``, else a self-signed one for
@@ -375,6 +404,11 @@ class DebugServer:
         }
 
     async def stop(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloading
+            self._reloading = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -469,6 +503,15 @@ class DebugServer:
 
     async def _state(self, _: web.Request) -> web.Response:
         return web.json_response(state(self._manager))
+
+
+def _stamp(files: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...] | None:
+    """What tells a file's new version from the old (a mounted Secret's files are replaced,
+    not rewritten); None while one is missing."""
+    try:
+        return tuple((info.st_ino, info.st_mtime_ns, info.st_size) for info in map(os.stat, files))
+    except OSError:
+        return None
 
 
 def state(manager: Manager) -> dict[str, Any]:

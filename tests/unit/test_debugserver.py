@@ -28,7 +28,14 @@ from ctrltrace import Context, Manager, Request
 from ctrltrace.cli import ExitCode, main
 from ctrltrace.clock import FakeClock
 from ctrltrace.controller import Controller
-from ctrltrace.debugserver import DebugServer, TokenReviews, needs_auth, problems, state
+from ctrltrace.debugserver import (
+    CERT_CHECK_S,
+    DebugServer,
+    TokenReviews,
+    needs_auth,
+    problems,
+    state,
+)
 from ctrltrace.debugwire import NotARecord, record_from_json, record_json
 from ctrltrace.evidence import (
     EvidenceError,
@@ -40,7 +47,7 @@ from ctrltrace.evidence import (
 from ctrltrace.evidence.endpoint import EndpointEvidence
 from ctrltrace.explain import Code
 from ctrltrace.journal import Journal, JournalWriter
-from ctrltrace.pki import CertificateAuthority, fingerprint, self_signed
+from ctrltrace.pki import CertificateAuthority, KeyPair, fingerprint, self_signed
 from ctrltrace.records import ObjectRef, Record, Stage
 from ctrltrace.ring import RecordRing
 from ctrltrace.transport import Forbidden, Transport
@@ -158,9 +165,10 @@ async def serving(
     auth: str = "auto",
     api: FakeApiServer | None = None,
     cert_dir: Path | None = None,
+    clock: FakeClock | None = None,
 ) -> None:
     """``scenario`` given the server's URL: https when it asks for tokens."""
-    clock = FakeClock(CLOCK_START)
+    clock = clock or FakeClock(CLOCK_START)
     manager = Manager(clock=clock)
     ring = records if isinstance(records, RecordRing) else ring_of(records)
     reviews = TokenReviews(cast(Transport, api or FakeApiServer()), clock)
@@ -673,6 +681,14 @@ def test_an_endpoint_asking_for_tokens_serves_the_certificate_it_is_given(
     (tmp_path / "tls.key").write_bytes(pair.key_pem)
     records = pipeline()
 
+    renewed = authority.serving()
+    clock = FakeClock(CLOCK_START)
+
+    async def served_fingerprint(url: str) -> str:
+        host, port = url.removeprefix("https://").split(":")
+        pem = await asyncio.to_thread(ssl.get_server_certificate, (host, int(port)))
+        return fingerprint(pem.encode())
+
     async def scenario(url: str, _: DebugServer) -> None:
         assert url.startswith("https://")
         trusted = EndpointEvidence(url, token="good", certificate_authority=tmp_path / "ca.pem")
@@ -683,14 +699,35 @@ def test_an_endpoint_asking_for_tokens_serves_the_certificate_it_is_given(
             r"\(or --insecure-skip-tls-verify\)$",
         ):
             await asyncio.to_thread(EndpointEvidence(url, token="good").controller_records)
+        # Renewed as the kubelet updates a mounted Secret: new files in place of the old.
+        await asyncio.to_thread(replace_pair, tmp_path, renewed)
+        await clock.advance(CERT_CHECK_S - 1)
+        assert await served_fingerprint(url) == fingerprint(pair.cert_pem)
+        await clock.advance(1)
+        for _attempt in range(100):  # the reload runs in a worker thread
+            if await served_fingerprint(url) == fingerprint(renewed.cert_pem):
+                break
+            await asyncio.sleep(0.01)
+        assert await served_fingerprint(url) == fingerprint(renewed.cert_pem)
+        assert await asyncio.to_thread(trusted.controller_records) == records[:3:2]
 
     api = FakeApiServer()
     api.allowed.add(("alice", "/debug/ctrltrace/evidence/controllers"))
     with capture_logs() as logs:
-        asyncio.run(serving(records, scenario, auth="required", api=api, cert_dir=tmp_path))
+        asyncio.run(
+            serving(records, scenario, auth="required", api=api, cert_dir=tmp_path, clock=clock)
+        )
     (served,) = [log for log in logs if log["event"] == "Serving debug endpoint"]
     assert served["certificate"] == str(tmp_path / "tls.crt")
     assert served["sha256_fingerprint"] == fingerprint(pair.cert_pem)
+    (reloaded,) = [log for log in logs if log["event"] == "Debug endpoint certificate reloaded"]
+    assert reloaded["sha256_fingerprint"] == fingerprint(renewed.cert_pem)
+
+
+def replace_pair(directory: Path, pair: KeyPair) -> None:
+    for name, data in (("tls.crt", pair.cert_pem), ("tls.key", pair.key_pem)):
+        (directory / f"{name}.new").write_bytes(data)
+        (directory / f"{name}.new").replace(directory / name)
 
 
 def modes(directory: Path) -> dict[str, int]:
