@@ -141,7 +141,7 @@ class FailureScreen(Screen[None]):
         yield Footer()
 
     def action_leave(self) -> None:
-        self.app.exit(return_code=self.code, message=self.message)
+        self.app.exit(return_code=self.code)  # the command says why, once, in its one line
 
 
 class ObjectScreen(Screen[None]):

@@ -8,7 +8,12 @@ import dataclasses
 import datetime
 import functools
 import json
+import os
+import re
+import select
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 import urllib.error
@@ -779,6 +784,52 @@ def test_a_self_signed_certificate_names_the_bound_host_and_loopback() -> None:
     assert cert.issuer == cert.subject
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(days=8)
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """``ctrltrace ARGS`` on a pseudo-terminal, q pressed once the failure screen shows its
+    exit code: the exit code and the lines left on the terminal after the view closed."""
+    primary, secondary = os.openpty()
+    env = {**os.environ, "TERM": "xterm-256color"}
+    command = [sys.executable, "-m", "ctrltrace", *args]
+    process = subprocess.Popen(
+        command, stdin=secondary, stdout=secondary, stderr=secondary, env=env
+    )
+    os.close(secondary)
+    shown, pressed = b"", False
+    try:
+        while process.poll() is None or select.select([primary], [], [], 0)[0]:
+            if not select.select([primary], [], [], 0.1)[0]:
+                continue
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            shown += chunk
+            if not pressed and b"(exit code" in shown:
+                os.write(primary, b"q")
+                pressed = True
+        code = process.wait(30)
+    finally:
+        os.close(primary)
+        if process.poll() is None:
+            process.kill()
+    after = shown.rpartition(b"\x1b[?1049l")[2]  # what follows leaving the alternate screen
+    text = re.sub(r"\x1b\[[0-9;?<>]*[A-Za-z]", "", after.decode(errors="replace"))
+    return code, text.strip()
+
+
+def test_tui_from_on_a_terminal_exits_with_explains_code_for_the_failure() -> None:
+    code, said = on_a_terminal("tui", "--from", "http://127.0.0.1:9")
+    assert (code, said) == (
+        ExitCode.UNREACHABLE,
+        "ctrltrace: error: cannot reach http://127.0.0.1:9: [Errno 111] Connection refused",
+    )
+    with ServedInThread(pipeline(), auth="required") as url:
+        code, said = on_a_terminal("tui", "--from", url, INSECURE)
+    assert code == ExitCode.ENVIRONMENT
+    assert said.startswith(f"ctrltrace: error: {url} refused the request (401): a bearer token")
+    assert "\n" not in said
 
 
 def test_tui_from_fails_at_once_in_one_line_on_an_endpoint_it_cannot_read() -> None:
