@@ -119,7 +119,7 @@ def report(
             ratio = statistics.median(values) / statistics.median(base)
             paired = statistics.median(v / b for v, b in zip(values, base, strict=True) if b)
             cells.append(
-                f"{variant.name} {statistics.median(values):,.4g} ({ratio:.3f}/{paired:.3f})"
+                f"{variant.name} {_number(statistics.median(values))} ({ratio:.3f}/{paired:.3f})"
             )
         lines.append(f"{name}: " + " · ".join(cells))
     return "\n".join(lines)
