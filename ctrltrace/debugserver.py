@@ -48,6 +48,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import shutil
 import ssl
@@ -79,9 +80,10 @@ AUTH_MODES = ("auto", "required")
 RECORDS_LIMIT = 1_000  # records per /records answer unless asked for fewer
 MAX_RECORDS_LIMIT = 10_000
 CERT_FILE, KEY_FILE = "tls.crt", "tls.key"  # in debug_cert_dir: cert-manager's Secret keys
-# The self-signed certificate lives as long as the process that made it, which a restart
-# replaces; a week bounds what a copied key is worth.
+# A week bounds what a copied key is worth; a process that runs longer makes a new one a day
+# before the old one expires (a pinned fingerprint then changes: the log says to what).
 SELF_SIGNED_VALIDITY = datetime.timedelta(days=7)
+SELF_SIGNED_RENEW_BEFORE = datetime.timedelta(days=1)
 # How often debug_cert_dir's files are checked for a renewal (the kubelet updates a mounted
 # Secret within a minute or so of cert-manager renewing it).
 CERT_CHECK_S = 30.0
@@ -305,6 +307,7 @@ class DebugServer:
         self._manager = manager
         self._cert_dir = cert_dir
         self._made_dir: str | None = None  # the self-signed certificate's, removed at stop
+        self._renew_at = math.inf  # when the self-signed certificate is made anew (monotonic)
         self._opener = opener
         self._label = label
         self._address = address
@@ -351,17 +354,22 @@ class DebugServer:
             evidence=self._label,
             **({} if tls is None else self._certificate_fields()),
         )
-        if tls is not None and self._cert_dir is not None:
-            self._reloading = asyncio.create_task(self._reload_renewed(tls, self._cert_dir))
+        directory = self._cert_dir or self._made_dir
+        if tls is not None and directory is not None:
+            self._reloading = asyncio.create_task(self._reload_renewed(tls, directory, host))
 
-    async def _reload_renewed(self, tls: ssl.SSLContext, directory: str) -> None:
-        """Load ``directory``'s certificate into ``tls`` again whenever its files change; a
-        pair that cannot be loaded (caught half-written) is tried again at the next check."""
+    async def _reload_renewed(self, tls: ssl.SSLContext, directory: str, host: str) -> None:
+        """Load ``directory``'s certificate into ``tls`` again whenever its files change (a
+        renewed Secret, or a self-signed pair made anew before it expires); a pair that
+        cannot be loaded (caught half-written) is tried again at the next check."""
         files = (Path(directory) / CERT_FILE, Path(directory) / KEY_FILE)
         log = structlog.get_logger("ctrltrace")
         loaded = await asyncio.to_thread(_stamp, files)
+        clock = self._manager.clock
         while True:
-            await self._manager.clock.sleep(CERT_CHECK_S)
+            await clock.sleep(CERT_CHECK_S)
+            if self._made_dir is not None and clock.monotonic() >= self._renew_at:
+                await asyncio.to_thread(self._self_sign, host, self._made_dir)
             stamp = await asyncio.to_thread(_stamp, files)
             if stamp == loaded:
                 continue
@@ -379,20 +387,28 @@ class DebugServer:
         (ssl loads a key from a file only)."""
         directory = self._cert_dir
         if directory is None:
-            pair = pki.self_signed(
-                "ctrltrace-debug",
-                [name for name in (host,) if name not in ("", "0.0.0.0", "::")]  # noqa: S104
-                + ["localhost", "127.0.0.1", "::1"],
-                SELF_SIGNED_VALIDITY,
-            )
             directory = self._made_dir = tempfile.mkdtemp(prefix="ctrltrace-debug-tls-")
-            for name, data in ((CERT_FILE, pair.cert_pem), (KEY_FILE, pair.key_pem)):
-                path = Path(directory) / name
-                path.touch(mode=0o600)
-                path.write_bytes(data)
+            self._self_sign(host, directory)
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(Path(directory) / CERT_FILE, Path(directory) / KEY_FILE)
         return tls
+
+    def _self_sign(self, host: str, directory: str) -> None:
+        """Write a new self-signed pair into ``directory``, each file replaced whole (a
+        reader never sees half of one) and readable by this user only."""
+        pair = pki.self_signed(
+            "ctrltrace-debug",
+            [name for name in (host,) if name not in ("", "0.0.0.0", "::")]  # noqa: S104
+            + ["localhost", "127.0.0.1", "::1"],
+            SELF_SIGNED_VALIDITY,
+        )
+        for name, data in ((KEY_FILE, pair.key_pem), (CERT_FILE, pair.cert_pem)):
+            fresh = Path(directory) / f".{name}.new"
+            fresh.touch(mode=0o600)
+            fresh.write_bytes(data)
+            fresh.replace(Path(directory) / name)
+        lifetime = SELF_SIGNED_VALIDITY - SELF_SIGNED_RENEW_BEFORE
+        self._renew_at = self._manager.clock.monotonic() + lifetime.total_seconds()
 
     def _certificate_fields(self) -> dict[str, str]:
         directory = self._made_dir or self._cert_dir

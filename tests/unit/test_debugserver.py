@@ -35,6 +35,8 @@ from ctrltrace.clock import FakeClock
 from ctrltrace.controller import Controller
 from ctrltrace.debugserver import (
     CERT_CHECK_S,
+    SELF_SIGNED_RENEW_BEFORE,
+    SELF_SIGNED_VALIDITY,
     DebugServer,
     TokenReviews,
     needs_auth,
@@ -770,6 +772,42 @@ def test_without_a_certificate_it_makes_a_self_signed_one_and_removes_it_at_stop
     assert directory.startswith("ctrltrace-debug-tls-")
     assert made == {directory: 0o700, f"{directory}/tls.crt": 0o600, f"{directory}/tls.key": 0o600}
     assert modes(tmp_path) == {}  # removed at stop
+
+
+def test_a_self_signed_certificate_is_made_anew_a_day_before_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    clock = FakeClock(CLOCK_START)
+    lifetime = (SELF_SIGNED_VALIDITY - SELF_SIGNED_RENEW_BEFORE).total_seconds()
+    served: list[str] = []
+
+    async def served_fingerprint(url: str) -> str:
+        host, port = url.removeprefix("https://").split(":")
+        pem = await asyncio.to_thread(ssl.get_server_certificate, (host, int(port)))
+        return fingerprint(pem.encode())
+
+    async def scenario(url: str, _: DebugServer) -> None:
+        served.append(await served_fingerprint(url))
+        await clock.advance(lifetime - CERT_CHECK_S)
+        assert await served_fingerprint(url) == served[0]  # not yet
+        for _attempt in range(200):  # each check reads the files in a worker thread
+            await clock.advance(CERT_CHECK_S)
+            if await served_fingerprint(url) != served[0]:
+                break
+            await asyncio.sleep(0.01)
+        served.append(await served_fingerprint(url))
+        client = EndpointEvidence(url, token="reader", insecure=True)
+        assert await asyncio.to_thread(client.lease_records) == []
+
+    api = FakeApiServer()
+    api.allowed.add(("bob", "/debug/ctrltrace/evidence/leases"))
+    with capture_logs() as logs:
+        asyncio.run(serving(pipeline(), scenario, auth="required", api=api, clock=clock))
+    assert served[1] != served[0]
+    (reloaded,) = [log for log in logs if log["event"] == "Debug endpoint certificate reloaded"]
+    assert reloaded["sha256_fingerprint"] == served[1]
+    assert modes(tmp_path) == {}  # the renewed pair is removed at stop too
 
 
 def test_a_self_signed_certificate_names_the_bound_host_and_loopback() -> None:
