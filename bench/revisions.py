@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -116,8 +117,10 @@ def report(
         cells = [f"{first} {_number(statistics.median(base))}"]
         for variant in variants[1:]:
             values = [run.get(name, float("nan")) for run in runs[variant.name]]
-            ratio = statistics.median(values) / statistics.median(base)
-            paired = statistics.median(v / b for v, b in zip(values, base, strict=True) if b)
+            middle = statistics.median(base)
+            ratio = statistics.median(values) / middle if middle else math.nan
+            pairs = [v / b for v, b in zip(values, base, strict=True) if b]
+            paired = statistics.median(pairs) if pairs else math.nan
             cells.append(
                 f"{variant.name} {_number(statistics.median(values))} ({ratio:.3f}/{paired:.3f})"
             )

@@ -29,3 +29,11 @@ def test_a_variant_takes_a_checkout_a_python_and_settings() -> None:
     variant = parse_variant(["pure", ".", "/usr/bin/python3", "CTRLTRACE_NO_ACCELERATORS=1"])
     assert variant.env == {"CTRLTRACE_NO_ACCELERATORS": "1"}
     assert variant.checkout == Path().resolve()
+
+
+def test_a_figure_that_is_zero_in_the_first_variant_has_no_ratio() -> None:
+    variants = [Variant("base", Path(), "python"), Variant("new", Path(), "python")]
+    runs = {"base": [{"dropped": 0.0}], "new": [{"dropped": 3.0}]}
+    assert report(variants, runs, re.compile("dropped")).splitlines()[1] == (
+        "dropped: base 0 · new 3 (nan/nan)"
+    )
