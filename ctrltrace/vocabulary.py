@@ -256,6 +256,8 @@ class Attr:
     LEASE = "lease"
     IDENTITY = "identity"
     HOLDER = "holder"
+    # Stage.MANAGER STOPPING, DRAINED, DRAIN_TIMED_OUT: the reconciles still running.
+    IN_FLIGHT = "in_flight"
     # Stage.MANAGER JOURNAL_GAP: how many records were lost, between which times.
     COUNT = "count"
     FIRST_TIME = "first_time"

@@ -66,7 +66,7 @@ from ctrltrace.spanmodel import (
     object_of,
     stage_of,
 )
-from ctrltrace.vocabulary import Attr, ManagerOutcome, manager_record
+from ctrltrace.vocabulary import Attr, ManagerOutcome, ReconcileStartOutcome, manager_record
 
 __all__ = ["DEFAULT_WINDOW", "NUM_TRACES", "TraceEvidence", "records_from_otlp"]
 
@@ -278,7 +278,7 @@ class _Rebuild:
             Record(
                 time=_seconds(span.start),
                 stage=Stage.RECONCILE_START,
-                outcome="started",
+                outcome=ReconcileStartOutcome.STARTED,
                 reason=str(attributes.get(START_REASON, "")),
                 id=start_id,
                 cause_ids=tuple(causes),
@@ -343,14 +343,14 @@ class _Rebuild:
     ) -> None:
         """A write's ``event_id`` (its event came back before its answer) as a rebuilt id: the
         linked event of the written resourceVersion; dropped when that span is not here."""
-        if "event_id" not in attrs:
+        if Attr.EVENT_ID not in attrs:
             return
-        del attrs["event_id"]
+        del attrs[Attr.EVENT_ID]
         version = written.resource_version if written is not None else None
         for event in events:
             ref = object_of(event.attributes)
             if ref is not None and ref.resource_version == version:
-                attrs["event_id"] = self.id(event.key, Stage.EVENT.value)
+                attrs[Attr.EVENT_ID] = self.id(event.key, Stage.EVENT.value)
 
 
 def records_from_otlp(documents: Iterable[Mapping[str, Any]]) -> list[Record]:
@@ -479,7 +479,7 @@ class TraceEvidence:
 
     def watch_records(self, kind: str | None = None, since: float | None = None) -> list[Record]:
         records = _newer(self._loaded(since), (Stage.WATCH,), since)
-        return records if kind is None else [r for r in records if r.attrs.get("kind") == kind]
+        return records if kind is None else [r for r in records if r.attrs.get(Attr.KIND) == kind]
 
     def lease_records(self, since: float | None = None) -> list[Record]:
         return _newer(self._loaded(since), (Stage.LEASE,), since)
