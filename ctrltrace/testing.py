@@ -10,17 +10,19 @@ the API server under an informer. No I/O.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from ctrltrace.explain import Explanation, explain
-from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+from ctrltrace.records import AttrValue, ObjectRef, Record, Stage, next_id
 from ctrltrace.transport import ApiError
 from ctrltrace.vocabulary import (
     Attr,
     ControllerOutcome,
     DispatchOutcome,
     EventOutcome,
+    ManagerOutcome,
     ReconcileOutcome,
     ReconcileStartOutcome,
     RequeueOutcome,
@@ -34,18 +36,44 @@ START = 1_700_000_000.0
 HEALTH_STAGES = frozenset({Stage.WATCH, Stage.LEASE, Stage.CONTROLLER, Stage.MANAGER})
 """The stages that say how the pipeline around an object is, not what happened to it."""
 
+_CORE_KINDS = frozenset({"ConfigMap", "Secret", "Pod"})
+_EVENT_TYPES = {
+    EventOutcome.ADDED: "create",
+    EventOutcome.MODIFIED: "update",
+    EventOutcome.DELETED: "delete",
+}
+
 
 class RunStory:
     """The records a real run emits, in order, on a clock that moves 10 ms a step: the health
     around an object (watches, the lease, the controller) and its pipeline (events, dispatches,
-    reconciles, requeues, writes) in namespace ``shop``, controller ``configmap``, with
-    ``explain`` run over them. By default the ConfigMap cache has synced and the workers run.
+    reconciles, requeues, writes) in namespace ``shop``, with ``explain`` run over them.
+
+    Options: the ``controller`` and the ``kind`` it reconciles (the default of every record
+    that names them); ``synced``: the kind's cache has synced and the workers run (its records
+    come first); ``numbered``: record ids count from 1 as in one process (screens of the same
+    story repeat), else they are unique across stories (stories merged as replicas);
+    ``reconcile_s``: how long each reconcile takes.
     """
 
-    def __init__(self, *, synced: bool = True, start: float = START) -> None:
+    def __init__(
+        self,
+        *,
+        synced: bool = True,
+        start: float = START,
+        controller: str = "configmap",
+        kind: str = "ConfigMap",
+        numbered: bool = False,
+        reconcile_s: float = 0.042,
+    ) -> None:
         self.time = start
         self.records: list[Record] = []
         self.rv = 100
+        self.name = controller
+        self.kind = kind
+        self.reconcile_s = reconcile_s
+        self._ids: Iterator[int] | None = itertools.count(1) if numbered else None
+        self._reconciles = itertools.count(1)
         if synced:
             self.watch(WatchOutcome.LISTED)
             self.watch(WatchOutcome.SYNCED)
@@ -59,24 +87,46 @@ class RunStory:
 
     def record(self, stage: Stage, outcome: str, **fields: Any) -> Record:
         """A record of ``stage`` and ``outcome`` at the story's time."""
-        return self.add(Record(time=self.time, stage=stage, outcome=outcome, **fields))
+        id = next(self._ids) if self._ids is not None else next_id()
+        return self.add(Record(time=self.time, stage=stage, outcome=outcome, id=id, **fields))
 
     # -- the health around the object ---------------------------------------------------------
 
+    def manager(self, outcome: str = ManagerOutcome.STARTED, reason: str = "") -> Record:
+        return self.record(Stage.MANAGER, outcome, reason=reason or outcome)
+
     def watch(
-        self, outcome: str, reason: str = "", kind: str = "ConfigMap", **attrs: AttrValue
+        self, outcome: str, reason: str = "", kind: str | None = None, **attrs: AttrValue
     ) -> Record:
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        attrs = {Attr.KIND: kind, Attr.API_VERSION: api_version, **attrs}
+        kind = kind or self.kind
+        attrs = {Attr.KIND: kind, Attr.API_VERSION: _api_version(kind), **attrs}
         return self.record(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
 
-    def lease(self, outcome: str, holder: str) -> Record:
-        attrs = {Attr.LEASE: "ops/widgets", Attr.IDENTITY: "pod-a", Attr.HOLDER: holder}
-        return self.record(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
+    def lease(self, outcome: str, holder: str, identity: str = "pod-a") -> Record:
+        attrs = {
+            Attr.LEASE: "ops/widgets.example.com",
+            Attr.IDENTITY: identity,
+            Attr.HOLDER: holder,
+        }
+        return self.record(Stage.LEASE, outcome, reason=f"{holder} holds the lease", attrs=attrs)
 
-    def controller(self, outcome: str, reason: str = "", **attrs: AttrValue) -> Record:
+    def controller(
+        self,
+        outcome: str = ControllerOutcome.STARTED,
+        reason: str = "",
+        *,
+        name: str | None = None,
+        **attrs: AttrValue,
+    ) -> Record:
+        """A controller's life; started with 2 workers unless ``attrs`` say otherwise."""
+        if outcome == ControllerOutcome.STARTED:
+            attrs.setdefault(Attr.MAX_CONCURRENT_RECONCILES, 2)
         return self.record(
-            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap", attrs=attrs
+            Stage.CONTROLLER,
+            outcome,
+            reason=reason or outcome,
+            controller=name or self.name,
+            attrs=attrs,
         )
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -86,15 +136,18 @@ class RunStory:
         name: str = "web",
         outcome: str = EventOutcome.MODIFIED,
         *,
-        kind: str = "ConfigMap",
+        kind: str | None = None,
+        namespace: str = "shop",
         generation: int = 1,
-        writer: str = "kubectl-edit",
+        writer: str = "kubectl",
         owned_write: Record | None = None,
         extra: dict[str, AttrValue] | None = None,
     ) -> Record:
         self.rv += 1
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        ref = ObjectRef(api_version, kind, "shop", name, f"uid-{name}", str(self.rv), generation)
+        kind = kind or self.kind
+        ref = ObjectRef(
+            _api_version(kind), kind, namespace, name, f"uid-{name}", str(self.rv), generation
+        )
         return self.record(
             Stage.EVENT,
             outcome,
@@ -109,7 +162,7 @@ class RunStory:
         event: Record,
         outcome: str = DispatchOutcome.QUEUED,
         *,
-        controller: str = "configmap",
+        controller: str | None = None,
         request: str | None = None,
         reason: str = "the object itself",
         **attrs: AttrValue,
@@ -121,11 +174,11 @@ class RunStory:
             Stage.DISPATCH,
             outcome,
             reason=reason,
-            controller=controller,
+            controller=controller or self.name,
             object=event.object,
             request=request or event.object.key,
             cause_ids=(event.id,),
-            attrs={**attrs, Attr.EVENT_TYPE: "update"},
+            attrs={**attrs, Attr.EVENT_TYPE: _EVENT_TYPES[event.outcome]},
         )
 
     def start(self, *causes: Record, retries: int = 0) -> Record:
@@ -136,7 +189,7 @@ class RunStory:
             reason="waited 2.0 ms in the queue",
             controller=first.controller,
             request=first.request,
-            reconcile_id=f"rid-{len(self.records)}",
+            reconcile_id=f"rid-{next(self._reconciles)}",
             cause_ids=tuple(cause.id for cause in causes),
             attrs={Attr.QUEUE_WAIT_S: 0.002, Attr.RETRIES: retries},
         )
@@ -148,7 +201,11 @@ class RunStory:
         reason: str = "",
         **extra: AttrValue,
     ) -> Record:
-        attrs: dict[str, AttrValue] = {Attr.DURATION_S: 0.042, Attr.METRIC_RESULT: outcome, **extra}
+        attrs: dict[str, AttrValue] = {
+            Attr.DURATION_S: self.reconcile_s,
+            Attr.METRIC_RESULT: outcome,
+            **extra,
+        }
         if reason:
             attrs[Attr.ERROR_TYPE] = reason.split(":", maxsplit=1)[0]
         return self.record(
@@ -214,6 +271,10 @@ class RunStory:
             now=self.time + later,
             **options,
         )
+
+
+def _api_version(kind: str) -> str:
+    return "v1" if kind in _CORE_KINDS else "example.com/v1"
 
 
 class ScriptedTransport:
