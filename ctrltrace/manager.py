@@ -3,6 +3,11 @@
 Owns start-up order (validate → connect → informers → leadership → controllers), what a
 non-leader runs (informers and probes, no reconciles), and shutdown (stop taking work, let
 in-flight reconciles finish within the graceful timeout, release the lease if asked).
+
+Over 500 lines because ``Manager`` is one object, as controller-runtime's manager is: start-up,
+leadership, shutdown and the health and debug endpoints all read and change the same state
+(the informers, the controllers and their tasks, the elector, the stop signal), and the
+stages it wires each live in their own module already.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ other dispatch de-duplicated into it (the messaging convention for batches), a l
 rather than a parent from a requeued reconcile to the one that asked for it (its requeue and
 its writes are events on it), and a span for each informer, lease, controller and manager
 record and each Kubernetes Event, so that spans carry every record explain reads
-(``ctrltrace.spanmodel`` says how, and ``ctrltrace.evidence.traces`` reads them back). Also
+(``ctrltrace.spanmodel`` says how, and ``ctrltrace.evidence.rebuild`` reads them back). Also
 the log correlation (``trace_ids_for`` and a structlog processor) and ``replay`` of recorded
 records.
 
