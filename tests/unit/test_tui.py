@@ -368,14 +368,19 @@ def test_a_stopped_manager_leaves_nothing_queued_or_running() -> None:
     state = ViewState()
     state.apply(story.records)
     widget = state.controllers["widget"]
-    assert (widget.lifecycle, widget.running, widget.waiting, widget.scheduled) == (
-        "stopped",
+    assert (widget.stopped, widget.outcome, widget.running, widget.waiting, widget.scheduled) == (
+        True,
+        "",
         {},
         {},
         {},
     )
     assert cells.work_rows(state, story.time) == []
     assert "manager stopped" in cells.feed_status(state, story.time + 60).plain
+    assert cells.controller_cells(widget, story.time)[1].plain == "■ stopped"
+    story.manager()  # the next run: not started until its controller says so
+    state.apply(story.records[-1:])
+    assert cells.controller_cells(widget, story.time)[1].plain == "· not started"
 
 
 def test_lease_holder_role_and_transitions() -> None:
@@ -1062,7 +1067,7 @@ def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch()
     state = ViewState()
     state.apply(story.records)
     widget = state.controllers["widget"]
-    assert widget.lifecycle == ""  # a watching record is no lifecycle
+    assert widget.outcome == ""  # a watching record is no outcome of its life
     assert [watch.kind for watch in state.blocking(widget)] == ["ConfigMap"]
     text = [
         cell.plain for cell in cells.controller_cells(widget, story.time, state.blocking(widget))
