@@ -18,6 +18,7 @@ from ctrltrace.explain import Explanation, explain
 from ctrltrace.records import AttrValue, ObjectRef, Record, Stage, next_id
 from ctrltrace.transport import ApiError
 from ctrltrace.vocabulary import (
+    RECONCILE_FAILED,
     Attr,
     ControllerOutcome,
     DispatchOutcome,
@@ -28,6 +29,7 @@ from ctrltrace.vocabulary import (
     RequeueOutcome,
     WatchOutcome,
     WriteOutcome,
+    write_record,
 )
 
 START = 1_700_000_000.0
@@ -87,8 +89,11 @@ class RunStory:
 
     def record(self, stage: Stage, outcome: str, **fields: Any) -> Record:
         """A record of ``stage`` and ``outcome`` at the story's time."""
-        id = next(self._ids) if self._ids is not None else next_id()
-        return self.add(Record(time=self.time, stage=stage, outcome=outcome, id=id, **fields))
+        record = Record(time=self.time, stage=stage, outcome=outcome, id=self._next_id(), **fields)
+        return self.add(record)
+
+    def _next_id(self) -> int:
+        return next(self._ids) if self._ids is not None else next_id()
 
     # -- the health around the object ---------------------------------------------------------
 
@@ -102,13 +107,14 @@ class RunStory:
         attrs = {Attr.KIND: kind, Attr.API_VERSION: _api_version(kind), **attrs}
         return self.record(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
 
-    def lease(self, outcome: str, holder: str, identity: str = "pod-a") -> Record:
+    def lease(self, outcome: str, holder: str, identity: str = "pod-a", reason: str = "") -> Record:
         attrs = {
             Attr.LEASE: "ops/widgets.example.com",
             Attr.IDENTITY: identity,
             Attr.HOLDER: holder,
         }
-        return self.record(Stage.LEASE, outcome, reason=f"{holder} holds the lease", attrs=attrs)
+        reason = reason or f"{holder} holds the lease"
+        return self.record(Stage.LEASE, outcome, reason=reason, attrs=attrs)
 
     def controller(
         self,
@@ -137,17 +143,24 @@ class RunStory:
         outcome: str = EventOutcome.MODIFIED,
         *,
         kind: str | None = None,
+        api_version: str | None = None,
         namespace: str = "shop",
         generation: int = 1,
         writer: str = "kubectl",
         owned_write: Record | None = None,
         extra: dict[str, AttrValue] | None = None,
     ) -> Record:
-        self.rv += 1
-        kind = kind or self.kind
-        ref = ObjectRef(
-            _api_version(kind), kind, namespace, name, f"uid-{name}", str(self.rv), generation
-        )
+        """``owned_write``: the write of the controller's own this event brings back (its
+        object, as written)."""
+        if owned_write is not None and owned_write.object is not None:
+            ref = owned_write.object
+        else:
+            self.rv += 1
+            kind = kind or self.kind
+            api_version = api_version or _api_version(kind)
+            ref = ObjectRef(
+                api_version, kind, namespace, name, f"uid-{name}", str(self.rv), generation
+            )
         return self.record(
             Stage.EVENT,
             outcome,
@@ -181,14 +194,15 @@ class RunStory:
             attrs={**attrs, Attr.EVENT_TYPE: _EVENT_TYPES[event.outcome]},
         )
 
-    def start(self, *causes: Record, retries: int = 0) -> Record:
-        first = causes[0]
+    def start(self, *causes: Record, retries: int = 0, request: str = "") -> Record:
+        """A worker took the request of ``causes`` (or ``request``, when the records that
+        queued it are not in the story)."""
         return self.record(
             Stage.RECONCILE_START,
             ReconcileStartOutcome.STARTED,
             reason="waited 2.0 ms in the queue",
-            controller=first.controller,
-            request=first.request,
+            controller=causes[0].controller if causes else self.name,
+            request=causes[0].request if causes else request,
             reconcile_id=f"rid-{next(self._reconciles)}",
             cause_ids=tuple(cause.id for cause in causes),
             attrs={Attr.QUEUE_WAIT_S: 0.002, Attr.RETRIES: retries},
@@ -203,7 +217,7 @@ class RunStory:
     ) -> Record:
         attrs: dict[str, AttrValue] = {
             Attr.DURATION_S: self.reconcile_s,
-            Attr.METRIC_RESULT: outcome,
+            Attr.METRIC_RESULT: "error" if outcome in RECONCILE_FAILED else outcome,
             **extra,
         }
         if reason:
@@ -236,17 +250,32 @@ class RunStory:
             attrs=attrs,
         )
 
-    def write(self, start: Record) -> Record:
-        """The reconcile's update_status of shop/web, with the resourceVersion it returned."""
-        self.rv += 1
-        ref = ObjectRef("v1", "ConfigMap", "shop", "web", "uid-web", str(self.rv), 1)
-        return self.record(
-            Stage.WRITE,
-            WriteOutcome.UPDATE_STATUS,
-            reason=f"update_status returned resourceVersion {self.rv}",
-            controller=start.controller,
-            reconcile_id=start.reconcile_id,
-            object=ref,
+    def write(
+        self,
+        start: Record,
+        verb: str = WriteOutcome.UPDATE_STATUS,
+        *,
+        came_back: Record | None = None,
+    ) -> Record:
+        """The reconcile's write of shop/web, with the resourceVersion it returned;
+        ``came_back``: its watch event, when that arrived before the write's answer."""
+        if came_back is not None and came_back.object is not None:
+            ref = came_back.object
+        else:
+            self.rv += 1
+            ref = ObjectRef(
+                _api_version(self.kind), self.kind, "shop", "web", "uid-web", str(self.rv), 1
+            )
+        return self.add(
+            write_record(
+                self.time,
+                verb,
+                controller=start.controller,
+                reconcile_id=start.reconcile_id,
+                ref=ref,
+                event_id=came_back.id if came_back is not None else None,
+                id=self._next_id(),
+            )
         )
 
     def reconciled(
