@@ -24,6 +24,7 @@ from ctrltrace.vocabulary import (
     DispatchOutcome,
     EventOutcome,
     ManagerOutcome,
+    MetricResult,
     ReconcileOutcome,
     ReconcileStartOutcome,
     RequeueOutcome,
@@ -217,7 +218,7 @@ class RunStory:
     ) -> Record:
         attrs: dict[str, AttrValue] = {
             Attr.DURATION_S: self.reconcile_s,
-            Attr.METRIC_RESULT: "error" if outcome in RECONCILE_FAILED else outcome,
+            Attr.METRIC_RESULT: MetricResult.ERROR if outcome in RECONCILE_FAILED else outcome,
             **extra,
         }
         if reason:

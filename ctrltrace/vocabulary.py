@@ -267,6 +267,22 @@ class Attr:
     REPLICA = "replica"
 
 
+class MetricResult:
+    """Values of ``Attr.METRIC_RESULT``: the ``result`` label of
+    ``controller_runtime_reconcile_total``, as controller-runtime sets it (a terminal error is
+    an ``error`` there too)."""
+
+    ERROR = "error"
+    REQUEUE = "requeue"
+    REQUEUE_AFTER = "requeue_after"
+    SUCCESS = "success"
+
+
+METRIC_RESULTS = tuple(sorted(_values(MetricResult)))
+"""Every ``MetricResult``: the labels controller-runtime counts from 0 when a controller
+starts."""
+
+
 class Unmapped:
     """Values of ``Attr.UNMAPPED``: the object has no ownerReferences (NO_OWNER), is owned or
     controlled by something else (OTHER_OWNER: not this controller's to reconcile), has an
