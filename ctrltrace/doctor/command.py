@@ -4,7 +4,6 @@ code."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Collection
 
 import click
@@ -95,7 +94,7 @@ def doctor_command(args: AppArgs, *, as_json: bool, accepted_traps: tuple[str, .
         with cluster_for(args, app.manager.options):
             report = asyncio.run(_diagnose_app(app, accepted_traps))
     if as_json:
-        click.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+        click.echo(report.json_text())
     else:
         click.echo(report.render(), nl=False)
     exit_codes = {Status.OK: ExitCode.OK, Status.WARN: ExitCode.WARNINGS}

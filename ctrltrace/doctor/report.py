@@ -4,6 +4,7 @@ report with its text, JSON and worst status. Pure: no I/O."""
 from __future__ import annotations
 
 import enum
+import json
 import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -90,6 +91,11 @@ class Report:
             "summary": {status.value: self.count(status) for status in Status},
             "checks": [asdict(check) for check in self.checks],
         }
+
+    def json_text(self) -> str:
+        """``--json``'s document. Non-ASCII is escaped: details quote the API server and the
+        cluster's objects, and a C1 control or a bidi mark must not reach a terminal raw."""
+        return json.dumps(self.as_json(), indent=2)
 
     def render(self, width: int = WIDTH) -> str:
         """The checklist as plain text: a mark per line (✓ ok, ! warning, ✗ failed)."""

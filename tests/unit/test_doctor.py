@@ -283,6 +283,14 @@ def test_the_checklist_reads_without_colour_and_fits_100_columns() -> None:
     ]
 
 
+def test_the_json_escapes_what_a_terminal_would_obey() -> None:
+    hostile = "\x9b2J\u202egnp.exe\x1b]0;owned\x07"
+    check = Check(Status.FAIL, TRAPS, "a check", f"the API server said: {hostile}", "fix it")
+    text = Report("app:mgr", "https://127.0.0.1:6443", "v1.36.3", "alice", (check,)).json_text()
+    assert text.isascii()
+    assert json.loads(text)["checks"][0]["detail"].endswith(hostile)
+
+
 def test_the_json_has_every_check_and_the_overall_status() -> None:
     document = json.loads(json.dumps(_report(Status.OK, Status.WARN).as_json()))
     assert document["status"] == "warn"
