@@ -3,6 +3,11 @@
 Owns start-up order (validate → connect → informers → leadership → controllers), what a
 non-leader runs (informers and probes, no reconciles), and shutdown (stop taking work, let
 in-flight reconciles finish within the graceful timeout, release the lease if asked).
+
+Over 500 lines because ``Manager`` is one object, as controller-runtime's manager is: start-up,
+leadership, shutdown and the health and debug endpoints all read and change the same state
+(the informers, the controllers and their tasks, the elector, the stop signal), and the
+stages it wires each live in their own module already.
 """
 
 from __future__ import annotations
@@ -36,10 +41,18 @@ from ctrltrace.leaderelection import (
     validate_lease_name,
 )
 from ctrltrace.narrator import Narrator
-from ctrltrace.records import AttrValue, Record, Recorder, Sink, Stage
+from ctrltrace.records import Recorder, Sink, Stage
 from ctrltrace.ring import DEFAULT_CAPACITY, RecordRing, RingEvidence
 from ctrltrace.source import IndexFunc, Informer, Transform, WriteLog, drop_managed_fields
 from ctrltrace.transport import Transport, load_configuration
+from ctrltrace.vocabulary import (
+    Attr,
+    Attrs,
+    ControllerOutcome,
+    ManagerOutcome,
+    controller_record,
+    manager_record,
+)
 
 
 class Unreachable(ConnectionError):
@@ -280,7 +293,8 @@ class Manager:
             field_manager=self.name,
         )
         self._emit(
-            "started", f"{len(self.controllers)} controller(s), {len(self.informers)} kind(s)"
+            ManagerOutcome.STARTED,
+            f"{len(self.controllers)} controller(s), {len(self.informers)} kind(s)",
         )
         background: list[asyncio.Task[None]] = [
             asyncio.create_task(informer.run(), name=f"informer {informer.kind}")
@@ -304,9 +318,9 @@ class Manager:
                     await leadership
             stop.cancel()
             self._emit(
-                "stopping",
+                ManagerOutcome.STOPPING,
                 str(lost) if lost else self._stop_reason,
-                in_flight=sum(len(c.stats.in_flight) for c in self.controllers),
+                {Attr.IN_FLIGHT: sum(len(c.stats.in_flight) for c in self.controllers)},
             )
             await self._drain(workers)
         finally:
@@ -317,7 +331,7 @@ class Manager:
                 await health.cleanup()
             if debug is not None:
                 await debug.stop()
-            self._emit("stopped", str(lost) if lost else "stopped")
+            self._emit(ManagerOutcome.STOPPED, str(lost) if lost else "stopped")
         if lost is not None:
             raise lost
 
@@ -420,11 +434,11 @@ class Manager:
         else:
             reason = "its workers stopped"
         self.recorder.emit(
-            Record(
-                time=self.clock.wall(),
-                stage=Stage.CONTROLLER,
-                outcome="failed",
-                reason=reason,
+            controller_record(
+                self.clock.wall(),
+                Stage.CONTROLLER,
+                ControllerOutcome.FAILED,
+                reason,
                 controller=controller.name,
             )
         )
@@ -445,12 +459,12 @@ class Manager:
             in_flight = sum(len(c.stats.in_flight) for c in self.controllers)
             if unfinished:
                 self._emit(
-                    "drain_timed_out",
+                    ManagerOutcome.DRAIN_TIMED_OUT,
                     f"reconciles still running after the graceful timeout of {timeout:g}s",
-                    in_flight=in_flight,
+                    {Attr.IN_FLIGHT: in_flight},
                 )
                 return
-        self._emit("drained", "no reconcile in flight", in_flight=0)
+        self._emit(ManagerOutcome.DRAINED, "no reconcile in flight", {Attr.IN_FLIGHT: 0})
 
     async def _serve_health(self) -> web.AppRunner | None:
         address = self.options.health_probe_bind_address
@@ -527,16 +541,8 @@ class Manager:
         holder = self.elector.holder
         return f"standby, held by {holder}" if holder else "not acquired yet"
 
-    def _emit(self, outcome: str, reason: str, **attrs: AttrValue) -> None:
-        self.recorder.emit(
-            Record(
-                time=self.clock.wall(),
-                stage=Stage.MANAGER,
-                outcome=outcome,
-                reason=reason,
-                attrs=attrs,
-            )
-        )
+    def _emit(self, outcome: str, reason: str, attrs: Attrs | None = None) -> None:
+        self.recorder.emit(manager_record(self.clock.wall(), outcome, reason, attrs))
 
 
 def _names_kind(names: Sequence[str], kind: Kind) -> bool:

@@ -11,6 +11,12 @@ and ``manifests``).
 
 Reads the Manager and asks discovery; never starts the manager and never writes to the
 cluster. The runtime core does not import this module.
+
+Over 500 lines because the rules, the objects that grant them and the command that prints them
+are one plan read three ways (``rbac`` prints it, ``doctor`` checks an identity against it,
+``manifests`` renders it beside its own objects) through the same ``Plan``, ``Rule`` and
+``Subject``; the YAML writer (``yaml_documents``) is the one part with no RBAC in it, here
+because nothing else writes YAML.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctrltrace.request import Request
+from ctrltrace.vocabulary import MetricResult, RequeueOutcome
 from ctrltrace.vocabulary import ReconcileOutcome as Outcome
-from ctrltrace.vocabulary import RequeueOutcome
 
 if TYPE_CHECKING:
     from ctrltrace.context import Context
@@ -91,13 +91,13 @@ class Settlement:
 def settle(result: Result | None, error: BaseException | None) -> Settlement:
     """controller-runtime's reconcileHandler, as data: an error wins over any Result."""
     if isinstance(error, TerminalError):
-        return Settlement(Outcome.TERMINAL_ERROR, "error", Action.NONE)
+        return Settlement(Outcome.TERMINAL_ERROR, MetricResult.ERROR, Action.NONE)
     if error is not None:
-        return Settlement(Outcome.ERROR, "error", Action.RATE_LIMITED)
+        return Settlement(Outcome.ERROR, MetricResult.ERROR, Action.RATE_LIMITED)
     if result is not None and result.requeue_after > 0:
         return Settlement(
-            Outcome.REQUEUE_AFTER, "requeue_after", Action.AFTER, result.requeue_after
+            Outcome.REQUEUE_AFTER, MetricResult.REQUEUE_AFTER, Action.AFTER, result.requeue_after
         )
     if result is not None and result.requeue:
-        return Settlement(Outcome.REQUEUE, "requeue", Action.RATE_LIMITED)
-    return Settlement(Outcome.SUCCESS, "success", Action.FORGET)
+        return Settlement(Outcome.REQUEUE, MetricResult.REQUEUE, Action.RATE_LIMITED)
+    return Settlement(Outcome.SUCCESS, MetricResult.SUCCESS, Action.FORGET)

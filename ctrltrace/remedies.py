@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctrltrace.records import AttrValue
+from ctrltrace.vocabulary import Attr
 
 FORBIDDEN = re.compile(
     r'User "(?P<user>[^"]+)" cannot (?P<verb>\w+) resource "(?P<resource>[^"]+)"'
@@ -30,12 +31,12 @@ class Remedy:
 
 def forbidden(kind: str, reason: str, attrs: Mapping[str, AttrValue]) -> Remedy:
     """A 403 on a kind's list or watch: who may not do what, and the rule to grant."""
-    namespace = str(attrs.get("namespace", ""))
+    namespace = str(attrs.get(Attr.NAMESPACE, ""))
     found = FORBIDDEN.search(reason)
     if found is None:  # not the API server's usual wording: quote it
         return Remedy(
             f"the watch for {kind} is forbidden (403): {reason}",
-            f"Grant get, list and watch on {attrs.get('resource') or kind} to the "
+            f"Grant get, list and watch on {attrs.get(Attr.RESOURCE) or kind} to the "
             "controller's identity.",
             {"reason": reason},
         )
@@ -71,7 +72,7 @@ def forbidden(kind: str, reason: str, attrs: Mapping[str, AttrValue]) -> Remedy:
 
 
 def kind_not_found(kind: str, reason: str, attrs: Mapping[str, AttrValue]) -> Remedy:
-    api_version = str(attrs.get("api_version", ""))
+    api_version = str(attrs.get(Attr.API_VERSION, ""))
     return Remedy(
         f"{kind} ({api_version}) is not served by the API server: {reason}",
         f"Install the CRD that defines {kind} (kubectl get crd) or serve this version in it, "

@@ -5,7 +5,7 @@ OpenTelemetry defines one, ``k8s.namespace.name``, ``error.type``, …, and a ``
 namespace for the rest), the span and span-event names that say which stage a span stands
 for, the resource attributes that name a replica and its sampler, and the mapping of a
 record's fields and attrs onto span attributes in both directions. The exporters write spans
-with it (``ctrltrace.exporters.spans``); ``ctrltrace.evidence.traces`` reads them back with it.
+with it (``ctrltrace.exporters.spans``); ``ctrltrace.evidence.rebuild`` reads them back with it.
 
 How records sit on spans: EVENT, DISPATCH, WATCH, LEASE, CONTROLLER, MANAGER and KUBE_EVENT
 are one span each; RECONCILE_START is a reconcile span's start, RECONCILE its end and

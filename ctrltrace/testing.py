@@ -10,22 +10,27 @@ the API server under an informer. No I/O.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from ctrltrace.explain import Explanation, explain
-from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+from ctrltrace.records import AttrValue, ObjectRef, Record, Stage, next_id
 from ctrltrace.transport import ApiError
 from ctrltrace.vocabulary import (
+    RECONCILE_FAILED,
     Attr,
     ControllerOutcome,
     DispatchOutcome,
     EventOutcome,
+    ManagerOutcome,
+    MetricResult,
     ReconcileOutcome,
     ReconcileStartOutcome,
     RequeueOutcome,
     WatchOutcome,
     WriteOutcome,
+    write_record,
 )
 
 START = 1_700_000_000.0
@@ -34,18 +39,44 @@ START = 1_700_000_000.0
 HEALTH_STAGES = frozenset({Stage.WATCH, Stage.LEASE, Stage.CONTROLLER, Stage.MANAGER})
 """The stages that say how the pipeline around an object is, not what happened to it."""
 
+_CORE_KINDS = frozenset({"ConfigMap", "Secret", "Pod"})
+_EVENT_TYPES = {
+    EventOutcome.ADDED: "create",
+    EventOutcome.MODIFIED: "update",
+    EventOutcome.DELETED: "delete",
+}
+
 
 class RunStory:
     """The records a real run emits, in order, on a clock that moves 10 ms a step: the health
     around an object (watches, the lease, the controller) and its pipeline (events, dispatches,
-    reconciles, requeues, writes) in namespace ``shop``, controller ``configmap``, with
-    ``explain`` run over them. By default the ConfigMap cache has synced and the workers run.
+    reconciles, requeues, writes) in namespace ``shop``, with ``explain`` run over them.
+
+    Options: the ``controller`` and the ``kind`` it reconciles (the default of every record
+    that names them); ``synced``: the kind's cache has synced and the workers run (its records
+    come first); ``numbered``: record ids count from 1 as in one process (screens of the same
+    story repeat), else they are unique across stories (stories merged as replicas);
+    ``reconcile_s``: how long each reconcile takes.
     """
 
-    def __init__(self, *, synced: bool = True, start: float = START) -> None:
+    def __init__(
+        self,
+        *,
+        synced: bool = True,
+        start: float = START,
+        controller: str = "configmap",
+        kind: str = "ConfigMap",
+        numbered: bool = False,
+        reconcile_s: float = 0.042,
+    ) -> None:
         self.time = start
         self.records: list[Record] = []
         self.rv = 100
+        self.name = controller
+        self.kind = kind
+        self.reconcile_s = reconcile_s
+        self._ids: Iterator[int] | None = itertools.count(1) if numbered else None
+        self._reconciles = itertools.count(1)
         if synced:
             self.watch(WatchOutcome.LISTED)
             self.watch(WatchOutcome.SYNCED)
@@ -59,24 +90,50 @@ class RunStory:
 
     def record(self, stage: Stage, outcome: str, **fields: Any) -> Record:
         """A record of ``stage`` and ``outcome`` at the story's time."""
-        return self.add(Record(time=self.time, stage=stage, outcome=outcome, **fields))
+        record = Record(time=self.time, stage=stage, outcome=outcome, id=self._next_id(), **fields)
+        return self.add(record)
+
+    def _next_id(self) -> int:
+        return next(self._ids) if self._ids is not None else next_id()
 
     # -- the health around the object ---------------------------------------------------------
 
+    def manager(self, outcome: str = ManagerOutcome.STARTED, reason: str = "") -> Record:
+        return self.record(Stage.MANAGER, outcome, reason=reason or outcome)
+
     def watch(
-        self, outcome: str, reason: str = "", kind: str = "ConfigMap", **attrs: AttrValue
+        self, outcome: str, reason: str = "", kind: str | None = None, **attrs: AttrValue
     ) -> Record:
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        attrs = {Attr.KIND: kind, Attr.API_VERSION: api_version, **attrs}
+        kind = kind or self.kind
+        attrs = {Attr.KIND: kind, Attr.API_VERSION: _api_version(kind), **attrs}
         return self.record(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
 
-    def lease(self, outcome: str, holder: str) -> Record:
-        attrs = {Attr.LEASE: "ops/widgets", Attr.IDENTITY: "pod-a", Attr.HOLDER: holder}
-        return self.record(Stage.LEASE, outcome, reason=f"held by {holder}", attrs=attrs)
+    def lease(self, outcome: str, holder: str, identity: str = "pod-a", reason: str = "") -> Record:
+        attrs = {
+            Attr.LEASE: "ops/widgets.example.com",
+            Attr.IDENTITY: identity,
+            Attr.HOLDER: holder,
+        }
+        reason = reason or f"{holder} holds the lease"
+        return self.record(Stage.LEASE, outcome, reason=reason, attrs=attrs)
 
-    def controller(self, outcome: str, reason: str = "", **attrs: AttrValue) -> Record:
+    def controller(
+        self,
+        outcome: str = ControllerOutcome.STARTED,
+        reason: str = "",
+        *,
+        name: str | None = None,
+        **attrs: AttrValue,
+    ) -> Record:
+        """A controller's life; started with 2 workers unless ``attrs`` say otherwise."""
+        if outcome == ControllerOutcome.STARTED:
+            attrs.setdefault(Attr.MAX_CONCURRENT_RECONCILES, 2)
         return self.record(
-            Stage.CONTROLLER, outcome, reason=reason or outcome, controller="configmap", attrs=attrs
+            Stage.CONTROLLER,
+            outcome,
+            reason=reason or outcome,
+            controller=name or self.name,
+            attrs=attrs,
         )
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -86,15 +143,25 @@ class RunStory:
         name: str = "web",
         outcome: str = EventOutcome.MODIFIED,
         *,
-        kind: str = "ConfigMap",
+        kind: str | None = None,
+        api_version: str | None = None,
+        namespace: str = "shop",
         generation: int = 1,
-        writer: str = "kubectl-edit",
+        writer: str = "kubectl",
         owned_write: Record | None = None,
         extra: dict[str, AttrValue] | None = None,
     ) -> Record:
-        self.rv += 1
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        ref = ObjectRef(api_version, kind, "shop", name, f"uid-{name}", str(self.rv), generation)
+        """``owned_write``: the write of the controller's own this event brings back (its
+        object, as written)."""
+        if owned_write is not None and owned_write.object is not None:
+            ref = owned_write.object
+        else:
+            self.rv += 1
+            kind = kind or self.kind
+            api_version = api_version or _api_version(kind)
+            ref = ObjectRef(
+                api_version, kind, namespace, name, f"uid-{name}", str(self.rv), generation
+            )
         return self.record(
             Stage.EVENT,
             outcome,
@@ -109,7 +176,7 @@ class RunStory:
         event: Record,
         outcome: str = DispatchOutcome.QUEUED,
         *,
-        controller: str = "configmap",
+        controller: str | None = None,
         request: str | None = None,
         reason: str = "the object itself",
         **attrs: AttrValue,
@@ -121,22 +188,23 @@ class RunStory:
             Stage.DISPATCH,
             outcome,
             reason=reason,
-            controller=controller,
+            controller=controller or self.name,
             object=event.object,
             request=request or event.object.key,
             cause_ids=(event.id,),
-            attrs={**attrs, Attr.EVENT_TYPE: "update"},
+            attrs={**attrs, Attr.EVENT_TYPE: _EVENT_TYPES[event.outcome]},
         )
 
-    def start(self, *causes: Record, retries: int = 0) -> Record:
-        first = causes[0]
+    def start(self, *causes: Record, retries: int = 0, request: str = "") -> Record:
+        """A worker took the request of ``causes`` (or ``request``, when the records that
+        queued it are not in the story)."""
         return self.record(
             Stage.RECONCILE_START,
             ReconcileStartOutcome.STARTED,
             reason="waited 2.0 ms in the queue",
-            controller=first.controller,
-            request=first.request,
-            reconcile_id=f"rid-{len(self.records)}",
+            controller=causes[0].controller if causes else self.name,
+            request=causes[0].request if causes else request,
+            reconcile_id=f"rid-{next(self._reconciles)}",
             cause_ids=tuple(cause.id for cause in causes),
             attrs={Attr.QUEUE_WAIT_S: 0.002, Attr.RETRIES: retries},
         )
@@ -148,7 +216,11 @@ class RunStory:
         reason: str = "",
         **extra: AttrValue,
     ) -> Record:
-        attrs: dict[str, AttrValue] = {Attr.DURATION_S: 0.042, Attr.METRIC_RESULT: outcome, **extra}
+        attrs: dict[str, AttrValue] = {
+            Attr.DURATION_S: self.reconcile_s,
+            Attr.METRIC_RESULT: MetricResult.ERROR if outcome in RECONCILE_FAILED else outcome,
+            **extra,
+        }
         if reason:
             attrs[Attr.ERROR_TYPE] = reason.split(":", maxsplit=1)[0]
         return self.record(
@@ -179,17 +251,32 @@ class RunStory:
             attrs=attrs,
         )
 
-    def write(self, start: Record) -> Record:
-        """The reconcile's update_status of shop/web, with the resourceVersion it returned."""
-        self.rv += 1
-        ref = ObjectRef("v1", "ConfigMap", "shop", "web", "uid-web", str(self.rv), 1)
-        return self.record(
-            Stage.WRITE,
-            WriteOutcome.UPDATE_STATUS,
-            reason=f"update_status returned resourceVersion {self.rv}",
-            controller=start.controller,
-            reconcile_id=start.reconcile_id,
-            object=ref,
+    def write(
+        self,
+        start: Record,
+        verb: str = WriteOutcome.UPDATE_STATUS,
+        *,
+        came_back: Record | None = None,
+    ) -> Record:
+        """The reconcile's write of shop/web, with the resourceVersion it returned;
+        ``came_back``: its watch event, when that arrived before the write's answer."""
+        if came_back is not None and came_back.object is not None:
+            ref = came_back.object
+        else:
+            self.rv += 1
+            ref = ObjectRef(
+                _api_version(self.kind), self.kind, "shop", "web", "uid-web", str(self.rv), 1
+            )
+        return self.add(
+            write_record(
+                self.time,
+                verb,
+                controller=start.controller,
+                reconcile_id=start.reconcile_id,
+                ref=ref,
+                event_id=came_back.id if came_back is not None else None,
+                id=self._next_id(),
+            )
         )
 
     def reconciled(
@@ -214,6 +301,10 @@ class RunStory:
             now=self.time + later,
             **options,
         )
+
+
+def _api_version(kind: str) -> str:
+    return "v1" if kind in _CORE_KINDS else "example.com/v1"
 
 
 class ScriptedTransport:

@@ -256,6 +256,8 @@ class Attr:
     LEASE = "lease"
     IDENTITY = "identity"
     HOLDER = "holder"
+    # Stage.MANAGER STOPPING, DRAINED, DRAIN_TIMED_OUT: the reconciles still running.
+    IN_FLIGHT = "in_flight"
     # Stage.MANAGER JOURNAL_GAP: how many records were lost, between which times.
     COUNT = "count"
     FIRST_TIME = "first_time"
@@ -263,6 +265,22 @@ class Attr:
     # Any stage, added by a reader of evidence gathered from several processes (traces): the
     # replica (pod, process) whose record it is. Records of one process (a journal) have none.
     REPLICA = "replica"
+
+
+class MetricResult:
+    """Values of ``Attr.METRIC_RESULT``: the ``result`` label of
+    ``controller_runtime_reconcile_total``, as controller-runtime sets it (a terminal error is
+    an ``error`` there too)."""
+
+    ERROR = "error"
+    REQUEUE = "requeue"
+    REQUEUE_AFTER = "requeue_after"
+    SUCCESS = "success"
+
+
+METRIC_RESULTS = tuple(sorted(_values(MetricResult)))
+"""Every ``MetricResult``: the labels controller-runtime counts from 0 when a controller
+starts."""
 
 
 class Unmapped:

@@ -35,9 +35,11 @@ from ctrltrace.manager import Manager
 from ctrltrace.records import Record, Stage
 from ctrltrace.vocabulary import (
     INSERTED,
+    METRIC_RESULTS,
     Attr,
     ControllerOutcome,
     LeaseOutcome,
+    MetricResult,
     ReconcileOutcome,
     RequeueOutcome,
 )
@@ -71,8 +73,6 @@ def _exponential_buckets(start: float, factor: float, count: int) -> tuple[float
 # client-go's work queue latency buckets: ExponentialBuckets(10e-9, 10, 12), 10 ns to 1000 s.
 WORKQUEUE_DURATION_BUCKETS = _exponential_buckets(10e-9, 10, 12)
 
-# controller-runtime initialises these results to 0 when a controller starts.
-_RESULTS = ("error", "requeue", "requeue_after", "success")  # the metric's labels
 _LEADER = {
     LeaseOutcome.ACQUIRED: 1.0,
     LeaseOutcome.LOST: 0.0,
@@ -136,7 +136,9 @@ class _ControllerSeries:
 
     def __init__(self) -> None:
         # A Counter, so a result label nobody listed is counted rather than raising.
-        self.results: collections.Counter[str] = collections.Counter(dict.fromkeys(_RESULTS, 0))
+        self.results: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(METRIC_RESULTS, 0)
+        )
         self.errors = 0
         self.terminal_errors = 0
         self.max_concurrent: int | None = None  # known once the controller has started
@@ -207,7 +209,9 @@ class PrometheusSink:
         attrs = record.attrs
         result = str(attrs[Attr.METRIC_RESULT])
         series.results[result] += 1
-        if result == "error":  # a terminal error is labelled error too, as in controller-runtime
+        if (
+            result == MetricResult.ERROR
+        ):  # a terminal error is labelled error too, as in controller-runtime
             series.errors += 1
             if record.outcome == ReconcileOutcome.TERMINAL_ERROR:
                 series.terminal_errors += 1

@@ -9,7 +9,7 @@ other dispatch de-duplicated into it (the messaging convention for batches), a l
 rather than a parent from a requeued reconcile to the one that asked for it (its requeue and
 its writes are events on it), and a span for each informer, lease, controller and manager
 record and each Kubernetes Event, so that spans carry every record explain reads
-(``ctrltrace.spanmodel`` says how, and ``ctrltrace.evidence.traces`` reads them back). Also
+(``ctrltrace.spanmodel`` says how, and ``ctrltrace.evidence.rebuild`` reads them back). Also
 the log correlation (``trace_ids_for`` and a structlog processor) and ``replay`` of recorded
 records.
 
@@ -86,6 +86,7 @@ from ctrltrace.vocabulary import (
     RECONCILE_FAILED,
     REQUEUED,
     WATCH_FAILURES,
+    Attr,
 )
 
 __all__ = ["SpanSink", "replay", "trace_ids_processor"]
@@ -325,9 +326,9 @@ class SpanSink:
         if record.reconcile_id == reconcile_id:
             attrs = record.attrs
             attributes: Attributes = {REQUEUE: record.outcome}
-            if (delay := attrs.get("delay_s")) is not None:
+            if (delay := attrs.get(Attr.DELAY_S)) is not None:
                 attributes[REQUEUE_DELAY] = delay
-            if (attempt := attrs.get("attempt")) is not None:
+            if (attempt := attrs.get(Attr.ATTEMPT)) is not None:
                 attributes[REQUEUE_ATTEMPT] = attempt
             span.set_attributes(attributes)
             # The record itself, for readers: an event, as its attrs would clash with the end's.
@@ -362,7 +363,7 @@ class SpanSink:
         span.add_event(WRITE_EVENT, attributes, _ns(record.time))
         context = span.get_span_context()
         self._contexts.put(record.id, context)  # for the watch event this write will cause
-        event_id = record.attrs.get("event_id")
+        event_id = record.attrs.get(Attr.EVENT_ID)
         if event_id is not None:  # that event came back before the write's answer
             event = self._contexts.get(int(event_id))
             if event is not None:
@@ -370,7 +371,7 @@ class SpanSink:
 
     def _on_lease(self, record: Record) -> None:
         attributes = self._fields(record)
-        namespace, slash, _ = str(record.attrs.get("lease", "")).partition("/")
+        namespace, slash, _ = str(record.attrs.get(Attr.LEASE, "")).partition("/")
         if slash:
             attributes[K8S_NAMESPACE_NAME] = namespace
         self._point(
@@ -385,7 +386,7 @@ class SpanSink:
     def _on_watch(self, record: Record) -> None:
         outcome = record.outcome
         self._point(
-            self._watch_names[str(record.attrs.get("kind", ""))],
+            self._watch_names[str(record.attrs.get(Attr.KIND, ""))],
             None,
             SpanKind.INTERNAL,
             self._fields(record),

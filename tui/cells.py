@@ -187,16 +187,19 @@ def event_cells(row: EventRow) -> Cells:
 _LIFECYCLE = {
     ControllerOutcome.STARTED: ("✓ running", "green"),
     ControllerOutcome.CACHE_NOT_SYNCED: ("◷ caches not synced", "yellow"),
-    ManagerOutcome.STOPPED: ("■ stopped", "dim"),
-    "build_error": ("✗ build error", "red"),  # the TUI's own: the run never started
 }
+_STOPPED = ("■ stopped", "dim")
 
 
 def controller_cells(
     controller: ControllerState, now: float, blocking: Sequence[WatchState] = ()
 ) -> Cells:
     """``blocking``: the watches its workers wait for that failed (``ViewState.blocking``)."""
-    state, style = _LIFECYCLE.get(controller.lifecycle, ("· not started", "dim"))
+    state, style = (
+        _STOPPED
+        if controller.stopped
+        else _LIFECYCLE.get(controller.outcome, ("· not started", "dim"))
+    )
     if blocking:
         named = ", ".join(
             f"{watch.kind} {watch.last_error.outcome}"

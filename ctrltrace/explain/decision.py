@@ -1,8 +1,10 @@
 """The decision procedure (written down in order in ``ctrltrace.explain``'s docstring, the
 contract its tests check), and ``explain()``, which runs it and builds the answer.
 
-Pure: no I/O. One procedure in one place on purpose: the walk is ordered, and splitting it
-across modules would hide that order; the words it needs live in ``fixes`` and ``words``.
+Pure: no I/O. Over 500 lines, one procedure in one place on purpose: the walk is ordered,
+and splitting it across modules would hide that order. What it reads and says lives beside it:
+the chains it follows through records' causes in ``chains``, its fixes and words in ``fixes``
+and ``words``, the answer's types in ``model``.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from ctrltrace.journal.format import (
     unpickle,
 )
 from ctrltrace.records import Record, Stage
+from ctrltrace.vocabulary import Attr
 
 _HOLDING = (
     "SELECT b.seq, b.run, b.chunks, b.body, k.keys "
@@ -228,7 +229,7 @@ class Journal:
     def watch_records(self, kind: str | None = None, since: float | None = None) -> list[Record]:
         """Informer health (listed, synced, forbidden, kind_not_found, …), for one kind or all."""
         records = self._stages((Stage.WATCH,), since)
-        return records if kind is None else [r for r in records if r.attrs.get("kind") == kind]
+        return records if kind is None else [r for r in records if r.attrs.get(Attr.KIND) == kind]
 
     def lease_records(self, since: float | None = None) -> list[Record]:
         return self._stages((Stage.LEASE,), since)

@@ -405,28 +405,15 @@ def test_of_several_controllers_the_one_that_got_furthest_decides() -> None:
 
 
 def test_ids_reused_by_a_later_run_do_not_join_its_chains_to_the_earlier_ones() -> None:
-    earlier = RunStory()
-    earlier.reconciled(earlier.event(), "terminal_error", "TerminalError: old")
-    later = RunStory()
-    later.time = earlier.time + 100
-    later.dispatch(later.event())
     # Each process counts record ids from 1: both runs use the same ids for the same steps.
-    combined = _numbered_from_1(earlier.records) + _numbered_from_1(later.records)
+    earlier = RunStory(numbered=True)
+    earlier.reconciled(earlier.event(), "terminal_error", "TerminalError: old")
+    later = RunStory(numbered=True, start=earlier.time + 100)
+    later.dispatch(later.event())
+    combined = earlier.records + later.records
     assert combined[4].id == combined[4 + len(earlier.records)].id  # the two dispatches
     later.records = combined
     assert later.explain().verdict.code == "queued"
-
-
-def _numbered_from_1(records: list[Record]) -> list[Record]:
-    new_ids = {record.id: number for number, record in enumerate(records, 1)}
-    return [
-        dataclasses.replace(
-            record,
-            id=new_ids[record.id],
-            cause_ids=tuple(new_ids[cause] for cause in record.cause_ids),
-        )
-        for record in records
-    ]
 
 
 # -- the timeline and how it is shown --------------------------------------------------------

@@ -1,8 +1,7 @@
 """Spans from records: parents, links, attributes, bounded memory, export losses, OTLP-JSON.
 
-The record sequences are built by small factories that follow what the runtime emits
-(``source.Informer._record_event``, ``controller.Controller._dispatch`` / ``_reconcile_one`` /
-``_settle``, ``client.Client._write``, ``leaderelection.LeaderElector._emit``).
+The record sequences are ``ctrltrace.testing.RunStory``'s, which follow what the runtime emits;
+where a test looks at times it sets the story's clock.
 """
 
 from __future__ import annotations
@@ -46,7 +45,9 @@ from ctrltrace.exporters.tracing import (
     trace_ids_processor,
 )
 from ctrltrace.narrator import Narrator
-from ctrltrace.records import AttrValue, ObjectRef, Record, Recorder, Stage
+from ctrltrace.records import Record, Recorder
+from ctrltrace.testing import RunStory
+from ctrltrace.vocabulary import EventOutcome, WriteOutcome
 
 T0 = 1_700_000_000.0
 CONTROLLER = "configmap"
@@ -55,153 +56,6 @@ RESOURCE = Resource({"service.name": "test"})
 
 def ns(seconds: float) -> int:
     return int(seconds * 1e9)
-
-
-# -- record factories ------------------------------------------------------------------------
-
-
-def obj(
-    name: str = "web",
-    namespace: str = "default",
-    *,
-    kind: str = "ConfigMap",
-    api_version: str = "v1",
-    rv: str = "100",
-    generation: int = 1,
-) -> ObjectRef:
-    return ObjectRef(api_version, kind, namespace, name, f"uid-{name}", rv, generation)
-
-
-def event(at: float, ref: ObjectRef | None = None, *, watch_type: str = "ADDED") -> Record:
-    return Record(
-        time=at,
-        stage=Stage.EVENT,
-        outcome=watch_type,
-        object=ref or obj(),
-        attrs={"writer": "kubectl-client-side-apply", "self_caused": False},
-    )
-
-
-def comeback(at: float, write: Record) -> Record:
-    """The watch event of a write made through ctrltrace's client."""
-    return Record(
-        time=at,
-        stage=Stage.EVENT,
-        outcome="MODIFIED",
-        object=write.object,
-        reason="the controller's own write coming back",
-        cause_ids=(write.id,),
-        attrs={"writer": "ctrltrace", "self_caused": True},
-    )
-
-
-def dispatch(
-    cause: Record,
-    outcome: str = "queued",
-    *,
-    controller: str = CONTROLLER,
-    request: str | None = None,
-    **attrs: AttrValue,
-) -> Record:
-    assert cause.object is not None
-    if outcome in ("queued", "deduplicated", "requeued_after_processing", "not_mapped"):
-        attrs.setdefault("handler", "for the object itself")
-    attrs.setdefault("event_type", "create" if cause.outcome == "ADDED" else "update")
-    return Record(
-        time=cause.time + 0.000_01,
-        stage=Stage.DISPATCH,
-        outcome=outcome,
-        reason=str(attrs.pop("reason", "")),
-        controller=controller,
-        object=cause.object,
-        request=request or cause.object.key,
-        cause_ids=(cause.id,),
-        attrs=attrs,
-    )
-
-
-def start(
-    causes: Sequence[Record], at: float, *, reconcile_id: str = "r-1", request: str = "default/web"
-) -> Record:
-    return Record(
-        time=at,
-        stage=Stage.RECONCILE_START,
-        outcome="started",
-        controller=CONTROLLER,
-        request=request,
-        reconcile_id=reconcile_id,
-        cause_ids=tuple(cause.id for cause in causes),
-        attrs={"queue_wait_s": 0.002, "retries": 0},
-    )
-
-
-def done(begin: Record, at: float, outcome: str = "success", error: str = "") -> Record:
-    attrs: dict[str, AttrValue] = {"duration_s": at - begin.time, "metric_result": outcome}
-    reason = outcome
-    if error:
-        attrs["error_type"] = error.partition(":")[0]
-        attrs["metric_result"] = "error"
-        reason = error
-    return Record(
-        time=at,
-        stage=Stage.RECONCILE,
-        outcome=outcome,
-        reason=reason,
-        controller=CONTROLLER,
-        request=begin.request,
-        reconcile_id=begin.reconcile_id,
-        cause_ids=(begin.id,),
-        attrs=attrs,
-    )
-
-
-def requeue(end: Record, action: str = "rate_limited", delay: float = 0.005) -> Record:
-    attrs: dict[str, AttrValue] = {"delay_s": delay, "due": end.time + delay}
-    if action == "rate_limited":
-        attrs["attempt"] = 1
-    return Record(
-        time=end.time,
-        stage=Stage.REQUEUE,
-        outcome=action,
-        reason=f"next run in {delay:.3f}s",
-        controller=CONTROLLER,
-        request=end.request,
-        reconcile_id=end.reconcile_id,
-        cause_ids=(end.id,),
-        attrs=attrs,
-    )
-
-
-def write(begin: Record, at: float, rv: str, event_id: int | None = None) -> Record:
-    return Record(
-        time=at,
-        stage=Stage.WRITE,
-        outcome="patch",
-        controller=CONTROLLER,
-        reconcile_id=begin.reconcile_id,
-        object=obj(rv=rv),
-        reason=f"patch returned resourceVersion {rv}",
-        attrs={"event_id": event_id} if event_id is not None else {},
-    )
-
-
-def lease(at: float, outcome: str, reason: str) -> Record:
-    return Record(
-        time=at,
-        stage=Stage.LEASE,
-        outcome=outcome,
-        reason=reason,
-        attrs={"lease": "kube-system/widgets.example.com", "identity": "me", "holder": "me"},
-    )
-
-
-def watch(at: float, outcome: str, reason: str, status: int = 0) -> Record:
-    attrs: dict[str, AttrValue] = {"kind": "ConfigMap", "api_version": "v1"}
-    attrs["namespace"] = "default"
-    if status:
-        attrs["status"] = status
-    attrs["resource"] = "configmaps"
-    return Record(time=at, stage=Stage.WATCH, outcome=outcome, reason=reason, attrs=attrs)
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
@@ -301,7 +155,7 @@ def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_event_is_one_root_span_with_the_objects_attributes(traced: Traced) -> None:
-    added = event(T0, obj(rv="42", generation=3))
+    added = RunStory(synced=False).event(outcome=EventOutcome.ADDED, generation=3)
     traced.feed(added)
 
     span = traced.one("event ConfigMap")
@@ -309,25 +163,26 @@ def test_an_event_is_one_root_span_with_the_objects_attributes(traced: Traced) -
     assert span.parent is None
     assert span.start_time == span.end_time == ns(T0)
     assert attributes(span) == {
-        "k8s.namespace.name": "default",
+        "k8s.namespace.name": "shop",
         "ctrltrace.object.api_version": "v1",
         "ctrltrace.object.kind": "ConfigMap",
         "ctrltrace.object.name": "web",
         "ctrltrace.object.uid": "uid-web",
-        "ctrltrace.resource_version": "42",
+        "ctrltrace.resource_version": "101",
         "ctrltrace.generation": 3,
         "ctrltrace.event.type": "ADDED",
-        "ctrltrace.event.writer": "kubectl-client-side-apply",
+        "ctrltrace.event.writer": "kubectl",
         "ctrltrace.event.self_caused": False,
     }
 
 
 def test_built_in_kinds_also_get_their_semantic_convention_names(traced: Traced) -> None:
+    story = RunStory(synced=False)
     traced.feed(
-        event(T0, obj("p", kind="Pod")),
-        event(T0, obj("d", kind="Deployment", api_version="apps/v1")),
-        event(T0, obj("x", kind="Deployment", api_version="example.com/v1")),  # a CRD
-        event(T0, obj("team-a", "", kind="Namespace")),
+        story.event("p", kind="Pod"),
+        story.event("d", kind="Deployment", api_version="apps/v1"),
+        story.event("x", kind="Deployment", api_version="example.com/v1"),  # a CRD
+        story.event("team-a", kind="Namespace", api_version="v1", namespace=""),
     )
     pod = attributes(traced.one("event Pod"))
     assert pod["k8s.pod.name"] == "p" and pod["k8s.pod.uid"] == "uid-p"
@@ -345,22 +200,23 @@ def test_built_in_kinds_also_get_their_semantic_convention_names(traced: Traced)
 def test_dispatch_spans_are_children_of_their_event_with_verdict_mapping_and_outcome(
     traced: Traced,
 ) -> None:
-    updated = event(T0, watch_type="MODIFIED")
-    dropped = dispatch(
+    story = RunStory(synced=False)
+    updated = story.event(outcome=EventOutcome.MODIFIED)
+    dropped = story.dispatch(
         updated,
         "dropped_by_predicate",
         controller="strict",
         predicate="GenerationChanged",
         reason="generation unchanged (1 → 1)",
     )
-    unmapped = dispatch(
+    unmapped = story.dispatch(
         updated,
         "not_mapped",
         controller="owners",
         reason="no ownerReference with controller: true",
     )
-    queued = dispatch(updated, "queued")
-    traced.feed(updated, dropped, unmapped, queued)
+    queued = story.dispatch(updated, "queued")
+    traced.feed(*story.records)
 
     event_span = traced.one("event ConfigMap")
     by_controller = {
@@ -369,20 +225,21 @@ def test_dispatch_spans_are_children_of_their_event_with_verdict_mapping_and_out
         if span.name.startswith("dispatch ")
     }
     assert set(by_controller) == {"strict", "owners", CONTROLLER}
-    for span in by_controller.values():
+    dispatches = {"strict": dropped, "owners": unmapped, CONTROLLER: queued}
+    for name, span in by_controller.items():
         assert span.parent is not None
         assert span.parent.span_id == context_of(event_span).span_id
         assert context_of(span).trace_id == context_of(event_span).trace_id
-        assert span.start_time == span.end_time == ns(queued.time)
+        assert span.start_time == span.end_time == ns(dispatches[name].time)
 
     strict = by_controller["strict"]
     assert strict.name == "dispatch strict" and strict.kind is SpanKind.INTERNAL
     assert attributes(strict) == {
         "ctrltrace.controller": "strict",
         "ctrltrace.outcome": "dropped_by_predicate",
-        "ctrltrace.request": "default/web",
+        "ctrltrace.request": "shop/web",
         "ctrltrace.reason": "generation unchanged (1 → 1)",
-        "k8s.namespace.name": "default",
+        "k8s.namespace.name": "shop",
         "ctrltrace.predicate": "GenerationChanged",
         "ctrltrace.dispatch.event_type": "update",
     }
@@ -399,12 +256,12 @@ def test_a_reconcile_is_parented_on_the_first_dispatch_and_links_the_deduplicate
     traced: Traced,
 ) -> None:
     # A burst while the key waits: one queued, two de-duplicated into the same run.
-    first, second, third = (event(T0 + i, watch_type="MODIFIED") for i in range(3))
-    queued = dispatch(first, "queued")
-    merged = [dispatch(second, "deduplicated"), dispatch(third, "deduplicated")]
-    begin = start([queued, *merged], T0 + 5)
-    end = done(begin, T0 + 5.25)
-    traced.feed(first, queued, second, merged[0], third, merged[1], begin, end)
+    story = RunStory(synced=False)
+    queued = story.dispatch(story.event(), "queued")
+    merged = [story.dispatch(story.event(), "deduplicated") for _ in range(2)]
+    begin = story.start(queued, *merged)
+    end = story.end(begin)
+    traced.feed(*story.records)
 
     dispatches = {span.start_time: span for span in traced.named(f"dispatch {CONTROLLER}")}
     parent_span = dispatches[ns(queued.time)]
@@ -420,15 +277,16 @@ def test_a_reconcile_is_parented_on_the_first_dispatch_and_links_the_deduplicate
     assert reconcile.status.status_code is StatusCode.UNSET
     assert attributes(reconcile) == {
         "ctrltrace.controller": CONTROLLER,
-        "ctrltrace.request": "default/web",
-        "ctrltrace.reconcile_id": "r-1",
-        "k8s.namespace.name": "default",
+        "ctrltrace.request": "shop/web",
+        "ctrltrace.reconcile_id": "rid-1",
+        "k8s.namespace.name": "shop",
         "ctrltrace.queue.wait_s": 0.002,
         "ctrltrace.retries": 0,
         "messaging.batch.message_count": 3,
+        "ctrltrace.reconcile.start_reason": "waited 2.0 ms in the queue",
         "ctrltrace.outcome": "success",
         "ctrltrace.reason": "success",
-        "ctrltrace.attr.duration_s": 0.25,
+        "ctrltrace.attr.duration_s": 0.042,
         "ctrltrace.attr.metric_result": "success",
     }
 
@@ -436,23 +294,21 @@ def test_a_reconcile_is_parented_on_the_first_dispatch_and_links_the_deduplicate
 def test_a_requeued_reconcile_links_to_the_one_that_asked_rather_than_nesting(
     traced: Traced,
 ) -> None:
-    added = event(T0)
-    queued = dispatch(added)
-    first = start([queued], T0 + 1, reconcile_id="r-1")
-    failed = done(first, T0 + 1.5, "error", "RuntimeError: first attempt fails")
-    retry = requeue(failed, "rate_limited", 0.005)
-    second = start([retry], T0 + 2, reconcile_id="r-2")
-    later = done(second, T0 + 2.5, "requeue_after")
-    scheduled = requeue(later, "after", 3600)
+    story = RunStory(synced=False)
+    first = story.start(story.dispatch(story.event(outcome=EventOutcome.ADDED)))
+    failed = story.end(first, "error", "RuntimeError: first attempt fails")
+    retry = story.requeue(failed, "rate_limited", 0.005)
+    second = story.start(retry)
+    later = story.end(second, "requeue_after")
+    scheduled = story.requeue(later, "after", 3600)
     # The delayed run also picked up a new event meanwhile: that dispatch is its parent.
-    edited = event(T0 + 3, watch_type="MODIFIED")
-    edit = dispatch(edited)
-    third = start([scheduled, edit], T0 + 3601, reconcile_id="r-3")
-    traced.feed(added, queued, first, failed, retry, second, later, scheduled, edited, edit)
-    traced.feed(third, done(third, T0 + 3601.5))
+    edit = story.dispatch(story.event())
+    story.time = T0 + 3601
+    story.end(story.start(scheduled, edit))
+    traced.feed(*story.records)
 
     runs = {attributes(s)["ctrltrace.reconcile_id"]: s for s in traced.named("reconcile configmap")}
-    one, two, three = runs["r-1"], runs["r-2"], runs["r-3"]
+    one, two, three = runs["rid-1"], runs["rid-2"], runs["rid-3"]
     # The retry is a new trace, linked to the reconcile that asked for it.
     assert two.parent is None
     assert context_of(two).trace_id != context_of(one).trace_id
@@ -471,11 +327,9 @@ def test_a_requeued_reconcile_links_to_the_one_that_asked_rather_than_nesting(
 
 
 def test_a_failed_reconcile_has_error_status_reason_and_error_type(traced: Traced) -> None:
-    added = event(T0)
-    queued = dispatch(added)
-    begin = start([queued], T0 + 1)
-    doomed = done(begin, T0 + 2, "terminal_error", "TerminalError: cannot ever work")
-    traced.feed(added, queued, begin, doomed)
+    story = RunStory(synced=False)
+    story.reconciled(story.event(), "terminal_error", "TerminalError: cannot ever work")
+    traced.feed(*story.records)
 
     span = traced.one("reconcile configmap")  # no requeue follows a terminal error: ended now
     assert span.status.status_code is StatusCode.ERROR
@@ -488,28 +342,29 @@ def test_a_failed_reconcile_has_error_status_reason_and_error_type(traced: Trace
 def test_a_reconcile_waiting_for_its_requeue_record_ends_when_another_record_comes(
     traced: Traced,
 ) -> None:
-    added = event(T0)
-    begin = start([dispatch(added)], T0 + 1)
-    traced.feed(added, begin, done(begin, T0 + 2, "error", "ValueError: x"))
+    story = RunStory(synced=False)
+    ended = story.reconciled(story.event(), "error", "ValueError: x")
+    traced.feed(*story.records)
     assert traced.named("reconcile configmap") == []  # held for the REQUEUE record
-    traced.feed(event(T0 + 3))  # a journal cut between the two: no requeue after all
+    traced.feed(story.event())  # a journal cut between the two: no requeue after all
     span = traced.one("reconcile configmap")
-    assert span.end_time == ns(T0 + 2) and "ctrltrace.requeue" not in attributes(span)
+    assert span.end_time == ns(ended.time) and "ctrltrace.requeue" not in attributes(span)
 
 
 def test_lease_transitions_informer_health_and_lifecycle_are_spans(
     traced: Traced,
 ) -> None:
-    traced.feed(
-        lease(T0, "acquired", "me holds kube-system/widgets.example.com"),
-        lease(T0 + 20, "lost", "could not renew within 10s"),
-        watch(T0, "listed", "listed 3 at resourceVersion 7"),
-        watch(T0, "synced", "cache synced: 3 objects"),
-        watch(T0 + 1, "forbidden", 'configmaps is forbidden: User "bob" cannot list', 403),
-        watch(T0 + 2, "gone", "watch expired, listing again: too old"),
-        Record(time=T0, stage=Stage.CONTROLLER, outcome="started", controller=CONTROLLER),
-        Record(time=T0, stage=Stage.MANAGER, outcome="started"),
-    )
+    story = RunStory(synced=False)
+    story.lease("acquired", "pod-a")
+    story.lease("lost", "pod-a", reason="could not renew within 10s")
+    story.watch("listed", "listed 3 at resourceVersion 7")
+    story.watch("synced", "cache synced: 3 objects")
+    forbidden_by = 'configmaps is forbidden: User "bob" cannot list'
+    story.watch("forbidden", forbidden_by, namespace="shop", status=403, resource="configmaps")
+    story.watch("gone", "watch expired, listing again: too old")
+    story.controller()
+    story.manager()
+    traced.feed(*story.records)
     # Every one: explain reads informer health and lifecycle, so spans carry them too.
     assert sorted(span.name for span in traced.spans) == [
         f"controller {CONTROLLER}",
@@ -527,10 +382,10 @@ def test_lease_transitions_informer_health_and_lifecycle_are_spans(
     assert attributes(lost) == {
         "ctrltrace.outcome": "lost",
         "ctrltrace.reason": "could not renew within 10s",
-        "ctrltrace.lease": "kube-system/widgets.example.com",
-        "ctrltrace.lease.identity": "me",
-        "ctrltrace.lease.holder": "me",
-        "k8s.namespace.name": "kube-system",
+        "ctrltrace.lease": "ops/widgets.example.com",
+        "ctrltrace.lease.identity": "pod-a",
+        "ctrltrace.lease.holder": "pod-a",
+        "k8s.namespace.name": "ops",
     }
     *health, forbidden, gone = sorted(
         traced.named("watch ConfigMap"), key=lambda s: s.start_time or 0
@@ -540,10 +395,10 @@ def test_lease_transitions_informer_health_and_lifecycle_are_spans(
     assert forbidden.status.status_code is StatusCode.ERROR
     assert attributes(forbidden) == {
         "ctrltrace.outcome": "forbidden",
-        "ctrltrace.reason": 'configmaps is forbidden: User "bob" cannot list',
+        "ctrltrace.reason": forbidden_by,
         "ctrltrace.object.kind": "ConfigMap",
         "ctrltrace.object.api_version": "v1",
-        "k8s.namespace.name": "default",
+        "k8s.namespace.name": "shop",
         "http.response.status_code": 403,
         "ctrltrace.watch.resource": "configmaps",
     }
@@ -553,19 +408,21 @@ def test_lease_transitions_informer_health_and_lifecycle_are_spans(
 def test_writes_are_events_on_their_reconcile_and_the_event_they_cause_links_back(
     traced: Traced,
 ) -> None:
-    added = event(T0)
-    begin = start([dispatch(added)], T0 + 1)
-    patched = write(begin, T0 + 1.1, "101")
-    back = comeback(T0 + 1.2, patched)
+    story = RunStory(synced=False)
+    added = story.event(outcome=EventOutcome.ADDED)
+    begin = story.start(story.dispatch(added))
+    patched = story.write(begin, WriteOutcome.PATCH)
+    story.event(owned_write=patched, writer="ctrltrace")
     # The other race: the event of the second write came back before the write's answer.
-    early = comeback(T0 + 1.3, write(begin, T0, "102"))
-    answered = write(begin, T0 + 1.4, "102", event_id=early.id)
-    traced.feed(added, begin, patched, back, early, answered, done(begin, T0 + 2))
+    early = story.event(writer="ctrltrace", extra={"self_caused": True})
+    answered = story.write(begin, WriteOutcome.PATCH, came_back=early)
+    story.end(begin)
+    traced.feed(*story.records)
 
     reconcile = traced.one("reconcile configmap")
     assert [(e.name, e.timestamp) for e in reconcile.events] == [
-        ("write", ns(T0 + 1.1)),
-        ("write", ns(T0 + 1.4)),
+        ("write", ns(patched.time)),
+        ("write", ns(answered.time)),
     ]
     assert dict(reconcile.events[0].attributes or {}) == {
         "ctrltrace.write.verb": "patch",
@@ -574,12 +431,12 @@ def test_writes_are_events_on_their_reconcile_and_the_event_they_cause_links_bac
         "ctrltrace.object.name": "web",
         "ctrltrace.object.uid": "uid-web",
         "ctrltrace.generation": 1,
-        "k8s.namespace.name": "default",
-        "ctrltrace.resource_version": "101",
-        "ctrltrace.reason": "patch returned resourceVersion 101",
+        "k8s.namespace.name": "shop",
+        "ctrltrace.resource_version": "102",
+        "ctrltrace.reason": "patch returned resourceVersion 102",
     }
     back_span, early_span = sorted(
-        (s for s in traced.named("event ConfigMap") if s.start_time != ns(T0)),
+        (s for s in traced.named("event ConfigMap") if s.start_time != ns(added.time)),
         key=lambda s: s.start_time or 0,
     )
     assert back_span.parent is None  # a link, so a write → event → reconcile loop never nests
@@ -599,10 +456,9 @@ def test_the_providers_sampler_decides_for_a_whole_trace(through_api: bool) -> N
         if through_api
         else SpanSink(provider, processor=processor)
     )
-    first = event(T0)
-    queued = dispatch(first, "queued")
-    begin = start([queued], T0 + 1)
-    for record in (first, queued, begin, done(begin, T0 + 2)):
+    story = RunStory(synced=False)
+    story.reconciled(story.event())
+    for record in story.records:
         sink(record)
     assert exporter.get_finished_spans() == ()
     provider.shutdown()
@@ -611,7 +467,8 @@ def test_the_providers_sampler_decides_for_a_whole_trace(through_api: bool) -> N
 def test_spans_are_roots_even_inside_a_callers_span(traced: Traced) -> None:
     tracer = traced.provider.get_tracer("user code")
     with tracer.start_as_current_span("outer"):
-        traced.feed(event(T0), lease(T0, "acquired", "mine"))
+        story = RunStory(synced=False)
+        traced.feed(story.event(), story.lease("acquired", "pod-a"))
     assert traced.one("event ConfigMap").parent is None
     assert traced.one("lease acquired").parent is None
 
@@ -628,15 +485,13 @@ def test_memory_stays_bounded_over_100k_records() -> None:
     exporter = KeepLast()
     provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
     sink = SpanSink(provider, capacity=1_000, processor=SimpleSpanProcessor(exporter))
-    highest = 0
+    story = RunStory(synced=False)
     for i in range(25_000):  # 4 records each: event, dispatch, start, end
-        at = T0 + i
-        added = event(at, obj(f"o{i % 5000}"))
-        queued = dispatch(added)
-        begin = start([queued], at, reconcile_id=f"r-{i}", request=queued.request)
-        for record in (added, queued, begin, done(begin, at + 0.5)):
-            sink(record)
-            highest = max(highest, sink.remembered)
+        story.reconciled(story.event(f"o{i % 5000}", EventOutcome.ADDED))
+    highest = 0
+    for record in story.records:
+        sink(record)
+        highest = max(highest, sink.remembered)
     provider.shutdown()
     assert highest <= 1_000  # events and dispatches within their bound, one reconcile open
     # Forgetting the old never loses the new: the last reconcile still has its parents.
@@ -654,36 +509,35 @@ def test_a_reconciler_error_is_logged_with_the_reconciles_trace_id(traced: Trace
     )
     # As the manager wires them: the narrator first, the span sink after it.
     recorder = Recorder(Narrator(FakeClock(), logger), traced.sink)
-    added = event(T0)
-    queued = dispatch(added)
-    begin = start([queued], T0 + 1, reconcile_id="abc-2")
-    for record in (added, queued, begin, done(begin, T0 + 2, "error", "ValueError: no spec")):
+    story = RunStory(synced=False)
+    failed = story.reconciled(story.event(), "error", "ValueError: no spec")
+    for record in story.records:
         recorder.emit(record)
 
     (line,) = (json.loads(call.args[0]) for call in captured.calls)
     span = context_of(traced.one("event ConfigMap"))  # the reconcile is in the event's trace
-    assert line["event"] == "Reconciler error" and line["reconcile_id"] == "abc-2"
+    assert line["event"] == "Reconciler error" and line["reconcile_id"] == failed.reconcile_id
     assert line["trace_id"] == f"{span.trace_id:032x}" and line["error"] == "ValueError: no spec"
 
 
 def test_trace_ids_for_a_running_reconcile_and_the_structlog_processor(traced: Traced) -> None:
-    added = event(T0)
-    begin = start([dispatch(added)], T0 + 1, reconcile_id="abc-1")
-    traced.feed(added, begin)
+    story = RunStory(synced=False)
+    begin = story.start(story.dispatch(story.event()))
+    traced.feed(*story.records)
 
-    ids = traced.sink.trace_ids_for("abc-1")
+    ids = traced.sink.trace_ids_for(begin.reconcile_id)
     assert traced.sink.trace_ids_for("nope") is None
     # Logged as ctx.log does: a logger bound to the reconcile id.
     captured = structlog.testing.CapturingLogger()
     log = structlog.wrap_logger(
         captured, processors=[trace_ids_processor(traced.sink), structlog.processors.JSONRenderer()]
-    ).bind(controller=CONTROLLER, reconcile_id="abc-1")
+    ).bind(controller=CONTROLLER, reconcile_id=begin.reconcile_id)
     log.info("reconciling")
     structlog.wrap_logger(
         captured, processors=[trace_ids_processor(traced.sink), structlog.processors.JSONRenderer()]
     ).info("no reconcile here")
-    traced.feed(done(begin, T0 + 2))
-    assert traced.sink.trace_ids_for("abc-1") is None  # only while it runs
+    traced.feed(story.end(begin))
+    assert traced.sink.trace_ids_for(begin.reconcile_id) is None  # only while it runs
 
     span = context_of(traced.one("reconcile configmap"))
     assert ids == (f"{span.trace_id:032x}", f"{span.span_id:016x}")
@@ -720,7 +574,7 @@ def test_configure_tracing_reads_the_standard_variables(monkeypatch: pytest.Monk
     try:
         assert provider.resource.attributes["service.name"] == "widgets-operator"
         assert BatchSettings.from_env().max_queue_size == 512
-        sink(event(T0))
+        sink(RunStory(synced=False).event())
         assert sink.remembered == 1  # a context is kept, but nothing was sampled to export
     finally:
         counter.shutdown(timeout_s=1)
@@ -751,10 +605,9 @@ def test_an_unreachable_collector_costs_counted_failures_never_an_exception() ->
     assert configured is not None
     provider, sink, counter = configured
     assert provider.resource.attributes["service.name"] == "ctrltrace"
-    added = event(T0)
-    queued = dispatch(added)
-    begin = start([queued], T0 + 1)
-    for record in (added, queued, begin, done(begin, T0 + 2)):
+    story = RunStory(synced=False)
+    story.reconciled(story.event())
+    for record in story.records:
         sink(record)  # never raises, never waits for the collector
     counter.shutdown(timeout_s=2)
     # Every span was tried and failed before the give-up time: none is counted as unsent.
@@ -841,10 +694,9 @@ def collector() -> Iterator[Collector]:
 
 
 def test_spans_reach_a_collector_encoded_as_the_sdk_would_send_them(collector: Collector) -> None:
-    first = event(T0)
-    queued = dispatch(first)
-    begin = start([queued], T0 + 1)
-    chain = (first, queued, begin, done(begin, T0 + 2))
+    story = RunStory(synced=False)
+    story.reconciled(story.event())
+    chain = story.records
     configured = configure_tracing(collector.endpoint, service_name="shape")
     assert configured is not None
     _, sink, counter = configured
@@ -937,9 +789,10 @@ def test_a_full_queue_drops_and_counts_spans_instead_of_growing(kind: str) -> No
     pipelines = Pipelines(kind)
     batch = BatchSettings(max_queue_size=10, max_export_batch_size=5, schedule_delay_s=0.01)
     sink, counter = pipelines.build(batch)
+    story = RunStory(synced=False)
     try:
-        for i in range(40):
-            sink(event(T0 + i))
+        for _ in range(40):
+            sink(story.event())
         # At most one batch (5) is in the stalled export and 10 wait: the rest are counted.
         assert 25 <= counter.queue_full <= 30
     finally:
@@ -957,9 +810,10 @@ def test_shutdown_gives_up_on_a_collector_that_does_not_answer(kind: str) -> Non
         max_queue_size=100, max_export_batch_size=5, schedule_delay_s=0.01, export_timeout_s=0.3
     )
     sink, counter = pipelines.build(batch)
+    story = RunStory(synced=False)
     try:
-        for i in range(20):
-            sink(event(T0 + i))
+        for _ in range(20):
+            sink(story.event())
         counter.shutdown(timeout_s=0.1)
     finally:
         pipelines.close()
@@ -967,42 +821,32 @@ def test_shutdown_gives_up_on_a_collector_that_does_not_answer(kind: str) -> Non
     # Not four batches of 0.3 s: past the give-up time batches are counted as unsent, not sent;
     # only the batch in flight when shutdown began (and at most one more) was tried.
     assert counter.unsent >= 10 and counter.exported == 0
-    sink(event(T0 + 21))  # after shutdown: counted, not queued
+    sink(story.event())  # after shutdown: counted, not queued
     assert counter.unsent + counter.failed == 21
 
 
 # -- replay and OTLP-JSON --------------------------------------------------------------------
 
 
-def realistic_run() -> list[Record]:
+def realistic_run() -> RunStory:
     """A run: lease, a watch failure, an event with a de-duplicated burst, a failed retry."""
-    added = event(T0 + 1)
-    queued = dispatch(added)
-    edited = event(T0 + 1.1, watch_type="MODIFIED")
-    merged = dispatch(edited, "deduplicated")
-    first = start([queued, merged], T0 + 2, reconcile_id="r-1")
-    failed = done(first, T0 + 2.5, "error", "RuntimeError: boom")
-    retry = requeue(failed)
-    second = start([retry], T0 + 3, reconcile_id="r-2")
-    return [
-        lease(T0, "acquired", "me holds it"),
-        watch(T0 + 0.5, "forbidden", "forbidden", 403),
-        added,
-        queued,
-        edited,
-        merged,
-        first,
-        failed,
-        retry,
-        second,
-        done(second, T0 + 3.5),
-    ]
+    story = RunStory(synced=False)
+    story.lease("acquired", "pod-a")
+    story.watch("forbidden", "forbidden", status=403)
+    story.time = T0 + 1
+    queued = story.dispatch(story.event(outcome=EventOutcome.ADDED))
+    merged = story.dispatch(story.event(), "deduplicated")
+    story.time = T0 + 2
+    failed = story.end(story.start(queued, merged), "error", "RuntimeError: boom")
+    story.time = T0 + 3
+    story.end(story.start(story.requeue(failed)))
+    return story
 
 
 def test_write_otlp_json_writes_an_export_request_with_parents_and_links(
     tmp_path: Path,
 ) -> None:
-    records = realistic_run()
+    records = realistic_run().records
     path = tmp_path / "traces.json"
     assert write_otlp_json(records, path) == 8
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -1043,7 +887,7 @@ def test_write_otlp_json_writes_an_export_request_with_parents_and_links(
 
 def test_the_json_matches_the_official_otlp_encoder_with_hex_ids() -> None:
     tracing = Traced()
-    tracing.feed(*realistic_run())
+    tracing.feed(*realistic_run().records)
     tracing.provider.shutdown()
     spans = tracing.spans
     # protobuf ships no type information: reach it by name, as Any.
@@ -1067,11 +911,13 @@ def test_the_json_matches_the_official_otlp_encoder_with_hex_ids() -> None:
 
 
 def test_replay_makes_the_same_spans_as_the_live_sink_and_closes_what_is_open() -> None:
-    records = realistic_run()
+    story = realistic_run()
     live = Traced()
-    live.feed(*records)
+    live.feed(*story.records)
+    story.time = T0 + 9
+    running = story.start(request="shop/web")  # its dispatch fell before the journal's window
     replayed = Traced()
-    replay([*records, start([], T0 + 9, reconcile_id="r-cut")], replayed.provider)
+    replay(story.records, replayed.provider)
     for tracing in (live, replayed):
         tracing.provider.shutdown()
 
@@ -1081,7 +927,11 @@ def test_replay_makes_the_same_spans_as_the_live_sink_and_closes_what_is_open() 
             for s in spans
         )
 
-    cut = [s for s in replayed.spans if attributes(s).get("ctrltrace.reconcile_id") == "r-cut"]
+    cut = [
+        s
+        for s in replayed.spans
+        if attributes(s).get("ctrltrace.reconcile_id") == running.reconcile_id
+    ]
     assert [attributes(s)["ctrltrace.outcome"] for s in cut] == ["unfinished"]
     assert cut[0].end_time == ns(T0 + 9)
     assert shape([s for s in replayed.spans if s not in cut]) == shape(live.spans)
@@ -1092,7 +942,7 @@ def test_replay_into_a_collector_waits_for_it_instead_of_overflowing(flush_every
     exporter = Stalled(seconds=0.05)  # a collector taking 50 ms a batch
     batch = BatchSettings(max_queue_size=500, max_export_batch_size=250, schedule_delay_s=60)
     provider, _, counter = build_tracing(exporter, batch=batch)
-    records = [record for _ in range(250) for record in realistic_run()]  # 2,000 spans
+    records = [record for _ in range(250) for record in realistic_run().records]  # 2,000 spans
     replay(records, provider, flush_every=flush_every)
     counter.shutdown(timeout_s=5)
     assert counter.exported + counter.dropped == 2_000
@@ -1107,19 +957,18 @@ def test_replay_does_not_follow_causes_across_runs_of_a_journal(
     start_id: int, same_run: bool
 ) -> None:
     # Record ids restart with each process. Run one: event 1, dispatch 2, events 3 to 41.
-    added = event(T0)
-    added.id = 1
-    queued = dispatch(added)
-    queued.id = 2
-    later = [event(T0 + i) for i in range(1, 40)]
-    for number, record in enumerate(later, 3):
-        record.id = number
+    story = RunStory(synced=False, numbered=True)
+    story.dispatch(story.event(outcome=EventOutcome.ADDED))
+    for _ in range(39):
+        story.event()
     # A start naming dispatch 2: with id 5 it is run two's (whose dispatch 2 fell before the
     # journal's window), with id 45 it is run one's own.
-    begin = start([], T0 + 100, reconcile_id="r")
+    story.time = T0 + 100
+    begin = story.start(request="shop/web")
     begin.cause_ids, begin.id = (2,), start_id
+    story.end(begin).id = start_id + 1  # its end comes next in the same run
     tracing = Traced()
-    replay([added, queued, *later, begin, done(begin, T0 + 101)], tracing.provider)
+    replay(story.records, tracing.provider)
     tracing.provider.shutdown()
     parent = tracing.one("reconcile configmap").parent
     assert (parent is not None) is same_run

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
-import itertools
 import json
 import os
 import re
@@ -37,7 +36,8 @@ from ctrltrace.explain import Code, explain
 from ctrltrace.explain_text import render_text
 from ctrltrace.funnel import Funnel, Loss, Step
 from ctrltrace.journal import Journal, JournalError, JournalWriter
-from ctrltrace.records import AttrValue, ObjectRef, Record, Stage
+from ctrltrace.records import ObjectRef, Record, Stage
+from ctrltrace.testing import RunStory
 from ctrltrace.tui import cells, funnel_cells
 from ctrltrace.tui.app import JOURNAL_EXIT, LostScreen, TraceApp
 from ctrltrace.tui.command import exit_code as tui_exit_code
@@ -67,162 +67,62 @@ FORBIDDEN = (
 # -- records -----------------------------------------------------------------------------------
 
 
-class Story:
-    """Records as a real run writes them, 10 ms apart, with ids from 1 (so screens repeat)."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.time = start
-        self.records: list[Record] = []
-        self._ids = itertools.count(1)
-        self._rids = itertools.count(1)
-        self._rv = 100
-
-    def add(self, stage: Stage, outcome: str, **fields: Any) -> Record:
-        record = Record(time=self.time, stage=stage, outcome=outcome, id=next(self._ids), **fields)
-        self.records.append(record)
-        self.time += 0.01
-        return record
-
-    def manager(self, outcome: str = "started") -> Record:
-        return self.add(Stage.MANAGER, outcome, reason=outcome)
-
-    def watch(
-        self, outcome: str, kind: str = "Widget", reason: str = "", **attrs: AttrValue
-    ) -> Record:
-        api_version = "v1" if kind in ("ConfigMap", "Secret") else "example.com/v1"
-        attrs = {"kind": kind, "api_version": api_version, **attrs}
-        return self.add(Stage.WATCH, outcome, reason=reason or outcome, attrs=attrs)
-
-    def lease(self, outcome: str, holder: str, identity: str = "pod-a") -> Record:
-        attrs = {"lease": "ops/widgets.example.com", "identity": identity, "holder": holder}
-        return self.add(Stage.LEASE, outcome, reason=f"{holder} holds the lease", attrs=attrs)
-
-    def controller(
-        self, outcome: str = "started", name: str = "widget", reason: str = ""
-    ) -> Record:
-        return self.add(
-            Stage.CONTROLLER,
-            outcome,
-            controller=name,
-            reason=reason or outcome,
-            attrs={"max_concurrent_reconciles": 2} if outcome == "started" else {},
-        )
-
-    def event(
-        self, name: str, outcome: str = "ADDED", *, kind: str = "Widget", namespace: str = "shop"
-    ) -> Record:
-        self._rv += 1
-        api_version = "v1" if kind == "ConfigMap" else "example.com/v1"
-        ref = ObjectRef(api_version, kind, namespace, name, f"uid-{name}", str(self._rv), 1)
-        return self.add(
-            Stage.EVENT, outcome, object=ref, attrs={"writer": "kubectl", "self_caused": False}
-        )
-
-    def dispatch(
-        self,
-        event: Record,
-        outcome: str = "queued",
-        *,
-        controller: str = "widget",
-        request: str | None = None,
-        reason: str = "the object itself",
-        **attrs: AttrValue,
-    ) -> Record:
-        assert event.object is not None
-        if "predicate" not in attrs:
-            attrs["handler"] = "for the object itself"
-        return self.add(
-            Stage.DISPATCH,
-            outcome,
-            reason=reason,
-            controller=controller,
-            object=event.object,
-            request=request or event.object.key,
-            cause_ids=(event.id,),
-            attrs={**attrs, "event_type": "create"},
-        )
-
-    def start(self, *causes: Record) -> Record:
-        first = causes[0]
-        return self.add(
-            Stage.RECONCILE_START,
-            "started",
-            controller=first.controller,
-            request=first.request,
-            reconcile_id=f"rid-{next(self._rids)}",
-            cause_ids=tuple(cause.id for cause in causes),
-            attrs={"queue_wait_s": 0.002, "retries": 0},
-        )
-
-    def end(self, start: Record, outcome: str = "success", reason: str = "") -> Record:
-        return self.add(
-            Stage.RECONCILE,
-            outcome,
-            reason=reason or outcome,
-            controller=start.controller,
-            request=start.request,
-            reconcile_id=start.reconcile_id,
-            cause_ids=(start.id,),
-            attrs={"duration_s": 0.04, "metric_result": outcome},
-        )
-
-    def requeue(self, end: Record, outcome: str = "rate_limited", delay: float = 0.005) -> Record:
-        attrs: dict[str, AttrValue] = {"delay_s": delay, "due": self.time + delay}
-        if outcome == "rate_limited":
-            attrs["attempt"] = 1
-        return self.add(
-            Stage.REQUEUE,
-            outcome,
-            reason=f"next run in {delay:.3f}s",
-            controller=end.controller,
-            request=end.request,
-            reconcile_id=end.reconcile_id,
-            cause_ids=(end.id,),
-            attrs=attrs,
-        )
+def widget_story(start: float = T0) -> RunStory:
+    """Records as a run of controller ``widget`` over Widgets writes them, with ids from 1 (so
+    screens repeat)."""
+    return RunStory(
+        synced=False,
+        start=start,
+        controller="widget",
+        kind="Widget",
+        numbered=True,
+        reconcile_s=0.04,
+    )
 
 
-def demo() -> Story:
+def demo() -> RunStory:
     """A run with one of each: every outcome, a 403, a kind not served, a lease handover."""
-    story = Story()
+    story = widget_story()
     story.manager()
     story.lease("standby", "pod-b")
-    story.watch("listed", "Widget", "listed 0 at resourceVersion 100")
-    story.watch("synced", "Widget", "cache synced: 0 objects")
-    story.watch("listed", "ConfigMap", "listed 0 at resourceVersion 100")
-    story.watch("synced", "ConfigMap", "cache synced: 0 objects")
-    story.watch("forbidden", "Secret", FORBIDDEN, namespace="shop", status=403)
-    story.watch("kind_not_found", "Gadget", "example.com/v1 Gadget is not served")
+    story.watch("listed", "listed 0 at resourceVersion 100")
+    story.watch("synced", "cache synced: 0 objects")
+    story.watch("listed", "listed 0 at resourceVersion 100", kind="ConfigMap")
+    story.watch("synced", "cache synced: 0 objects", kind="ConfigMap")
+    story.watch("forbidden", FORBIDDEN, kind="Secret", namespace="shop", status=403)
+    story.watch("kind_not_found", "example.com/v1 Gadget is not served", kind="Gadget")
     story.lease("acquired", "pod-a")
     story.controller("started")
-    story.controller("cache_not_synced", "gadget", "caches not synced after 120s: Gadget")
+    story.controller("cache_not_synced", "caches not synced after 120s: Gadget", name="gadget")
     # a: reconciled, then a label-only edit dropped by GenerationChanged
-    added = story.event("a")
+    added = story.event("a", "ADDED")
     story.end(story.start(story.dispatch(added)))
     label = story.event("a", "MODIFIED")
     story.dispatch(
         label, "dropped_by_predicate", reason="generation unchanged", predicate="GenerationChanged"
     )
     # b: fails once, succeeds on the retry
-    failed = story.start(story.dispatch(story.event("b")))
+    failed = story.start(story.dispatch(story.event("b", "ADDED")))
     error = story.end(failed, "error", "RuntimeError: simulated failure")
     story.end(story.start(story.requeue(error)))
     # c: fails terminally
     story.end(
-        story.start(story.dispatch(story.event("c"))), "terminal_error", "TerminalError: bad spec"
+        story.start(story.dispatch(story.event("c", "ADDED"))),
+        "terminal_error",
+        "TerminalError: bad spec",
     )
     # a's ConfigMap maps to a, whose reconcile asks to run again in 5 minutes
-    owned = story.event("a-config", kind="ConfigMap")
+    owned = story.event("a-config", "ADDED", kind="ConfigMap")
     after = story.end(story.start(story.dispatch(owned, request="shop/a")), "requeue_after")
     story.requeue(after, "after", 300.0)
     # a ConfigMap nobody owns
-    loose = story.event("loose", kind="ConfigMap")
+    loose = story.event("loose", "ADDED", kind="ConfigMap")
     story.dispatch(loose, "not_mapped", reason="no controller owner reference")
     # d: two events merged into one run, still running; e waits for a worker
-    first = story.dispatch(story.event("d"))
+    first = story.dispatch(story.event("d", "ADDED"))
     merged = story.dispatch(story.event("d", "MODIFIED"), "deduplicated")
     story.start(first, merged)
-    story.dispatch(story.event("e", namespace="other"))
+    story.dispatch(story.event("e", "ADDED", namespace="other"))
     return story
 
 
@@ -400,8 +300,8 @@ def test_each_event_row_merges_every_controllers_outcome_as_its_records_arrive()
 
 
 def test_a_row_follows_its_chain_step_by_step() -> None:
-    story = Story()
-    dispatch = story.dispatch(story.event("b"))
+    story = widget_story()
+    dispatch = story.dispatch(story.event("b", "ADDED"))
     start = story.start(dispatch)
     error = story.end(start, "error", "RuntimeError: boom")
     requeue = story.requeue(error)
@@ -425,8 +325,8 @@ def test_a_row_follows_its_chain_step_by_step() -> None:
 
 
 def test_a_merged_event_says_so_while_it_waits() -> None:
-    story = Story()
-    story.dispatch(story.event("d"))
+    story = widget_story()
+    story.dispatch(story.event("d", "ADDED"))
     story.dispatch(story.event("d", "MODIFIED"), "deduplicated")
     requeued = story.event("d", "MODIFIED")
     story.dispatch(requeued, "requeued_after_processing")
@@ -469,14 +369,19 @@ def test_a_stopped_manager_leaves_nothing_queued_or_running() -> None:
     state = ViewState()
     state.apply(story.records)
     widget = state.controllers["widget"]
-    assert (widget.lifecycle, widget.running, widget.waiting, widget.scheduled) == (
-        "stopped",
+    assert (widget.stopped, widget.outcome, widget.running, widget.waiting, widget.scheduled) == (
+        True,
+        "",
         {},
         {},
         {},
     )
     assert cells.work_rows(state, story.time) == []
     assert "manager stopped" in cells.feed_status(state, story.time + 60).plain
+    assert cells.controller_cells(widget, story.time)[1].plain == "■ stopped"
+    story.manager()  # the next run: not started until its controller says so
+    state.apply(story.records[-1:])
+    assert cells.controller_cells(widget, story.time)[1].plain == "· not started"
 
 
 def test_lease_holder_role_and_transitions() -> None:
@@ -504,10 +409,12 @@ def test_watches_synced_last_event_and_errors_with_their_message() -> None:
 
 
 def test_rows_and_links_stay_capped() -> None:
-    story = Story()
+    story = widget_story()
     for index in range(500):
-        story.end(story.start(story.dispatch(story.event(f"w{index}"))))
-        story.dispatch(story.event(f"x{index}"))  # queued, never started: its link must go too
+        story.end(story.start(story.dispatch(story.event(f"w{index}", "ADDED"))))
+        story.dispatch(
+            story.event(f"x{index}", "ADDED")
+        )  # queued, never started: its link must go too
     state = ViewState(max_events=50)
     state.apply(story.records)
     assert len(state.events) == 50
@@ -518,9 +425,9 @@ def test_rows_and_links_stay_capped() -> None:
 
 
 def test_ids_repeating_in_a_second_run_link_to_that_run() -> None:
-    first, second = Story(), Story(T0 + 100)
-    first.dispatch(first.event("a"))
-    second.end(second.start(second.dispatch(second.event("b"))))
+    first, second = widget_story(), widget_story(T0 + 100)
+    first.dispatch(first.event("a", "ADDED"))
+    second.end(second.start(second.dispatch(second.event("b", "ADDED"))))
     state = ViewState()
     state.apply(first.records + second.records)
     assert words(state) == {
@@ -554,10 +461,10 @@ def test_the_filter_matches_namespace_name_kind_verdict_and_controller() -> None
 
 
 def test_kind_filters_name_whole_kinds_as_explain_kind_does() -> None:
-    story = Story()
+    story = widget_story()
     for api_version, kind in (("batch/v1", "Job"), ("batch.tutorial.kubebuilder.io/v1", "CronJob")):
         ref = ObjectRef(api_version, kind, "shop", kind.lower(), "uid", "1", 1)
-        story.add(Stage.EVENT, "ADDED", object=ref, attrs={"self_caused": False})
+        story.record(Stage.EVENT, "ADDED", object=ref, attrs={"self_caused": False})
     state = ViewState()
     state.apply(story.records)
 
@@ -573,13 +480,13 @@ def test_kind_filters_name_whole_kinds_as_explain_kind_does() -> None:
 
 
 def test_an_own_write_is_marked_even_when_its_event_came_before_its_answer() -> None:
-    story = Story()
+    story = widget_story()
     early = story.event("a", "MODIFIED")
     other = story.event("b", "MODIFIED")
     for event, version in ((early, ""), (other, "999")):
         ref = event.object
         assert ref is not None
-        story.add(
+        story.record(
             Stage.WRITE,
             "update",
             object=replace(ref, resource_version=version or ref.resource_version),
@@ -594,8 +501,8 @@ def test_an_own_write_is_marked_even_when_its_event_came_before_its_answer() -> 
 
 
 def test_a_row_keeps_its_own_outcome_when_the_request_runs_again_later() -> None:
-    story = Story()
-    first = story.dispatch(story.event("a"))
+    story = widget_story()
+    first = story.dispatch(story.event("a", "ADDED"))
     after = story.end(story.start(first), "requeue_after")
     requeue = story.requeue(after, "after", 60.0)
     second = story.dispatch(story.event("a", "MODIFIED"))
@@ -736,10 +643,10 @@ def test_the_object_view_explains_as_explain_does(journal: Path) -> None:
 
 
 def test_the_object_view_shows_the_events_a_reconcile_emitted(tmp_path: Path) -> None:
-    story = Story()
-    start = story.start(story.dispatch(story.event("a")))
+    story = widget_story()
+    start = story.start(story.dispatch(story.event("a", "ADDED")))
     ref = story.records[0].object
-    story.add(
+    story.record(
         Stage.KUBE_EVENT,
         "counted",
         reason="Normal Synced: Widget synced (count 2)",
@@ -1077,7 +984,7 @@ def test_a_journal_that_stops_growing_is_idle_not_an_error(journal: Path) -> Non
 
 def test_the_live_view_picks_up_records_appended_while_it_is_open(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
-    story = Story()
+    story = widget_story()
     story.manager()
     story.controller()
 
@@ -1091,8 +998,8 @@ def test_the_live_view_picks_up_records_appended_while_it_is_open(tmp_path: Path
                 await settled(pilot, 2)
                 table = app.query_one("#events", LiveTable)
                 assert table.keys == []
-                event = Story(time.time())
-                writer(event.event("late"))
+                event = widget_story(time.time())
+                writer(event.event("late", "ADDED"))
                 await _until(pilot, lambda: len(table.keys) == 1)
                 assert "shop/late" in screen_text(app)
                 assert "● live" in screen_text(app)
@@ -1183,19 +1090,19 @@ def test_an_ended_recorder_feed_hands_over_what_is_left_then_says_it_ended() -> 
 
 
 def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch() -> None:
-    story = Story()
+    story = widget_story()
     for kind, role in (("Widget", "for_"), ("ConfigMap", "owns")):
         attrs = {"kind": kind, "api_version": "v1", "role": role}
-        story.add(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
+        story.record(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
     story.manager()
     story.watch("listed")
     story.watch("synced")
-    story.watch("forbidden", "ConfigMap", "cannot watch configmaps", status=403)
-    story.dispatch(story.event("a"))
+    story.watch("forbidden", "cannot watch configmaps", kind="ConfigMap", status=403)
+    story.dispatch(story.event("a", "ADDED"))
     state = ViewState()
     state.apply(story.records)
     widget = state.controllers["widget"]
-    assert widget.lifecycle == ""  # a watching record is no lifecycle
+    assert widget.outcome == ""  # a watching record is no outcome of its life
     assert [watch.kind for watch in state.blocking(widget)] == ["ConfigMap"]
     text = [
         cell.plain for cell in cells.controller_cells(widget, story.time, state.blocking(widget))
@@ -1210,12 +1117,12 @@ def test_a_controller_blocked_by_a_failed_watch_is_shown_blocked_by_that_watch()
 
 def test_a_journal_gap_is_said_in_the_feed_status_and_is_not_the_managers_life() -> None:
     story = demo()
-    story.add(Stage.MANAGER, "journal_gap", reason="buffer full", attrs={"count": 3})
+    story.record(Stage.MANAGER, "journal_gap", reason="buffer full", attrs={"count": 3})
     state = ViewState()
     state.apply(story.records)
     assert state.manager == "started"
     assert "⚠ 1 gap(s) in the records" in cells.feed_status(state, story.time).plain
-    story.add(Stage.MANAGER, "evidence_missing", reason="dropped", attrs={"count": 2})
+    story.record(Stage.MANAGER, "evidence_missing", reason="dropped", attrs={"count": 2})
     state.apply(story.records[-1:])
     assert state.manager == "started"
     assert "⚠ 2 gap(s) in the records" in cells.feed_status(state, story.time).plain
@@ -1224,17 +1131,17 @@ def test_a_journal_gap_is_said_in_the_feed_status_and_is_not_the_managers_life()
 # -- the funnel and the time views -------------------------------------------------------------
 
 
-def three_losses() -> Story:
+def three_losses() -> RunStory:
     """One controller losing events at three stages: a predicate, an unmapped child, and a
     forbidden watch that keeps its workers from starting (what it queued waits, blocked)."""
-    story = Story()
+    story = widget_story()
     for kind, role in (("Widget", "for_"), ("ConfigMap", "owns"), ("Secret", "watches")):
         attrs = {"kind": kind, "api_version": "v1", "role": role}
-        story.add(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
+        story.record(Stage.CONTROLLER, "watching", controller="widget", attrs=attrs)
     story.manager()
     story.watch("synced")
-    story.watch("synced", "ConfigMap")
-    story.watch("forbidden", "Secret", FORBIDDEN, status=403)
+    story.watch("synced", kind="ConfigMap")
+    story.watch("forbidden", FORBIDDEN, kind="Secret", status=403)
     for name in ("a", "b"):
         story.dispatch(
             story.event(name, "MODIFIED"),
@@ -1243,15 +1150,15 @@ def three_losses() -> Story:
             predicate="GenerationChanged",
         )
     story.dispatch(
-        story.event("loose", kind="ConfigMap"), "not_mapped", reason="no controller owner"
+        story.event("loose", "ADDED", kind="ConfigMap"), "not_mapped", reason="no controller owner"
     )
     for name in ("c", "d", "e"):
-        story.dispatch(story.event(name))
+        story.dispatch(story.event(name, "ADDED"))
     story.dispatch(story.event("e", "MODIFIED"), "deduplicated")
     return story
 
 
-def funnel_of(story: Story, controller: str = "widget") -> Funnel:
+def funnel_of(story: RunStory, controller: str = "widget") -> Funnel:
     state = ViewState()
     state.apply(story.records)
     funnel = state.funnel.funnel(controller)
@@ -1303,13 +1210,13 @@ def test_what_a_stopped_process_had_queued_is_lost_at_stop_not_waiting() -> None
 
 
 def test_rates_and_latencies_per_second_end_at_the_time_cursor() -> None:
-    story = Story()
+    story = widget_story()
     story.manager()
     story.controller("started")
     for second in range(3):
         story.time = T0 + second
         for index in range(second + 1):  # 1, 2, 3 events a second
-            event = story.event(f"o{second}-{index}")
+            event = story.event(f"o{second}-{index}", "ADDED")
             story.end(story.start(story.dispatch(event)), "error" if second == 2 else "success")
     funnel = funnel_of(story)
     assert [(s.events, s.reconciles, s.errors) for s in funnel.seconds] == [

@@ -12,6 +12,7 @@ from ctrltrace.vocabulary import (
     ENQUEUED,
     INSERTED,
     LEASE_TRANSITIONS,
+    METRIC_RESULTS,
     OUTCOMES,
     RECONCILE_FAILED,
     SETTLED,
@@ -45,6 +46,7 @@ def test_the_queue_answers_in_dispatch_outcomes() -> None:
 def test_settle_records_listed_outcomes(result: Result | None, error: Exception | None) -> None:
     settlement = settle(result, error)
     assert settlement.outcome in OUTCOMES[Stage.RECONCILE]
+    assert settlement.metric_label in METRIC_RESULTS
     if settlement.action in (Action.AFTER, Action.RATE_LIMITED):
         assert settlement.action.value in OUTCOMES[Stage.REQUEUE]
 

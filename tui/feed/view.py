@@ -115,7 +115,8 @@ class Scheduled:
 @dataclass(slots=True)
 class ControllerState:
     name: str
-    lifecycle: str = ""  # started / cache_not_synced / stopped (the manager's)
+    outcome: str = ""  # its latest ControllerOutcome in this run (started, cache_not_synced, …)
+    stopped: bool = False  # the manager stopped: the run it belonged to is over
     workers: int = 0  # max_concurrent_reconciles, once started
     watched: set[str] = field(default_factory=set)  # kinds its workers wait for, this run
     waiting: dict[str, float] = field(default_factory=dict)  # request → queued at
@@ -474,7 +475,7 @@ class ViewState:
         if record.outcome == ControllerOutcome.WATCHING:
             controller.watched.add(str(record.attrs.get(Attr.KIND, "")))
             return
-        controller.lifecycle = record.outcome
+        controller.outcome = record.outcome
         if record.outcome == ControllerOutcome.STARTED:
             controller.workers = int(record.attrs.get(Attr.MAX_CONCURRENT_RECONCILES, 0))
 
@@ -486,9 +487,9 @@ class ViewState:
         # A new process or the end of one: queues, caches and leadership start from nothing.
         for controller in self.controllers.values():
             controller.reset_work()
-            stopped = record.outcome == ManagerOutcome.STOPPED
-            controller.lifecycle = ManagerOutcome.STOPPED if stopped else ""
-            if stopped:  # the next run names its watches again
+            controller.outcome = ""
+            controller.stopped = record.outcome == ManagerOutcome.STOPPED
+            if controller.stopped:  # the next run names its watches again
                 controller.watched.clear()
         if record.outcome == ManagerOutcome.STARTED:
             for watch in self.watches.values():
@@ -503,7 +504,7 @@ class ViewState:
     def blocking(self, controller: ControllerState) -> list[WatchState]:
         """The watches holding back a controller whose workers have not started: failed
         without syncing (what ``explain`` calls ``cache_not_synced``)."""
-        if controller.lifecycle in (ControllerOutcome.STARTED, ManagerOutcome.STOPPED):
+        if controller.stopped or controller.outcome == ControllerOutcome.STARTED:
             return []
         return [
             watch
