@@ -103,13 +103,15 @@ def drop_managed_fields(obj: Obj) -> Obj:
 def freeze(obj: Obj) -> bytes:
     """Decoded JSON (dicts, lists, strings, numbers, booleans, None) as one immutable block;
     marshal refuses anything else."""
-    return marshal.dumps(cast(dict[str, Any], obj))
+    value: Any = obj  # no cast(): this runs once per event
+    return marshal.dumps(value)
 
 
 def thaw(block: bytes) -> dict[str, Any]:
     """A fresh copy of what ``freeze`` made, the caller's to change."""
     # Loads only what freeze made in this process: nothing untrusted.
-    return cast(dict[str, Any], marshal.loads(block))  # noqa: S302
+    copy: dict[str, Any] = marshal.loads(block)  # noqa: S302
+    return copy
 
 
 def copy_object(obj: Obj) -> dict[str, Any]:
