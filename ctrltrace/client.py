@@ -191,7 +191,7 @@ class Client:
                 else ""
             )
             raise NotFound(404, "NotFound", f"{kind} {target} not found{selected}", "GET", "cache")
-        return copy_object(found)
+        return found
 
     async def list(
         self,
@@ -237,11 +237,11 @@ class Client:
                 for obj in found
                 if labels.check(Event(EventType.GENERIC, obj, None, api_version, kind)).allowed
             ]
-        return _typed([copy_object(obj) for obj in found], api_version, kind)
+        return _typed(found, api_version, kind)
 
     def _by_fields(
         self, informer: Informer, fields: Mapping[str, str], namespace: str
-    ) -> builtins.list[Obj]:
+    ) -> builtins.list[Json]:
         missing = [name for name in fields if name not in informer.indexes]
         if missing:
             known = ", ".join(informer.indexes) or "none"
@@ -249,12 +249,7 @@ class Client:
                 f"{informer.kind} has no index for {', '.join(missing)} (indexes: {known}); "
                 "register one with Manager.index_field"
             )
-        (first, value), *rest = fields.items()
-        found = informer.by_index(first, value, namespace)
-        for name, wanted in rest:
-            keys = {id(obj) for obj in informer.by_index(name, wanted, namespace)}
-            found = [obj for obj in found if id(obj) in keys]
-        return found
+        return informer.by_index(fields, namespace)
 
     async def _informer(self, kind: Kind, namespace: str) -> Informer | None:
         """The synced informer that holds ``namespace`` of ``kind``; None while it syncs.

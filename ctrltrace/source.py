@@ -6,12 +6,14 @@ the watch records: each event, and each failure with who, what and why (403, kin
 connection lost). Controllers subscribe listeners; the informer never decides what an event
 means to them.
 
-The cache holds the objects as decoded, shaped by an optional transform (by default the
-manager drops ``managedFields``) and, for a metadata-only informer, metadata alone. Its
-objects are shared with every listener: nothing here copies them, and nothing outside may
-change them. The client copies what it hands a reconciler (``copy_object``). A namespace
-index and the field indexes are kept up to date with the store, so listing a namespace or
-looking up an indexed value touches only the objects it returns.
+The cache holds the objects shaped by an optional transform (by default the manager drops
+``managedFields``) and, for a metadata-only informer, metadata alone, each as one immutable
+``marshal`` block: decoded JSON costs about twice its text in small dicts and strings, a block
+about its text, and nobody can change a block. Every read (``get``, ``list``, ``by_index``,
+the ``old`` object a listener gets) decodes a fresh copy that is the caller's to change; the
+decoding is the copy the client needs anyway. A namespace index and the field indexes are kept
+up to date with the store, so listing a namespace or looking up an indexed value touches only
+the objects it returns.
 
 Over 500 lines because ``Informer`` is one object: its reflector loop, store, indexes and
 records all change the same state (the store, the versions per namespace, the sync status)
@@ -25,7 +27,7 @@ import builtins
 import marshal
 import random
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import aiohttp
@@ -38,6 +40,9 @@ from ctrltrace.transport import ApiError, Json, Transport, WatchExpired, api_err
 from ctrltrace.vocabulary import Attr, Attrs, EventOutcome, WatchOutcome, event_record, watch_record
 
 _LIST_PAGE = 500
+# Lists of one informer's namespaces at once. Each holds a connection and a decoded page: more
+# at once leave idle connections and freed pages the process keeps, and do not list faster.
+_PARALLEL_LISTS = 4
 _BACKOFF_START, _BACKOFF_CAP = 0.8, 30.0  # client-go's reflector back-off
 _BACKOFF_RESET = 120.0  # client-go forgets the back-off after this long without a failure
 _SHORT_WATCH = 1.0  # a stream that ends sooner with no event is a failure (client-go's rule)
@@ -69,6 +74,9 @@ _METADATA_ONLY = (
 
 
 class Listener(Protocol):
+    """Told each event: ``obj`` (shared by every listener of the informer) and, for an update,
+    ``old``, the object as cached before it; neither is the cache's own."""
+
     def __call__(
         self, watch_type: str, obj: Obj, old: Obj | None, ref: ObjectRef, event_id: int, /
     ) -> None: ...
@@ -77,7 +85,7 @@ class Listener(Protocol):
 class Transform(Protocol):
     """Shapes an object before the cache keeps it (it may change and return its argument).
     What it returns must stay decoded JSON (dicts, lists, str, int, float, bool, None): the
-    client copies cached objects with marshal, which refuses anything else."""
+    cache keeps objects frozen with marshal, which refuses anything else."""
 
     def __call__(self, obj: Obj, /) -> Obj: ...
 
@@ -97,14 +105,24 @@ def drop_managed_fields(obj: Obj) -> Obj:
     return obj
 
 
-def copy_object(obj: Obj) -> dict[str, Any]:
-    """A deep copy of decoded JSON (dicts, lists, strings, numbers, booleans, None).
+def freeze(obj: Obj) -> bytes:
+    """Decoded JSON (dicts, lists, strings, numbers, booleans, None) as one immutable block;
+    marshal refuses anything else."""
+    value: Any = obj  # no cast(): this runs once per event
+    return marshal.dumps(value)
 
-    marshal does it in C, faster than ``copy.deepcopy`` (``python -m bench.cachedread``
-    measures both; bench/README.md has the figures).
-    """
-    # Loads only what dumps made a moment ago, in this process: nothing untrusted.
-    return cast(dict[str, Any], marshal.loads(marshal.dumps(cast(dict[str, Any], obj))))  # noqa: S302
+
+def thaw(block: bytes) -> dict[str, Any]:
+    """A fresh copy of what ``freeze`` made, the caller's to change."""
+    # Loads only what freeze made in this process: nothing untrusted.
+    copy: dict[str, Any] = marshal.loads(block)  # noqa: S302
+    return copy
+
+
+def copy_object(obj: Obj) -> dict[str, Any]:
+    """A deep copy of decoded JSON, made in C through marshal: faster than ``copy.deepcopy``
+    (``python -m bench.cachedread`` measures both; bench/README.md has the figures)."""
+    return thaw(freeze(obj))
 
 
 class WriteLog:
@@ -196,7 +214,7 @@ class Informer:
         self._writes = writes
         self.namespaces = tuple(namespaces) or ("",)
         self.label_selector = label_selector
-        self.store: dict[str, Obj] = {}
+        self.store: dict[str, bytes] = {}  # key -> the object, frozen
         self.synced = asyncio.Event()
         self.resource: Resource | None = None
         self.last_error = ""
@@ -209,6 +227,7 @@ class Informer:
             else ({}, {})
         )
         self._listeners: list[Listener] = []
+        self._listing = asyncio.Semaphore(_PARALLEL_LISTS)
         self._synced_namespaces: set[str] = set()
         self._versions: dict[str, str] = {}  # namespace → the newest resourceVersion seen
         self._index_funcs: dict[str, IndexFunc] = {}
@@ -216,8 +235,8 @@ class Informer:
         self._indexes: dict[str, dict[str, set[str]]] = {}
         # key -> its (index name, value) pairs, to unindex it
         self._indexed: dict[str, builtins.list[tuple[str, str]]] = {}
-        # namespace -> key -> object: listing a namespace touches only its objects
-        self._in_namespace: dict[str, dict[str, Obj]] = {}
+        # namespace -> key -> frozen object: listing a namespace touches only its objects
+        self._in_namespace: dict[str, dict[str, bytes]] = {}
         self._log = structlog.get_logger("ctrltrace").bind(kind=str(kind))
 
     def add_listener(self, listener: Listener) -> None:
@@ -225,14 +244,15 @@ class Informer:
 
     # -- the cache, read side ----------------------------------------------------------------
 
-    def get(self, namespace: str, name: str) -> Obj | None:
-        """The cached object itself, shared: copy it before handing it to user code."""
-        return self.store.get(f"{namespace}/{name}" if namespace else name)
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the cached object, the caller's to change."""
+        block = self.store.get(f"{namespace}/{name}" if namespace else name)
+        return None if block is None else thaw(block)
 
-    def list(self, namespace: str = "") -> list[Obj]:
-        if not namespace:
-            return list(self.store.values())
-        return list(self._in_namespace.get(namespace, {}).values())
+    def list(self, namespace: str = "") -> builtins.list[dict[str, Any]]:
+        """Copies of the cached objects (of ``namespace``; all when empty)."""
+        blocks = self.store if not namespace else self._in_namespace.get(namespace, {})
+        return [thaw(block) for block in blocks.values()]
 
     def holds_namespace(self, namespace: str) -> bool:
         """Whether objects of ``namespace`` are cached (all are when no namespace was set)."""
@@ -255,18 +275,25 @@ class Informer:
             raise ValueError(f"{self.kind} already has an index named {name!r}")
         self._index_funcs[name] = func
         self._indexes[name] = {}
-        for key, obj in self.store.items():
-            self._index(key, obj, name, func)
+        for key, block in self.store.items():
+            self._index(key, thaw(block), name, func)
 
     @property
     def indexes(self) -> tuple[str, ...]:
         return tuple(self._index_funcs)
 
-    def by_index(self, name: str, value: str, namespace: str = "") -> builtins.list[Obj]:
-        """The objects indexed under ``value`` (in ``namespace`` if given), without a scan."""
-        keys = self._indexes[name].get(value, ())
+    def by_index(
+        self, fields: Mapping[str, str], namespace: str = ""
+    ) -> builtins.list[dict[str, Any]]:
+        """Copies of the objects indexed under every (index name, value) of ``fields`` (in
+        ``namespace`` if given), without a scan."""
+        (first, value), *rest = fields.items()
         prefix = f"{namespace}/" if namespace else ""
-        return [self.store[key] for key in keys if key.startswith(prefix)]
+        keys = [key for key in self._indexes[first].get(value, ()) if key.startswith(prefix)]
+        for name, wanted in rest:
+            indexed = self._indexes[name].get(wanted, set())
+            keys = [key for key in keys if key in indexed]
+        return [thaw(self.store[key]) for key in keys]
 
     # -- the cache, write side: only the reflector calls these -------------------------------
 
@@ -275,15 +302,15 @@ class Informer:
             self._unindex(key)
             for name, func in self._index_funcs.items():
                 self._index(key, obj, name, func)
-        self.store[key] = obj
+        block = self.store[key] = freeze(obj)
         namespace, namespaced, _ = key.partition("/")
         if namespaced:
             members = self._in_namespace.get(namespace)
             if members is None:
                 members = self._in_namespace[namespace] = {}
-            members[key] = obj
+            members[key] = block
 
-    def _drop(self, key: str) -> Obj | None:
+    def _drop(self, key: str) -> None:
         if self._index_funcs:
             self._unindex(key)
         namespace, namespaced, _ = key.partition("/")
@@ -291,7 +318,7 @@ class Informer:
             members.pop(key, None)
             if not members:
                 del self._in_namespace[namespace]
-        return self.store.pop(key, None)
+        self.store.pop(key, None)
 
     def _index(self, key: str, obj: Obj, name: str, func: IndexFunc) -> None:
         try:
@@ -345,7 +372,8 @@ class Informer:
                 self.resource = resource
                 if must_list:
                     since = "" if quorum else self._versions.get(namespace, "")
-                    await self._list(resource, namespace, since, started)
+                    async with self._listing:
+                        await self._list(resource, namespace, since, started)
                     must_list, quorum = False, False
                 opened = self._clock.monotonic()
                 delivered = await self._watch(resource, namespace, resumed=failing)
@@ -407,8 +435,10 @@ class Informer:
         self, resource: Resource, namespace: str, resource_version: str, started: float
     ) -> None:
         """List every page; from the API server's cache when ``resource_version`` is given
-        (any state at least that new will do), else a consistent read."""
-        listed: dict[str, Obj] = {}
+        (any state at least that new will do), else a consistent read. Each page is adopted as
+        it arrives, so one page at a time is decoded, not the whole list; what the cache held
+        and the list lacks is deleted at the end."""
+        listed: set[str] = set()
         params = {**self._params(), "limit": str(_LIST_PAGE)}
         if resource_version:
             params |= {"resourceVersion": resource_version, "resourceVersionMatch": "NotOlderThan"}
@@ -421,13 +451,16 @@ class Informer:
                 # List items omit apiVersion/kind; watch events carry them. Make both alike.
                 item.setdefault("apiVersion", api_version)
                 item.setdefault("kind", kind)
-                listed[cache_key(item)] = item
+                listed.add(self._adopt(item))
             continuation = page["metadata"].get("continue")
             if not continuation:
                 break
             # A continued list is pinned to its first page's version; naming one is an error.
             params = {**self._params(), "limit": str(_LIST_PAGE), "continue": continuation}
-        self._replace(listed, namespace)
+        prefix = f"{namespace}/" if namespace else ""
+        gone = [key for key in self.store if key.startswith(prefix) and key not in listed]
+        for key in gone:
+            self._apply(EventOutcome.DELETED, thaw(self.store[key]))
         self.last_error = ""
         resource_version = str(page["metadata"].get("resourceVersion", ""))
         self._versions[namespace] = resource_version
@@ -447,18 +480,17 @@ class Informer:
                 extra={Attr.OBJECTS: len(self.store), Attr.SECONDS: round(took, 3)},
             )
 
-    def _replace(self, listed: dict[str, Obj], namespace: str) -> None:
-        """Adopt a fresh list, turning differences from the cache into events (after 410)."""
-        for key, obj in listed.items():
-            old = self.store.get(key)
-            if old is None:
-                self._apply(EventOutcome.ADDED, obj)
-            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._apply(EventOutcome.MODIFIED, obj)
-        prefix = f"{namespace}/" if namespace else ""
-        gone = [key for key in self.store if key.startswith(prefix) and key not in listed]
-        for key in gone:
-            self._apply(EventOutcome.DELETED, self.store[key])
+    def _adopt(self, obj: Obj) -> str:
+        """Turn a listed object into an event unless the cache holds that version; its key."""
+        key = cache_key(obj)
+        cached = self.store.get(key)
+        if cached is None:
+            self._apply(EventOutcome.ADDED, obj)
+        elif thaw(cached)["metadata"].get("resourceVersion") != obj["metadata"].get(
+            "resourceVersion"
+        ):
+            self._apply(EventOutcome.MODIFIED, obj)
+        return key
 
     async def _watch(self, resource: Resource, namespace: str, *, resumed: bool) -> int:
         """Apply events from the newest version seen until the stream ends; how many arrived.
@@ -495,12 +527,12 @@ class Informer:
         if self.metadata_only:
             self._name_kind(obj)
         key = cache_key(obj)
+        cached = self.store.get(key)
         if watch_type == EventOutcome.DELETED:
-            old = self._drop(key)
+            self._drop(key)
         else:
-            old = self.store.get(key)
             # As in client-go, the cache decides: an ADDED for a cached object is an update.
-            watch_type = EventOutcome.MODIFIED if old is not None else EventOutcome.ADDED
+            watch_type = EventOutcome.MODIFIED if cached is not None else EventOutcome.ADDED
         ref = ObjectRef.of(obj, self.kind.api_version, self.kind.kind)
         # Recorded before the transform, which may drop the managedFields naming the writer.
         event_id = self._record_event(watch_type, obj, ref)
@@ -508,10 +540,9 @@ class Informer:
             obj = self.transform(obj)
         if watch_type != EventOutcome.DELETED:
             self._keep(key, obj)
+        old = thaw(cached) if cached is not None and watch_type == EventOutcome.MODIFIED else None
         for listener in self._listeners:
-            listener(
-                watch_type, obj, old if watch_type == EventOutcome.MODIFIED else None, ref, event_id
-            )
+            listener(watch_type, obj, old, ref, event_id)
 
     # -- records -----------------------------------------------------------------------------
 

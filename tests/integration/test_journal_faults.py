@@ -1,5 +1,6 @@
 """The journal failing under ``ctrltrace run`` against the real API server: the disk full (a
-file size limit set on the running process), the journal file removed, the process killed
+file size limit set on the running process), the journal made read-only (the immutable
+attribute, which root cannot write past either), the journal file removed, the process killed
 mid-batch. The controller goes on reconciling; losses are counted, logged and journaled as a
 gap; ``explain`` reads what is there."""
 
@@ -8,9 +9,11 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from click.testing import CliRunner
@@ -108,22 +111,71 @@ def gaps(journal: Path) -> list[Any]:
         ]
 
 
-def test_a_full_disk_loses_records_not_reconciles_and_the_gap_is_journaled(
-    control_plane: ControlPlane, kube_namespace: str, logged_run: RunFactory, tmp_path: Path
+class Fault(Protocol):
+    """Makes the running process's journal writes fail; returns what undoes it."""
+
+    def __call__(self, run: LoggedRun, journal: Path, /) -> Callable[[], None]: ...
+
+
+def disk_full(run: LoggedRun, journal: Path) -> Callable[[], None]:
+    """No file of the process may grow past its first byte (EFBIG, as a full disk's ENOSPC)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (1, hard))
+
+    def undo() -> None:
+        resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, hard))
+
+    return undo
+
+
+def read_only(run: LoggedRun, journal: Path) -> Callable[[], None]:
+    """The journal and its write-ahead log made immutable: root ignores file modes, not this,
+    and writes through the files the process holds open fail with EPERM. (A read-only
+    remount cannot be used: the kernel refuses it while a file is open for writing.)"""
+    files = [str(journal), f"{journal}-wal"]
+    chattr("+i", files)
+    try:
+        with pytest.raises(PermissionError):  # even for root: the files are truly read-only
+            journal.open("r+b").close()
+    except BaseException:
+        chattr("-i", files)
+        raise
+    return lambda: chattr("-i", files)
+
+
+def chattr(flag: str, files: list[str]) -> None:
+    try:
+        done = subprocess.run(["chattr", flag, *files], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        pytest.fail("chattr (e2fsprogs) is needed to make the journal read-only")
+    if done.returncode != 0:
+        pytest.fail(
+            f"cannot make the journal read-only with chattr {flag}: {done.stderr.strip()} "
+            "(needs root and a filesystem with the immutable attribute, such as ext4)"
+        )
+
+
+@pytest.mark.parametrize("fault", [disk_full, read_only], ids=["disk full", "read-only"])
+def test_a_failing_journal_loses_records_not_reconciles_and_the_gap_is_journaled(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    logged_run: RunFactory,
+    tmp_path: Path,
+    fault: Fault,
 ) -> None:
     journal = tmp_path / "journal.sqlite"
     cluster, run = begin(logged_run, Cluster(control_plane, kube_namespace), journal, "before")
 
-    # The disk is full: no file of the process may grow past its first byte.
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (1, hard))
-    during = [f"during-{i}" for i in range(10)]
-    cluster.create(*during)
-    reconciled(run, *during)  # the controller goes on
-    (dropped,) = run.wait_for("Journal records dropped", within=30)
+    undo = fault(run, journal)
+    try:
+        during = [f"during-{i}" for i in range(10)]
+        cluster.create(*during)
+        reconciled(run, *during)  # the controller goes on
+        (dropped,) = run.wait_for("Journal records dropped", within=30)
+    finally:
+        undo()
     assert dropped["lost"] >= 1 and dropped["error"] and dropped["level"] == "warning"
 
-    resource.prlimit(run.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, hard))
     cluster.create("after")
     reconciled(run, "after")
     assert run.finish(signal.SIGTERM) == 0

@@ -295,7 +295,7 @@ def test_an_index_function_that_raises_leaves_the_object_unindexed_and_the_infor
     informer.add_index("broken", broken)
     informer._apply("ADDED", owned_by("j1", "x"))
     assert informer.get("a", "j1") is not None
-    assert informer.by_index("broken", "x") == []
+    assert informer.by_index({"broken": "x"}) == []
 
 
 # -- cache shaping ------------------------------------------------------------------------------

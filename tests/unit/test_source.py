@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -32,6 +32,23 @@ def listing(rv: str, *items: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"resourceVersion": rv}, "items": list(items)}
 
 
+def informer_on(
+    transport: ScriptedTransport,
+    namespaces: Sequence[str] = ("ns",),
+    recorder: Recorder | None = None,
+    clock: FakeClock | None = None,
+) -> Informer:
+    return Informer(
+        cast(Transport, transport),
+        cast(RestMapper, StaticMapper()),
+        CONFIGMAP,
+        recorder=recorder or Recorder(),
+        clock=clock or FakeClock(),
+        writes=WriteLog(),
+        namespaces=namespaces,
+    )
+
+
 async def run_informer(
     transport: ScriptedTransport, until: Any, *, step: float = 1.0, steps: int = 200
 ) -> tuple[Informer, Collect, list[Any]]:
@@ -39,15 +56,7 @@ async def run_informer(
     or ``steps`` steps."""
     records = Collect()
     clock = FakeClock()
-    informer = Informer(
-        cast(Transport, transport),
-        cast(RestMapper, StaticMapper()),
-        CONFIGMAP,
-        recorder=Recorder(records),
-        clock=clock,
-        writes=WriteLog(),
-        namespaces=["ns"],
-    )
+    informer = informer_on(transport, recorder=Recorder(records), clock=clock)
     seen: list[Any] = []
 
     def listener(
@@ -233,3 +242,49 @@ def test_a_dropped_stream_resumes_from_its_last_version_without_a_list() -> None
         assert seen == [("ADDED", "a", "5"), ("MODIFIED", "a", "12")]
 
     asyncio.run(scenario())
+
+
+def test_a_listener_changing_the_objects_it_got_changes_nothing_cached() -> None:
+    informer = informer_on(ScriptedTransport([], []), namespaces=())
+
+    def vandal(
+        watch_type: str, obj: Obj, old: Obj | None, ref: ObjectRef, event_id: int, /
+    ) -> None:
+        for got in (obj, old or {}):
+            cast(dict[str, Any], got).setdefault("metadata", {})["labels"] = {"changed": "yes"}
+
+    informer.add_listener(vandal)
+    informer._apply("ADDED", cm("a", "5"))
+    informer._apply("MODIFIED", cm("a", "6"))
+    informer._apply("ADDED", cm("b", "7"))
+    assert informer.list() == [cm("a", "6"), cm("b", "7")]
+    read = cast(dict[str, Any], informer.get("ns", "a"))
+    read["metadata"]["name"] = "changed by a reader"
+    assert informer.get("ns", "a") == cm("a", "6")
+
+
+def test_an_informer_lists_at_most_four_namespaces_at_once() -> None:
+    class Slow(ScriptedTransport):
+        in_flight = most = 0
+
+        async def request(
+            self, method: str, path: str, params: Mapping[str, str] | None = None, **_: Any
+        ) -> Any:
+            Slow.in_flight += 1
+            Slow.most = max(Slow.most, Slow.in_flight)
+            for _turn in range(5):  # the others get every chance to start theirs meanwhile
+                await asyncio.sleep(0)
+            Slow.in_flight -= 1
+            return await super().request(method, path, params)
+
+    namespaces = [f"ns-{i}" for i in range(10)]
+    informer = informer_on(Slow([listing(str(i)) for i in range(10)], []), namespaces)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(informer.run())
+        await asyncio.wait_for(informer.synced.wait(), 5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert Slow.most == 4
