@@ -25,6 +25,7 @@ class CountingTransport(Transport):
         super().__init__(*args, **kwargs)
         self.lists: list[dict[str, str]] = []
         self.watches: list[dict[str, str]] = []
+        self.opened = 0  # watches the API server answered: streams a reset can cut
 
     async def request(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, **rest: Any
@@ -41,7 +42,13 @@ class CountingTransport(Transport):
         **rest: Any,
     ) -> AsyncIterator[Json]:
         self.watches.append(dict(params))
-        async for event in super().watch(path, params, opened, **rest):
+
+        def answered() -> None:
+            self.opened += 1
+            if opened is not None:
+                opened()
+
+        async for event in super().watch(path, params, answered, **rest):
             yield event
 
 
@@ -124,6 +131,8 @@ def test_cut_connections_resume_the_watch_and_only_410_lists_again(
 
         disconnected, resumed = count("disconnected"), count("resumed")
         for cut, name in enumerate(("b", "c", "d"), start=1):
+            # Cut only once this round's watch is open: a reset before it cuts no stream.
+            await until(lambda cut=cut: transport.opened == cut, records)  # type: ignore[misc]
             assert fault_proxy.reset() >= 1
             await until(lambda cut=cut: disconnected() == cut, records)  # type: ignore[misc]
             create(name)
