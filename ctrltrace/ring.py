@@ -20,9 +20,8 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
+from ctrltrace.evidence import Closing
 from ctrltrace.records import Record, Stage
 from ctrltrace.vocabulary import Attr, evidence_missing_record
 
@@ -100,7 +99,7 @@ class RecordRing:
         return RingEvidence(records, first, dropped, health)
 
 
-class RingEvidence:
+class RingEvidence(Closing):
     """A fixed copy of a ring's records, queried like a journal (the ``Evidence`` interface)."""
 
     label = "the manager's recent records (in memory)"
@@ -122,17 +121,6 @@ class RingEvidence:
 
     def close(self) -> None:
         """Nothing to release: the copy is plain memory."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def about(
         self, namespace: str, name: str, *, kind: str | None = None, since: float | None = None

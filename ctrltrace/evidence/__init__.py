@@ -33,6 +33,24 @@ class EvidenceUnreadable(EvidenceError):
     """The source answered with something that is not evidence, or with none at all."""
 
 
+class Closing:
+    """``with source:`` closes the source on the way out: how every source ends, once."""
+
+    def close(self) -> None:
+        """Release what the source holds."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class Evidence(Protocol):
     """Records to explain from: what explain, the TUI's object view and its time cursor read.
 

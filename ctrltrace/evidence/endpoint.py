@@ -24,7 +24,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from ctrltrace.debugwire import (
@@ -38,13 +37,13 @@ from ctrltrace.debugwire import (
     Route,
     record_from_json,
 )
-from ctrltrace.evidence import EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
+from ctrltrace.evidence import Closing, EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
 from ctrltrace.records import Record
 
 TIMEOUT_S = 30.0
 
 
-class EndpointEvidence:
+class EndpointEvidence(Closing):
     """The ``Evidence`` of the manager serving its debug endpoint at ``url``.
 
     ``token`` is sent as a bearer token; ``certificate_authority`` (a PEM file) verifies an
@@ -94,17 +93,6 @@ class EndpointEvidence:
 
     def close(self) -> None:
         """Nothing held between requests."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the Evidence queries ----------------------------------------------------------------
 

@@ -23,10 +23,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from ctrltrace.evidence import EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
+from ctrltrace.evidence import Closing, EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
 from ctrltrace.evidence.rebuild import Rebuild, records_from_otlp
 from ctrltrace.records import Record, Stage
 from ctrltrace.spanmodel import stage_of
@@ -104,7 +103,7 @@ Fetch = Callable[[str, Mapping[str, str]], Any]
 """GET a path of the query API with parameters; its decoded JSON (None for a 404)."""
 
 
-class TraceEvidence:
+class TraceEvidence(Closing):
     """Records rebuilt from the spans in a Jaeger query service: an ``Evidence``.
 
     Spans are read on the first query, from ``since`` (the first query's, else
@@ -192,17 +191,6 @@ class TraceEvidence:
     def close(self) -> None:
         self._spans.clear()
         self._records = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- reading -------------------------------------------------------------------------------
 

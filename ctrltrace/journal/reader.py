@@ -11,10 +11,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
+from ctrltrace.evidence import Closing
 from ctrltrace.journal.format import (
     F_CAUSE_IDS,
     F_ID,
@@ -51,7 +51,7 @@ _HOLDING = (
 _DECODED_CHUNKS = 128
 
 
-class Journal:
+class Journal(Closing):
     """Read-only access to a journal, safe while a writer has it open.
 
     Records come in time order (``tail``: in the order written). Errors are ``JournalError``
@@ -82,17 +82,6 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _errors(self) -> AbstractContextManager[None]:
         return sqlite_errors(self.path, self._timeout_s)
