@@ -200,7 +200,10 @@ def _source(journal_path: Path, traces_url: str | None) -> Source:
     if traces_url is not None:
         from ctrltrace.evidence.traces import TraceEvidence
 
-        return Source(functools.partial(TraceEvidence, traces_url), f"traces at {traces_url}")
+        def open_checked() -> TraceEvidence:
+            return TraceEvidence(traces_url).checked()  # fails at once on a wrong source
+
+        return Source(open_checked, f"traces at {traces_url}")
     from ctrltrace.journal import Journal  # only the commands that read it pay for it
 
     return Source(functools.partial(Journal, journal_path), f"journal {journal_path}")

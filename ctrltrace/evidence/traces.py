@@ -23,7 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from ctrltrace.evidence import Closing, EvidenceRefused, EvidenceUnreachable, EvidenceUnreadable
 from ctrltrace.evidence.rebuild import Rebuild, records_from_otlp
@@ -148,6 +148,13 @@ class TraceEvidence(Closing):
     @property
     def label(self) -> str:
         return f"traces at {self.url}"
+
+    def checked(self) -> Self:
+        """This source, once Jaeger has answered one small request (its services): raises
+        ``EvidenceError`` when it does not answer, refuses us or is not Jaeger's API v3, so
+        that opening it fails on those, as opening a journal fails on a missing file."""
+        self._answer("/api/v3/services", {}, "services")
+        return self
 
     # -- Evidence ------------------------------------------------------------------------------
 

@@ -864,6 +864,10 @@ def test_tui_from_on_a_terminal_exits_with_explains_code_for_the_failure() -> No
         ExitCode.UNREACHABLE,
         "ctrltrace: error: cannot reach http://127.0.0.1:9: [Errno 111] Connection refused",
     )
+    code, said = on_a_terminal("tui", "--traces", "http://127.0.0.1:9")
+    assert code == ExitCode.UNREACHABLE
+    assert said.startswith("ctrltrace: error: cannot reach Jaeger at http://127.0.0.1:9")
+    assert "\n" not in said
     with ServedInThread(pipeline(), auth="required") as url:
         code, said = on_a_terminal("tui", "--from", url, INSECURE)
     assert code == ExitCode.ENVIRONMENT

@@ -251,6 +251,20 @@ def test_nobody_listening_is_unreachable() -> None:
             TraceEvidence(f"http://127.0.0.1:{port}", timeout_s=2).lease_records()
 
 
+def test_checked_asks_jaeger_once_and_fails_as_a_query_would() -> None:
+    asked: list[str] = []
+
+    def fetch(path: str, params: Mapping[str, str]) -> Any:
+        asked.append(path)
+        return {"services": ["shop-controller"]} if path.endswith("services") else {"x": 1}
+
+    source = TraceEvidence("http://j", fetch=fetch)
+    assert source.checked() is source
+    assert asked == ["/api/v3/services"]
+    with pytest.raises(EvidenceUnreadable, match="query API v3"):
+        TraceEvidence("http://j", fetch=lambda path, params: {"hello": "world"}).checked()
+
+
 def test_tail_follows_new_spans_with_a_growing_cursor() -> None:
     story = _story()
     first, later = story.records[:8], story.records[8:]
