@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ctrltrace.explain import replicas
 from ctrltrace.explain.chains import (
     Activity,
     Blocker,
@@ -151,6 +152,7 @@ class _Decision:
         self.evidence: list[Record] = []  # records outside the object's that decided
         # The replica whose pipeline the verdict is about (None: one process's evidence).
         self.replica: str | None = None
+        self.warnings: list[PipelineWarning] = []  # found on the way (other replicas' states)
 
     def decide(self) -> Verdict:
         trigger = self._trigger()
@@ -614,7 +616,7 @@ class _Decision:
                 if record.object is not None and target.is_object_of(record)
             }
         )
-        warnings: list[PipelineWarning] = []
+        warnings = list(self.warnings)
         for kind in sorted(kinds):
             records = [
                 record
@@ -695,23 +697,50 @@ class _Decision:
 
     # step 6
     def _without_events(self) -> Verdict:
-        target = self.target
-        kinds = by_kind(self.health.watches, target.kind)
+        kinds = by_kind(self.health.watches, self.target.kind)
+        covering = self._covering(kinds)
+        if not covering:
+            return self._filtered(self._not_watched(kinds), self.health)
+        judged = {replica for rs in covering.values() for r in rs if (replica := replica_of(r))}
+        if not judged or len(replicas.named(self.health)) < 2:
+            verdict, evidence = self._state(self.health)
+            self.evidence.extend(evidence)
+            return self._unseen(verdict, self.health)
+        # Several replicas: each judged by its own watches; the answer says which one counts.
+        states = {replica: self._state(self.health.of(replica)) for replica in sorted(judged)}
+        answer = replicas.answer(
+            {replica: verdict for replica, (verdict, _) in states.items()},
+            self.health,
+            WATCH_ORDER,
+        )
+        self.replica = answer.replica
+        verdict, evidence = states[answer.replica]
+        self.evidence.extend(evidence)
+        self.warnings.extend(answer.warnings())
+        return answer.named(self._unseen(verdict, self.health.of(answer.replica)))
+
+    def _covering(self, kinds: Mapping[str, list[Record]]) -> dict[str, list[Record]]:
+        """The watch records of each kind whose cache covers the object's namespace."""
+        namespace = self.target.namespace
         covering = {
-            kind: [
-                r
-                for r in records
-                if r.attrs.get(Attr.NAMESPACE, target.namespace) == target.namespace
-            ]
+            kind: [r for r in records if r.attrs.get(Attr.NAMESPACE, namespace) == namespace]
             for kind, records in kinds.items()
         }
-        covering = {kind: records for kind, records in covering.items() if records}
-        if not covering:
-            return self._filtered(self._not_watched(kinds), kinds)
+        return {kind: records for kind, records in covering.items() if records}
+
+    def _state(self, health: Health) -> tuple[Verdict, list[Record]]:
+        """The state of ``health``'s watches covering the object (the first of WATCH_ORDER
+        across kinds), and the latest record of each kind that says so."""
+        covering = self._covering(by_kind(health.watches, self.target.kind))
         verdicts = [self._watch_state(kind, records) for kind, records in covering.items()]
         verdict = min(verdicts, key=lambda verdict: WATCH_ORDER.index(verdict.code))
+        return verdict, [records[-1] for records in covering.values()]
+
+    def _unseen(self, verdict: Verdict, health: Health) -> Verdict:
+        """A healthy watch that saw no event: unless evidence is missing, say what it holds."""
         if verdict.code is not Code.NO_EVENTS:
             return verdict
+        target = self.target
         gaps = _missing(self.health.lifecycle, -math.inf, self.now)
         if gaps:  # the event may be among what is missing: say that, not "no events"
             self.evidence.extend(gaps)
@@ -723,14 +752,15 @@ class _Decision:
                 "handled it, or traces sampled always_on (OTEL_TRACES_SAMPLER); then ask again.",
                 {**verdict.details, "missing": [gap.reason for gap in gaps]},
             )
-        return self._filtered(verdict, kinds)
+        return self._filtered(verdict, health)
 
-    def _filtered(self, verdict: Verdict, kinds: Mapping[str, list[Record]]) -> Verdict:
+    def _filtered(self, verdict: Verdict, health: Health) -> Verdict:
         """The cache holds only part of the kind (a label selector, some namespaces): name
         the filter and the kubectl command that shows whether the object passes it."""
         target = self.target
+        kinds = by_kind(health.watches, target.kind)
         filters: dict[str, tuple[str, list[str]]] = {}
-        for record in self.health.lifecycle:  # the latest watch of each kind says
+        for record in health.lifecycle:  # the latest watch of each kind says
             kind = str(record.attrs.get(Attr.KIND, ""))
             if record.outcome == ControllerOutcome.WATCHING and target.kind in (None, kind):
                 listed = str(record.attrs.get(Attr.NAMESPACES, "")).split(",")
@@ -784,7 +814,6 @@ class _Decision:
 
     def _watch_state(self, kind: str, records: list[Record]) -> Verdict:
         latest = records[-1]
-        self.evidence.append(latest)
         details: dict[str, Any] = {"kind": kind, "watch_outcome": latest.outcome}
         if latest.outcome == WatchOutcome.FORBIDDEN:
             return forbidden_verdict(kind, latest, details)

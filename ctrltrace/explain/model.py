@@ -45,6 +45,7 @@ class WarningCode(enum.StrEnum):
     LEASE_LOST = "lease_lost"  # this replica lost the leader lease: the manager stopped
     JOURNAL_GAP = "journal_gap"  # records were lost on their way to the journal
     EVIDENCE_MISSING = "evidence_missing"  # the source could not give all it saw (sampling)
+    STANDBY_BLIND = "standby_blind"  # a standby cannot watch the kind: blind once it leads
 
 
 _SUCCESS = frozenset({Code.RECONCILED, Code.REQUEUE_SCHEDULED})

@@ -543,6 +543,7 @@ def test_the_vocabulary_is_closed_and_exit_codes_follow_it() -> None:
         "lease_lost",
         "journal_gap",
         "evidence_missing",
+        "standby_blind",
     }
     assert {code for code in Code if exit_code(code) == 0} == {"reconciled", "requeue_scheduled"}
     assert all(
@@ -1007,3 +1008,101 @@ def test_a_standby_is_not_leader_when_no_other_replica_saw_the_event() -> None:
     standby.dispatch(standby.event())
     verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain().verdict
     assert verdict.code is Code.NOT_LEADER
+
+
+# -- no event at all, across replicas: each judged by its own watches ------------------------
+
+
+def _watching(story: RunStory, watch: str) -> RunStory:
+    """``story``'s watch of ConfigMap listed, then came to ``watch``."""
+    story.watch("listed")
+    if watch == "forbidden":
+        story.watch("forbidden", FORBIDDEN, status=403, resource="configmaps")
+    else:
+        story.watch(watch)
+    return story
+
+
+def _leading(watch: str) -> RunStory:
+    """``pod-a``: it took the lease, then its watch of ConfigMap came to ``watch``."""
+    leader = RunStory(synced=False)
+    leader.lease("acquired", "pod-a")
+    return _watching(leader, watch)
+
+
+def _standing_by(watch: str, after: RunStory) -> RunStory:
+    """``pod-b``: standing by, its watch of ConfigMap at ``watch``, recorded after the leader's."""
+    standby = RunStory(synced=False, start=after.time + 0.005)
+    standby.lease("standby", "pod-a", identity="pod-b")
+    return _watching(standby, watch)
+
+
+def test_without_events_the_leaders_forbidden_watch_counts_not_a_standbys_synced_one() -> None:
+    leader = _leading("forbidden")
+    standby = _standing_by("synced", leader)
+    explanation = _replicas(("pod-a", leader), ("pod-b", standby)).explain(kind="ConfigMap")
+    verdict = explanation.verdict
+    assert verdict.code is Code.WATCH_FORBIDDEN
+    assert "widget-controller cannot list configmaps" in verdict.message
+    assert "(pod-a holds the leader lease; other replicas: pod-b: no_events)" in verdict.message
+    assert verdict.details["replica"] == "pod-a"
+    assert verdict.details["other_replicas"] == [{"replica": "pod-b", "code": "no_events"}]
+    assert verdict.warnings == ()
+    watches = [entry for entry in explanation.timeline if entry.stage is Stage.WATCH]
+    assert [(entry.outcome, entry.details.get("replica")) for entry in watches] == [
+        ("forbidden", "pod-a")
+    ]
+
+
+def test_without_events_a_standbys_forbidden_watch_is_a_warning_not_the_verdict() -> None:
+    leader = _leading("synced")
+    standby = _standing_by("forbidden", leader)
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain(kind="ConfigMap").verdict
+    assert verdict.code is Code.NO_EVENTS
+    assert "ConfigMap is watched and its cache synced" in verdict.message
+    assert "(pod-a holds the leader lease; other replicas: pod-b: watch_forbidden)" in (
+        verdict.message
+    )
+    assert [warning.code for warning in verdict.warnings] == [WarningCode.STANDBY_BLIND]
+    warning = verdict.warnings[0]
+    assert warning.message.startswith("standby pod-b cannot see this object's kind")
+    assert "widget-controller cannot list configmaps" in warning.message
+    assert "kubectl create clusterrole ctrltrace-configmaps" in warning.fix
+
+
+def test_without_events_a_leader_that_lost_the_lease_still_answers_as_the_last_holder() -> None:
+    leader = _leading("synced")
+    leader.lease("lost", "", reason="renew deadline exceeded")
+    standby = _standing_by("forbidden", leader)
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain(kind="ConfigMap").verdict
+    assert verdict.code is Code.NO_EVENTS
+    assert "(pod-a held the leader lease last;" in verdict.message
+    assert {warning.code for warning in verdict.warnings} == {
+        WarningCode.STANDBY_BLIND,
+        WarningCode.LEASE_LOST,
+    }
+
+
+def test_without_events_and_without_lease_records_the_worst_replica_answers() -> None:
+    synced = _watching(RunStory(synced=False), "synced")
+    listing = RunStory(synced=False, start=START - 1.0)  # its records come first
+    listing.watch("listed")
+    listing.watch("disconnected", "connection refused")
+    verdict = _replicas(("pod-a", synced), ("pod-b", listing)).explain(kind="ConfigMap").verdict
+    assert verdict.code is Code.CACHE_NOT_SYNCED
+    assert "the informer for ConfigMap has not finished its initial list" in verdict.message
+    assert (
+        "(pod-b: no lease record says which replica leads, so the replica whose watch fares "
+        "worst answers; other replicas: pod-a: no_events)"
+    ) in verdict.message
+    assert verdict.details["replica"] == "pod-b"
+    assert all(warning.code is not WarningCode.STANDBY_BLIND for warning in verdict.warnings)
+
+
+@pytest.mark.parametrize("watch", ["synced", "forbidden"])
+def test_without_events_one_named_replica_answers_as_a_journal_does(watch: str) -> None:
+    alone = _leading(watch)
+    named = _replicas(("pod-a", alone)).explain(kind="ConfigMap").verdict
+    unnamed = alone.explain(kind="ConfigMap").verdict
+    assert (named.code, named.message, named.fix) == (unnamed.code, unnamed.message, unnamed.fix)
+    assert "replica" not in named.details
