@@ -56,13 +56,21 @@ The decision procedure, in order:
    ``synced`` → ``cache_not_synced``; otherwise ``no_events``, unless the evidence says it
    lacks something (a MANAGER ``journal_gap``, or ``evidence_missing`` from a reader such as
    traces a sampler left out): then ``evidence_missing``, for the event may be in what is
-   missing. Across several kinds the first of that order wins.
+   missing. Across several kinds the first of that order wins. Evidence from several
+   replicas: each replica is judged by its own informer records (and those naming no replica),
+   and the verdict, naming the replica, is the one of the replica that holds the leader lease
+   or held it last (the latest ``acquired``): a standby's unhealthy watch does not become the
+   verdict but a ``standby_blind`` warning, since it would be blind once it led. When no lease
+   record tells the leader (leader election off: every replica runs the controllers), or the
+   leader left no informer records, the replica whose state comes first in that order answers.
+   The other replicas' states are listed in the verdict's details.
 7. Deletion: if the object's latest event is DELETED, the message says so (and that
    Reconcile then ran). If it carries a deletionTimestamp and finalizers, and reconciles ran
    since the first event that carried it, a verdict that reached Reconcile becomes
    ``deletion_blocked`` (which finalizers, since when, how many reconciles).
 8. Warnings, whatever the verdict, from the manager run of the trigger in the replica of the
-   verdict's dispatch: the object's kind's
+   verdict's dispatch (without an event, of the replica whose watches answered in 6, and its
+   standbys' ``standby_blind``): the object's kind's
    watch is failing now (``watch_disconnected``) or its latest failure is a 403
    (``watch_forbidden``, unless that is the verdict), in both cases only while no watch was
    accepted (``resumed``) since; this replica's latest lease transition is ``lost``
