@@ -1099,6 +1099,24 @@ def test_without_events_and_without_lease_records_the_worst_replica_answers() ->
     assert all(warning.code is not WarningCode.STANDBY_BLIND for warning in verdict.warnings)
 
 
+def test_without_events_a_leader_without_watch_records_leaves_the_worst_replica_to_answer() -> None:
+    leader = RunStory(synced=False)
+    leader.lease("acquired", "pod-a")  # its watches' records are not in the evidence
+    refused = _standing_by("forbidden", leader)
+    synced = _standing_by("synced", refused)  # the latest watch record of all
+    verdict = (
+        _replicas(("pod-a", leader), ("pod-b", synced), ("pod-c", refused))
+        .explain(kind="ConfigMap")
+        .verdict
+    )
+    assert verdict.code is Code.WATCH_FORBIDDEN
+    assert (
+        "(pod-c: pod-a, which led, left no watch records, so the replica whose watch fares "
+        "worst answers; other replicas: pod-b: no_events)"
+    ) in verdict.message
+    assert all(warning.code is not WarningCode.STANDBY_BLIND for warning in verdict.warnings)
+
+
 @pytest.mark.parametrize("watch", ["synced", "forbidden"])
 def test_without_events_one_named_replica_answers_as_a_journal_does(watch: str) -> None:
     alone = _leading(watch)
