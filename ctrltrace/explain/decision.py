@@ -702,7 +702,7 @@ class _Decision:
         if not covering:
             return self._filtered(self._not_watched(kinds), self.health)
         judged = {replica for rs in covering.values() for r in rs if (replica := replica_of(r))}
-        if not judged or len(replicas.named(self.health)) < 2:
+        if not judged or len(replicas.named_in(self.health)) < 2:
             verdict, evidence = self._state(self.health)
             self.evidence.extend(evidence)
             return self._unseen(verdict, self.health)

@@ -20,7 +20,7 @@ from ctrltrace.explain.model import Code, PipelineWarning, Verdict, WarningCode
 from ctrltrace.vocabulary import LeaseOutcome
 
 
-def named(health: Health) -> set[str]:
+def named_in(health: Health) -> set[str]:
     """The replicas that the informer, lease and lifecycle records name."""
     return {
         replica
