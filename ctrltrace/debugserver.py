@@ -30,10 +30,11 @@ cannot be read).
 Whenever it asks for a token it serves HTTPS (controller-runtime's secure metrics do the same),
 so that no token crosses a network in the clear: with ``tls.crt``/``tls.key`` from
 ``debug_cert_dir`` (cert-manager's Secret layout), else with a self-signed certificate made at
-start (``ctrltrace.pki``), written into a private temporary directory removed at stop; its
-SHA-256 fingerprint is logged either way. Files in ``debug_cert_dir`` are checked every
-``CERT_CHECK_S`` and loaded again when they change (new connections get the renewed
-certificate). On loopback without ``required`` it serves plain
+start (``ctrltrace.pki``) whose key is never stored in a file that outlives the load, so that
+nothing is left on disk however the process ends (``_load_unstored``); its SHA-256 fingerprint
+is logged either way. Files in ``debug_cert_dir`` are checked every ``CERT_CHECK_S`` and loaded
+again when they change, and a self-signed pair is made anew a day before it expires (new
+connections get the renewed certificate). On loopback without ``required`` it serves plain
 HTTP: only the pod's own network namespace reaches it, and ``kubectl port-forward`` carries it
 through the API server's own TLS tunnel.
 
@@ -45,19 +46,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import ipaddress
 import json
 import math
 import os
-import shutil
 import ssl
 import tempfile
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
 
 import aiohttp
 import structlog
@@ -306,7 +307,7 @@ class DebugServer:
     ) -> None:
         self._manager = manager
         self._cert_dir = cert_dir
-        self._made_dir: str | None = None  # the self-signed certificate's, removed at stop
+        self._made_cert: bytes | None = None  # the self-signed certificate served, if any
         self._renew_at = math.inf  # when the self-signed certificate is made anew (monotonic)
         self._opener = opener
         self._label = label
@@ -339,7 +340,6 @@ class DebugServer:
             await site.start()
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             await runner.cleanup()
-            self._remove_made_dir()
             log.warning("Debug endpoint not served", address=self._address, error=str(error))
             return
         self._runner = runner
@@ -354,27 +354,32 @@ class DebugServer:
             evidence=self._label,
             **({} if tls is None else self._certificate_fields()),
         )
-        directory = self._cert_dir or self._made_dir
-        if tls is not None and directory is not None:
-            self._reloading = asyncio.create_task(self._reload_renewed(tls, directory, host))
+        if tls is not None:
+            self._reloading = asyncio.create_task(self._keep_current(tls, host))
 
-    async def _reload_renewed(self, tls: ssl.SSLContext, directory: str, host: str) -> None:
-        """Load ``directory``'s certificate into ``tls`` again whenever its files change (a
-        renewed Secret, or a self-signed pair made anew before it expires); a pair that
-        cannot be loaded (caught half-written) is tried again at the next check."""
-        files = (Path(directory) / CERT_FILE, Path(directory) / KEY_FILE)
+    async def _keep_current(self, tls: ssl.SSLContext, host: str) -> None:
+        """Every ``CERT_CHECK_S``, load a newer certificate into ``tls``: ``debug_cert_dir``'s
+        once its files change (a renewed Secret), else a self-signed pair made anew a day
+        before the old one expires. One that cannot be loaded (a pair caught half-written) is
+        tried again at the next check."""
+        files = None if self._cert_dir is None else _cert_files(self._cert_dir)
         log = structlog.get_logger("ctrltrace")
-        loaded = await asyncio.to_thread(_stamp, files)
+        loaded = None if files is None else await asyncio.to_thread(_stamp, files)
         clock = self._manager.clock
         while True:
             await clock.sleep(CERT_CHECK_S)
-            if self._made_dir is not None and clock.monotonic() >= self._renew_at:
-                await asyncio.to_thread(self._self_sign, host, self._made_dir)
-            stamp = await asyncio.to_thread(_stamp, files)
-            if stamp == loaded:
-                continue
+            load: Callable[[], None]
+            if files is None:
+                if clock.monotonic() < self._renew_at:
+                    continue
+                stamp, load = None, functools.partial(self._self_sign, host, tls)
+            else:
+                stamp = await asyncio.to_thread(_stamp, files)
+                if stamp == loaded:
+                    continue
+                load = functools.partial(tls.load_cert_chain, *files)
             try:
-                await asyncio.to_thread(tls.load_cert_chain, *files)
+                await asyncio.to_thread(load)
             except (OSError, ValueError) as error:
                 log.warning("Debug endpoint certificate not reloaded", error=str(error))
                 continue
@@ -383,40 +388,38 @@ class DebugServer:
 
     def _tls(self, host: str) -> ssl.SSLContext:
         """The server's TLS: the certificate in ``cert_dir``, else a self-signed one for
-        ``host``, ``localhost`` and the loopback addresses, written 0600 in a 0700 directory
-        (ssl loads a key from a file only)."""
-        directory = self._cert_dir
-        if directory is None:
-            directory = self._made_dir = tempfile.mkdtemp(prefix="ctrltrace-debug-tls-")
-            self._self_sign(host, directory)
+        ``host``, ``localhost`` and the loopback addresses."""
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(Path(directory) / CERT_FILE, Path(directory) / KEY_FILE)
+        if self._cert_dir is None:
+            self._self_sign(host, tls)
+        else:
+            tls.load_cert_chain(*_cert_files(self._cert_dir))
         return tls
 
-    def _self_sign(self, host: str, directory: str) -> None:
-        """Write a new self-signed pair into ``directory``, each file replaced whole (a
-        reader never sees half of one) and readable by this user only."""
+    def _self_sign(self, host: str, tls: ssl.SSLContext) -> None:
+        """Serve a new self-signed pair from ``tls``; its key stays in memory."""
         pair = pki.self_signed(
             "ctrltrace-debug",
             [name for name in (host,) if name not in ("", "0.0.0.0", "::")]  # noqa: S104
             + ["localhost", "127.0.0.1", "::1"],
             SELF_SIGNED_VALIDITY,
         )
-        for name, data in ((KEY_FILE, pair.key_pem), (CERT_FILE, pair.cert_pem)):
-            fresh = Path(directory) / f".{name}.new"
-            fresh.touch(mode=0o600)
-            fresh.write_bytes(data)
-            fresh.replace(Path(directory) / name)
+        _load_unstored(tls, pair)
+        self._made_cert = pair.cert_pem
         lifetime = SELF_SIGNED_VALIDITY - SELF_SIGNED_RENEW_BEFORE
         self._renew_at = self._manager.clock.monotonic() + lifetime.total_seconds()
 
     def _certificate_fields(self) -> dict[str, str]:
-        directory = self._made_dir or self._cert_dir
-        assert directory is not None  # serving TLS
-        cert_pem = (Path(directory) / CERT_FILE).read_bytes()
+        if self._made_cert is not None:
+            return {
+                "certificate": "self-signed",
+                "sha256_fingerprint": pki.fingerprint(self._made_cert),
+            }
+        assert self._cert_dir is not None  # serving TLS
+        cert_file = Path(self._cert_dir) / CERT_FILE
         return {
-            "certificate": "self-signed" if self._made_dir else str(Path(directory) / CERT_FILE),
-            "sha256_fingerprint": pki.fingerprint(cert_pem),
+            "certificate": str(cert_file),
+            "sha256_fingerprint": pki.fingerprint(cert_file.read_bytes()),
         }
 
     async def stop(self) -> None:
@@ -428,12 +431,6 @@ class DebugServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self._remove_made_dir()
-
-    def _remove_made_dir(self) -> None:
-        if self._made_dir is not None:
-            shutil.rmtree(self._made_dir, ignore_errors=True)
-            self._made_dir = None
 
     @web.middleware
     async def _access(
@@ -519,6 +516,27 @@ class DebugServer:
 
     async def _state(self, _: web.Request) -> web.Response:
         return web.json_response(state(self._manager))
+
+
+def _cert_files(directory: str) -> tuple[Path, Path]:
+    return Path(directory) / CERT_FILE, Path(directory) / KEY_FILE
+
+
+def _load_unstored(tls: ssl.SSLContext, pair: pki.KeyPair) -> None:
+    """Load ``pair`` into ``tls`` without leaving its key in a file. ``ssl`` reads a key from
+    a path only: on Linux the path names a file in memory (``memfd_create``), gone with its
+    last descriptor, so that however the process ends, even by SIGKILL, no key is left behind;
+    elsewhere it is a temporary file (0600) deleted as soon as it is read."""
+    in_memory = hasattr(os, "memfd_create")
+    file: IO[bytes] = (
+        open(os.memfd_create("ctrltrace-debug-tls", os.MFD_CLOEXEC), "wb")  # noqa: PTH123, SIM115
+        if in_memory
+        else tempfile.NamedTemporaryFile(prefix="ctrltrace-debug-tls-")  # noqa: SIM115
+    )
+    with file:
+        file.write(pair.cert_pem + pair.key_pem)
+        file.flush()
+        tls.load_cert_chain(f"/proc/self/fd/{file.fileno()}" if in_memory else file.name)
 
 
 def _stamp(files: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...] | None:

@@ -37,10 +37,10 @@ RUN_AS = 65532  # a non-root uid, as examples/Dockerfile's USER
 REPLICAS = 2  # one leads, one stands by to take the Lease over
 JOURNAL_DIR = "/var/lib/ctrltrace"  # an emptyDir: the root filesystem is read-only
 # The debug endpoint (bound off loopback: it asks for tokens) serves https with a certificate
-# from a Secret mounted here (--debug-cert-secret), or else a self-signed one it writes under
-# /tmp: an emptyDir in memory, so that the key never reaches the node's disk.
+# from a Secret mounted here (--debug-cert-secret), or else a self-signed one whose key it keeps
+# in memory (it writes none to any filesystem).
 DEBUG_CERT_DIR = "/etc/ctrltrace/debug-tls"
-TMP_DIR = "/tmp"  # noqa: S108  # the pod's own, in memory
+TMP_DIR = "/tmp"  # noqa: S108  # the pod's own, in memory: writable under a read-only root
 # Each port's name and number, and the ``run`` flag that binds it on every address.
 PORTS = (
     ("metrics", 8080, "--metrics-bind-address"),

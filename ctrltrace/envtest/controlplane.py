@@ -1,9 +1,9 @@
 """A real kube-apiserver and etcd on loopback, started and stopped like envtest does.
 
 Owns what the two servers are (their flags, ports and key material), the admin kubeconfig, and
-minting restricted identities bound to RBAC rules. Their life as processes (temp dir, logs,
-retries on a taken port, the ``_reaper`` watchdog that removes everything if the owner dies)
-is ``servers``'.
+minting restricted identities bound to RBAC rules (returned once the authorizer applies them).
+Their life as processes (temp dir, logs, retries on a taken port, the ``_reaper`` watchdog that
+removes everything if the owner dies) is ``servers``'.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import base64
 import http.client
 import json
 import ssl
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ UNCACHED_RESOURCE = "podtemplates"
 
 PolicyRule = Mapping[str, Sequence[str]]
 """An RBAC rule as the API takes it: ``{"apiGroups": [""], "resources": [...], "verbs": [...]}``."""
+
+GRANT_WAIT_S = 30.0
+"""How long a grant may take to reach the API server's authorizer before that is an error."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -306,7 +310,8 @@ class ControlPlane(LoopbackServers):
         namespace: str | None,
         role_name: str,
     ) -> None:
-        """Bind ``subject`` to a (Cluster)Role holding ``rules``."""
+        """Bind ``subject`` (a User or a ServiceAccount) to a (Cluster)Role holding ``rules``,
+        and return once the authorizer applies them (``wait_until_granted``)."""
         rbac = "/apis/rbac.authorization.k8s.io/v1"
         if namespace is None:
             role_kind, scope = "ClusterRole", rbac
@@ -334,6 +339,46 @@ class ControlPlane(LoopbackServers):
                 "subjects": [dict(subject)],
             },
         )
+        self.wait_until_granted(subject, rules, namespace=namespace)
+
+    def wait_until_granted(
+        self, subject: Mapping[str, str], rules: Sequence[PolicyRule], *, namespace: str | None
+    ) -> None:
+        """Return once ``subject`` (a User or a ServiceAccount) may do what each of ``rules``
+        allows (its first verb on its first resource or URL), in ``namespace`` or cluster-wide:
+        proof that the (Cluster)Role holding them and its binding are in effect."""
+        user = (
+            f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+            if subject["kind"] == "ServiceAccount"
+            else subject["name"]
+        )
+        for rule in rules:
+            self.wait_until_allowed(user, **_first_request(rule, namespace))
+
+    def wait_until_allowed(self, user: str, **attributes: Mapping[str, str]) -> None:
+        """Return once ``allowed(user, **attributes)``. The authorizer reads RBAC objects
+        through informers, so a grant takes effect a moment after it is stored: a request made
+        at once may still be refused. Raises ``ControlPlaneError`` after ``GRANT_WAIT_S``."""
+        deadline = time.monotonic() + GRANT_WAIT_S
+        while not self.allowed(user, **attributes):
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"{user} is still refused {json.dumps(attributes, sort_keys=True)} after "
+                    f"{GRANT_WAIT_S:g} s: no RBAC object grants it, or the API server's "
+                    "authorizer has not seen the one that does"
+                )
+            time.sleep(0.1)
+
+    def allowed(self, user: str, **attributes: Mapping[str, str]) -> bool:
+        """Whether the authorizer lets ``user`` do what ``attributes`` say: a
+        SubjectAccessReview's ``resourceAttributes=`` or ``nonResourceAttributes=``."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": user, **attributes},
+        }
+        answer = self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        return bool(answer["status"].get("allowed"))
 
     def _ensure_namespace(self, namespace: str) -> None:
         try:
@@ -341,6 +386,23 @@ class ControlPlane(LoopbackServers):
         except ApiError as error:
             if error.status != 409:
                 raise
+
+
+def _first_request(rule: PolicyRule, namespace: str | None) -> dict[str, dict[str, str]]:
+    """A request ``rule`` allows, as a SubjectAccessReview's attributes: its first verb on its
+    first URL, or on its first resource (and name) of its first API group."""
+    verb = rule["verbs"][0]
+    if rule.get("nonResourceURLs"):
+        return {"nonResourceAttributes": {"path": rule["nonResourceURLs"][0], "verb": verb}}
+    resource, _, subresource = rule["resources"][0].partition("/")
+    attributes = {"group": rule["apiGroups"][0], "resource": resource, "verb": verb}
+    if subresource:
+        attributes["subresource"] = subresource
+    if rule.get("resourceNames"):
+        attributes["name"] = rule["resourceNames"][0]
+    if namespace is not None:
+        attributes["namespace"] = namespace
+    return {"resourceAttributes": attributes}
 
 
 def _b64(data: bytes) -> str:

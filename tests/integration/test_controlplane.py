@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from ctrltrace.envtest import ControlPlane, ControlPlaneError, find_binaries
+from ctrltrace.envtest import ControlPlane, ControlPlaneError, controlplane, find_binaries
 from ctrltrace.envtest.pytest_plugin import MintIdentity
 
 
@@ -115,6 +115,44 @@ def test_service_account_identity_is_bound_to_its_rules(
         restricted.list_namespaced_secret(kube_namespace)
     assert denied.value.status == 403
     assert f"system:serviceaccount:{kube_namespace}:{identity.name}" in denied.value.body
+
+
+def test_a_minted_identity_is_allowed_its_rules_at_once_and_a_refusal_is_named(
+    control_plane: ControlPlane,
+    kube_namespace: str,
+    mint_identity: MintIdentity,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scale = {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["update"]}
+    lease = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}
+    user = mint_identity([scale, {**lease, "resourceNames": ["one"]}], namespace=kube_namespace)
+    reader = mint_identity([{"nonResourceURLs": ["/debug/*"], "verbs": ["get"]}])
+    # The authorizer applies the grants when mint_identity returns: no request is refused.
+    in_namespace = {"namespace": kube_namespace}
+    scale_request = {"group": "apps", "resource": "deployments", "subresource": "scale"}
+    assert control_plane.allowed(
+        user.name, resourceAttributes={**scale_request, "verb": "update", **in_namespace}
+    )
+    lease_request = {"group": "coordination.k8s.io", "resource": "leases", "verb": "get"}
+    assert control_plane.allowed(
+        user.name, resourceAttributes={**lease_request, "name": "one", **in_namespace}
+    )
+    assert not control_plane.allowed(
+        user.name, resourceAttributes={**lease_request, "name": "two", **in_namespace}
+    )
+    assert control_plane.allowed(
+        reader.name, nonResourceAttributes={"path": "/debug/state", "verb": "get"}
+    )
+
+    monkeypatch.setattr(controlplane, "GRANT_WAIT_S", 0.3)
+    with pytest.raises(
+        ControlPlaneError,
+        match=rf"^{reader.name} is still refused .*\"/metrics\".* after 0.3 s: "
+        "no RBAC object grants it, or the API server's authorizer has not seen the one that does$",
+    ):
+        control_plane.wait_until_allowed(
+            reader.name, nonResourceAttributes={"path": "/metrics", "verb": "get"}
+        )
 
 
 def test_start_failure_shows_the_log_and_leaves_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import http.client
 import json
 import ssl
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,24 +92,6 @@ def _within(printed: Any, stored: Any) -> bool:
     return bool(printed == stored)
 
 
-def _allowed(plane: ControlPlane, user: str, **attributes: Any) -> bool:
-    review = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {"user": user, **attributes},
-    }
-    answer = plane.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
-    return bool(answer["status"].get("allowed"))
-
-
-def _allowed_soon(plane: ControlPlane, user: str, **attributes: Any) -> bool:
-    """The authorizer sees new bindings a moment after they are stored."""
-    deadline = time.monotonic() + 10
-    while not (found := _allowed(plane, user, **attributes)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return found
-
-
 def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
     control_plane: ControlPlane,
     kube_namespace: str,
@@ -177,17 +158,15 @@ def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
         ("authorization.k8s.io", "subjectaccessreviews"),
     ):
         attributes = {"group": group, "resource": resource, "verb": "create"}
-        assert _allowed_soon(control_plane, account, resourceAttributes=attributes)
+        control_plane.wait_until_allowed(account, resourceAttributes=attributes)
     widgets = {"group": "example.com", "resource": "widgets", "verb": "watch"}
-    assert _allowed_soon(control_plane, account, resourceAttributes=widgets)
+    control_plane.wait_until_allowed(account, resourceAttributes=widgets)
     lease = {"group": "coordination.k8s.io", "resource": "leases", "verb": "update"}
-    assert _allowed_soon(
-        control_plane, account, resourceAttributes={**lease, "namespace": namespace}
-    )
+    control_plane.wait_until_allowed(account, resourceAttributes={**lease, "namespace": namespace})
 
     reader, role = unique_name("reader"), f"{name}-debug-reader"
     explain = {"path": "/debug/ctrltrace/explain", "verb": "get"}
-    assert not _allowed(control_plane, reader, nonResourceAttributes=explain)
+    assert not control_plane.allowed(reader, nonResourceAttributes=explain)
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
@@ -198,10 +177,10 @@ def test_the_manifests_pass_a_dry_run_then_apply_and_grant_what_they_say(
     _apply(control_plane, binding)
     paths = ("explain", "state", "records", "evidence/watches")
     for path in (f"/debug/ctrltrace/{path}" for path in paths):
-        assert _allowed_soon(
-            control_plane, reader, nonResourceAttributes={"path": path, "verb": "get"}
+        control_plane.wait_until_allowed(
+            reader, nonResourceAttributes={"path": path, "verb": "get"}
         )
-    assert not _allowed(control_plane, reader, nonResourceAttributes={**explain, "verb": "post"})
-    assert not _allowed(
-        control_plane, reader, nonResourceAttributes={"path": "/debug/pprof", "verb": "get"}
+    assert not control_plane.allowed(reader, nonResourceAttributes={**explain, "verb": "post"})
+    assert not control_plane.allowed(
+        reader, nonResourceAttributes={"path": "/debug/pprof", "verb": "get"}
     )

@@ -121,6 +121,10 @@ def test_the_generated_role_runs_the_sample_and_doctor_names_a_removed_rule(
         ("ClusterRole", None),  # the debug endpoint's readers, unbound
     ]
     _apply(control_plane, documents)
+    for role in documents[0], documents[2]:  # the two bound to the account
+        control_plane.wait_until_granted(
+            account.subject, role["rules"], namespace=role["metadata"].get("namespace")
+        )
 
     widgets = f"/apis/example.com/v1/namespaces/{namespace}/widgets"
 

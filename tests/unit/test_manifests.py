@@ -106,8 +106,7 @@ def test_a_service_account_the_rbac_and_a_deployment_running_ctrltrace_run(app_f
     assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # The journal's volume leaves room above the limit; /tmp, in memory, holds the debug
-    # endpoint's self-signed certificate.
+    # The journal's volume leaves room above the limit; /tmp is writable, in memory.
     assert container["volumeMounts"] == [
         {"name": "journal", "mountPath": "/var/lib/ctrltrace"},
         {"name": "tmp", "mountPath": "/tmp"},
