@@ -23,9 +23,9 @@ on a loopback address nobody needs credentials unless ``debug_auth="required"`` 
 processes in the pod's network namespace, ``kubectl port-forward`` among them, reach it);
 anywhere else each request's bearer token is authenticated by the API server (TokenReview) and
 authorized for the request's path with verb get (SubjectAccessReview for a non-resource URL),
-through the manager's own transport (which records no API calls of its own). 401 without a
-valid token, 403 without the permission, 503 when the review cannot be made (or the records
-cannot be read).
+through the manager's own transport (which records no API calls of its own;
+``ctrltrace.debugauth`` makes the reviews). 401 without a valid token, 403 without the
+permission, 503 when the review cannot be made (or the records cannot be read).
 
 Whenever it asks for a token it serves HTTPS (controller-runtime's secure metrics do the same),
 so that no token crosses a network in the clear: with ``tls.crt``/``tls.key`` from
@@ -47,32 +47,26 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import hashlib
 import ipaddress
 import json
 import math
 import os
 import ssl
 import tempfile
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from ctrltrace import pki
-from ctrltrace.clock import Clock
+from ctrltrace.debugauth import TokenReviews
 from ctrltrace.debugwire import CURSOR, ERROR, PREFIX, RECORD, RECORDS, Query, Route, record_json
 from ctrltrace.evidence import Evidence, EvidenceError, Opener, explain_from
 from ctrltrace.explain import TIMELINE_LIMIT, resolve_kind
 from ctrltrace.journal import JournalError
-from ctrltrace.narrator import Reminders
 from ctrltrace.records import Record
-from ctrltrace.transport import ApiError, Forbidden, Json, Transport
 
 if TYPE_CHECKING:
     from ctrltrace.manager import Manager
@@ -89,24 +83,9 @@ SELF_SIGNED_RENEW_BEFORE = datetime.timedelta(days=1)
 # Secret within a minute or so of cert-manager renewing it).
 CERT_CHECK_S = 30.0
 
-# How long a review's answer is reused (controller-runtime caches them too: one explain makes
-# several requests and a live view polls every second, each of which would otherwise cost two
-# API calls). Short, so a revoked token or binding stops working within a minute; a refusal
-# shorter still (controller-runtime keeps one 30 s), so access just granted works within 10 s.
-TOKEN_TTL_S = 60.0
-ALLOWED_TTL_S = 60.0
-DENIED_TTL_S = 10.0
-_CACHED = 4_096  # answers kept, oldest forgotten first
-_REVIEW_TIMEOUT_S = 10.0
 T = TypeVar("T")
 N = TypeVar("N", int, float)
 D = TypeVar("D")
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-_AUTHENTICATION = "tokenreviews.authentication.k8s.io"
-_AUTHORIZATION = "subjectaccessreviews.authorization.k8s.io"
 
 
 class BadQuery(ValueError):
@@ -143,148 +122,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # empty (every address) or a name other than localhost
         return False
-
-
-# -- access ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Refusal:
-    status: int  # 401, 403, 503
-    message: str
-
-
-@dataclass(frozen=True)
-class _User:
-    spec: Json  # user, uid, groups, extra: what a SubjectAccessReview is about
-    name: str
-
-
-def _unsure(answer: object) -> TypeGuard[Refusal]:
-    """A review that could not be made (503): never cached."""
-    return isinstance(answer, Refusal) and answer.status == 503
-
-
-class _Expiring(Generic[K, V]):
-    """Answers kept until they expire, at most ``_CACHED`` of them (oldest forgotten first)."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._answers: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def get(self, key: K) -> tuple[V] | None:
-        """The answer, in a tuple (an answer may be None), unless unknown or expired."""
-        found = self._answers.get(key)
-        if found is None or found[0] <= self._clock.monotonic():
-            return None
-        return (found[1],)
-
-    def put(self, key: K, answer: V, ttl_s: float) -> None:
-        self._answers[key] = (self._clock.monotonic() + ttl_s, answer)
-        self._answers.move_to_end(key)
-        while len(self._answers) > _CACHED:
-            self._answers.popitem(last=False)
-
-
-class TokenReviews:
-    """Authenticates bearer tokens and authorizes them for a path, through the API server."""
-
-    def __init__(self, transport: Transport, clock: Clock) -> None:
-        self._transport = transport
-        # Keyed by the token's SHA-256: the tokens themselves are not kept.
-        self._users: _Expiring[str, _User | Refusal] = _Expiring(clock)
-        self._access: _Expiring[tuple[str, str], Refusal | None] = _Expiring(clock)
-        self._reminders = Reminders(clock)
-        self._log = structlog.get_logger("ctrltrace")
-
-    async def check(self, authorization: str, path: str) -> Refusal | None:
-        """None when the ``Authorization`` header's bearer token may get ``path``."""
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return Refusal(
-                401,
-                "a bearer token is required (Authorization: Bearer TOKEN): pass --token or "
-                "--token-file",
-            )
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if (known := self._users.get(digest)) is None:
-            user = await self._review(_AUTHENTICATION, self._authenticate(token))
-            if _unsure(user):
-                return user  # not the token's fault: ask again next time
-            self._users.put(digest, user, TOKEN_TTL_S)
-        else:
-            (user,) = known
-        if isinstance(user, Refusal):
-            return user
-        if (decided := self._access.get((digest, path))) is not None:
-            return decided[0]
-        refusal = await self._review(_AUTHORIZATION, self._authorize(user, path))
-        if not _unsure(refusal):
-            self._access.put((digest, path), refusal, DENIED_TTL_S if refusal else ALLOWED_TTL_S)
-        return refusal
-
-    async def _review(self, resource: str, review: Awaitable[T]) -> T | Refusal:
-        """Wait for one review (of ``resource``); failing to make it is a 503, said in the log
-        once per problem and then at the narrator's slow interval."""
-        try:
-            async with asyncio.timeout(_REVIEW_TIMEOUT_S):
-                answer = await review
-        except Forbidden:
-            problem = f"the manager's identity lacks create on {resource}"
-            fix = "grant it (ctrltrace rbac prints the rule)"
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
-            problem = f"the API server did not answer for {resource}: {error or 'timed out'}"
-            fix = "requests are refused until it does"
-        else:
-            if (cleared := self._reminders.clear((resource,))) is not None:
-                self._log.info("Debug endpoint reviews tokens again", review=resource, **cleared)
-            return answer
-        if (reminder := self._reminders.report((resource,), problem)) is not None:
-            self._log.warning(
-                "Debug endpoint cannot check tokens", problem=problem, fix=fix, **reminder
-            )
-        return Refusal(503, f"cannot check the token: {problem}; {fix}")
-
-    async def _authenticate(self, token: str) -> _User | Refusal:
-        answer = await self._transport.request(
-            "POST",
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            body={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token},
-            },
-        )
-        status = answer.get("status") or {}
-        if not status.get("authenticated"):
-            why = status.get("error") or "not authenticated"
-            return Refusal(401, f"token rejected by the API server (TokenReview): {why}")
-        user = status.get("user") or {}
-        spec: Json = {"user": str(user.get("username", ""))}
-        for field in ("uid", "groups", "extra"):
-            if user.get(field):
-                spec[field] = user[field]
-        return _User(spec, spec["user"])
-
-    async def _authorize(self, user: _User, path: str) -> Refusal | None:
-        answer = await self._transport.request(
-            "POST",
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-            body={
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SubjectAccessReview",
-                "spec": {**user.spec, "nonResourceAttributes": {"path": path, "verb": "get"}},
-            },
-        )
-        status = answer.get("status") or {}
-        if status.get("allowed"):
-            return None
-        return Refusal(
-            403,
-            f"{user.name} lacks get on {path}: grant it the ClusterRole for nonResourceURLs "
-            f'["{PREFIX}/*"] (ctrltrace rbac prints it)',
-        )
 
 
 # -- the server --------------------------------------------------------------------------------

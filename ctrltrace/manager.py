@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ctrltrace import debugserver, logs
+from ctrltrace import debugauth, debugserver, logs
 from ctrltrace.builder import Builder, BuildError, ControllerSpec, _Registry
 from ctrltrace.client import Client
 from ctrltrace.clock import Clock, SystemClock
@@ -504,7 +504,7 @@ class Manager:
             label=label,
             address=self.options.debug_bind_address,
             auth=self.options.debug_auth,
-            reviews=debugserver.TokenReviews(transport, self.clock),
+            reviews=debugauth.TokenReviews(transport, self.clock),
             cert_dir=self.options.debug_cert_dir,
         )
         await self.debug_server.start()

@@ -35,12 +35,12 @@ from ctrltrace import Context, Manager, Request
 from ctrltrace.cli import ExitCode, main
 from ctrltrace.clock import FakeClock
 from ctrltrace.controller import Controller
+from ctrltrace.debugauth import TokenReviews
 from ctrltrace.debugserver import (
     CERT_CHECK_S,
     SELF_SIGNED_RENEW_BEFORE,
     SELF_SIGNED_VALIDITY,
     DebugServer,
-    TokenReviews,
     needs_auth,
     problems,
     state,
