@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import ipaddress
 import json
 import math
@@ -144,7 +143,7 @@ class DebugServer:
     ) -> None:
         self._manager = manager
         self._cert_dir = cert_dir
-        self._made_cert: bytes | None = None  # the self-signed certificate served, if any
+        self._cert_pem = b""  # the certificate served, once serving TLS
         self._renew_at = math.inf  # when the self-signed certificate is made anew (monotonic)
         self._opener = opener
         self._label = label
@@ -195,31 +194,30 @@ class DebugServer:
             self._reloading = asyncio.create_task(self._keep_current(tls, host))
 
     async def _keep_current(self, tls: ssl.SSLContext, host: str) -> None:
-        """Every ``CERT_CHECK_S``, load a newer certificate into ``tls``: ``debug_cert_dir``'s
+        """Every ``CERT_CHECK_S``, serve a newer certificate from ``tls``: ``debug_cert_dir``'s
         once its files change (a renewed Secret), else a self-signed pair made anew a day
-        before the old one expires. One that cannot be loaded (a pair caught half-written) is
-        tried again at the next check."""
+        before the old one expires. A pair that does not load (one caught half-written) is
+        never served and is tried again at the next check."""
         files = None if self._cert_dir is None else _cert_files(self._cert_dir)
         log = structlog.get_logger("ctrltrace")
         loaded = None if files is None else await asyncio.to_thread(_stamp, files)
         clock = self._manager.clock
         while True:
             await clock.sleep(CERT_CHECK_S)
-            load: Callable[[], None]
             if files is None:
                 if clock.monotonic() < self._renew_at:
                     continue
-                stamp, load = None, functools.partial(self._self_sign, host, tls)
+                stamp = None
             else:
                 stamp = await asyncio.to_thread(_stamp, files)
                 if stamp == loaded:
                     continue
-                load = functools.partial(tls.load_cert_chain, *files)
             try:
-                await asyncio.to_thread(load)
-            except (OSError, ValueError) as error:
+                pair = await asyncio.to_thread(self._checked_pair, host)
+            except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
                 log.warning("Debug endpoint certificate not reloaded", error=str(error))
                 continue
+            self._serve(tls, pair)
             loaded = stamp
             log.info("Debug endpoint certificate reloaded", **self._certificate_fields())
 
@@ -227,36 +225,40 @@ class DebugServer:
         """The server's TLS: the certificate in ``cert_dir``, else a self-signed one for
         ``host``, ``localhost`` and the loopback addresses."""
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        if self._cert_dir is None:
-            self._self_sign(host, tls)
-        else:
-            tls.load_cert_chain(*_cert_files(self._cert_dir))
+        self._serve(tls, self._checked_pair(host))
         return tls
 
-    def _self_sign(self, host: str, tls: ssl.SSLContext) -> None:
-        """Serve a new self-signed pair from ``tls``; its key stays in memory."""
-        pair = pki.self_signed(
-            "ctrltrace-debug",
-            [name for name in (host,) if name not in ("", "0.0.0.0", "::")]  # noqa: S104
-            + ["localhost", "127.0.0.1", "::1"],
-            SELF_SIGNED_VALIDITY,
-        )
+    def _checked_pair(self, host: str) -> pki.KeyPair:
+        """The pair to serve next, loaded once into a context of its own: a live context that
+        fails to load a certificate keeps it without its key and fails every handshake."""
+        if self._cert_dir is None:
+            pair = pki.self_signed(
+                "ctrltrace-debug",
+                [name for name in (host,) if name not in ("", "0.0.0.0", "::")]  # noqa: S104
+                + ["localhost", "127.0.0.1", "::1"],
+                SELF_SIGNED_VALIDITY,
+            )
+        else:
+            cert_file, key_file = _cert_files(self._cert_dir)
+            pair = pki.KeyPair(cert_file.read_bytes(), key_file.read_bytes())
+        _load_unstored(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), pair)
+        return pair
+
+    def _serve(self, tls: ssl.SSLContext, pair: pki.KeyPair) -> None:
+        """Serve ``pair`` from ``tls``. In the loop's thread, where handshakes run: loaded from
+        another, a handshake could meet the new certificate beside the old key, and fail."""
         _load_unstored(tls, pair)
-        self._made_cert = pair.cert_pem
-        lifetime = SELF_SIGNED_VALIDITY - SELF_SIGNED_RENEW_BEFORE
-        self._renew_at = self._manager.clock.monotonic() + lifetime.total_seconds()
+        self._cert_pem = pair.cert_pem
+        if self._cert_dir is None:
+            lifetime = SELF_SIGNED_VALIDITY - SELF_SIGNED_RENEW_BEFORE
+            self._renew_at = self._manager.clock.monotonic() + lifetime.total_seconds()
 
     def _certificate_fields(self) -> dict[str, str]:
-        if self._made_cert is not None:
-            return {
-                "certificate": "self-signed",
-                "sha256_fingerprint": pki.fingerprint(self._made_cert),
-            }
-        assert self._cert_dir is not None  # serving TLS
-        cert_file = Path(self._cert_dir) / CERT_FILE
         return {
-            "certificate": str(cert_file),
-            "sha256_fingerprint": pki.fingerprint(cert_file.read_bytes()),
+            "certificate": "self-signed"
+            if self._cert_dir is None
+            else str(Path(self._cert_dir) / CERT_FILE),
+            "sha256_fingerprint": pki.fingerprint(self._cert_pem),
         }
 
     async def stop(self) -> None:

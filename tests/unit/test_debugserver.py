@@ -708,6 +708,16 @@ def test_an_endpoint_asking_for_tokens_serves_the_certificate_it_is_given(
             r"\(or --insecure-skip-tls-verify\)$",
         ):
             await asyncio.to_thread(EndpointEvidence(url, token="good").controller_records)
+        # Caught half-written, the new certificate beside the old key: not served, and the
+        # old pair still is.
+        await asyncio.to_thread(replace_pair, tmp_path, KeyPair(renewed.cert_pem, pair.key_pem))
+        await clock.advance(CERT_CHECK_S)
+        for _attempt in range(100):  # the check reads the files in a worker thread
+            if any(log["event"] == "Debug endpoint certificate not reloaded" for log in logs):
+                break
+            await asyncio.sleep(0.01)
+        assert await served_fingerprint(url) == fingerprint(pair.cert_pem)
+        assert await asyncio.to_thread(trusted.controller_records) == records[:3:2]
         # Renewed as the kubelet updates a mounted Secret: new files in place of the old.
         await asyncio.to_thread(replace_pair, tmp_path, renewed)
         await clock.advance(CERT_CHECK_S - 1)
@@ -731,6 +741,8 @@ def test_an_endpoint_asking_for_tokens_serves_the_certificate_it_is_given(
     assert served["sha256_fingerprint"] == fingerprint(pair.cert_pem)
     (reloaded,) = [log for log in logs if log["event"] == "Debug endpoint certificate reloaded"]
     assert reloaded["sha256_fingerprint"] == fingerprint(renewed.cert_pem)
+    (refused,) = [log for log in logs if log["event"] == "Debug endpoint certificate not reloaded"]
+    assert "KEY_VALUES_MISMATCH" in refused["error"]
 
 
 def replace_pair(directory: Path, pair: KeyPair) -> None:
