@@ -46,7 +46,11 @@ The decision procedure, in order:
 5. With several dispatches, the one that got furthest is the verdict: reaching Reconcile beats
    waiting, which beats not_mapped and dropped_by_predicate; among those that reached
    Reconcile, failures come first; across replicas, a standby's ``not_leader`` gives way to any
-   other replica's verdict. The others are listed in the verdict's details. Then, if
+   other replica's verdict. When only standbys saw the change and the leader (the latest
+   ``acquired``) left informer records for the kind that are not healthy (as in 6:
+   forbidden, kind not found, never synced), the leader's watch state is the verdict, naming
+   it and the standbys that queued the change. The others are listed in the verdict's
+   details. Then, if
    the trigger was the controller's own write coming back (EVENT ``attrs["self_caused"]``) and
    the object's last three or more reconciles were each triggered only by such events, the
    verdict becomes ``self_triggered``: the controller is reconciling itself in a loop.

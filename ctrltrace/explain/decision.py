@@ -175,6 +175,10 @@ class _Decision:
         else:
             best, verdict = max(outcomes, key=_preference)
         self.replica = replica_of(best)
+        if verdict.code is Code.NOT_LEADER:
+            blind = self._blind_leader(trigger, outcomes)
+            if blind is not None:
+                return blind
         others = [
             {"controller": d.controller, "request": d.request, "code": str(v.code)}
             | ({"replica": replica} if (replica := replica_of(d)) is not None else {})
@@ -695,6 +699,40 @@ class _Decision:
             },
         )
 
+    def _blind_leader(
+        self, trigger: Record, outcomes: list[tuple[Record, Verdict]]
+    ) -> Verdict | None:
+        """Only standbys saw the event: a leader that did not because its watch of the kind
+        fails is the answer, not the standbys' not_leader (whose fix, "look at the leader",
+        would be right only by chance)."""
+        leader = replicas.leader_of(self.health)
+        if leader is None or trigger.object is None:
+            return None
+        health = self.health.of(leader)
+        kinds = self._covering(by_kind(health.watches, trigger.object.kind))
+        if not any(replica_of(r) == leader for records in kinds.values() for r in records):
+            return None  # nothing from the leader's informer: nothing to judge it by
+        verdict, evidence = self._state(health, trigger.object.kind)
+        if verdict.code is Code.NO_EVENTS:
+            return None
+        self.replica = leader
+        self.evidence.extend(evidence)
+        standbys = sorted({str(replica_of(dispatch)) for dispatch, _ in outcomes})
+        return replace(
+            verdict,
+            message=f"{verdict.message} (on {leader}, the leader, which so saw no event for "
+            f"{self.target.key}; only {', '.join(standbys)}, standing by, saw "
+            f"{event_words(trigger)} and queued it, and only the leader reconciles)",
+            details={
+                **verdict.details,
+                "replica": leader,
+                "standbys": [
+                    {"replica": replica_of(dispatch), **standby.details}
+                    for dispatch, standby in outcomes
+                ],
+            },
+        )
+
     # step 6
     def _without_events(self) -> Verdict:
         kinds = by_kind(self.health.watches, self.target.kind)
@@ -728,10 +766,10 @@ class _Decision:
         }
         return {kind: records for kind, records in covering.items() if records}
 
-    def _state(self, health: Health) -> tuple[Verdict, list[Record]]:
+    def _state(self, health: Health, kind: str | None = None) -> tuple[Verdict, list[Record]]:
         """The state of ``health``'s watches covering the object (the first of WATCH_ORDER
-        across kinds), and the latest record of each kind that says so."""
-        covering = self._covering(by_kind(health.watches, self.target.kind))
+        across kinds, or of ``kind``'s), and the latest record of each kind that says so."""
+        covering = self._covering(by_kind(health.watches, kind or self.target.kind))
         verdicts = [self._watch_state(kind, records) for kind, records in covering.items()]
         verdict = min(verdicts, key=lambda verdict: WATCH_ORDER.index(verdict.code))
         return verdict, [records[-1] for records in covering.values()]

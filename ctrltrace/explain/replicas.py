@@ -71,15 +71,20 @@ class Answer:
         ]
 
 
-def answer(verdicts: Mapping[str, Verdict], health: Health, worst_first: Sequence[Code]) -> Answer:
-    """Which of ``verdicts`` (each judged replica's, read from its own watches) counts:
-    the leader's, else the first in ``worst_first`` order (ties: by replica name)."""
+def leader_of(health: Health) -> str | None:
+    """The replica that took the leader lease last, when a lease record names one."""
     acquired = [
         record
         for record in health.leases
         if record.outcome == LeaseOutcome.ACQUIRED and replica_of(record) is not None
     ]
-    leader = replica_of(acquired[-1]) if acquired else None
+    return replica_of(acquired[-1]) if acquired else None
+
+
+def answer(verdicts: Mapping[str, Verdict], health: Health, worst_first: Sequence[Code]) -> Answer:
+    """Which of ``verdicts`` (each judged replica's, read from its own watches) counts:
+    the leader's, else the first in ``worst_first`` order (ties: by replica name)."""
+    leader = leader_of(health)
     if leader is not None and leader in verdicts:
         holds = health.of(leader).not_leader() is None
         why = (

@@ -1124,3 +1124,37 @@ def test_without_events_one_named_replica_answers_as_a_journal_does(watch: str) 
     unnamed = alone.explain(kind="ConfigMap").verdict
     assert (named.code, named.message, named.fix) == (unnamed.code, unnamed.message, unnamed.fix)
     assert "replica" not in named.details
+
+
+# -- only standbys saw the event ---------------------------------------------------------------
+
+
+def test_a_leader_whose_watch_is_refused_answers_when_only_standbys_saw_the_event() -> None:
+    leader = _leading("forbidden")
+    standby = _standby(leader)
+    standby.dispatch(standby.event())  # queued where no worker runs; the leader saw nothing
+    explanation = _replicas(("pod-a", leader), ("pod-b", standby)).explain()
+    verdict = explanation.verdict
+    assert verdict.code is Code.WATCH_FORBIDDEN
+    assert "widget-controller cannot list configmaps" in verdict.message
+    assert (
+        "(on pod-a, the leader, which so saw no event for shop/web; only pod-b, standing by, "
+        "saw MODIFIED ConfigMap shop/web rv 101"
+    ) in verdict.message
+    assert "kubectl create clusterrole ctrltrace-configmaps" in verdict.fix
+    assert verdict.details["replica"] == "pod-a"
+    (standby_details,) = verdict.details["standbys"]
+    assert (standby_details["replica"], standby_details["holder"]) == ("pod-b", "pod-a")
+    watches = [entry for entry in explanation.timeline if entry.stage is Stage.WATCH]
+    assert [(entry.outcome, entry.details.get("replica")) for entry in watches] == [
+        ("forbidden", "pod-a")
+    ]
+
+
+def test_a_leader_still_listing_answers_when_only_standbys_saw_the_event() -> None:
+    leader = _leading("listed")  # its first list has not finished
+    standby = _standby(leader)
+    standby.dispatch(standby.event())
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain().verdict
+    assert verdict.code is Code.CACHE_NOT_SYNCED
+    assert verdict.details["replica"] == "pod-a"
