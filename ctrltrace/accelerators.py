@@ -6,7 +6,7 @@ when pip installs ctrltrace on a machine with a C compiler and skipped without o
 pure-Python twin that writes the same bytes; the module that owns the path takes the extension
 when it can be imported and ``CTRLTRACE_NO_ACCELERATORS`` is not set, else the twin.
 
-``python -m ctrltrace.accelerators`` prints which path each uses.
+``ctrltrace --version`` prints which path each uses.
 
 It may not import what it reports on at import time (the exporters load it themselves).
 """
@@ -57,7 +57,3 @@ def report() -> list[str]:
             how = f"pure Python ({extension} was not built)"
         lines.append(f"{what}: {how}")
     return lines
-
-
-if __name__ == "__main__":
-    print("\n".join(report()))

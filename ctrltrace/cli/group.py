@@ -1,5 +1,5 @@
-"""The ``ctrltrace`` command group: its version, its help, the exit codes every command's help
-lists, and where each command lives.
+"""The ``ctrltrace`` command group: its version (and which paths run in C), its help, the exit
+codes every command's help lists, and where each command lives.
 
 Command modules of this package add themselves to ``main``. ``doctor``, ``rbac`` and ``tui``
 are defined beside the code they run and are imported when first asked for, so they may use
@@ -13,6 +13,7 @@ import importlib
 
 import click
 
+from ctrltrace import accelerators
 from ctrltrace._version import __version__
 from ctrltrace.cli.options import EPILOG
 
@@ -38,7 +39,23 @@ class _Commands(click.Group):
         return command
 
 
+def _print_version(ctx: click.Context, _: click.Parameter, asked: bool) -> None:
+    # The accelerators are reported here, not at import, so a command pays for loading them
+    # only when it uses them.
+    if asked and not ctx.resilient_parsing:
+        click.echo("\n".join([f"ctrltrace, version {__version__}", *accelerators.report()]))
+        ctx.exit()
+
+
 @click.group(cls=_Commands, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="ctrltrace")
+@click.option(
+    "--version",
+    "-V",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and which paths run in C, then exit.",
+)
 def main() -> None:
     """Run Kubernetes controllers and see why each event did or did not reach Reconcile."""

@@ -131,8 +131,8 @@ def test_pip_installs_ctrltrace_without_a_compiler_and_it_works(tmp_path: Path) 
 
     # Out of the checkout from here on, so the installed package is imported, not the source.
     python = str(bin_dir / "python")
-    assert __version__ in _run([str(bin_dir / "ctrltrace"), "--version"], hidden, tmp_path)
-    report = _run([python, "-m", "ctrltrace.accelerators"], hidden, tmp_path)
+    report = _run([str(bin_dir / "ctrltrace"), "--version"], hidden, tmp_path)
+    assert __version__ in report, report
     for extension in EXTENSIONS:
         assert f"pure Python ({extension} was not built)" in report, report
     smoke = tmp_path / "smoke.py"

@@ -16,7 +16,7 @@ from ctrltrace.exporters.tracing import DropCounter
 def test_version_prints_the_package_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
-    assert result.output.strip() == f"ctrltrace, version {__version__}"
+    assert result.output.splitlines()[0] == f"ctrltrace, version {__version__}"
 
 
 def test_help_lists_commands_and_exit_codes() -> None:
