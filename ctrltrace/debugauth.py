@@ -140,17 +140,16 @@ class TokenReviews:
             )
         return Refusal(503, f"cannot check the token: {problem}; {fix}")
 
-    async def _authenticate(self, token: str) -> _User | Refusal:
+    async def _submit(self, group: str, kind: str, spec: Json) -> Json:
+        """The status the API server gives a review of ``kind`` (created, never stored)."""
+        body = {"apiVersion": f"{group}/v1", "kind": kind, "spec": spec}
         answer = await self._transport.request(
-            "POST",
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            body={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token},
-            },
+            "POST", f"/apis/{group}/v1/{kind.lower()}s", body=body
         )
-        status = answer.get("status") or {}
+        return answer.get("status") or {}
+
+    async def _authenticate(self, token: str) -> _User | Refusal:
+        status = await self._submit("authentication.k8s.io", "TokenReview", {"token": token})
         if not status.get("authenticated"):
             why = status.get("error") or "not authenticated"
             return Refusal(401, f"token rejected by the API server (TokenReview): {why}")
@@ -162,16 +161,8 @@ class TokenReviews:
         return _User(spec, spec["user"])
 
     async def _authorize(self, user: _User, path: str) -> Refusal | None:
-        answer = await self._transport.request(
-            "POST",
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-            body={
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SubjectAccessReview",
-                "spec": {**user.spec, "nonResourceAttributes": {"path": path, "verb": "get"}},
-            },
-        )
-        status = answer.get("status") or {}
+        spec = {**user.spec, "nonResourceAttributes": {"path": path, "verb": "get"}}
+        status = await self._submit("authorization.k8s.io", "SubjectAccessReview", spec)
         if status.get("allowed"):
             return None
         return Refusal(
