@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from ctrltrace.explain.chains import Health, replica_of
 from ctrltrace.explain.model import Code, PipelineWarning, Verdict, WarningCode
-from ctrltrace.vocabulary import LeaseOutcome
+from ctrltrace.vocabulary import LeaseOutcome, WatchOutcome
 
 
 def named_in(health: Health) -> set[str]:
@@ -56,7 +56,7 @@ class Answer:
         )
 
     def warnings(self) -> list[PipelineWarning]:
-        """A warning for each standby whose watch of the kind is not healthy."""
+        """A warning for each standby whose watch of the kind failed."""
         if not self.standing_by:
             return []
         return [
@@ -67,8 +67,19 @@ class Answer:
                 verdict.fix,
             )
             for replica, verdict in sorted(self.verdicts.items())
-            if replica != self.replica and verdict.code is not Code.NO_EVENTS
+            if replica != self.replica and not _sees(verdict)
         ]
+
+
+def _sees(verdict: Verdict) -> bool:
+    """Whether a replica's watch verdict leaves it able to see the kind, or on its way to it: a
+    replica that has just started is still on its first list, which is no sign of blindness."""
+    if verdict.code is Code.NO_EVENTS:
+        return True
+    return verdict.code is Code.CACHE_NOT_SYNCED and verdict.details.get("watch_outcome") in (
+        WatchOutcome.STARTED,
+        WatchOutcome.LISTED,
+    )
 
 
 def leader_of(health: Health) -> str | None:

@@ -1070,6 +1070,15 @@ def test_without_events_a_standbys_forbidden_watch_is_a_warning_not_the_verdict(
     assert "kubectl create clusterrole ctrltrace-configmaps" in warning.fix
 
 
+def test_without_events_a_standby_still_on_its_first_list_is_not_called_blind() -> None:
+    leader = _leading("synced")
+    starting = _standing_by("listed", leader)  # a replica just started: nothing failed yet
+    verdict = _replicas(("pod-a", leader), ("pod-b", starting)).explain(kind="ConfigMap").verdict
+    assert verdict.code is Code.NO_EVENTS
+    assert "other replicas: pod-b: cache_not_synced" in verdict.message
+    assert verdict.warnings == ()
+
+
 def test_without_events_a_leader_that_lost_the_lease_still_answers_as_the_last_holder() -> None:
     leader = _leading("synced")
     leader.lease("lost", "", reason="renew deadline exceeded")
