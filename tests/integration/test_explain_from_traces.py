@@ -93,8 +93,17 @@ def _explain(*args: str) -> tuple[int, dict[str, Any]]:
 
 @contextlib.contextmanager
 def _replica(
-    name: str, tmp_path: Path, plane: ControlPlane, namespace: str, jaeger: Jaeger, service: str
+    name: str,
+    tmp_path: Path,
+    plane: ControlPlane,
+    namespace: str,
+    jaeger: Jaeger,
+    service: str,
+    kubeconfig: Path | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
+    """`ctrltrace run tracedapp:mgr` as replica ``name`` (its pod name), caching ``namespace``
+    and taking its Lease there, as the control plane's admin or as ``kubeconfig``'s identity;
+    killed on leaving unless it has exited."""
     env = {
         **os.environ,
         "OTEL_SERVICE_NAME": service,
@@ -102,7 +111,8 @@ def _replica(
     }
     command = [
         sys.executable, "-m", "ctrltrace", "run", "tracedapp:mgr",
-        "--kubeconfig", str(plane.kubeconfig), "--namespace", namespace,
+        "--kubeconfig", str(kubeconfig or plane.kubeconfig), "--namespace", namespace,
+        "--leader-election-namespace", namespace,
         "--otlp-endpoint", jaeger.otlp_http_endpoint,
         "--journal", str(tmp_path / f"{name}.sqlite"),
     ]  # fmt: skip
@@ -117,18 +127,34 @@ def _replica(
         process.wait()
 
 
-def _spans_of(jaeger: Jaeger, service: str, pod: str, request: str) -> Callable[[], bool]:
+def _spans_of(
+    jaeger: Jaeger,
+    service: str,
+    pod: str,
+    request: str | None = None,
+    *,
+    name: str = "reconcile",
+    outcome: str | None = None,
+    count: int = 1,
+) -> Callable[[], bool]:
+    """Whether Jaeger holds ``count`` spans or more of ``pod``'s in ``service`` whose name starts
+    with ``name`` ("reconcile", "dispatch", "watch ConfigMap", "lease standby"), about
+    ``request`` and with ``outcome`` when they are given."""
+
     def there() -> bool:
         from datetime import UTC, datetime, timedelta
 
         now = datetime.now(UTC)
         spans = jaeger.find_traces(service, now - timedelta(minutes=10), now, limit=1000)
-        return any(
-            s.resource.get("k8s.pod.name") == pod
-            and s.name.startswith("reconcile")
-            and s.attributes.get("ctrltrace.request") == request
+        found = [
+            s
             for s in spans
-        )
+            if s.resource.get("k8s.pod.name") == pod
+            and s.name.startswith(name)
+            and request in (None, s.attributes.get("ctrltrace.request"))
+            and outcome in (None, s.attributes.get("ctrltrace.outcome"))
+        ]
+        return len(found) >= count
 
     return there
 
