@@ -73,14 +73,14 @@ The decision procedure, in order:
    since the first event that carried it, a verdict that reached Reconcile becomes
    ``deletion_blocked`` (which finalizers, since when, how many reconciles).
 8. Warnings, whatever the verdict, from the manager run of the trigger in the replica of the
-   verdict's dispatch (without an event, of the replica whose watches answered in 6, and its
-   standbys' ``standby_blind``): the object's kind's
-   watch is failing now (``watch_disconnected``) or its latest failure is a 403
+   verdict's dispatch (without an event, of the replica whose watches answered in 6): the
+   object's kind's watch is failing now (``watch_disconnected``) or its latest failure is a 403
    (``watch_forbidden``, unless that is the verdict), in both cases only while no watch was
    accepted (``resumed``) since; this replica's latest lease transition is ``lost``
    (``lease_lost``); a MANAGER ``journal_gap`` or ``evidence_missing`` overlaps the time from
    the first record about the object until now (``journal_gap``, ``evidence_missing``: the
-   answer may be incomplete).
+   answer may be incomplete); with several replicas and a known leader, a standby whose
+   watch of the kind failed (``standby_blind``): it would not see the object once it led.
 
 Record ids are unique only within one process run. Every link is therefore looked up in the
 direction of time (a cause is the latest record with that id before its effect, an effect the

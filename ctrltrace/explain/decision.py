@@ -632,6 +632,8 @@ class _Decision:
             warning = watch_warning(kind, records, verdict.code)
             if warning is not None:
                 warnings.append(warning)
+        if not any(warning.code is WarningCode.STANDBY_BLIND for warning in warnings):
+            warnings.extend(self._blind_standbys(kinds))
         transitions = [
             record
             for record in health.leases
@@ -732,6 +734,22 @@ class _Decision:
                 ],
             },
         )
+
+    def _blind_standbys(self, kinds: set[str]) -> list[PipelineWarning]:
+        """With several replicas and a known leader, a ``standby_blind`` warning for each
+        standby whose watch of one of ``kinds`` failed, whatever the leader did: the object
+        would go unseen once that standby took the lease over. (Step 6 gives the same warnings
+        when no event was seen, judging every kind when none was named.)"""
+        if len(replicas.named_in(self.health)) < 2:
+            return []
+        found: list[PipelineWarning] = []
+        for kind in sorted(kinds):
+            covering = self._covering(by_kind(self.health.watches, kind))
+            judged = {replica for rs in covering.values() for r in rs if (replica := replica_of(r))}
+            states = {replica: self._state(self.health.of(replica), kind)[0] for replica in judged}
+            if states:
+                found += replicas.answer(states, self.health, WATCH_ORDER).warnings()
+        return found
 
     # step 6
     def _without_events(self) -> Verdict:

@@ -150,9 +150,11 @@ def test_a_standby_that_may_not_watch_the_kind_is_a_warning_beside_the_leaders_a
         (e["outcome"], e["details"]["replica"]) for e in answer["timeline"] if e["stage"] == "event"
     ]
     assert events == [("ADDED", "replica-a"), ("MODIFIED", "replica-a")], answer["timeline"]
-    # An event's answer carries warnings of the replica that handled it (step 8); standbys'
-    # watches are judged only when no replica saw an event (step 6).
-    assert verdict["warnings"] == [], verdict["warnings"]
+    # Reconciled, and still the standby would be blind to the object once it led.
+    assert [warning["code"] for warning in verdict["warnings"]] == ["standby_blind"], verdict
+    assert verdict["warnings"][0]["message"].startswith(
+        "standby replica-b cannot see this object's kind"
+    )
 
     verdict = unseen["verdict"]
     assert (unseen_code, verdict["code"]) == (3, "no_events"), verdict

@@ -1079,6 +1079,27 @@ def test_without_events_a_standby_still_on_its_first_list_is_not_called_blind() 
     assert verdict.warnings == ()
 
 
+def test_a_reconciled_object_still_warns_of_a_standby_that_cannot_watch_its_kind() -> None:
+    leader = RunStory()
+    leader.lease("acquired", "pod-a")
+    leader.reconciled(leader.event())
+    standby = _standing_by("forbidden", leader)
+    verdict = _replicas(("pod-a", leader), ("pod-b", standby)).explain().verdict
+    assert verdict.code is Code.RECONCILED
+    assert [warning.code for warning in verdict.warnings] == [WarningCode.STANDBY_BLIND]
+    assert verdict.warnings[0].message.startswith("standby pod-b cannot see this object's kind")
+    assert "kubectl create clusterrole ctrltrace-configmaps" in verdict.warnings[0].fix
+
+
+def test_a_reconciled_object_gives_no_standby_warning_without_a_known_leader() -> None:
+    first = RunStory()
+    first.reconciled(first.event())
+    refused = _watching(RunStory(synced=False, start=first.time + 0.005), "forbidden")
+    verdict = _replicas(("pod-a", first), ("pod-b", refused)).explain().verdict
+    assert verdict.code is Code.RECONCILED
+    assert all(warning.code is not WarningCode.STANDBY_BLIND for warning in verdict.warnings)
+
+
 def test_without_events_a_leader_that_lost_the_lease_still_answers_as_the_last_holder() -> None:
     leader = _leading("synced")
     leader.lease("lost", "", reason="renew deadline exceeded")
