@@ -32,6 +32,10 @@ _WRITE_TIMEOUT_S = 5.0  # waiting for another writer (a second process on the sa
 _MAX_PENDING = 200_000
 _RETENTION_EVERY_S = 10.0
 _SIZE_TARGET = 0.9  # trim to 90% of max_bytes, so a full journal is not trimmed every pass
+_SIZE_TRIGGER = 0.95  # ... once the pages in use pass 95% of it
+# Pages filled per byte of batch written, until a pass has measured it (about 3 with small
+# records, whose keys and index entries weigh as much as their pickled body).
+_GROWTH_GUESS = 4.0
 _CHUNK = 128  # records pickled together: few enough that they die young (see Chunk)
 # SQLite's default page: every small commit writes whole pages, and small commits at a steady,
 # modest rate are what controllers mostly make (bench/README.md, "bench.journal", has the
@@ -59,10 +63,13 @@ class JournalWriter:
     Retention runs when the writer starts, every ``retention_interval_s`` and on close: batches
     whose newest record is more than ``max_age_s`` older than the newest record are deleted
     (measured against the records' own clock, which may be a fake one, so an idle journal
-    keeps its last day), and when the pages in use exceed ``max_bytes`` the oldest batches are
-    deleted down to about 90% of it. Freed pages are reused by later writes; the file is never
-    vacuumed here, so it can outgrow ``max_bytes`` by what is written between two passes (plus
-    the WAL).
+    keeps its last day), and when the pages in use pass 95% of ``max_bytes`` the oldest batches
+    are deleted down to about 90% of it. A pass also runs before any batch that may take the
+    pages in use past 95% (predicted from the bytes written since the last pass and the
+    pages each byte filled before, measured at each pass, so no batch costs a query), so the
+    file (the WAL beside it aside, at most 4 MiB) stays under ``max_bytes`` unless a single
+    batch fills more than 5% of it. Freed pages are reused by later writes; the file is never
+    vacuumed here.
 
     Close it (or use it as a context manager): its thread is a daemon, so records still
     pending when the process exits without ``close()`` are lost.
@@ -89,6 +96,11 @@ class JournalWriter:
         self._flush_interval_s = flush_interval_s
         self._max_pending = max_pending
         self._retention_interval_s = retention_interval_s
+        self._next_retention = 0.0  # monotonic time of the next timed pass (thread only)
+        # What the passes measured, and the bytes of batches written since the last (thread only).
+        self._used_at_pass = 0
+        self._growth = _GROWTH_GUESS
+        self._written_since_pass = 0
         # Both threads take records from ``_open`` and chunks from ``_sealed`` one at a time:
         # deque appends and pops are atomic, so neither the caller nor the thread takes a lock.
         self._open: deque[Record] = deque()
@@ -228,7 +240,6 @@ class JournalWriter:
     # -- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_retention = 0.0
         try:
             while True:
                 # Read before draining: whatever was appended before close() is then written.
@@ -237,9 +248,8 @@ class JournalWriter:
                     self._seal_open()
                 self._record_gap()
                 self._write_pending()
-                if closing or time.monotonic() >= next_retention:
-                    self._guarded(self._enforce_retention)
-                    next_retention = time.monotonic() + self._retention_interval_s
+                if closing or time.monotonic() >= self._next_retention:
+                    self._retain()
                 if closing:
                     return
                 self._wake.wait(self._flush_interval_s)
@@ -259,8 +269,14 @@ class JournalWriter:
             except IndexError:
                 pass
             span = (min(c.first_time for c in batch), max(c.last_time for c in batch))
+            size = sum(len(c.body) + len(c.keys) for c in batch)
+            growth = (self._written_since_pass + size) * self._growth
+            if self._used_at_pass + growth >= self._max_bytes * _SIZE_TRIGGER:
+                self._retain(size)  # before the batch, to make room for it
             written = self._guarded(self._insert, batch)
             replaced = self._file_replaced()  # also after a failure: it may be the cause
+            if written:
+                self._written_since_pass += size
             self._settle(count, written=written and not replaced, span=span)
             sent = self._gap_sent
             if sent is not None and any(chunk is sent[0] for chunk in batch):
@@ -330,7 +346,14 @@ class JournalWriter:
             return False
         return True
 
-    def _enforce_retention(self) -> None:
+    def _retain(self, incoming: int = 0) -> None:
+        """One retention pass, with room for a batch of ``incoming`` bytes about to be
+        written; the next timed pass is an interval from now."""
+        self._guarded(self._enforce_retention, incoming)
+        self._written_since_pass = 0
+        self._next_retention = time.monotonic() + self._retention_interval_s
+
+    def _enforce_retention(self, incoming: int) -> None:
         db = self._db
         newest = db.execute("SELECT max(last_time) FROM batches").fetchone()[0]
         if newest is not None:
@@ -340,7 +363,12 @@ class JournalWriter:
                 db.execute("DELETE FROM health WHERE time < ?", (cutoff,))
                 self._delete_orphan_keys()
         used = self._used_bytes()
-        if used <= self._max_bytes:
+        if self._written_since_pass:
+            grown = used - self._used_at_pass  # less than written, if the age limit deleted
+            self._growth = max(1.0, grown / self._written_since_pass)
+        self._used_at_pass = used
+        expected = used + incoming * self._growth
+        if expected <= self._max_bytes * _SIZE_TRIGGER:
             return
         first = db.execute("SELECT min(seq) FROM batches").fetchone()[0]
         if first is None:
@@ -350,13 +378,14 @@ class JournalWriter:
         ).fetchone()
         # Pages freed inside indexes are reused but not counted as free, so re-measuring now
         # would overshoot: delete the proportional share once, measure again next pass.
-        excess = 1.0 - self._max_bytes * _SIZE_TARGET / used
+        excess = 1.0 - self._max_bytes * _SIZE_TARGET / expected
         # Never the newest batch: a journal over its size keeps its latest records.
         cut = min(first + max(1, int((last - first) * excess)), newest_seq)
         with _transaction(db):
             db.execute("DELETE FROM batches WHERE seq < ?", (cut,))
             db.execute("DELETE FROM health WHERE seq < ?", (cut,))
             self._delete_orphan_keys()
+        self._used_at_pass = self._used_bytes()
 
     def _delete_orphan_keys(self) -> None:
         self._db.execute(

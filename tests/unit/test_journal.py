@@ -229,6 +229,25 @@ def test_retention_keeps_the_file_near_max_bytes_and_the_newest_rows(tmp_path: P
     assert newest.time > T0  # the oldest were deleted
 
 
+def test_the_file_stays_under_max_bytes_between_timed_passes(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    limit = 2**20
+    sizes = []
+    # No timed pass after the first: what is written must set off the passes that hold it.
+    with JournalWriter(
+        path, max_bytes=limit, retention_interval_s=3600.0, batch_size=1_000
+    ) as writer:
+        for round_ in range(15):
+            for i in range(3_000):
+                writer(event(f"cm-{i % 97}", T0 + round_ * 3 + i * 0.001))
+            assert writer.flush()
+            sizes.append(path.stat().st_size)
+    assert max(sizes) <= limit, sizes
+    assert path.stat().st_size <= limit
+    with Journal(path) as journal:
+        assert 0 < journal.count() < 45_000
+
+
 def test_a_journal_over_its_size_keeps_its_newest_batch(tmp_path: Path) -> None:
     records = [event(f"cm-{i}", T0 + i * 0.001, writer="w" * 50) for i in range(5_000)]
     # Written at close, in one batch, however long the caller takes (the pure-Python pickler
