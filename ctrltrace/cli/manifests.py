@@ -89,9 +89,9 @@ def check_image(image: str) -> str:
 
 
 def volume_size_mib(journal_max_size: int) -> int:
-    """The journal volume's sizeLimit: the journal may outgrow its limit by the WAL and by what
-    is written between two retention passes, and the kubelet evicts a pod whose emptyDir
-    outgrows the volume's limit; half again leaves room for both."""
+    """The journal volume's sizeLimit: retention keeps the journal file under its limit, but
+    its WAL (up to 4 MiB after each checkpoint, more between two) sits beside it, and the
+    kubelet evicts a pod whose emptyDir outgrows the volume's limit; half again leaves room."""
     return journal_max_size + (journal_max_size + 1) // 2
 
 
