@@ -286,13 +286,15 @@ class RunStory:
 
     # -- explaining --------------------------------------------------------------------------
 
-    def explain(self, name: str = "web", *, later: float = 1.0, **options: Any) -> Explanation:
+    def explain(
+        self, name: str = "web", *, namespace: str = "shop", later: float = 1.0, **options: Any
+    ) -> Explanation:
         def stage(*stages: Stage) -> list[Record]:
             return [r for r in self.records if r.stage in stages]
 
         return explain(
             [r for r in self.records if r.stage not in HEALTH_STAGES],
-            namespace="shop",
+            namespace=namespace,
             name=name,
             watch_records=stage(Stage.WATCH),
             lease_records=stage(Stage.LEASE),

@@ -835,7 +835,7 @@ class _Decision:
                     f"{get} -l '{selector}' shows whether {target.key} matches it (no output: it "
                     "does not; change its labels or the manager's label selector)."
                 )
-            if namespaces and target.namespace not in namespaces:
+            if namespaces and target.namespace and target.namespace not in namespaces:
                 problems.append(f"{kind} is cached only in namespaces {', '.join(namespaces)}")
                 fixes.append(
                     f"{get} shows the object exists there; add {target.namespace} to the "
@@ -854,18 +854,26 @@ class _Decision:
         target = self.target
         what = target.kind or "this object's kind"
         message = f"no informer watches {what}: no watch records for it"
+        fix = (
+            "Add a watch for this kind (.for_(), .owns() or .watches() in the builder) and "
+            "make sure the manager's namespaces include this object's."
+        )
         if kinds:  # watched, but in other namespaces only
             namespaces = {str(r.attrs.get(Attr.NAMESPACE)) for rs in kinds.values() for r in rs}
-            message = (
-                f"{what} is watched only in namespaces {', '.join(sorted(namespaces))}, not "
-                + (f"in {target.namespace}" if target.namespace else "cluster-wide")
-            )
+            message = f"{what} is watched only in namespaces {', '.join(sorted(namespaces))}"
+            if target.namespace:
+                message += f", not in {target.namespace}"
+            else:  # the kinds watched are namespaced: the namespace was most likely left out
+                message += (
+                    f", and {target.name} was given without a namespace, which names a "
+                    "cluster-scoped object"
+                )
+                fix = (
+                    f"Ask for the object with its namespace: ctrltrace explain "
+                    f"NAMESPACE/{target.name} (a NAME alone is for cluster-scoped kinds)."
+                )
         return Verdict(
-            Code.NOT_WATCHED,
-            message,
-            "Add a watch for this kind (.for_(), .owns() or .watches() in the builder) and "
-            "make sure the manager's namespaces include this object's.",
-            {"kind": target.kind, "watched_kinds": sorted(kinds)},
+            Code.NOT_WATCHED, message, fix, {"kind": target.kind, "watched_kinds": sorted(kinds)}
         )
 
     def _watch_state(self, kind: str, records: list[Record]) -> Verdict:

@@ -935,6 +935,22 @@ def test_not_watched_in_this_namespace_names_the_namespaces_cached() -> None:
     assert "add shop to the manager's namespaces" in verdict.fix
 
 
+def test_a_name_without_a_namespace_for_kinds_cached_in_namespaces_asks_for_one() -> None:
+    story = RunStory(synced=False)
+    story.controller("watching", kind="ConfigMap", api_version="v1", namespaces="a,b")
+    story.watch("synced", namespace="a", resource="configmaps")
+    story.watch("synced", namespace="b", resource="configmaps")
+    verdict = story.explain("web", namespace="").verdict
+    assert verdict.code == "not_watched"
+    assert (
+        "this object's kind is watched only in namespaces a, b, and web was given without a "
+        "namespace, which names a cluster-scoped object"
+    ) in verdict.message
+    assert "cached only in namespaces" not in verdict.message  # no namespace to add
+    assert "ctrltrace explain NAMESPACE/web" in verdict.fix
+    assert "add  to" not in verdict.fix
+
+
 def test_without_events_the_gap_of_the_run_that_ended_is_still_warned_of() -> None:
     story = RunStory()
     story.record(
