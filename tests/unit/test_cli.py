@@ -54,6 +54,27 @@ def test_no_binaries_and_no_go_names_the_three_ways(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["explain", "a/b", "--bogus"], "no such option '--bogus' (ctrltrace explain -h for help)"),
+        (["explain", "a/b", "--traces"], "option '--traces' requires an argument (ctrltrace "
+         "explain -h for help)"),
+        (["nosuch"], "no such command 'nosuch' (ctrltrace -h for help)"),
+        (["doctor"], "missing argument 'APP' (ctrltrace doctor -h for help)"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_with_the_usage_exit_code(args: list[str], line: str) -> None:
+    result = CliRunner().invoke(main, args, prog_name="ctrltrace")
+    assert result.exit_code == ExitCode.USAGE
+    assert result.output == f"ctrltrace: error: {line}\n"
+
+
+def test_no_command_shows_the_help() -> None:
+    result = CliRunner().invoke(main, [], prog_name="ctrltrace")
+    assert result.output.startswith("Usage: ctrltrace [OPTIONS] COMMAND [ARGS]...")
+
+
 APP = """
 import ctrltrace as ct
 
