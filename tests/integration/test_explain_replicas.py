@@ -4,9 +4,10 @@ watch is the verdict even when the standby saw the change (README, "Across repli
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,42 @@ def _patch(plane: ControlPlane, namespace: str, name: str, data: dict[str, str])
     )
 
 
+class _Pair:
+    """Two replicas' common ground: the app, the subject ConfigMap, the journals, the service."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, jaeger: Jaeger, tmp_path: Path):
+        (tmp_path / "tracedapp.py").write_text(APP)
+        plane.request(
+            "POST", f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "subject"}}
+        )
+        self.jaeger = jaeger
+        self.service = f"ctrltrace-replicas-{namespace}"
+        self.traces = f"{jaeger.query_url}?service={self.service}"
+        self.request = f"{namespace}/subject"
+        self.journals = tmp_path / "replica-a.sqlite", tmp_path / "replica-b.sqlite"
+        self.args = (tmp_path, plane, namespace, jaeger, self.service)
+
+    @contextlib.contextmanager
+    def running(self, name: str, kubeconfig: Path, lease: str) -> Iterator[subprocess.Popen[str]]:
+        """Replica ``name`` (replica-a or replica-b) run as ``kubeconfig``, once its lease
+        record says ``lease``."""
+        journal = self.journals[name == "replica-b"]
+        with _replica(name, *self.args, kubeconfig) as replica:
+            _until(_journaled(replica, journal, Stage.LEASE, outcome=lease), f"{name}: {lease}")
+            yield replica
+
+    def wait_for_span(self, replica: str, what: str, **span: Any) -> None:
+        _until(_spans_of(self.jaeger, self.service, replica, **span), f"{what} in Jaeger")
+
+    def wait_for_refused_watch(self, replica: str) -> None:
+        self.wait_for_span(
+            replica,
+            f"{replica}'s refused watch",
+            name="watch ConfigMap",
+            outcome=WatchOutcome.FORBIDDEN,
+        )
+
+
 def _stopped(replica: subprocess.Popen[str]) -> int:
     replica.send_signal(signal.SIGINT)
     return replica.wait(timeout=30)
@@ -89,49 +126,22 @@ def test_a_standby_that_may_not_watch_the_kind_is_a_warning_beside_the_leaders_a
     mint_identity: MintIdentity,
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "tracedapp.py").write_text(APP)
     sighted = mint_identity([*_LEASE_AND_EVENTS, _CONFIGMAPS], namespace=kube_namespace)
     blind = mint_identity(_LEASE_AND_EVENTS, namespace=kube_namespace)
-    service = f"ctrltrace-blind-standby-{kube_namespace}"
-    traces = f"{jaeger.query_url}?service={service}"
-    request = f"{kube_namespace}/subject"
-    control_plane.request(
-        "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {"metadata": {"name": "subject"}}
-    )
-    a_journal, b_journal = tmp_path / "replica-a.sqlite", tmp_path / "replica-b.sqlite"
-    args = (tmp_path, control_plane, kube_namespace, jaeger, service)
-    with _replica("replica-a", *args, sighted.kubeconfig) as leader:
-        _until(
-            _journaled(leader, a_journal, Stage.LEASE, outcome=LeaseOutcome.ACQUIRED),
-            "replica-a to lead",
-        )
+    pair = _Pair(control_plane, kube_namespace, jaeger, tmp_path)
+    request, traces, (a_journal, b_journal) = pair.request, pair.traces, pair.journals
+    with pair.running("replica-a", sighted.kubeconfig, LeaseOutcome.ACQUIRED) as leader:
         _until(_reconciled(a_journal, request), "replica-a to reconcile the subject")
-        with _replica("replica-b", *args, blind.kubeconfig) as standby:
-            _until(
-                _journaled(standby, b_journal, Stage.LEASE, outcome=LeaseOutcome.STANDBY),
-                "replica-b to stand by",
-            )
+        with pair.running("replica-b", blind.kubeconfig, LeaseOutcome.STANDBY) as standby:
             _until(
                 _journaled(standby, b_journal, Stage.WATCH, outcome=WatchOutcome.FORBIDDEN),
                 "replica-b's list of ConfigMaps to be refused",
             )
             _patch(control_plane, kube_namespace, "subject", {"changed": "with a blind standby"})
             _until(_reconciled(a_journal, request, 2), "replica-a to reconcile the change")
-            _until(_spans_of(jaeger, service, "replica-a", request, count=2), "replica-a's spans")
-            _until(
-                _spans_of(
-                    jaeger,
-                    service,
-                    "replica-b",
-                    name="watch ConfigMap",
-                    outcome=WatchOutcome.FORBIDDEN,
-                ),
-                "replica-b's refused watch in Jaeger",
-            )
-            _until(
-                _spans_of(jaeger, service, "replica-b", name="lease standby"),
-                "replica-b's standby lease record in Jaeger",
-            )
+            pair.wait_for_span("replica-a", "replica-a's spans", request=request, count=2)
+            pair.wait_for_refused_watch("replica-b")
+            pair.wait_for_span("replica-b", "replica-b's standby", name="lease standby")
 
             code, answer = _explain(request, "--traces", traces, "--since", "10m")
             # With no event to explain, the standby's blindness is what explain adds.
@@ -181,30 +191,16 @@ def test_a_leader_that_may_not_watch_the_kind_answers_for_a_change_only_the_stan
     mint_identity: MintIdentity,
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "tracedapp.py").write_text(APP)
     blind = mint_identity(_LEASE_AND_EVENTS, namespace=kube_namespace)
     sighted = mint_identity([*_LEASE_AND_EVENTS, _CONFIGMAPS], namespace=kube_namespace)
-    service = f"ctrltrace-blind-leader-{kube_namespace}"
-    request = f"{kube_namespace}/subject"
-    control_plane.request(
-        "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {"metadata": {"name": "subject"}}
-    )
-    a_journal, b_journal = tmp_path / "replica-a.sqlite", tmp_path / "replica-b.sqlite"
-    args = (tmp_path, control_plane, kube_namespace, jaeger, service)
-    with _replica("replica-a", *args, blind.kubeconfig) as leader:
-        _until(
-            _journaled(leader, a_journal, Stage.LEASE, outcome=LeaseOutcome.ACQUIRED),
-            "replica-a to lead",
-        )
+    pair = _Pair(control_plane, kube_namespace, jaeger, tmp_path)
+    request, (a_journal, b_journal) = pair.request, pair.journals
+    with pair.running("replica-a", blind.kubeconfig, LeaseOutcome.ACQUIRED) as leader:
         _until(
             _journaled(leader, a_journal, Stage.WATCH, outcome=WatchOutcome.FORBIDDEN),
             "replica-a's list of ConfigMaps to be refused",
         )
-        with _replica("replica-b", *args, sighted.kubeconfig) as standby:
-            _until(
-                _journaled(standby, b_journal, Stage.LEASE, outcome=LeaseOutcome.STANDBY),
-                "replica-b to stand by",
-            )
+        with pair.running("replica-b", sighted.kubeconfig, LeaseOutcome.STANDBY) as standby:
             # Its informer runs while it stands by: the first list queues the subject.
             _until(
                 _journaled(standby, b_journal, Stage.DISPATCH, request=request),
@@ -215,28 +211,13 @@ def test_a_leader_that_may_not_watch_the_kind_answers_for_a_change_only_the_stan
                 _journaled(standby, b_journal, Stage.DISPATCH, request=request, count=2),
                 "replica-b to queue the change",
             )
-            _until(
-                _spans_of(jaeger, service, "replica-b", request, name="dispatch", count=2),
-                "replica-b's dispatches in Jaeger",
+            pair.wait_for_span(
+                "replica-b", "replica-b's dispatches", request=request, name="dispatch", count=2
             )
-            _until(
-                _spans_of(
-                    jaeger,
-                    service,
-                    "replica-a",
-                    name="watch ConfigMap",
-                    outcome=WatchOutcome.FORBIDDEN,
-                ),
-                "replica-a's refused watch in Jaeger",
-            )
-            _until(
-                _spans_of(jaeger, service, "replica-a", name="lease acquired"),
-                "replica-a's lease in Jaeger",
-            )
+            pair.wait_for_refused_watch("replica-a")
+            pair.wait_for_span("replica-a", "replica-a's lease", name="lease acquired")
 
-            code, answer = _explain(
-                request, "--traces", f"{jaeger.query_url}?service={service}", "--since", "10m"
-            )
+            code, answer = _explain(request, "--traces", pair.traces, "--since", "10m")
             # The leader is still up, waiting for its ConfigMap cache (cache_sync_timeout is
             # 2 minutes), and the standby still stands by: nothing reconciled the change.
             assert leader.poll() is None and standby.poll() is None
